@@ -1,0 +1,131 @@
+"""The build step: a validated config becomes components, each given typed keyword arguments.
+
+Nothing after this module reads the config object.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.callbacks import (
+    NonFiniteGuard,
+    ProgressBar,
+    RunConfigInCheckpoint,
+    RunSummary,
+    Throughput,
+)
+from pipeline.config import PIPELINE_TRAINER_KEYS
+from pipeline.data import SyntheticDataModule
+from pipeline.losses import LOSSES
+from pipeline.model import ResNetClassifier, build_resnet18
+
+TENSORBOARD_DIR = "tensorboard"
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def plain(node: DictConfig) -> dict[str, Any]:
+    """A config node as a plain dict with interpolations resolved."""
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def uses_cuda(cfg: DictConfig) -> bool:
+    """Whether the run's accelerator resolves to CUDA."""
+    accel = cfg.device.accelerator
+    return accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+
+
+def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
+    return SyntheticDataModule(
+        **plain(cfg.data),
+        num_classes=cfg.model.num_classes,
+        label_kind=LOSSES[cfg.loss.name].label_kind,
+        seed=cfg.seed,
+        pin_memory=uses_cuda(cfg),
+    )
+
+
+def build_module(cfg: DictConfig) -> ResNetClassifier:
+    scheduler = plain(cfg.scheduler)
+    return ResNetClassifier(
+        net=build_resnet18(weights=cfg.model.weights, num_classes=cfg.model.num_classes),
+        loss_fn=LOSSES[cfg.loss.name].fn,
+        optimizer_factory=instantiate(cfg.optimizer),
+        scheduler_kwargs=scheduler,
+        channels_last=cfg.model.channels_last,
+    )
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    name = cfg.logger.name
+    if name == "tensorboard":
+        return [
+            TensorBoardLogger(
+                save_dir=run_dir,
+                name=TENSORBOARD_DIR,
+                version="",
+                default_hp_metric=False,
+                log_graph=cfg.logger.log_graph,
+            )
+        ]
+    if name == "csv":
+        return [CSVLogger(save_dir=run_dir, name="csv", version="")]
+    return []
+
+
+def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    every = cfg.callbacks.checkpoint_every_n_steps
+    callbacks: list[Callback] = [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename="last",
+            save_last=False,
+            save_top_k=1,
+            every_n_train_steps=every or None,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
+        ),
+        RunConfigInCheckpoint(plain(cfg)),
+        RunSummary(config=plain(cfg), config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
+        Throughput(),
+    ]
+    if cfg.trainer.detect_nonfinite != "off":
+        callbacks.append(
+            NonFiniteGuard(
+                mode=cfg.trainer.detect_nonfinite,
+                loss_name=cfg.loss.name,
+                checkpoint_path=ckpt_dir / LAST_CHECKPOINT,
+            )
+        )
+    if cfg.callbacks.progress_bar:
+        callbacks.append(ProgressBar(leave=True))
+    return callbacks
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+    trainer_args = {k: v for k, v in plain(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS}
+    device = cfg.device
+    return pl.Trainer(
+        accelerator=device.accelerator,
+        devices=device.devices,
+        strategy=device.strategy,
+        num_nodes=device.num_nodes,
+        sync_batchnorm=device.sync_batchnorm,
+        precision=cfg.precision,
+        logger=build_loggers(cfg, run_dir) or False,
+        callbacks=build_callbacks(cfg, run_dir),
+        enable_progress_bar=cfg.callbacks.progress_bar,
+        default_root_dir=run_dir,
+        **trainer_args,
+    )

@@ -1,0 +1,9 @@
+"""Thin Lightning hooks; the math they call lives in pure functions elsewhere in the package."""
+
+from pipeline.callbacks.nonfinite import NonFiniteGuard
+from pipeline.callbacks.progress import ProgressBar
+from pipeline.callbacks.run_config import RunConfigInCheckpoint
+from pipeline.callbacks.run_summary import RunSummary
+from pipeline.callbacks.throughput import Throughput
+
+__all__ = ["NonFiniteGuard", "ProgressBar", "RunConfigInCheckpoint", "RunSummary", "Throughput"]

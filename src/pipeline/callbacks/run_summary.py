@@ -1,0 +1,60 @@
+"""The run's config in TensorBoard: the `config` text at start, HParams with final metrics at end.
+
+HParams lets a sweep's jobs be compared side by side in TensorBoard's HParams tab.
+Rank 0 only (Lightning's loggers write nothing on other ranks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.loggers import TensorBoardLogger
+
+FINAL_METRICS = {"train/loss": "hparams/train_loss", "val/loss": "hparams/val_loss"}
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1}; lists and None become strings (HParams takes scalars only)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class RunSummary(pl.Callback):
+    """Writes the resolved YAML as text tag `config`, and the flattened config as hparams with
+    final metrics hparams/train_loss and hparams/val_loss. Costs two small writes a run."""
+
+    def __init__(self, *, config: dict[str, Any], config_yaml: str) -> None:
+        self.config = config
+        self.config_yaml = config_yaml
+
+    @staticmethod
+    def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tb = self._tensorboard(trainer)
+        if tb is not None and trainer.is_global_zero:
+            indented = "\n".join(
+                "    " + line for line in self.config_yaml.splitlines()
+            )  # markdown code
+            tb.experiment.add_text("config", indented, global_step=0)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tb = self._tensorboard(trainer)
+        if tb is None:
+            return
+        metrics = {
+            final: float(trainer.callback_metrics[tag])
+            for tag, final in FINAL_METRICS.items()
+            if tag in trainer.callback_metrics
+        }
+        tb.log_hyperparams(flatten(self.config), metrics=metrics)

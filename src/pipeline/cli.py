@@ -1,0 +1,174 @@
+"""The command line in front of @hydra.main: compose and validate every job before any runs.
+
+Hydra reports an unknown group option or key with a long message and exit 1; the pipeline
+turns them, and every problem `validate` finds, into one line each and exit 2 — for every job
+of a sweep, before the first one starts. It also lets `trainer.NAME=VALUE` pass any
+lightning.Trainer argument without Hydra's `+` prefix.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra._internal.utils import get_args_parser
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import CONFIG_DIR, config_groups, group_options, trainer_arguments
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE
+
+HYDRA_INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
+Validator = Callable[[DictConfig], list[str]]
+
+
+def _line(o: Override) -> str:
+    """The override as the user typed it."""
+    return o.input_line or ""
+
+
+def _value_text(o: Override) -> str:
+    return _line(o).split("=", 1)[1] if "=" in _line(o) else ""
+
+
+def check_group_choices(overrides: list[Override]) -> list[str]:
+    """An unknown option of one of our groups, with the valid ones listed."""
+    groups = config_groups()
+    problems = []
+    for o in overrides:
+        group = o.key_or_group
+        if group not in groups or o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+        options = group_options(group)
+        for v in values:
+            if v not in options and v not in ("null", "None"):
+                problems.append(
+                    f"{group}={v} is not an option of {group}; choose one of: {', '.join(options)}"
+                )
+    return problems
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted `key` exists in `cfg`, whatever its value (`???` included)."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return isinstance(node, DictConfig) and name in node.keys()  # noqa: SIM118 (`in node` is False for ???)
+
+
+def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str], list[str]]:
+    """Overrides as Hydra should see them, and the unknown keys as problems.
+
+    `trainer.NAME=V` for a lightning.Trainer argument missing from the config becomes
+    `+trainer.NAME=V`; any other unknown key is a problem naming the keys that exist there.
+    """
+    groups = config_groups()
+    rewritten, problems = [], []
+    for o in overrides:
+        key = o.key_or_group
+        plain = o.package is None and not (o.is_add() or o.is_delete() or o.is_force_add())
+        known = has_key(base, key)
+        if not plain or known or key in groups or key.startswith("hydra") or "/" in key:
+            rewritten.append(_line(o))
+            continue
+        parent, _, name = key.rpartition(".")
+        if parent == "trainer" and name in trainer_arguments():
+            rewritten.append("+" + _line(o))
+            continue
+        node = OmegaConf.select(base, parent) if parent else base
+        keys = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+        where = f"{parent} has: {keys}" if parent else f"top-level keys: {keys}"
+        problems.append(
+            f"{key} is not a config key (got {key}={_value_text(o)}); {where}; fix the spelling"
+        )
+    return rewritten, problems
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def _check_job(
+    config_name: str, job: list[Override], validate: Validator
+) -> tuple[list[str], list[str]]:
+    """(the job's overrides as Hydra should see them, its problems)."""
+    groups = config_groups()
+    choices = [_line(o) for o in job if o.key_or_group in groups or o.is_add()]
+    try:
+        base = _compose(config_name, choices)
+        rewritten, problems = resolve_keys(job, base)
+        if problems:
+            return rewritten, problems
+        return rewritten, validate(_compose(config_name, rewritten))
+    except HydraException as exc:
+        return [_line(o) for o in job], [_one_line(exc)]
+
+
+def preflight(
+    config_name: str, overrides: list[str], multirun: bool, validate: Validator
+) -> tuple[list[str], list[str]]:
+    """(overrides to run with, problems): every job of a sweep composed and validated."""
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except HydraException as exc:
+        return overrides, [f"cannot parse the overrides: {_one_line(exc)}"]
+    problems = check_group_choices(parsed)
+    if problems:
+        return overrides, problems
+    jobs = (
+        [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+        if multirun
+        else [overrides]
+    )
+    for job in jobs:
+        _, job_problems = _check_job(config_name, parser.parse_overrides(job), validate)
+        problems += [p for p in job_problems if p not in problems]
+    if problems:
+        return overrides, problems
+    # Keys do not depend on sweep values: the command line's own overrides, rewritten once.
+    first_choices = [
+        o for o in parser.parse_overrides(jobs[0]) if o.key_or_group in config_groups()
+    ]
+    base = _compose(config_name, [_line(o) for o in first_choices])
+    return resolve_keys(parsed, base)[0], []
+
+
+def report_problems(problems: list[str], program: str) -> None:
+    """One line per problem on stderr, under a header naming the program."""
+    noun = "problem" if len(problems) == 1 else "problems"
+    print(f"{program}: {len(problems)} config {noun}:", file=sys.stderr)
+    for p in problems:
+        print(f"  - {p}", file=sys.stderr)
+
+
+def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
+    """Check the command line, then hand it to the @hydra.main-decorated `hydra_app`."""
+    argv = sys.argv[1:]
+    args = get_args_parser().parse_args(argv)
+    if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
+        overrides, problems = preflight(
+            config_name, list(args.overrides), bool(args.multirun), validate
+        )
+        if problems:
+            report_problems(problems, program)
+            sys.exit(CONFIG_ERROR_EXIT_CODE)
+        flags = [a for a in argv if a not in args.overrides]
+        sys.argv = [sys.argv[0], *flags, *overrides]
+    hydra_app()

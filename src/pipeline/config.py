@@ -1,0 +1,313 @@
+"""Where the configs live, and validation: every user mistake in a composed config, found at once.
+
+`validate(cfg)` returns one line per problem — the key, the value given, what is allowed, the
+fix — and is run for every job before any heavy work. Hydra's own composition errors (unknown
+group option, unknown key) are caught earlier, in cli.py, in the same style.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PRECISIONS = (
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+)
+BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed becomes bf16-mixed on CPU
+NONFINITE_MODES = ("raise", "warn", "off")
+SCHEDULERS = ("none", "cosine", "step")
+# Trainer arguments the pipeline sets from its own groups; trainer.X for these is refused.
+OWNED_TRAINER_ARGS = {
+    "accelerator": "device=…",
+    "devices": "device.devices=N",
+    "strategy": "device=ddp or device=ddp_cpu",
+    "num_nodes": "device.num_nodes=N",
+    "sync_batchnorm": "device.sync_batchnorm=true",
+    "precision": "precision=…",
+    "logger": "logger=tensorboard|csv|none",
+    "callbacks": "the callbacks group",
+    "enable_checkpointing": "the callbacks group",
+    "enable_progress_bar": "callbacks.progress_bar=false",
+    "default_root_dir": "hydra.run.dir=…",
+}
+PIPELINE_TRAINER_KEYS = ("detect_nonfinite",)  # ours, popped before lightning.Trainer sees them
+RESNET_DOWNSAMPLING_STAGES = 5  # conv1, maxpool, layer2, layer3, layer4: each halves (ceil)
+
+
+def find_config_dir() -> Path:
+    """conf/ inside the installed package (a wheel), else the checkout's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no conf/train.yaml beside {here} or in the checkout above it")
+
+
+CONFIG_DIR = find_config_dir()
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files' names."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def config_groups() -> list[str]:
+    """The config groups: the folders of conf/."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+
+
+def trainer_arguments() -> set[str]:
+    """The keyword arguments lightning.Trainer takes."""
+    from lightning.pytorch import Trainer
+
+    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+
+
+def resnet_final_size(image_size: int) -> int:
+    """Height (= width) of ResNet18's last feature map: five stride-2 stages, each ceil(x/2)."""
+    size = image_size
+    for _ in range(RESNET_DOWNSAMPLING_STAGES):
+        size = (size + 1) // 2
+    return size
+
+
+def min_image_size(batch_size: int) -> int:
+    """Smallest image for which layer4's BatchNorm sees > 1 value per channel in training."""
+    size = 1
+    while batch_size * resnet_final_size(size) ** 2 < 2:
+        size += 1
+    return size
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: do not warn on a guess
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+class _Checker:
+    """Collects problems; each check names the key, the value, what is allowed and the fix."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.problems: list[str] = []
+
+    def value(self, key: str) -> Any:
+        return OmegaConf.select(self.cfg, key, throw_on_missing=False)
+
+    def int_at_least(self, key: str, low: int, fix: int) -> bool:
+        v = self.value(key)
+        if not _is_int(v):
+            self.problems.append(f"{key} must be an integer ≥ {low} (got {v!r}); set {key}={fix}")
+            return False
+        if v < low:
+            self.problems.append(f"{key} must be ≥ {low} (got {v}); set {key}={fix}")
+            return False
+        return True
+
+    def positive_number(self, key: str, fix: str) -> None:
+        v = self.value(key)
+        if not _is_number(v) or v <= 0:
+            self.problems.append(f"{key} must be a number > 0 (got {v!r}); set {key}={fix}")
+
+    def one_of(self, key: str, allowed: tuple[str, ...], fix: str) -> bool:
+        v = self.value(key)
+        if v not in allowed:
+            self.problems.append(
+                f"{key} must be one of {', '.join(allowed)} (got {v!r}); set {key}={fix}"
+            )
+            return False
+        return True
+
+
+def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str]:
+    """Every problem in a composed train config, one line each; empty when it can run."""
+    import torch
+
+    from pipeline.weights import is_torchvision_weights
+
+    c = _Checker(cfg)
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+
+    c.int_at_least("seed", 0, 42)
+    c.positive_number("optimizer.lr", "1e-3")
+
+    sizes_ok = c.int_at_least("data.image_size", 1, 64) & c.int_at_least("data.batch_size", 1, 32)
+    c.int_at_least("data.channels", 1, 3)
+    c.int_at_least("data.num_samples", 1, 512)
+    c.int_at_least("data.num_val_samples", 1, 128)
+    c.int_at_least("data.num_workers", 0, 0)
+    if sizes_ok:
+        size, batch = c.value("data.image_size"), c.value("data.batch_size")
+        if batch * resnet_final_size(size) ** 2 < 2:
+            c.problems.append(
+                f"data.image_size={size} with data.batch_size={batch} leaves 1 value per channel in "
+                f"ResNet18's last BatchNorm (training needs > 1); set data.image_size={min_image_size(batch)} "
+                "or more, or data.batch_size=2 or more"
+            )
+
+    classes_ok = c.int_at_least("model.num_classes", 1, 1000)
+    if classes_ok and c.value("loss.name") == "cross_entropy" and c.value("model.num_classes") < 2:
+        c.problems.append(
+            f"loss=cross_entropy needs model.num_classes ≥ 2 (got {c.value('model.num_classes')}); "
+            "set model.num_classes=10"
+        )
+    if not isinstance(c.value("model.channels_last"), bool):
+        c.problems.append(
+            f"model.channels_last must be true or false (got {c.value('model.channels_last')!r})"
+        )
+    weights = c.value("model.weights")
+    if weights is not None and not isinstance(weights, str):
+        c.problems.append(f"model.weights must be null, DEFAULT or a file path (got {weights!r})")
+    elif (
+        isinstance(weights, str)
+        and not is_torchvision_weights(weights)
+        and not Path(weights).expanduser().is_file()
+    ):
+        c.problems.append(
+            f"model.weights={weights} is not a file; give a state-dict path, DEFAULT, or model.weights=null"
+        )
+
+    if c.one_of("precision", PRECISIONS, "32-true"):
+        precision = c.value("precision")
+        accel = c.value("device.accelerator")
+        on_cpu = accel == "cpu" or (accel == "auto" and not cuda_available)
+        if precision == "transformer-engine" and on_cpu:
+            c.problems.append(
+                "precision=transformer-engine needs an NVIDIA GPU; set precision=bf16-mixed"
+            )
+
+    _validate_device(c, cuda_available)
+    _validate_scheduler(c)
+    _validate_trainer(c)
+    ckpt = c.value("ckpt_path")
+    if ckpt is not None:
+        c.problems += checkpoint_problems(str(ckpt))
+    return c.problems
+
+
+def checkpoint_problems(path: str) -> list[str]:
+    """Why `path` cannot be resumed from or evaluated, if it cannot."""
+    from pipeline.checkpoints import read_checkpoint, run_config_of
+    from pipeline.errors import ConfigError
+
+    try:
+        run_config_of(read_checkpoint(path), path)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def _validate_device(c: _Checker, cuda_available: bool) -> None:
+    accel = c.value("device.accelerator")
+    name = c.value("device.name")
+    if accel == "gpu" and not cuda_available:
+        c.problems.append(
+            f"device={name} needs a CUDA GPU, but torch sees none (torch.cuda.is_available() is False); "
+            "set device=cpu, device=auto or device=ddp_cpu"
+        )
+    devices = c.value("device.devices")
+    if not (_is_int(devices) and (devices >= 1 or devices == -1)):
+        c.problems.append(
+            f"device.devices must be an integer ≥ 1, or -1 for all GPUs (got {devices!r}); set device.devices=2"
+        )
+    c.int_at_least("device.num_nodes", 1, 1)
+    if not isinstance(c.value("device.sync_batchnorm"), bool):
+        c.problems.append(
+            f"device.sync_batchnorm must be true or false (got {c.value('device.sync_batchnorm')!r})"
+        )
+
+
+def _validate_scheduler(c: _Checker) -> None:
+    if not c.one_of("scheduler.name", SCHEDULERS, "none"):
+        return
+    name = c.value("scheduler.name")
+    if name == "none":
+        return
+    c.int_at_least("scheduler.warmup_steps", 0, 0)
+    if name == "cosine":
+        total = c.value("scheduler.total_steps")
+        if not _is_int(total) or total < 1:
+            c.problems.append(
+                f"scheduler.total_steps must be an integer ≥ 1 (got {total!r}); set trainer.max_steps=N "
+                "or scheduler.total_steps=N"
+            )
+        ratio = c.value("scheduler.min_lr_ratio")
+        if not _is_number(ratio) or not 0 <= ratio <= 1:
+            c.problems.append(
+                f"scheduler.min_lr_ratio must be in [0, 1] (got {ratio!r}); set scheduler.min_lr_ratio=0"
+            )
+    if name == "step":
+        c.int_at_least("scheduler.step_size", 1, 10)
+        gamma = c.value("scheduler.gamma")
+        if not _is_number(gamma) or not 0 < gamma <= 1:
+            c.problems.append(
+                f"scheduler.gamma must be in (0, 1] (got {gamma!r}); set scheduler.gamma=0.5"
+            )
+
+
+def _validate_trainer(c: _Checker) -> None:
+    trainer = c.value("trainer")
+    if not isinstance(trainer, DictConfig):
+        c.problems.append("trainer must be a mapping of lightning.Trainer arguments")
+        return
+    known = trainer_arguments()
+    for key in trainer:
+        key = str(key)
+        if key in PIPELINE_TRAINER_KEYS:
+            continue
+        if key in OWNED_TRAINER_ARGS:
+            c.problems.append(
+                f"trainer.{key} is set by the pipeline; use {OWNED_TRAINER_ARGS[key]} instead"
+            )
+        elif key not in known:
+            close = [k for k in sorted(known) if k.startswith(key[:4])][:4]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            c.problems.append(
+                f"trainer.{key} is not a lightning.Trainer argument{hint}; remove it or fix the spelling"
+            )
+    max_steps = c.value("trainer.max_steps")
+    if not (_is_int(max_steps) and (max_steps >= 1 or max_steps == -1)):
+        c.problems.append(
+            f"trainer.max_steps must be an integer ≥ 1, or -1 for epochs (got {max_steps!r}); set trainer.max_steps=16"
+        )
+    c.int_at_least("trainer.accumulate_grad_batches", 1, 1)
+    c.int_at_least("trainer.log_every_n_steps", 1, 4)
+    c.one_of("trainer.detect_nonfinite", NONFINITE_MODES, "raise")
+
+
+def warnings_for(cfg: DictConfig) -> list[str]:
+    """Things that will run, but not as the user likely hopes."""
+    import torch
+
+    notes = []
+    precision = OmegaConf.select(cfg, "precision")
+    accel = OmegaConf.select(cfg, "device.accelerator")
+    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision in BF16_PRECISIONS and not cpu_has_native_bf16():
+        notes.append(
+            f"precision={precision} on this CPU: it has no native bf16 (no AVX512-BF16 or AMX), "
+            "so bf16 is emulated and runs many times slower than precision=32-true"
+        )
+    return notes

@@ -1,0 +1,18 @@
+"""The two ways a run ends on purpose: a user's config mistake, and a diverged run."""
+
+from __future__ import annotations
+
+CONFIG_ERROR_EXIT_CODE = 2  # validation found problems; nothing was trained
+DIVERGED_EXIT_CODE = 3  # a non-finite loss stopped the run; the last finite state was saved
+
+
+class ConfigError(Exception):
+    """Every problem found in a config, one line each: key, value, what is allowed, the fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class DivergenceError(RuntimeError):
+    """The loss became non-finite; the message names the step and what to do."""

@@ -1,0 +1,101 @@
+"""ResNet18 as a LightningModule: the network, its loss, its optimizer and schedule.
+
+The training step is the seed's: forward, loss, (Lightning's) backward, optimizer step.
+Logs train/loss, train/lr and val/loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet18
+
+from pipeline.errors import ConfigError
+from pipeline.schedules import build_scheduler
+from pipeline.weights import (
+    is_torchvision_weights,
+    read_state_dict,
+    state_dict_mismatch,
+    torchvision_state_dict,
+)
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
+    """torchvision's ResNet18 with random init (weights=None), torchvision's weights, or a file's.
+
+    The head is replaced by a fresh Linear(512, num_classes) when the weights have another size.
+    """
+    if weights is None:
+        return resnet18(weights=None, num_classes=num_classes)
+    if is_torchvision_weights(weights):
+        state = torchvision_state_dict(weights)
+    else:
+        state = read_state_dict(weights)
+    head = state.get("fc.weight")
+    file_classes = head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
+    net = resnet18(weights=None, num_classes=file_classes)
+    problems = state_dict_mismatch(net, state)
+    if problems:
+        raise ConfigError([f"model.weights={weights} does not fit ResNet18: {p}" for p in problems])
+    net.load_state_dict(state)
+    if file_classes != num_classes:
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+    return net
+
+
+class ResNetClassifier(pl.LightningModule):
+    """Trains `net` with `loss_fn`; the optimizer and scheduler are built by their factories."""
+
+    def __init__(
+        self,
+        *,
+        net: nn.Module,
+        loss_fn: Callable[[Tensor, Tensor], Tensor],
+        optimizer_factory: OptimizerFactory,
+        scheduler_kwargs: dict[str, Any],
+        channels_last: bool,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.loss_fn = loss_fn
+        self.optimizer_factory = optimizer_factory
+        self.scheduler_kwargs = scheduler_kwargs
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net(images.contiguous(memory_format=self.memory_format))  # (B, num_classes)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, labels = batch  # (B, C, H, W), (B, num_classes) or (B,)
+        loss = self.loss_fn(self(images), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
+        self.log(
+            "train/lr",
+            self.trainer.optimizers[0].param_groups[0]["lr"],
+            on_step=True,
+            on_epoch=False,
+        )
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        loss = self.loss_fn(self(images), labels)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(self.parameters())
+        scheduler = build_scheduler(optimizer, **self.scheduler_kwargs)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

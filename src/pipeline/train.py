@@ -1,0 +1,74 @@
+"""`python -m pipeline.train`: compose → validate → build → fit. Read it top to bottom.
+
+Writes the run directory outputs/YYYY-MM-DD/HH-MM-SS/ (.hydra/, train.log, tensorboard/,
+checkpoints/last.ckpt) and prints where it is at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning.pytorch as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from pipeline import build, cli, report
+from pipeline.config import CONFIG_DIR, validate, warnings_for
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, DIVERGED_EXIT_CODE, ConfigError, DivergenceError
+
+log = logging.getLogger(__name__)
+# Lightning 2.6 calls a torch API that torch 2.14 deprecated, on every step; nothing to act on.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def route_lightning_logs_to_hydra() -> None:
+    """Lightning gives its loggers their own handler when imported first; send them to train.log."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def train(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    route_lightning_logs_to_hydra()
+    report.show_config(cfg)
+    for note in warnings_for(cfg):
+        log.warning(note)
+    try:
+        problems = validate(cfg)  # already checked by cli.preflight; cheap, and guards direct calls
+        if problems:
+            raise ConfigError(problems)
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = build.build_datamodule(cfg)
+        module = build.build_module(cfg)
+        trainer = build.build_trainer(cfg, run_dir)
+        report.show_line(
+            f"Training ResNet18: {cfg.trainer.max_steps} steps, global batch "
+            f"{trainer.world_size * cfg.data.batch_size} ({trainer.world_size} process(es) × "
+            f"data.batch_size={cfg.data.batch_size}), {cfg.data.image_size}×{cfg.data.image_size}, "
+            f"loss={cfg.loss.name}, precision={cfg.precision}"
+        )
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except ConfigError as exc:
+        cli.report_problems(exc.problems, "pipeline.train")
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    except DivergenceError as exc:
+        log.error(str(exc))
+        report.show_error("pipeline.train", str(exc))
+        sys.exit(DIVERGED_EXIT_CODE)
+    report.show_run_dir(run_dir)
+
+
+def main() -> None:
+    """Console entry point `pipeline-train`."""
+    cli.run(train, "train", "pipeline.train", validate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Loading ResNet18 weights: torchvision's (downloaded or from the hub cache) or a state-dict file.
+
+Every failure a user can cause (offline, missing file, corrupt file, code-running pickle,
+wrong keys) raises ConfigError with the fix, never a urllib or unpickling traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import ResNet18_Weights
+
+from pipeline.errors import ConfigError
+
+TORCHVISION_WEIGHTS = (*(w.name for w in ResNet18_Weights), "DEFAULT")
+MAX_KEYS_SHOWN = 5
+
+
+def is_torchvision_weights(weights: str) -> bool:
+    """True for 'DEFAULT' and the names of ResNet18_Weights (IMAGENET1K_V1)."""
+    return weights in TORCHVISION_WEIGHTS
+
+
+def hub_cache_file(weights: str) -> Path:
+    """Where torch.hub keeps the file: $TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth."""
+    url = ResNet18_Weights[weights].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def torchvision_state_dict(weights: str) -> dict[str, Tensor]:
+    """torchvision's ResNet18 state dict: read from the hub cache, or downloaded into it."""
+    try:
+        return ResNet18_Weights[weights].get_state_dict(progress=False, check_hash=True)
+    except OSError as exc:  # URLError is an OSError: offline, DNS, proxy
+        cache = hub_cache_file(weights)
+        raise ConfigError(
+            [
+                f"model.weights={weights} could not be downloaded ({exc}); "
+                f"place the file at {cache} or set model.weights=null for random init"
+            ]
+        ) from None
+
+
+def load_file(path: str, key: str) -> Any:
+    """torch.load with weights_only=True: a pickle that would run code is refused, not run.
+
+    Any failure (no file, truncated, foreign, unsafe) is a ConfigError naming `key`.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError([f"{key}={path} is not a file; check the path"])
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling, zip and pickle-safety errors all land here
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise ConfigError(
+            [
+                f"{key}={path} is not a loadable torch file ({type(exc).__name__}: {reason}); "
+                "it may be truncated, foreign, or contain code (refused by weights_only loading)"
+            ]
+        ) from None
+
+
+def read_state_dict(path: str) -> dict[str, Tensor]:
+    """A state dict from a file: a plain state dict, or a Lightning checkpoint of this package."""
+    obj = load_file(path, "model.weights")
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # a pipeline .ckpt
+        obj = {k.removeprefix("net."): v for k, v in obj["state_dict"].items()}
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ConfigError(
+            [
+                f"model.weights={path} holds a {type(obj).__name__}, not a state dict of tensors; "
+                "save it with torch.save(model.state_dict(), path)"
+            ]
+        )
+    return obj
+
+
+def _shown(keys: list[str]) -> str:
+    more = f" (+{len(keys) - MAX_KEYS_SHOWN} more)" if len(keys) > MAX_KEYS_SHOWN else ""
+    return ", ".join(keys[:MAX_KEYS_SHOWN]) + more
+
+
+def state_dict_mismatch(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    """Missing, unexpected and mis-shaped keys of `state` for `net`; empty when it fits."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_shown(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_shown(unexpected)}")
+    if misshaped:
+        problems.append(f"mis-shaped keys (file vs model): {_shown(misshaped)}")
+    return problems

@@ -1,0 +1,145 @@
+"""Every shipped config composes and builds; every bad input gets its one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig
+from torchvision.models import resnet18
+
+from pipeline import build
+from pipeline.cli import _compose, preflight
+from pipeline.config import config_groups, group_options, min_image_size, validate
+
+GPU_ONLY = {("device", "gpu"), ("device", "ddp")}
+
+
+def _problems(*overrides: str, multirun: bool = False) -> list[str]:
+    return preflight("train", list(overrides), multirun, validate)[1]
+
+
+def test_every_group_has_options() -> None:
+    assert set(config_groups()) >= {
+        "model",
+        "data",
+        "loss",
+        "optimizer",
+        "scheduler",
+        "device",
+        "logger",
+        "callbacks",
+        "experiment",
+        "debug",
+    }
+    assert group_options("optimizer") == ["adam", "adamw", "rmsprop", "sgd"]
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in config_groups() for o in group_options(g)]
+)
+def test_every_option_composes_and_instantiates(
+    group: str, option: str, tmp_path: Path, fake_hub_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(fake_hub_weights.parents[2]))
+    cfg = _compose("train", [f"{group}={option}"])
+    assert isinstance(cfg, DictConfig)
+    problems = validate(cfg)
+    if (group, option) in GPU_ONLY and not torch.cuda.is_available():
+        assert any("needs a CUDA GPU" in p for p in problems)
+        return
+    assert problems == []
+    module = build.build_module(cfg)
+    data = build.build_datamodule(cfg)
+    trainer = build.build_trainer(cfg, tmp_path)
+    assert module.optimizer_factory(module.parameters()) is not None
+    assert len(data.train_set) == cfg.data.num_samples
+    assert trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
+    cfg = _compose("train", [])
+    assert (cfg.loss.name, cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.momentum) == (
+        "sum_diff",
+        "torch.optim.SGD",
+        1e-3,
+        0.9,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["optimizer=sgdd"],
+            "optimizer=sgdd is not an option of optimizer; choose one of: adam, adamw, rmsprop, sgd",
+        ),
+        (
+            ["data.batch_sise=4"],
+            "data.batch_sise is not a config key (got data.batch_sise=4); data has: image_size",
+        ),
+        (
+            ["data.batch_size=abc"],
+            "data.batch_size must be an integer ≥ 1 (got 'abc'); set data.batch_size=32",
+        ),
+        (["optimizer.lr=0"], "optimizer.lr must be a number > 0 (got 0); set optimizer.lr=1e-3"),
+        (["optimizer.lr=-1e-3"], "optimizer.lr must be a number > 0 (got -0.001)"),
+        (["data.batch_size=0"], "data.batch_size must be ≥ 1 (got 0); set data.batch_size=32"),
+        (["data.image_size=0"], "data.image_size must be ≥ 1 (got 0)"),
+        (["data.num_samples=0"], "data.num_samples must be ≥ 1 (got 0)"),
+        (
+            ["data.image_size=32", "data.batch_size=1"],
+            "set data.image_size=33 or more, or data.batch_size=2 or more",
+        ),
+        (
+            ["precision=fp8"],
+            "precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true",
+        ),
+        (
+            ["loss=cross_entropy", "model.num_classes=1"],
+            "loss=cross_entropy needs model.num_classes ≥ 2 (got 1)",
+        ),
+        (["model.weights=/no/such/file.pt"], "model.weights=/no/such/file.pt is not a file"),
+        (["trainer.max_step=3"], "trainer.max_step is not a config key"),
+        (["+trainer.not_an_arg=1"], "trainer.not_an_arg is not a lightning.Trainer argument"),
+        (
+            ["trainer.precision=16"],
+            "trainer.precision is set by the pipeline; use precision=… instead",
+        ),
+        (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
+        (["-m", "data.batch_size=4,0"], "data.batch_size must be ≥ 1 (got 0)"),
+    ],
+)
+def test_bad_input_names_key_value_and_fix(overrides: list[str], expected: str) -> None:
+    multirun = overrides[0] == "-m"
+    problems = _problems(*overrides[multirun:], multirun=multirun)
+    assert any(expected in p for p in problems), problems
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_without_gpu_is_refused() -> None:
+    (problem,) = _problems("device=gpu")
+    assert problem.startswith("device=gpu needs a CUDA GPU") and "set device=cpu" in problem
+
+
+def test_all_problems_are_reported_together() -> None:
+    problems = _problems("data.batch_size=0", "optimizer.lr=0", "precision=x")
+    assert len(problems) == 3
+
+
+def test_any_trainer_argument_passes_without_plus() -> None:
+    overrides, problems = preflight(
+        "train", ["trainer.gradient_clip_algorithm=value", "trainer.max_steps=3"], False, validate
+    )
+    assert problems == []
+    assert overrides == ["+trainer.gradient_clip_algorithm=value", "trainer.max_steps=3"]
+
+
+def test_min_image_size_matches_batchnorm() -> None:
+    net = resnet18(num_classes=4).train()
+    assert (min_image_size(1), min_image_size(2)) == (33, 1)
+    net(torch.rand(1, 3, 33, 33))  # 2×2 values per channel at layer4: trains
+    net(torch.rand(2, 3, 1, 1))  # 2 images × 1×1: trains
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        net(torch.rand(1, 3, 32, 32))

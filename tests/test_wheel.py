@@ -1,0 +1,65 @@
+"""A wheel installed into a fresh venv carries conf/ and runs from any directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+from conftest import cli_env, only_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_runs_from_an_unrelated_directory(tmp_path: Path, torch_home: Path) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = dist.glob("pipeline-*.whl")
+    venv = tmp_path / "fresh"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
+    # torch & co. come from the test's own environment (read-only); the package only from the wheel.
+    (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        check=True,
+        timeout=120,
+    )
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    located = subprocess.check_output(
+        [python, "-c", "import pipeline.config as c; print(c.CONFIG_DIR)"], cwd=elsewhere, text=True
+    )
+    assert located.strip().startswith(str(site))  # the wheel's conf/, not the checkout's
+    env = cli_env(torch_home)
+    result = subprocess.run(
+        [venv / "bin" / "pipeline-train", "debug=fast", "callbacks.progress_bar=false"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (only_run_dir(elsewhere) / "checkpoints" / "last.ckpt").is_file()
+    module_run = subprocess.run(
+        [python, "-m", "pipeline.train", "--help"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "optimizer: adam, adamw, rmsprop, sgd" in module_run.stdout
