@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.callbacks import (
+    AnalyticGradientCheck,
+    GradientLogger,
     NonFiniteGuard,
     ProgressBar,
     RunConfigInCheckpoint,
@@ -106,6 +108,23 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
                 mode=cfg.trainer.detect_nonfinite,
                 loss_name=cfg.loss.name,
                 checkpoint_path=ckpt_dir / LAST_CHECKPOINT,
+            )
+        )
+    if cfg.callbacks.gradients.enabled:
+        callbacks.append(
+            GradientLogger(
+                log_every_n_steps=cfg.trainer.log_every_n_steps,
+                histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
+            )
+        )
+    check = cfg.callbacks.gradient_check
+    if check.enabled:
+        callbacks.append(
+            AnalyticGradientCheck(
+                loss=LOSSES[cfg.loss.name],
+                precision=cfg.precision,
+                every_n_steps=check.every_n_steps,
+                on_fail=check.on_fail,
             )
         )
     if cfg.callbacks.progress_bar:

@@ -198,6 +198,9 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
                 "precision=transformer-engine needs an NVIDIA GPU; set precision=bf16-mixed"
             )
 
+    c.int_at_least("callbacks.gradients.histogram_every_n_steps", 0, 100)
+    c.int_at_least("callbacks.gradient_check.every_n_steps", 0, 50)
+    c.one_of("callbacks.gradient_check.on_fail", ("raise", "warn"), "raise")
     _validate_device(c, cuda_available)
     _validate_scheduler(c)
     _validate_trainer(c)

@@ -16,3 +16,11 @@ class ConfigError(Exception):
 
 class DivergenceError(RuntimeError):
     """The loss became non-finite; the message names the step and what to do."""
+
+
+GRADIENT_CHECK_EXIT_CODE = 4  # autograd disagreed with the analytic gradient
+
+
+class GradientCheckError(RuntimeError):
+    """Autograd's gradient differs from the closed form; the message names the step, the tensor,
+    the max error and the tolerance."""

@@ -1,14 +1,35 @@
-"""Pure functions on gradients and weights: finiteness, block norms, update ratios.
+"""Pure functions on gradients and weights: finiteness, block norms, update ratios, and the
+analytic gradients of ResNet18's head that autograd must reproduce.
 
 All stay on the tensors' device; callers bring one small result to the host per use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+BLOCKS = (
+    "conv1",
+    "bn1",
+    "layer1",
+    "layer2",
+    "layer3",
+    "layer4",
+    "fc",
+)  # ResNet18's top-level modules
+TOLERANCES = {  # relative max error of the head gradients, by precision: the rounding of its matmul
+    "64-true": 1e-9,
+    "32-true": 1e-4,
+    "16-mixed": 2e-2,  # fp16 matmul inputs (bf16 on CPU): 8-10 mantissa bits
+    "bf16-mixed": 2e-2,
+    "16-true": 5e-2,  # half weights and half gradient accumulation
+    "bf16-true": 5e-2,
+    "transformer-engine": 5e-2,
+}
 
 
 def all_finite(tensors: Sequence[Tensor]) -> Tensor:
@@ -17,3 +38,101 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
         return torch.tensor(True)
     norms = torch._foreach_norm(list(tensors))  # inf or nan in a tensor makes its norm non-finite
     return torch.isfinite(torch.stack(norms)).all()
+
+
+def block_of(param_name: str) -> str:
+    """'net.layer3.1.conv2.weight' → 'layer3'."""
+    return param_name.removeprefix("net.").split(".", 1)[0]
+
+
+def block_index(param_names: Sequence[str], blocks: Sequence[str] = BLOCKS) -> Tensor:
+    """For each parameter, the position of its block in `blocks`."""
+    return torch.tensor([blocks.index(block_of(n)) for n in param_names])
+
+
+def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Tensor:
+    """(num_blocks + 1,) float32: the L2 norm of each block's tensors together, then of all.
+
+    One fused norm over all tensors, then a segment sum of squares: no per-tensor host sync.
+    """
+    norms = torch.stack(torch._foreach_norm(list(tensors))).float()  # (P,)
+    squares = torch.zeros(num_blocks, device=norms.device).index_add_(
+        0, index.to(norms.device), norms**2
+    )
+    return torch.cat([squares, squares.sum().unsqueeze(0)]).sqrt()
+
+
+def update_ratios(lr: float, grad_norms: Tensor, weight_norms: Tensor) -> Tensor:
+    """lr·‖g‖/‖w‖ per block: the relative size of an SGD step (0 where ‖w‖ = 0)."""
+    return torch.where(
+        weight_norms > 0, lr * grad_norms / weight_norms, torch.zeros_like(grad_norms)
+    )
+
+
+def head_grads(features: Tensor, dloss_dpred: Tensor) -> tuple[Tensor, Tensor]:
+    """For pred = h·Wᵀ + b: ∂L/∂b = Σₙ Gₙ (C,), ∂L/∂W = Gᵀh (C, 512). h (N, 512), G (N, C)."""
+    return dloss_dpred.sum(0), dloss_dpred.transpose(0, 1) @ features
+
+
+def max_relative_error(actual: Tensor, expected: Tensor) -> float:
+    """max |actual − expected| over max |expected|: tolerances scale with the gradients' size."""
+    expected = expected.double()
+    scale = expected.abs().max().clamp_min(torch.finfo(torch.float64).tiny)
+    return float((actual.double() - expected).abs().max() / scale)
+
+
+def seed_q_check() -> bool:
+    """The seed's check: Q = 3a³ − b², Q.backward(ones) gives ∂Q/∂a = 9a², ∂Q/∂b = −2b exactly."""
+    a = torch.tensor([2.0, 3.0], requires_grad=True)
+    b = torch.tensor([6.0, 4.0], requires_grad=True)
+    q = 3 * a**3 - b**2
+    q.backward(gradient=torch.ones_like(q))
+    assert a.grad is not None and b.grad is not None
+    return bool(torch.equal(a.grad, 9 * a.detach() ** 2) and torch.equal(b.grad, -2 * b.detach()))
+
+
+def gradcheck_loss(
+    fn: Callable[[Tensor, Tensor], Tensor], target: Tensor, num_classes: int = 5
+) -> bool:
+    """torch.autograd.gradcheck (float64, fast mode) of a loss w.r.t. its predictions."""
+    pred = torch.randn(
+        3, num_classes, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    pred.requires_grad_(True)
+    target = target.double() if target.is_floating_point() else target
+    return bool(
+        torch.autograd.gradcheck(
+            lambda p: fn(p, target), (pred,), fast_mode=True, raise_exception=False
+        )
+    )
+
+
+def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
+    """Finite differences against autograd on a float64 copy of `net` (eval-mode BatchNorm),
+    w.r.t. a tiny input image: that gradient runs back through every layer's backward.
+
+    The logits are projected on 4 fixed random directions. Fast mode costs a few forwards; a
+    failing fast check re-runs in slow mode (one forward per input element, one backward per
+    output): 192 and 4 here, so even a failure takes seconds, not hours.
+    """
+    model = copy.deepcopy(net).double().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(1, 3, image_size, image_size, dtype=torch.float64, generator=g)
+    directions = torch.randn(model(image).shape[1], 4, dtype=torch.float64, generator=g)
+
+    def projected(x: Tensor) -> Tensor:
+        return model(x) @ directions  # (1, 4)
+
+    # The default atol (1e-5) hides real errors at this output scale (|pred| ~ 0.1 at init).
+    return bool(
+        torch.autograd.gradcheck(
+            projected,
+            (image.requires_grad_(True),),
+            atol=1e-8,
+            rtol=1e-4,
+            fast_mode=True,
+            raise_exception=False,
+        )
+    )

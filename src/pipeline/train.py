@@ -18,7 +18,14 @@ from omegaconf import DictConfig
 
 from pipeline import build, cli, report
 from pipeline.config import CONFIG_DIR, validate, warnings_for
-from pipeline.errors import CONFIG_ERROR_EXIT_CODE, DIVERGED_EXIT_CODE, ConfigError, DivergenceError
+from pipeline.errors import (
+    CONFIG_ERROR_EXIT_CODE,
+    DIVERGED_EXIT_CODE,
+    GRADIENT_CHECK_EXIT_CODE,
+    ConfigError,
+    DivergenceError,
+    GradientCheckError,
+)
 
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch API that torch 2.14 deprecated, on every step; nothing to act on.
@@ -58,10 +65,12 @@ def train(cfg: DictConfig) -> None:
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.train")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    except DivergenceError as exc:
+    except (DivergenceError, GradientCheckError) as exc:
         log.error(str(exc))
         report.show_error("pipeline.train", str(exc))
-        sys.exit(DIVERGED_EXIT_CODE)
+        sys.exit(
+            DIVERGED_EXIT_CODE if isinstance(exc, DivergenceError) else GRADIENT_CHECK_EXIT_CODE
+        )
     report.show_run_dir(run_dir)
 
 

@@ -1,9 +1,19 @@
 """Thin Lightning hooks; the math they call lives in pure functions elsewhere in the package."""
 
+from pipeline.callbacks.gradient_check import AnalyticGradientCheck
+from pipeline.callbacks.gradient_logger import GradientLogger
 from pipeline.callbacks.nonfinite import NonFiniteGuard
 from pipeline.callbacks.progress import ProgressBar
 from pipeline.callbacks.run_config import RunConfigInCheckpoint
 from pipeline.callbacks.run_summary import RunSummary
 from pipeline.callbacks.throughput import Throughput
 
-__all__ = ["NonFiniteGuard", "ProgressBar", "RunConfigInCheckpoint", "RunSummary", "Throughput"]
+__all__ = [
+    "AnalyticGradientCheck",
+    "GradientLogger",
+    "NonFiniteGuard",
+    "ProgressBar",
+    "RunConfigInCheckpoint",
+    "RunSummary",
+    "Throughput",
+]

@@ -1,4 +1,5 @@
-"""The run's config in TensorBoard: the `config` text at start, HParams with final metrics at end.
+"""The run's config in TensorBoard: the `config` text and the Custom Scalars layout at start,
+HParams with final metrics at end.
 
 HParams lets a sweep's jobs be compared side by side in TensorBoard's HParams tab.
 Rank 0 only (Lightning's loggers write nothing on other ranks).
@@ -11,6 +12,18 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+CUSTOM_SCALARS = {  # TensorBoard's Custom Scalars tab: one chart per list of tag regexes
+    "training": {
+        "loss": ["Multiline", ["train/loss", "val/loss"]],
+        "learning rate": ["Multiline", ["train/lr"]],
+        "throughput": ["Multiline", ["perf/images_per_sec"]],
+    },
+    "gradients": {
+        "gradient norm per block": ["Multiline", [r"grad_norm/.*"]],
+        "update ratio lr·‖g‖/‖w‖ per block": ["Multiline", [r"update_ratio/.*"]],
+        "analytic check, max relative error": ["Multiline", [r"gradcheck/fc_.*"]],
+    },
+}
 FINAL_METRICS = {"train/loss": "hparams/train_loss", "val/loss": "hparams/val_loss"}
 
 
@@ -29,8 +42,9 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class RunSummary(pl.Callback):
-    """Writes the resolved YAML as text tag `config`, and the flattened config as hparams with
-    final metrics hparams/train_loss and hparams/val_loss. Costs two small writes a run."""
+    """Writes the resolved YAML as text tag `config`, the custom-scalars layout, and the flattened
+    config as hparams with final metrics hparams/train_loss and hparams/val_loss. Three small
+    writes a run."""
 
     def __init__(self, *, config: dict[str, Any], config_yaml: str) -> None:
         self.config = config
@@ -47,6 +61,7 @@ class RunSummary(pl.Callback):
                 "    " + line for line in self.config_yaml.splitlines()
             )  # markdown code
             tb.experiment.add_text("config", indented, global_step=0)
+            tb.experiment.add_custom_scalars(CUSTOM_SCALARS)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         tb = self._tensorboard(trainer)

@@ -1,0 +1,87 @@
+"""Gradient instruments in TensorBoard: block norms, update ratios, non-finite counts, histograms.
+
+Reads gradients in on_before_optimizer_step, where they are complete after accumulation and
+unscaled under 16-mixed. Rank 0 only: after DDP's all-reduce its gradients are the global ones,
+and other ranks skip the work. Tags:
+  every log_every_n_steps: grad_norm/total, grad_norm/<block>, update_ratio/<block>,
+                           grad/nonfinite_count (parameters whose gradient holds inf or NaN)
+  every histogram_every_n_steps (0: never): grad/<param>, weight/<param> histograms
+Cost on logged steps: two fused norm passes over the parameters and one host transfer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+
+from pipeline.gradients import BLOCKS, block_index, block_norms, update_ratios
+
+
+def is_due(step: int, every: int) -> bool:
+    """Whether 0-based optimizer step `step` is one of every N (the same steps Lightning logs)."""
+    return every > 0 and (step + 1) % every == 0
+
+
+class GradientLogger(pl.Callback):
+    def __init__(self, *, log_every_n_steps: int, histogram_every_n_steps: int) -> None:
+        self.log_every_n_steps = log_every_n_steps
+        self.histogram_every_n_steps = histogram_every_n_steps
+        self.skipped_histograms = 0
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
+    ) -> None:
+        if not trainer.is_global_zero or not trainer.loggers:
+            return
+        step = trainer.global_step
+        log_scalars = is_due(step, self.log_every_n_steps)
+        log_histograms = is_due(step, self.histogram_every_n_steps)
+        if not (log_scalars or log_histograms):
+            return
+        named = [(n, p) for n, p in pl_module.named_parameters() if p.grad is not None]
+        grads = [p.grad for _, p in named if p.grad is not None]
+        index = block_index([n for n, _ in named])
+        g_norms = block_norms(grads, index, len(BLOCKS))  # (blocks + total,)
+        nonfinite = int((~torch.isfinite(torch.stack(torch._foreach_norm(grads)))).sum())
+        if log_scalars:
+            w_norms = block_norms([p.detach() for _, p in named], index, len(BLOCKS))
+            ratios = update_ratios(optimizer.param_groups[0]["lr"], g_norms[:-1], w_norms[:-1])
+            values = torch.cat([g_norms, ratios]).tolist()  # the one host transfer
+            metrics = {
+                f"grad_norm/{b}": v for b, v in zip((*BLOCKS, "total"), values, strict=False)
+            }
+            metrics |= {
+                f"update_ratio/{b}": v
+                for b, v in zip(BLOCKS, values[len(BLOCKS) + 1 :], strict=True)
+            }
+            metrics["grad/nonfinite_count"] = nonfinite
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
+        if log_histograms:
+            self._histograms(trainer, named, step, nonfinite)
+
+    def _histograms(
+        self,
+        trainer: pl.Trainer,
+        named: list[tuple[str, torch.nn.Parameter]],
+        step: int,
+        nonfinite: int,
+    ) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        if nonfinite:
+            self.skipped_histograms += 1
+            rank_zero_warn(
+                f"step {step}: {nonfinite} gradient(s) hold inf/NaN (a skipped 16-mixed step?); "
+                f"histograms skipped ({self.skipped_histograms} so far)"
+            )
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                for name, p in named:
+                    tag = name.removeprefix("net.")
+                    logger.experiment.add_histogram(f"grad/{tag}", p.grad, step)
+                    logger.experiment.add_histogram(f"weight/{tag}", p.detach(), step)
