@@ -27,9 +27,10 @@ def _fit(tmp_path: Path, *overrides: str, corrupt: bool) -> None:
     cfg = _compose(
         "train", [*TINY, "logger=none", "callbacks.gradient_check.every_n_steps=1", *overrides]
     )
-    trainer = build.build_trainer(cfg, tmp_path)
-    if corrupt:
-        trainer.callbacks.insert(0, CorruptFcBiasGrad())  # runs before the check's hook
+    # The planted fault runs before the pipeline's callbacks, so before the check reads the gradients.
+    trainer = build.build_trainer(
+        cfg, tmp_path, extra_callbacks=[CorruptFcBiasGrad()] if corrupt else []
+    )
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
 
 

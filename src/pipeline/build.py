@@ -5,6 +5,7 @@ Nothing after this module reads the config object.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from pipeline.callbacks import (
     RunSummary,
     Throughput,
 )
+from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.config import PIPELINE_TRAINER_KEYS
 from pipeline.data import SyntheticDataModule
 from pipeline.losses import LOSSES
@@ -45,6 +47,11 @@ def uses_cuda(cfg: DictConfig) -> bool:
     """Whether the run's accelerator resolves to CUDA."""
     accel = cfg.device.accelerator
     return accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+
+
+def run_device(cfg: DictConfig) -> torch.device:
+    """The device a single-process run trains on."""
+    return torch.device("cuda" if uses_cuda(cfg) else "cpu")
 
 
 def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
@@ -132,7 +139,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     return callbacks
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = ()
+) -> pl.Trainer:
+    """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests)."""
     trainer_args = {k: v for k, v in plain(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS}
     device = cfg.device
     return pl.Trainer(
@@ -143,8 +153,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path) -> pl.Trainer:
         sync_batchnorm=device.sync_batchnorm,
         precision=cfg.precision,
         logger=build_loggers(cfg, run_dir) or False,
-        callbacks=build_callbacks(cfg, run_dir),
+        callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir)],
         enable_progress_bar=cfg.callbacks.progress_bar,
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         **trainer_args,
     )

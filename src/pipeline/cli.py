@@ -8,8 +8,10 @@ lightning.Trainer argument without Hydra's `+` prefix.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
@@ -23,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONFIG_DIR, config_groups, group_options, trainer_arguments
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
+from pipeline.rundir import claim_run_dir
 
 HYDRA_INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
 Validator = Callable[[DictConfig], list[str]]
@@ -90,13 +93,35 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     return rewritten, problems
 
 
-def _compose(config_name: str, overrides: list[str]) -> DictConfig:
+def _compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose(config_name, overrides=overrides)
+            return compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
     finally:
         GlobalHydra.instance().clear()
+
+
+def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Pin hydra.run.dir to a directory this process created: (overrides, problems).
+
+    Left to Hydra when the user set it, in sweeps, and in Lightning's DDP children (which
+    get the parent's directory).
+    """
+    if any(o.startswith("hydra.run.dir=") for o in overrides) or "LOCAL_RANK" in os.environ:
+        return overrides, []
+    wanted = Path(
+        str(OmegaConf.select(_compose(config_name, overrides, with_hydra=True), "hydra.run.dir"))
+    )
+    try:
+        claimed = claim_run_dir(wanted)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return overrides, [
+            f"cannot create the run directory {wanted} ({reason}); run from a writable directory "
+            "or set hydra.run.dir=/a/writable/path"
+        ]
+    return [*overrides, f"hydra.run.dir={claimed}"], []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -159,13 +184,15 @@ def report_problems(problems: list[str], program: str) -> None:
 
 
 def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
-    """Check the command line, then hand it to the @hydra.main-decorated `hydra_app`."""
+    """Check the command line, claim the run directory, then hand over to the @hydra.main app."""
     argv = sys.argv[1:]
     args = get_args_parser().parse_args(argv)
     if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
         overrides, problems = preflight(
             config_name, list(args.overrides), bool(args.multirun), validate
         )
+        if not problems and not args.multirun:
+            overrides, problems = claim_planned_run_dir(config_name, overrides)
         if problems:
             report_problems(problems, program)
             sys.exit(CONFIG_ERROR_EXIT_CODE)

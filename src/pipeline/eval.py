@@ -43,6 +43,7 @@ def run_config_for_eval(cfg: DictConfig) -> DictConfig:
 @hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")
 def evaluate(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    report.route_lightning_logs_to_hydra()
     try:
         run_cfg = run_config_for_eval(cfg)
         pl.seed_everything(run_cfg.seed, verbose=False)

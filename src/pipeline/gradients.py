@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -136,3 +137,23 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
             raise_exception=False,
         )
     )
+
+
+def histogram(tensor: Tensor, bins: int = 64) -> dict[str, Any]:
+    """The fields of TensorBoard's add_histogram_raw, binned on the tensor's device.
+
+    One small transfer instead of copying the whole tensor to numpy (what add_histogram does).
+    """
+    flat = tensor.detach().float().flatten()
+    low, high = flat.min(), flat.max()
+    counts = torch.histc(flat, bins=bins, min=float(low), max=float(high)) if high > low else None
+    stats = torch.stack([low, high, flat.sum(), (flat * flat).sum()]).tolist()
+    if counts is None:  # all equal: one bucket
+        limits, bucket_counts = [stats[1]], [float(flat.numel())]
+    else:
+        limits = torch.linspace(stats[0], stats[1], bins + 1)[1:].tolist()
+        bucket_counts = counts.tolist()
+    return {
+        "min": stats[0], "max": stats[1], "num": flat.numel(), "sum": stats[2], "sum_squares": stats[3],
+        "bucket_limits": limits, "bucket_counts": bucket_counts,
+    }  # fmt: skip

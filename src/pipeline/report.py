@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -12,6 +13,15 @@ from rich.syntax import Syntax
 from rich.tree import Tree
 
 console = Console()
+
+
+def route_lightning_logs_to_hydra() -> None:
+    """Lightning gives its loggers their own handler when imported first; send them to Hydra's
+    handlers instead (the run's .log file, and the console at WARNING)."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
 
 
 @rank_zero_only

@@ -32,18 +32,10 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
 
 
-def route_lightning_logs_to_hydra() -> None:
-    """Lightning gives its loggers their own handler when imported first; send them to train.log."""
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True
-
-
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def train(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    route_lightning_logs_to_hydra()
+    report.route_lightning_logs_to_hydra()
     report.show_config(cfg)
     for note in warnings_for(cfg):
         log.warning(note)

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
 import lightning.pytorch as pl
+
+log = logging.getLogger(__name__)
+FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), or None where unknown."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/stat") as system:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+            boot = next(int(line.split()[1]) for line in system if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return time.time() - (boot + start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 def images_per_sec(batch_size: int, world_size: int, seconds: float) -> float:
@@ -28,6 +44,8 @@ class Throughput(pl.Callback):
     ) -> None:
         if self._last is None:  # first batch: no previous end to measure from
             self._last = time.perf_counter()
+            if trainer.global_step == 0 and batch_idx == 0 and (age := process_age_s()) is not None:
+                log.info(FIRST_STEP_MESSAGE, age)
 
     def on_train_batch_end(
         self,

@@ -1,0 +1,104 @@
+"""The bench's measuring code computes what it reports (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import run_cli
+from pipeline.bench import (
+    Rounds,
+    StepTimer,
+    amortized,
+    first_step_seconds,
+    relative_cost,
+    summarize,
+)
+from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE, process_age_s
+from pipeline.gradients import histogram
+
+
+def test_rounds_report_mean_per_round_and_median_over_rounds() -> None:
+    r = Rounds()
+    r.add([0.1, 0.3], [0.01, 0.03])  # mean 0.2, waits 0.04 of 0.4
+    r.add([0.4, 0.4], [0.0, 0.0])
+    r.add([0.25, 0.25], [])
+    assert r.step_s == pytest.approx([0.2, 0.4, 0.25])
+    assert r.images_per_sec(32) == pytest.approx(32 / 0.25)
+    assert r.wait_share == pytest.approx([0.1, 0.0])
+
+
+def test_costs_and_ratios() -> None:
+    assert relative_cost(1.03, 1.0) == pytest.approx(0.03)
+    assert amortized(0.5, 100) == pytest.approx(0.005)
+    assert amortized(0.5, 0) == 0.0
+    rounds = {
+        name: Rounds([s], [0.01])
+        for name, s in {"plain": 1.0, "pipeline": 1.25, "naive": 2.0, "bare": 1.0}.items()
+    }
+    rounds["+histograms (every step)"] = Rounds([3.0])
+    rounds["+analytic check (every step)"] = Rounds([1.5])
+    out = summarize(rounds, 32, {"histograms": 100, "check": 50}, 4.2, torch.device("cpu"))
+    assert out["pipeline_over_plain"] == pytest.approx(0.8)
+    assert out["pipeline_over_naive"] == pytest.approx(1.6)
+    assert out["images_per_sec"]["pipeline"] == pytest.approx(25.6)
+    assert out["instrument_costs"]["+histograms (every step)"] == pytest.approx(2.0)
+    assert out["amortized_default_costs"] == pytest.approx(
+        {"histograms": 0.02, "analytic check": 0.01}
+    )
+    assert out["data_wait_share"] == pytest.approx(0.01)
+    json.dumps(out)  # bench.output writes it as JSON
+
+
+def test_first_step_time_round_trips_through_the_log_line() -> None:
+    line = "[2026-01-01][pipeline.callbacks.throughput][INFO] - " + FIRST_STEP_MESSAGE % 4.567
+    assert first_step_seconds(line) == pytest.approx(4.57)
+    assert first_step_seconds("nothing here") is None
+    age = process_age_s()
+    assert age is not None and 0 < age < 24 * 3600
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 1)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_step_timer_skips_warmup_and_times_each_step(tmp_path: Path) -> None:
+    timer = StepTimer(warmup_steps=2, device=torch.device("cpu"))
+    trainer = pl.Trainer(max_steps=7, callbacks=[timer], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(_Tiny(), DataLoader(TensorDataset(torch.rand(20, 3)), batch_size=2))
+    assert len(timer.steps) == 7 - 2  # steps 2…6, each from the end of the one before
+    assert all(0 <= w <= s for w, s in zip(timer.waits, timer.steps, strict=True))
+
+
+def test_histogram_fields_match_the_tensor() -> None:
+    t = torch.tensor([0.0, 1.0, 1.0, 3.0, 4.0])
+    h = histogram(t, bins=4)
+    assert (h["min"], h["max"], h["num"], h["sum"], h["sum_squares"]) == (0.0, 4.0, 5, 9.0, 27.0)
+    assert h["bucket_limits"] == [1.0, 2.0, 3.0, 4.0] and sum(h["bucket_counts"]) == 5
+    assert histogram(torch.ones(3))["bucket_counts"] == [3.0]
+
+
+def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) -> None:
+    args = ["debug=fast", "bench.rounds=1", "bench.steps=2", "bench.warmup_steps=1", "bench.startup=false",
+            f"bench.output={tmp_path / 'bench.json'}"]  # fmt: skip
+    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "bench.json").read_text())
+    assert set(figures["images_per_sec"]) >= {"plain", "pipeline", "naive", "bare", "+progress bar"}
+    assert all(v > 0 for v in figures["images_per_sec"].values())
+    assert "pipeline / plain" in result.stdout

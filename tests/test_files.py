@@ -1,0 +1,126 @@
+"""Files a run leaves are whole and its own: distinct run directories, atomic checkpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, cli_env, run_cli
+from pipeline.rundir import claim_run_dir
+
+
+def test_claims_are_distinct(tmp_path: Path) -> None:
+    wanted = tmp_path / "outputs" / "2026-01-01" / "12-00-00"
+    assert [claim_run_dir(wanted).name for _ in range(3)] == [
+        "12-00-00",
+        "12-00-00-1",
+        "12-00-00-2",
+    ]
+
+
+def test_two_runs_started_together_get_two_directories(tmp_path: Path, torch_home: Path) -> None:
+    command = [sys.executable, "-m", "pipeline.train", *TINY, "trainer.max_steps=1", "logger=none"]
+    procs = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=cli_env(torch_home), stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    runs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        assert (run / "checkpoints" / "last.ckpt").is_file() and (
+            run / ".hydra" / "config.yaml"
+        ).is_file()
+    printed = {
+        out.replace("\n", "").split("Run directory: ")[1].split("TensorBoard:")[0].strip()
+        for out in outs
+    }
+    assert printed == {str(run) for run in runs}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to user nobody to make the folder unwritable")
+def test_unwritable_output_location_is_reported_before_training(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    tmp_path.chmod(0o755)
+    command = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        *TINY,
+    ]
+    result = subprocess.run(
+        command, cwd=readonly, env=cli_env(torch_home), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert (
+        "cannot create the run directory outputs/" in result.stderr
+        and "(Permission denied)" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
+SLOW_WRITER = textwrap.dedent(
+    """
+    import sys, time, torch
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+    from pipeline.checkpoint_io import AtomicCheckpointIO
+
+    path = sys.argv[1]
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.ones(1000)}, path)  # the previous, good file
+
+    def slow_save(self, checkpoint, target, storage_options=None):  # writes half, then stalls
+        with open(target, "wb") as f:
+            f.write(b"PK-half-written")
+            f.flush()
+            print("writing", flush=True)
+            time.sleep(60)
+
+    TorchCheckpointIO.save_checkpoint = slow_save
+    io.save_checkpoint({"step": 2, "w": torch.zeros(1000)}, path)
+    """
+)
+
+
+def test_sigkill_mid_write_leaves_the_previous_checkpoint_intact(tmp_path: Path) -> None:
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITER, str(ckpt)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"  # mid-write now
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert torch.load(ckpt, weights_only=True)["step"] == 1
+    assert [p.name for p in ckpt.parent.iterdir() if p.name != "last.ckpt"] == [
+        f".last.ckpt.partial-{proc.pid}"
+    ]
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path: Path, torch_home: Path) -> None:
+    assert run_cli("pipeline.train", [*TINY, "logger=none"], tmp_path, torch_home).returncode == 0
+    (ckpt,) = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    result = run_cli("pipeline.train", [*TINY, f"ckpt_path={truncated}"], tmp_path, torch_home)
+    assert result.returncode == 2
+    assert f"ckpt_path={truncated} is not a loadable torch file" in result.stderr
+    assert "Traceback" not in result.stderr
