@@ -109,6 +109,10 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
         ),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
         (["-m", "data.batch_size=4,0"], "data.batch_size must be ≥ 1 (got 0)"),
+        (
+            ["data.batch_size=${oops}"],
+            "data.batch_size: Interpolation key 'oops' not found; fix or remove the ${...}",
+        ),
     ],
 )
 def test_bad_input_names_key_value_and_fix(overrides: list[str], expected: str) -> None:

@@ -67,13 +67,15 @@ def feature_variants(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "+histograms (every step)": {
             "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},
             "trainer": {"log_every_n_steps": 10**9},
-            "logger": {"name": "tensorboard"},
+            "logger": {"name": "tensorboard", "log_graph": False},
         },
         "+analytic check (every step)": {
             "callbacks": {"gradient_check": {"enabled": True, "every_n_steps": 1}}
         },
         "+progress bar": {"callbacks": {"progress_bar": True}},
-        f"+tensorboard writes (every {every})": {"logger": {"name": "tensorboard"}},
+        f"+tensorboard writes (every {every})": {
+            "logger": {"name": "tensorboard", "log_graph": False}
+        },
         "_frequencies": {"histograms": grads.histogram_every_n_steps, "check": check.every_n_steps},
     }
 

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.callbacks import (
     AnalyticGradientCheck,
+    GracefulStop,
     GradientLogger,
     NonFiniteGuard,
     ProgressBar,
@@ -72,7 +73,15 @@ def build_module(cfg: DictConfig) -> ResNetClassifier:
         optimizer_factory=instantiate(cfg.optimizer),
         scheduler_kwargs=scheduler,
         channels_last=cfg.model.channels_last,
+        example_input_array=example_input(cfg)
+        if cfg.logger.name == "tensorboard" and cfg.logger.log_graph
+        else None,
     )
+
+
+def example_input(cfg: DictConfig) -> torch.Tensor:
+    """One image of the run's shape, (1, C, H, W): what the graph is traced with."""
+    return torch.zeros(1, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
@@ -106,6 +115,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
             enable_version_counter=False,
         ),
         RunConfigInCheckpoint(plain(cfg)),
+        GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
         RunSummary(config=plain(cfg), config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
         Throughput(),
     ]

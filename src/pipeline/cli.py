@@ -22,6 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.config import CONFIG_DIR, config_groups, group_options, trainer_arguments
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
@@ -129,6 +130,24 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(lines[:2]) if lines else type(exc).__name__
 
 
+def unresolvable(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every value whose ${...} reference does not resolve, one line each (??? is left to validation)."""
+    problems = []
+    for name in node.keys():  # noqa: SIM118 (`for k in node` skips ??? values)
+        key = f"{prefix}{name!s}"
+        try:
+            value = node[name]
+        except MissingMandatoryValue:
+            continue
+        except OmegaConfBaseException as exc:
+            reason = str(exc).strip().splitlines()[0]
+            problems.append(f"{key}: {reason}; fix or remove the ${{...}} reference")
+            continue
+        if isinstance(value, DictConfig):
+            problems += unresolvable(value, f"{key}.")
+    return problems
+
+
 def _check_job(
     config_name: str, job: list[Override], validate: Validator
 ) -> tuple[list[str], list[str]]:
@@ -140,9 +159,13 @@ def _check_job(
         rewritten, problems = resolve_keys(job, base)
         if problems:
             return rewritten, problems
-        return rewritten, validate(_compose(config_name, rewritten))
+        cfg = _compose(config_name, rewritten)
     except HydraException as exc:
         return [_line(o) for o in job], [_one_line(exc)]
+    broken = unresolvable(cfg)
+    if broken:
+        return rewritten, broken
+    return rewritten, validate(cfg)
 
 
 def preflight(
@@ -183,14 +206,39 @@ def report_problems(problems: list[str], program: str) -> None:
         print(f"  - {p}", file=sys.stderr)
 
 
+RESUME_KEY = "resume="
+
+
+def expand_resume(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """`resume=<run dir>` → that run's saved overrides, then the command line's, then its
+    last.ckpt and its directory: (overrides, problems)."""
+    wanted = [o for o in overrides if o.startswith(RESUME_KEY)]
+    if not wanted:
+        return overrides, []
+    run_dir = Path(wanted[-1][len(RESUME_KEY) :]).expanduser()
+    saved, ckpt = run_dir / ".hydra" / "overrides.yaml", run_dir / "checkpoints" / "last.ckpt"
+    if not (saved.is_file() and ckpt.is_file()):
+        return overrides, [
+            f"resume={run_dir} is not a run directory with .hydra/overrides.yaml and checkpoints/last.ckpt; "
+            "give a folder under outputs/"
+        ]
+    previous = [
+        str(o)
+        for o in OmegaConf.load(saved)
+        if not str(o).startswith(("hydra.run.dir=", "ckpt_path="))
+    ]
+    rest = [o for o in overrides if not o.startswith(RESUME_KEY)]
+    return [*previous, *rest, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"], []
+
+
 def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
     """Check the command line, claim the run directory, then hand over to the @hydra.main app."""
     argv = sys.argv[1:]
     args = get_args_parser().parse_args(argv)
     if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
-        overrides, problems = preflight(
-            config_name, list(args.overrides), bool(args.multirun), validate
-        )
+        overrides, problems = expand_resume(list(args.overrides))
+        if not problems:
+            overrides, problems = preflight(config_name, overrides, bool(args.multirun), validate)
         if not problems and not args.multirun:
             overrides, problems = claim_planned_run_dir(config_name, overrides)
         if problems:

@@ -6,11 +6,14 @@ whatever num_workers, the number of processes, or the order they are read in.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from pipeline.losses import LabelKind
 
@@ -68,9 +71,26 @@ class SyntheticImages(Dataset[tuple[Tensor, Tensor]]):
         return image, label
 
 
+class SkipBatchSampler(BatchSampler):
+    """A BatchSampler whose first pass starts `skip` batches in, without loading the skipped
+    ones: how a run resumed mid-epoch sees exactly the batches it had not trained on yet.
+    Its length stays the full epoch's, which is what Lightning counts batch indices against."""
+
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool, skip: int = 0) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.skip = skip
+
+    def __iter__(self) -> Iterator[list[int]]:
+        skip, self.skip = self.skip, 0  # only the first pass after a resume
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                yield batch
+
+
 class SyntheticDataModule(pl.LightningDataModule):
     """Train and val splits of SyntheticImages. Batches are in index order: the samples are
-    already independent, and a fixed order makes resumes and rank splits exact."""
+    already independent, and a fixed order makes resumes and rank splits exact. Its state in a
+    checkpoint is how far into the epoch training got, so a resumed run continues there."""
 
     def __init__(
         self,
@@ -100,18 +120,33 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.train_set = SyntheticImages(num_samples=num_samples, split="train", **common)  # type: ignore[arg-type]
         self.val_set = SyntheticImages(num_samples=num_val_samples, split="val", **common)  # type: ignore[arg-type]
 
-    def _loader(self, dataset: SyntheticImages) -> DataLoader[tuple[Tensor, Tensor]]:
+        self._resume_skip_batches = 0
+
+    def _loader(self, dataset: SyntheticImages, skip: int = 0) -> DataLoader[tuple[Tensor, Tensor]]:
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
+            batch_sampler=SkipBatchSampler(
+                SequentialSampler(dataset), self.batch_size, drop_last=False, skip=skip
+            ),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
-        return self._loader(self.train_set)
+        skip, self._resume_skip_batches = self._resume_skip_batches, 0
+        return self._loader(self.train_set, skip)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Batches of the current epoch already trained on (0 at an epoch's end)."""
+        trainer = self.trainer
+        if trainer is None or not trainer.num_training_batches:
+            return {"batches_done_in_epoch": 0}
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # type: ignore[attr-defined]
+        return {"batches_done_in_epoch": int(done % trainer.num_training_batches)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_skip_batches = int(state_dict.get("batches_done_in_epoch", 0))
 
     def val_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
         return self._loader(self.val_set)

@@ -60,8 +60,10 @@ class ResNetClassifier(pl.LightningModule):
         optimizer_factory: OptimizerFactory,
         scheduler_kwargs: dict[str, Any],
         channels_last: bool,
+        example_input_array: Tensor | None = None,
     ) -> None:
         super().__init__()
+        self.example_input_array = example_input_array  # traced for TensorBoard's graph when set
         self.net = net
         self.loss_fn = loss_fn
         self.optimizer_factory = optimizer_factory

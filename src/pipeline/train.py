@@ -7,6 +7,7 @@ checkpoints/last.ckpt) and prints where it is at the end.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline import build, cli, report
+from pipeline.callbacks import GracefulStop
 from pipeline.config import CONFIG_DIR, validate, warnings_for
 from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
@@ -30,6 +32,10 @@ from pipeline.errors import (
 log = logging.getLogger(__name__)
 # Lightning 2.6 calls a torch API that torch 2.14 deprecated, on every step; nothing to act on.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# Lightning looks for state on the DataLoader; SyntheticDataModule keeps it (tested exact resume).
+warnings.filterwarnings(
+    "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended"
+)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -54,6 +60,7 @@ def train(cfg: DictConfig) -> None:
             f"loss={cfg.loss.name}, precision={cfg.precision}"
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        stopped = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)  # type: ignore[attr-defined]
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.train")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
@@ -63,6 +70,16 @@ def train(cfg: DictConfig) -> None:
         sys.exit(
             DIVERGED_EXIT_CODE if isinstance(exc, DivergenceError) else GRADIENT_CHECK_EXIT_CODE
         )
+    if stopped is not None and stopped.received is not None:
+        name = signal.Signals(stopped.received).name
+        checkpoint = run_dir / build.CHECKPOINT_DIR / build.LAST_CHECKPOINT
+        message = (
+            f"stopped by {name} after step {stopped.stopped_at_step}; saved {checkpoint}; "
+            f"continue with: python -m pipeline.train resume={run_dir}"
+        )
+        log.warning(message)
+        report.show_error("pipeline.train", message)
+        sys.exit(128 + stopped.received)
     report.show_run_dir(run_dir)
 
 

@@ -1,0 +1,56 @@
+"""Ctrl-C (SIGINT) and SIGTERM stop a run between steps, after saving last.ckpt.
+
+The handler only sets a flag; the step in flight finishes, the checkpoint is written at the
+batch's end, and the Trainer stops normally (TensorBoard's writer closes cleanly). Under DDP the
+flag is reduced over ranks, so one signalled process stops them all at the same step. A second
+Ctrl-C raises KeyboardInterrupt at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning.pytorch as pl
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class GracefulStop(pl.Callback):
+    def __init__(self, *, checkpoint_path: Path) -> None:
+        self.checkpoint_path = checkpoint_path
+        self.received: int | None = None  # the signal that asked to stop
+        self.stopped_at_step: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.received = signum
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # After Lightning's own SIGTERM handler is registered, so this one replaces it.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            return
+        trainer.save_checkpoint(self.checkpoint_path)
+        self.stopped_at_step = trainer.global_step
+        trainer.should_stop = True
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}

@@ -1,0 +1,130 @@
+"""Nothing lost: a resumed run is the run that would have happened; signals stop cleanly."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli_env, run_cli, scalars
+
+# 6 batches an epoch: a resume after 4 steps lands mid-epoch, and the run crosses an epoch end.
+RUN = ["data.image_size=32", "data.batch_size=4", "data.num_samples=24", "data.num_val_samples=4",
+       "optimizer=adamw", "scheduler=cosine", "scheduler.warmup_steps=2", "scheduler.total_steps=8",
+       "loss=mse", "trainer.log_every_n_steps=1", "trainer.deterministic=true", "callbacks.progress_bar=false"]  # fmt: skip
+
+
+def _ckpt(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+def _equal(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return a == b
+
+
+def test_2k_steps_equal_k_steps_plus_a_resume_for_k(tmp_path: Path, torch_home: Path) -> None:
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert (
+        run_cli(
+            "pipeline.train",
+            [*RUN, "trainer.max_steps=8", f"hydra.run.dir={whole}"],
+            tmp_path,
+            torch_home,
+        ).returncode
+        == 0
+    )
+    assert (
+        run_cli(
+            "pipeline.train",
+            [*RUN, "trainer.max_steps=4", f"hydra.run.dir={split}"],
+            tmp_path,
+            torch_home,
+        ).returncode
+        == 0
+    )
+    resumed = run_cli(
+        "pipeline.train", [f"resume={split}", "trainer.max_steps=8"], tmp_path, torch_home
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = _ckpt(whole), _ckpt(split)
+    assert a["global_step"] == b["global_step"] == 8
+    assert _equal(a["state_dict"], b["state_dict"])  # weights and BatchNorm statistics, bitwise
+    assert _equal(a["optimizer_states"], b["optimizer_states"])
+    assert _equal(a["lr_schedulers"], b["lr_schedulers"])
+    # The resumed run wrote into the same directory, and TensorBoard's curve continues without repeats.
+    assert len(list((split / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    steps = [s for s, _ in scalars(split / "tensorboard")["train/loss"]]
+    assert sorted(steps) == list(range(8))
+    assert not list(tmp_path.glob("outputs/*/*"))  # no new run directory
+
+
+def _start(tmp_path: Path, torch_home: Path, run: Path) -> subprocess.Popen[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.train",
+        *(o for o in RUN if not o.startswith("scheduler")),  # a constant lr: any number of steps
+        "trainer.max_steps=500",
+        f"hydra.run.dir={run}",
+    ]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=cli_env(torch_home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    log = run / "train.log"
+    while not (log.is_file() and "first training step" in log.read_text()):  # training has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_a_checkpoint_and_resume_continues_from_its_step(
+    sig: signal.Signals, tmp_path: Path, torch_home: Path
+) -> None:
+    run = tmp_path / "run"
+    proc = _start(tmp_path, torch_home, run)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig
+    step = _ckpt(run)["global_step"]
+    assert 0 < step < 500
+    assert (
+        f"stopped by {sig.name} after step {step}; saved {run / 'checkpoints' / 'last.ckpt'}"
+        in stderr.replace("\n", "")
+    )
+    assert "Traceback" not in stderr
+    resumed = run_cli(
+        "pipeline.train", [f"resume={run}", f"trainer.max_steps={step + 2}"], tmp_path, torch_home
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert _ckpt(run)["global_step"] == step + 2
+
+
+def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    result = run_cli("pipeline.train", [f"resume={tmp_path}"], tmp_path, torch_home)
+    assert result.returncode == 2
+    assert f"resume={tmp_path} is not a run directory" in result.stderr
