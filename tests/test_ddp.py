@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
 
-from conftest import only_run_dir, run_cli, scalars
+from conftest import cli_env, only_run_dir, run_cli, scalars
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
@@ -26,3 +31,51 @@ def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
     ] * 4  # a failing rank would have raised and exited non-zero
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4  # 16 samples / (2 ranks × 4) = 2 steps an epoch, 2 epochs
+
+
+def test_multirun_with_ddp_cpu_runs_each_job_on_spawned_processes(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    args = [
+        "-m",
+        "optimizer.lr=0.01,0.1",
+        "device=ddp_cpu",
+        "debug=fast",
+        "loss=mse",
+        "callbacks.progress_bar=false",
+    ]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
+    assert [j.name.split("_")[0] for j in jobs] == ["0", "1"]
+    for job in jobs:
+        assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+        assert len(list((job / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    args = ["device=ddp_cpu", "device.timeout_s=30", "loss=mse", "data.image_size=32", "data.batch_size=4",
+            "data.num_samples=8000", "trainer.max_steps=1000", "callbacks.progress_bar=false"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", *args], cwd=tmp_path, env=cli_env(torch_home),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while (
+        not list(tmp_path.glob("outputs/*/*/train.log"))
+        or "first training step" not in only_run_dir(tmp_path).joinpath("train.log").read_text()
+    ):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    rank1 = subprocess.check_output(
+        ["pgrep", "-f", "hydra.job.name=train_ddp_process_1"], text=True
+    ).split()
+    os.kill(int(rank1[0]), signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = proc.communicate(timeout=30 + 60)  # the collective timeout, plus teardown
+    assert time.monotonic() - killed < 90
+    assert proc.returncode == 5
+    assert "pipeline.train: a process of this DDP run failed, died or timed out" in stderr
+    assert "Traceback" not in stderr

@@ -28,7 +28,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = root / "torch_home"
     home.mkdir()
     args = ["debug=fast", "loss=mse", "callbacks.gradients.histogram_every_n_steps=2",
-            "callbacks.gradient_check.every_n_steps=1", "callbacks.progress_bar=false"]  # fmt: skip
+            "callbacks.gradient_check.every_n_steps=1", "callbacks.progress_bar=false", "logger.log_graph=true"]  # fmt: skip
     result = run_cli("pipeline.train", args, root, home)
     assert result.returncode == 0, result.stderr
     return only_run_dir(root)
@@ -73,6 +73,7 @@ def test_event_files_hold_every_tag_with_sane_values(run_dir: Path) -> None:
     } <= set(histograms)
     assert [e.step for e in acc.Histograms("grad/fc.weight")] == [1, 3]  # every 2 steps
     assert "config/text_summary" in acc.Tags()["tensors"]
+    assert acc.Tags()["graph"]  # logger.log_graph=true traced the model
     config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "name: mse" in config_text and "batch_size: 4" in config_text
 

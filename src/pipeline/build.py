@@ -6,6 +6,7 @@ Nothing after this module reads the config object.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.callbacks import (
@@ -149,8 +151,19 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     return callbacks
 
 
+def build_strategy(device: DictConfig, in_sweep: bool) -> str | DDPStrategy:
+    """Lightning's strategy. DDP gets the collective timeout; in a Hydra sweep it spawns its
+    processes, because Lightning cannot re-launch the command of a multirun job."""
+    if device.strategy != "ddp":
+        return str(device.strategy)
+    timeout = timedelta(seconds=device.timeout_s)
+    if in_sweep:
+        return DDPStrategy(start_method="spawn", timeout=timeout)
+    return DDPStrategy(start_method="popen", timeout=timeout)
+
+
 def build_trainer(
-    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = ()
+    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = (), in_sweep: bool = False
 ) -> pl.Trainer:
     """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests)."""
     trainer_args = {k: v for k, v in plain(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS}
@@ -158,7 +171,7 @@ def build_trainer(
     return pl.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
-        strategy=device.strategy,
+        strategy=build_strategy(device, in_sweep),
         num_nodes=device.num_nodes,
         sync_batchnorm=device.sync_batchnorm,
         precision=cfg.precision,

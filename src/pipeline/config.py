@@ -236,6 +236,8 @@ def _validate_device(c: _Checker, cuda_available: bool) -> None:
             f"device.devices must be an integer ≥ 1, or -1 for all GPUs (got {devices!r}); set device.devices=2"
         )
     c.int_at_least("device.num_nodes", 1, 1)
+    if c.value("device.strategy") == "ddp":
+        c.int_at_least("device.timeout_s", 1, 300)
     if not isinstance(c.value("device.sync_batchnorm"), bool):
         c.problems.append(
             f"device.sync_batchnorm must be true or false (got {c.value('device.sync_batchnorm')!r})"

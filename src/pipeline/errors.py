@@ -24,3 +24,6 @@ GRADIENT_CHECK_EXIT_CODE = 4  # autograd disagreed with the analytic gradient
 class GradientCheckError(RuntimeError):
     """Autograd's gradient differs from the closed form; the message names the step, the tensor,
     the max error and the tolerance."""
+
+
+PROCESS_FAILED_EXIT_CODE = 5  # a process of a DDP run failed, died or timed out

@@ -15,6 +15,7 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline import build, cli, report
@@ -24,6 +25,7 @@ from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
     DIVERGED_EXIT_CODE,
     GRADIENT_CHECK_EXIT_CODE,
+    PROCESS_FAILED_EXIT_CODE,
     ConfigError,
     DivergenceError,
     GradientCheckError,
@@ -52,7 +54,8 @@ def train(cfg: DictConfig) -> None:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg)
-        trainer = build.build_trainer(cfg, run_dir)
+        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+        trainer = build.build_trainer(cfg, run_dir, in_sweep=in_sweep)
         report.show_line(
             f"Training ResNet18: {cfg.trainer.max_steps} steps, global batch "
             f"{trainer.world_size * cfg.data.batch_size} ({trainer.world_size} process(es) × "
@@ -70,6 +73,15 @@ def train(cfg: DictConfig) -> None:
         sys.exit(
             DIVERGED_EXIT_CODE if isinstance(exc, DivergenceError) else GRADIENT_CHECK_EXIT_CODE
         )
+    except RuntimeError as exc:
+        if cfg.device.strategy != "ddp":
+            raise
+        log.exception("a process of the DDP run failed")
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        report.show_error(
+            "pipeline.train", f"a process of this DDP run failed, died or timed out: {first}"
+        )
+        sys.exit(PROCESS_FAILED_EXIT_CODE)
     if stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
         checkpoint = run_dir / build.CHECKPOINT_DIR / build.LAST_CHECKPOINT
