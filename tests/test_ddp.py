@@ -79,3 +79,51 @@ def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
     assert proc.returncode == 5
     assert "pipeline.train: a process of this DDP run failed, died or timed out" in stderr
     assert "Traceback" not in stderr
+
+
+def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_home: Path) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pipeline.train",
+               "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false"]  # fmt: skip
+    result = subprocess.run(
+        command, cwd=tmp_path, env=cli_env(torch_home), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    run = only_run_dir(tmp_path)  # each process started Hydra itself, yet one directory
+    assert {p.name for p in run.iterdir()} >= {
+        "train.log",
+        "train_rank1.log",
+        "tensorboard",
+        "checkpoints",
+        ".hydra",
+    }
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_slurm_launcher_asks_one_task_per_gpu() -> None:
+    from pipeline.cli import _compose
+
+    cfg = _compose(
+        "train",
+        ["hydra/launcher=slurm", "device=ddp", "device.devices=4", "device.num_nodes=2"],
+        with_hydra=True,
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_submitit_local_launcher_runs_a_job(tmp_path: Path, torch_home: Path) -> None:
+    args = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        "debug=fast",
+        "loss=mse",
+        "callbacks.progress_bar=false",
+    ]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    assert (sweep / ".submitit").is_dir()
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name.startswith("0_")]
+    assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4

@@ -221,6 +221,45 @@ def time_plain(
     return times
 
 
+class MemorySampler(pl.Callback):
+    """Resident memory (MB) after the first step and every `every` steps: (step, MB) pairs."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.samples: list[tuple[int, float]] = []
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        step = trainer.global_step
+        if step == 1 or step % self.every == 0:
+            self.samples.append((step, peak_memory_mb(torch.device("cpu"))))
+
+
+def run_soak(cfg: DictConfig, workdir: Path) -> dict[str, Any]:
+    """One long run with the run's callbacks and logger; resident memory along the way."""
+    sampler = MemorySampler(cfg.bench.soak_every)
+    soak_cfg = merged(cfg, {"trainer": {"max_steps": cfg.bench.soak_steps}})
+    pl.seed_everything(cfg.seed, verbose=False)
+    trainer = build.build_trainer(soak_cfg, workdir, extra_callbacks=[sampler])
+    started = time.perf_counter()
+    trainer.fit(build.build_module(soak_cfg), datamodule=build.build_datamodule(soak_cfg))
+    after_warmup = next(
+        (mb for step, mb in sampler.samples if step >= cfg.bench.soak_every), sampler.samples[0][1]
+    )
+    return {
+        "steps": trainer.global_step,
+        "seconds": time.perf_counter() - started,
+        "resident_mb": sampler.samples,
+        "growth_after_first_sample_mb": sampler.samples[-1][1] - after_warmup,
+    }
+
+
 def time_startup(overrides: list[str], workdir: Path) -> float | None:
     """A real `python -m pipeline.train` with one step: seconds from process start to first step."""
     overrides = [o for o in overrides if not o.startswith("bench.")]
@@ -361,8 +400,16 @@ def bench(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     report.route_lightning_logs_to_hydra()
-    figures = run_benchmark(cfg, list(HydraConfig.get().overrides.task))
-    show(figures)
+    if cfg.bench.soak_steps > 0:
+        figures = run_soak(cfg, Path(HydraConfig.get().runtime.output_dir))
+        for step, mb in figures["resident_mb"]:
+            report.console.print(f"step {step:>7}: {mb:8.1f} MB resident")
+        report.console.print(
+            f"growth from step {cfg.bench.soak_every} to the end: {figures['growth_after_first_sample_mb']:+.1f} MB"
+        )
+    else:
+        figures = run_benchmark(cfg, list(HydraConfig.get().overrides.task))
+        show(figures)
     if cfg.bench.output:
         Path(cfg.bench.output).write_text(json.dumps(figures, indent=2) + "\n")
         report.console.print(f"figures written to {cfg.bench.output}")

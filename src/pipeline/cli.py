@@ -8,8 +8,8 @@ lightning.Trainer argument without Hydra's `+` prefix.
 
 from __future__ import annotations
 
-import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,9 +24,17 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from pipeline.callbacks.throughput import process_age_s
 from pipeline.config import CONFIG_DIR, config_groups, group_options, trainer_arguments
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
-from pipeline.rundir import claim_run_dir
+from pipeline.rundir import (
+    RANK0_PUBLISH_TIMEOUT_S,
+    claim_run_dir,
+    publish,
+    torchrun_pointer,
+    torchrun_rank,
+    wait_for_published,
+)
 
 HYDRA_INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
 Validator = Callable[[DictConfig], list[str]]
@@ -104,16 +112,30 @@ def _compose(config_name: str, overrides: list[str], with_hydra: bool = False) -
 
 
 def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[str], list[str]]:
-    """Pin hydra.run.dir to a directory this process created: (overrides, problems).
+    """Pin hydra.run.dir to a directory this run created: (overrides, problems).
 
-    Left to Hydra when the user set it, in sweeps, and in Lightning's DDP children (which
-    get the parent's directory).
+    Left to the user when they set it, and to Lightning in its DDP children (which get the
+    parent's directory). Under torchrun, rank 0 claims and the other ranks use what it publishes.
     """
-    if any(o.startswith("hydra.run.dir=") for o in overrides) or "LOCAL_RANK" in os.environ:
+    if any(o.startswith("hydra.run.dir=") for o in overrides):
         return overrides, []
     wanted = Path(
         str(OmegaConf.select(_compose(config_name, overrides, with_hydra=True), "hydra.run.dir"))
     )
+    rank = torchrun_rank()
+    if rank:  # torchrun, not rank 0
+        started = time.time() - (process_age_s() or 0.0) - 5.0
+        pointer = torchrun_pointer(wanted.parents[1])
+        shared = wait_for_published(pointer, started, RANK0_PUBLISH_TIMEOUT_S)
+        if shared is None:
+            return overrides, [f"torchrun rank {rank}: rank 0 did not publish a run directory in {pointer} "
+                               f"within {RANK0_PUBLISH_TIMEOUT_S} s; did rank 0 fail? see its output"]  # fmt: skip
+        return [
+            *overrides,
+            f"hydra.run.dir={shared}",
+            f"hydra.job.name=train_rank{rank}",
+            "hydra.output_subdir=null",
+        ], []
     try:
         claimed = claim_run_dir(wanted)
     except OSError as exc:
@@ -122,6 +144,8 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
             f"cannot create the run directory {wanted} ({reason}); run from a writable directory "
             "or set hydra.run.dir=/a/writable/path"
         ]
+    if rank == 0:
+        publish(torchrun_pointer(wanted.parents[1]), claimed)
     return [*overrides, f"hydra.run.dir={claimed}"], []
 
 
