@@ -147,3 +147,15 @@ def test_min_image_size_matches_batchnorm() -> None:
     net(torch.rand(2, 3, 1, 1))  # 2 images × 1×1: trains
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         net(torch.rand(1, 3, 32, 32))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.config as config
+
+    cfg = _compose("train", ["precision=bf16-mixed", "device=cpu"])
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
+    (note,) = config.warnings_for(cfg)
+    assert note.startswith("precision=bf16-mixed on this CPU: it has no native bf16")
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    assert config.warnings_for(cfg) == []
+    assert config.warnings_for(_compose("train", ["device=cpu"])) == []

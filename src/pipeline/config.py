@@ -238,6 +238,11 @@ def _validate_device(c: _Checker, cuda_available: bool) -> None:
     c.int_at_least("device.num_nodes", 1, 1)
     if c.value("device.strategy") == "ddp":
         c.int_at_least("device.timeout_s", 1, 300)
+    if c.value("device.sync_batchnorm") is True and accel == "cpu":
+        c.problems.append(
+            f"device.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only; got device={name}); "
+            "set device.sync_batchnorm=false"
+        )
     if not isinstance(c.value("device.sync_batchnorm"), bool):
         c.problems.append(
             f"device.sync_batchnorm must be true or false (got {c.value('device.sync_batchnorm')!r})"
