@@ -106,6 +106,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     ckpt_dir = run_dir / CHECKPOINT_DIR
     every = cfg.callbacks.checkpoint_every_n_steps
+    resolved = plain(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -116,9 +117,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
-        RunConfigInCheckpoint(plain(cfg)),
+        RunConfigInCheckpoint(resolved),
         GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
-        RunSummary(config=plain(cfg), config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
+        RunSummary(config=resolved, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
         Throughput(),
     ]
     if cfg.trainer.detect_nonfinite != "off":

@@ -30,13 +30,12 @@ def validate_eval(cfg: DictConfig) -> list[str]:
 
 
 def run_config_for_eval(cfg: DictConfig) -> DictConfig:
-    """The training config from the checkpoint, with this command's device and logger."""
+    """The training config from the checkpoint, with this command's device and logger (eval runs
+    one process: the Trainer below takes devices=1 whatever the device group says)."""
     run_cfg = OmegaConf.create(run_config_of(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path))
     run_cfg.device = cfg.device
     run_cfg.logger = cfg.logger
     run_cfg.model.weights = None  # the checkpoint's state dict replaces them
-    run_cfg.device.devices = 1 if run_cfg.device.strategy == "ddp" else run_cfg.device.devices
-    run_cfg.device.strategy = "auto"
     return run_cfg
 
 
