@@ -42,15 +42,13 @@ warnings.filterwarnings(
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def train(cfg: DictConfig) -> None:
+    """One run of a config that cli.preflight has validated (main() always runs it first)."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     report.route_lightning_logs_to_hydra()
     report.show_config(cfg)
     for note in warnings_for(cfg):
         log.warning(note)
     try:
-        problems = validate(cfg)  # already checked by cli.preflight; cheap, and guards direct calls
-        if problems:
-            raise ConfigError(problems)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg)
