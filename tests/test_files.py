@@ -17,6 +17,19 @@ from conftest import TINY, cli_env, run_cli
 from pipeline.rundir import claim_run_dir
 
 
+def test_an_output_location_that_cannot_be_created_is_reported_before_training(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    (tmp_path / "outputs").write_text("a file where the outputs folder should be")
+    result = run_cli("pipeline.train", TINY, tmp_path, torch_home)
+    assert result.returncode == 2
+    assert (
+        "cannot create the run directory outputs/" in result.stderr
+        and "(Not a directory)" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_claims_are_distinct(tmp_path: Path) -> None:
     wanted = tmp_path / "outputs" / "2026-01-01" / "12-00-00"
     assert [claim_run_dir(wanted).name for _ in range(3)] == [
@@ -49,7 +62,26 @@ def test_two_runs_started_together_get_two_directories(tmp_path: Path, torch_hom
     assert printed == {str(run) for run in runs}
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="drops to user nobody to make the folder unwritable")
+def _nobody_can_import_pipeline() -> bool:
+    """Whether root can drop to user nobody and nobody can read this checkout (a clone inside a
+    0700 folder, as `mktemp -d` makes, it cannot)."""
+    if os.geteuid() != 0:
+        return False
+    command = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        "import pipeline",
+    ]
+    return subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.skipif(
+    not _nobody_can_import_pipeline(), reason="needs root, and a checkout user nobody can read"
+)
 def test_unwritable_output_location_is_reported_before_training(
     tmp_path: Path, torch_home: Path
 ) -> None:
