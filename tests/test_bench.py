@@ -17,10 +17,15 @@ from pipeline.bench import (
     StepTimer,
     amortized,
     first_step_seconds,
+    knob_configs,
+    parse_knob,
     relative_cost,
+    round_order,
     summarize,
+    validate_bench,
 )
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE, process_age_s
+from pipeline.cli import _compose
 from pipeline.gradients import histogram
 
 
@@ -32,6 +37,53 @@ def test_rounds_report_mean_per_round_and_median_over_rounds() -> None:
     assert r.step_s == pytest.approx([0.2, 0.4, 0.25])
     assert r.images_per_sec(32) == pytest.approx(32 / 0.25)
     assert r.wait_share == pytest.approx([0.1, 0.0])
+
+
+def test_rounds_keep_the_first_rounds_first_step_and_their_spread() -> None:
+    r = Rounds()
+    r.add([0.2], [], first_step_s=40.0)  # round 1 compiles
+    r.add([0.3], [], first_step_s=0.3)
+    r.add([0.25], [], first_step_s=0.25)
+    assert r.first_step_s == 40.0
+    assert r.spread() == pytest.approx((0.3 - 0.2) / 2 / 0.25)
+
+
+def test_round_order_turns_so_no_variant_keeps_its_place_or_neighbour() -> None:
+    names = ["plain", "pipeline", "naive", "bare"]
+    orders = [round_order(names, r) for r in range(len(names))]
+    assert all(sorted(o) == sorted(names) for o in orders)
+    assert {o[0] for o in orders} == set(names)  # each variant runs first once
+    for name in names:
+        before = {o[o.index(name) - 1] for o in orders if o.index(name) > 0}
+        assert len(before) > 1, (name, orders)
+
+
+def test_knobs_parse_apply_alone_and_skip_cuda_ones_on_a_cpu() -> None:
+    assert parse_knob("model.channels_last=true") == ("model.channels_last", True)
+    assert parse_knob("precision=bf16-mixed") == ("precision", "bf16-mixed")
+    assert parse_knob(" data.num_workers=2") == ("data.num_workers", 2)
+    with pytest.raises(ValueError, match="is not KEY=VALUE"):
+        parse_knob("model.channels_last")
+    cfg = _compose("bench", ['bench.knobs=["model.channels_last=true","device.tf32=true"]'])
+    variants, skipped = knob_configs(cfg, torch.device("cpu"))
+    (name,) = variants
+    assert name == "pipeline model.channels_last=true"
+    assert variants[name].model.channels_last is True and cfg.model.channels_last is False
+    assert skipped == ["device.tf32=true (CUDA only)"]
+    assert len(knob_configs(cfg, torch.device("cuda"))[0]) == 2
+
+
+@pytest.mark.parametrize(
+    ("knob", "expected"),
+    [
+        ("model.chanels_last=true", "the config has no key model.chanels_last"),
+        ("channels_last", "is not KEY=VALUE"),
+        ("data.batch_size=0", "bench.knobs entry 'data.batch_size=0': data.batch_size must be ≥ 1"),
+    ],
+)
+def test_bad_knobs_are_named(knob: str, expected: str) -> None:
+    problems = validate_bench(_compose("bench", [f'bench.knobs=["{knob}"]']))
+    assert any(expected in p for p in problems), problems
 
 
 def test_costs_and_ratios() -> None:
@@ -53,6 +105,10 @@ def test_costs_and_ratios() -> None:
         {"histograms": 0.02, "analytic check": 0.01}
     )
     assert out["data_wait_share"] == pytest.approx(0.01)
+    assert out["knob_effects"] == {}
+    rounds["pipeline model.channels_last=true"] = Rounds([1.0])
+    out = summarize(rounds, 32, {"histograms": 100, "check": 50}, None, torch.device("cpu"))
+    assert out["knob_effects"] == {"pipeline model.channels_last=true": pytest.approx(-0.2)}
     json.dumps(out)  # bench.output writes it as JSON
 
 
@@ -82,6 +138,7 @@ def test_step_timer_skips_warmup_and_times_each_step(tmp_path: Path) -> None:
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(_Tiny(), DataLoader(TensorDataset(torch.rand(20, 3)), batch_size=2))
     assert len(timer.steps) == 7 - 2  # steps 2…6, each from the end of the one before
+    assert timer.first_step_s is not None and timer.first_step_s > 0
     assert all(0 <= w <= s for w, s in zip(timer.waits, timer.steps, strict=True))
 
 

@@ -109,6 +109,17 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
         ),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
         (["-m", "data.batch_size=4,0"], "data.batch_size must be ≥ 1 (got 0)"),
+        (["model.compile=maybe"], "model.compile must be true or false (got 'maybe')"),
+        (["device.tf32=fast"], "device.tf32 must be null, true or false (got 'fast')"),
+        (["device.cudnn_benchmark=1"], "device.cudnn_benchmark must be true or false (got 1)"),
+        (
+            ["device=ddp_cpu", "device.static_graph=yes"],
+            "device.static_graph must be true or false (got 'yes')",
+        ),
+        (
+            ["device.cudnn_benchmark=true", "trainer.deterministic=true"],
+            "which trainer.deterministic=true forbids; set one of them to false",
+        ),
         (
             ["data.batch_size=${oops}"],
             "data.batch_size: Interpolation key 'oops' not found; fix or remove the ${...}",

@@ -17,8 +17,10 @@ from conftest import cli_env, only_run_dir, run_cli, scalars
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
     tmp_path: Path, torch_home: Path
 ) -> None:
+    # With DDP's two speed options on: gradients as bucket views, and the static graph.
     args = ["device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.gradient_check.every_n_steps=1",
-            "callbacks.progress_bar=false"]  # fmt: skip
+            "callbacks.progress_bar=false", "device.gradient_as_bucket_view=true",
+            "device.static_graph=true"]  # fmt: skip
     result = run_cli("pipeline.train", args, tmp_path, torch_home)
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path)  # Lightning's child process reuses the parent's directory

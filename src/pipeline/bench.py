@@ -3,11 +3,14 @@
 In one process, after warm-up, interleaved round by round: (a) `plain`, the seed's loop
 (zero_grad, forward, loss, backward, step) with the run's model settings and DataLoader;
 (b) `pipeline`, the Trainer with the run's callbacks and logger; (c) `naive`, the notebook as
-written (torch.rand batches, NCHW, 32-true); and, with bench.features, `bare` (no instruments,
-no logger, no progress bar) plus bare with one instrument at a time. Each round times
-bench.steps steps per variant after bench.warmup_steps; a round's figure is its mean step
-time (so instruments that fire every N steps are counted), and the report is the median over
-rounds. Writes a table, and bench.output as JSON.
+written (torch.rand batches, NCHW, 32-true); with bench.features, `bare` (no instruments,
+no logger, no progress bar) plus bare with one instrument at a time; and, for each of
+bench.knobs, the pipeline with that one setting changed. Each round times bench.steps steps per
+variant after bench.warmup_steps; a round's figure is its mean step time (so instruments that
+fire every N steps are counted), and the report is the median over rounds. The order of the
+variants turns every round, so none always runs first or after the same neighbour. The first
+step of the first round is reported apart (torch.compile compiles in it). Writes a table, and
+bench.output as JSON.
 """
 
 from __future__ import annotations
@@ -22,19 +25,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
+from torchvision.models import ResNet
 
 from pipeline import build, cli, report
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE
 from pipeline.config import CONFIG_DIR, validate
 from pipeline.losses import LOSSES
+from pipeline.model import compiled_forward
 
+_ABSENT = object()
+CUDA_ONLY_KNOBS = ("device.cudnn_benchmark", "device.tf32")
 BARE = {
     "logger": {"name": "none"},
     "callbacks": {
@@ -87,14 +94,55 @@ class Rounds:
     step_s: list[float] = field(default_factory=list)  # mean step time of each round
     wait_share: list[float] = field(default_factory=list)  # time waiting for data / step time
     peak_mb: float = 0.0
+    first_step_s: float | None = None  # the first round's first step: compiling, caches warming
 
-    def add(self, steps: list[float], waits: list[float]) -> None:
+    def add(
+        self, steps: list[float], waits: list[float], first_step_s: float | None = None
+    ) -> None:
         self.step_s.append(statistics.fmean(steps))
         if waits:
             self.wait_share.append(sum(waits) / sum(steps))
+        if self.first_step_s is None:
+            self.first_step_s = first_step_s
 
     def images_per_sec(self, batch: int) -> float:
         return batch / statistics.median(self.step_s)
+
+    def spread(self) -> float:
+        """Half the range of the per-round figures, relative to their median: the ± of a round."""
+        return (max(self.step_s) - min(self.step_s)) / 2 / statistics.median(self.step_s)
+
+
+@dataclass
+class Timing:
+    """What one variant's round measured."""
+
+    steps: list[float]  # each timed step, end to end
+    waits: list[float] = field(default_factory=list)  # of each timed step, the wait for its batch
+    first_step_s: float | None = None  # batch start to end of the run's first step
+
+
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The variants' order in a round: each round starts one further along, and every other round
+    runs the rest backwards, so no variant always runs first or right after the same neighbour."""
+    k = round_index % len(names)
+    turned = names[k:] + names[:k]
+    return turned[:1] + turned[:0:-1] if round_index % 2 else turned
+
+
+def parse_knob(knob: str) -> tuple[str, Any]:
+    """'model.channels_last=true' → ('model.channels_last', True); the value is read as YAML."""
+    key, sep, _ = knob.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ValueError(
+            f"bench.knobs entry {knob!r} is not KEY=VALUE, e.g. model.channels_last=true"
+        )
+    return key, OmegaConf.select(OmegaConf.from_dotlist([knob.strip()]), key)
+
+
+def cuda_only(key: str) -> bool:
+    return key in CUDA_ONLY_KNOBS
 
 
 def relative_cost(variant_step_s: float, base_step_s: float) -> float:
@@ -133,6 +181,7 @@ class StepTimer(pl.Callback):
         self.warmup_steps, self.device = warmup_steps, device
         self.steps: list[float] = []
         self.waits: list[float] = []
+        self.first_step_s: float | None = None
         self._end: float | None = None
         self._seen = 0
 
@@ -151,21 +200,21 @@ class StepTimer(pl.Callback):
     ) -> None:
         _sync(self.device)
         now = time.perf_counter()
-        if self._end is not None and self._seen >= self.warmup_steps:
+        if self._end is None:
+            self.first_step_s = now - self._start
+        elif self._seen >= self.warmup_steps:
             self.steps.append(now - self._end)
             self.waits.append(self._start - self._end)
         self._end, self._seen = now, self._seen + 1
 
 
-def time_trainer(
-    cfg: DictConfig, warmup: int, steps: int, workdir: Path
-) -> tuple[list[float], list[float]]:
+def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
     """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
     pl.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(warmup, build.run_device(cfg))
     trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer])
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
-    return timer.steps, timer.waits
+    return Timing(timer.steps, timer.waits, timer.first_step_s)
 
 
 def _autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
@@ -180,8 +229,9 @@ def _autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
 
 def time_plain(
     cfg: DictConfig, device: torch.device, warmup: int, steps: int, naive: bool
-) -> list[float]:
-    """The seed's loop by hand. naive: the notebook as written (torch.rand batches, NCHW, fp32)."""
+) -> Timing:
+    """The seed's loop by hand. naive: the notebook as written (torch.rand batches, NCHW, fp32,
+    not compiled). Otherwise the run's memory format, precision and compile, as the module has."""
     pl.seed_everything(cfg.seed, verbose=False)
     module = build.build_module(cfg)
     net = module.net.to(device)
@@ -189,11 +239,15 @@ def time_plain(
         net = net.to(memory_format=torch.channels_last)
     if not naive and cfg.precision == "64-true":
         net = net.double()
+    forward: Callable[[torch.Tensor], torch.Tensor] = net
+    if not naive and cfg.model.compile:
+        forward = compiled_forward(cast(ResNet, net))  # the module's compiled path
     optimizer = module.optimizer_factory(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
     batches = iter(build.build_datamodule(cfg).train_dataloader())
     b, s = cfg.data.batch_size, cfg.data.image_size
     times: list[float] = []
+    first: float | None = None
     last = time.perf_counter()
     for i in range(warmup + steps):
         if naive:
@@ -209,16 +263,18 @@ def time_plain(
                 data = data.double()
         optimizer.zero_grad()
         with _autocast(cfg, device) if not naive else torch.autocast(device.type, enabled=False):
-            prediction = net(data)
+            prediction = forward(data)
         loss = (prediction - labels).sum() if naive else loss_fn(prediction, labels)
         loss.backward()
         optimizer.step()
         _sync(device)
         now = time.perf_counter()
-        if i >= warmup:  # timed from the previous step's end, as StepTimer does
+        if i == 0:
+            first = now - last
+        elif i >= warmup:  # timed from the previous step's end, as StepTimer does
             times.append(now - last)
         last = now
-    return times
+    return Timing(times, first_step_s=first)
 
 
 class MemorySampler(pl.Callback):
@@ -279,6 +335,18 @@ def time_startup(overrides: list[str], workdir: Path) -> float | None:
     return first_step_seconds((workdir / "train.log").read_text())
 
 
+def knob_configs(cfg: DictConfig, device: torch.device) -> tuple[dict[str, DictConfig], list[str]]:
+    """The pipeline with each of bench.knobs applied alone; CUDA-only knobs are skipped on the CPU."""
+    variants, skipped = {}, []
+    for knob in cfg.bench.knobs:
+        key, value = parse_knob(knob)
+        if cuda_only(key) and device.type != "cuda":
+            skipped.append(f"{knob} (CUDA only)")
+            continue
+        variants[f"pipeline {knob}"] = merged(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+    return variants, skipped
+
+
 def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     """Every variant, interleaved over bench.rounds; the figures as a dict."""
     b = cfg.bench
@@ -290,35 +358,37 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     device = build.build_trainer(
         merged(train_cfg, BARE), Path(tempfile.mkdtemp())
     ).strategy.root_device
-    variants: dict[str, Callable[[Path], tuple[list[float], list[float]]]] = {
-        "plain": lambda _: (
-            time_plain(train_cfg, device, b.warmup_steps, b.steps, naive=False),
-            [],
-        ),
-        "pipeline": lambda d: time_trainer(train_cfg, b.warmup_steps, b.steps, d),
-        "naive": lambda _: (time_plain(train_cfg, device, b.warmup_steps, b.steps, naive=True), []),
+
+    def trainer_variant(variant_cfg: DictConfig) -> Callable[[Path], Timing]:
+        return lambda d: time_trainer(variant_cfg, b.warmup_steps, b.steps, d)
+
+    variants: dict[str, Callable[[Path], Timing]] = {
+        "plain": lambda _: time_plain(train_cfg, device, b.warmup_steps, b.steps, naive=False),
+        "pipeline": trainer_variant(train_cfg),
+        "naive": lambda _: time_plain(train_cfg, device, b.warmup_steps, b.steps, naive=True),
     }
     features = feature_variants(train_cfg)
     frequencies = features.pop("_frequencies")
     if b.features:
         bare = merged(train_cfg, BARE)
-        variants["bare"] = lambda d: time_trainer(bare, b.warmup_steps, b.steps, d)
+        variants["bare"] = trainer_variant(bare)
         for name, change in features.items():
-            variant_cfg = merged(bare, change)
-            variants[name] = lambda d, c=variant_cfg: time_trainer(c, b.warmup_steps, b.steps, d)  # type: ignore[misc]
+            variants[name] = trainer_variant(merged(bare, change))
+    knobs, skipped = knob_configs(train_cfg, device)
+    variants |= {name: trainer_variant(knob_cfg) for name, knob_cfg in knobs.items()}
     rounds = {name: Rounds() for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(b.rounds):
-            for name, timed in variants.items():
+            for name in round_order(list(variants), r):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                steps, waits = timed(
-                    Path(tmp) / f"{r}-{len(rounds[name].step_s)}-{abs(hash(name))}"
-                )
-                rounds[name].add(steps, waits)
+                timing = variants[name](Path(tmp) / f"{r}-{abs(hash(name))}")
+                rounds[name].add(timing.steps, timing.waits, timing.first_step_s)
                 rounds[name].peak_mb = max(rounds[name].peak_mb, peak_memory_mb(device))
         startup = time_startup(overrides, Path(tmp) / "startup") if b.startup else None
-    return summarize(rounds, cfg.data.batch_size, frequencies, startup, device)
+    figures = summarize(rounds, cfg.data.batch_size, frequencies, startup, device)
+    figures["knobs_skipped"] = skipped
+    return figures
 
 
 def summarize(
@@ -340,8 +410,12 @@ def summarize(
         "data_wait_share": statistics.median(rounds["pipeline"].wait_share),
         "peak_memory_mb": {name: r.peak_mb for name, r in rounds.items()},
         "startup_to_first_step_s": startup,
+        "first_step_s": {name: r.first_step_s for name, r in rounds.items()},
+        "round_spread": {name: r.spread() for name, r in rounds.items()},
         "per_round_step_s": {name: r.step_s for name, r in rounds.items()},
     }
+    knobs = [name for name in med if name.startswith("pipeline ")]
+    out["knob_effects"] = {name: relative_cost(med[name], med["pipeline"]) for name in knobs}
     if "bare" in med:
         costs = {
             name: relative_cost(med[name], med["bare"]) for name in med if name.startswith("+")
@@ -362,15 +436,28 @@ def show(figures: dict[str, Any]) -> None:
                         f"medians of {figures['rounds']} rounds")  # fmt: skip
     table.add_column("variant")
     table.add_column("images/s", justify="right")
-    table.add_column("cost vs bare", justify="right")
+    table.add_column("± a round", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("first step", justify="right")
+    costs = {
+        **{n: f"{c:+.1%} vs bare" for n, c in figures.get("instrument_costs", {}).items()},
+        **{n: f"{c:+.1%} vs pipeline" for n, c in figures["knob_effects"].items()},
+    }
     for name, ips in figures["images_per_sec"].items():
-        cost = figures.get("instrument_costs", {}).get(name)
-        table.add_row(name, f"{ips:.1f}", "" if cost is None else f"{cost:+.1%}")
+        first = figures["first_step_s"][name]
+        table.add_row(name, f"{ips:.1f}", f"{figures['round_spread'][name]:.1%}", costs.get(name, ""),
+                      "" if first is None else f"{first:.2f} s")  # fmt: skip
     report.console.print(table)
     report.console.print(
         f"pipeline / plain = {figures['pipeline_over_plain']:.3f}   pipeline / naive = {figures['pipeline_over_naive']:.3f}   "
         f"data wait = {figures['data_wait_share']:.2%} of step time"
     )
+    if "pipeline_over_bare_cost" in figures:
+        report.console.print(
+            f"default instruments together (pipeline over bare): {figures['pipeline_over_bare_cost']:+.1%}"
+        )
+    for knob in figures.get("knobs_skipped", []):
+        report.console.print(f"knob skipped: {knob}")
     if figures["startup_to_first_step_s"] is not None:
         report.console.print(
             f"command to first training step: {figures['startup_to_first_step_s']:.2f} s"
@@ -388,6 +475,25 @@ def validate_bench(cfg: DictConfig) -> list[str]:
         problems.append(
             f"bench.warmup_steps must be an integer ≥ 0 (got {cfg.bench.warmup_steps!r}); set bench.warmup_steps=3"
         )
+    knobs = cfg.bench.knobs
+    if not OmegaConf.is_list(knobs) or not all(isinstance(k, str) for k in knobs):
+        problems.append(
+            f"bench.knobs must be a list of KEY=VALUE strings (got {knobs!r}); "
+            "set 'bench.knobs=[\"model.channels_last=true\"]'"
+        )
+    else:
+        for knob in knobs:
+            try:
+                key, _ = parse_knob(knob)
+            except ValueError as exc:
+                problems.append(str(exc))
+                continue
+            if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+                problems.append(f"bench.knobs entry {knob!r}: the config has no key {key}")
+                continue
+            problems += [f"bench.knobs entry {knob!r}: {p}"
+                         for p in validate(merged(cfg, OmegaConf.from_dotlist([knob])))
+                         if p not in problems]  # fmt: skip
     if cfg.device.strategy == "ddp":
         problems.append(
             f"device={cfg.device.name}: the bench runs one process; set device=cpu or device=gpu"

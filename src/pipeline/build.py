@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.callbacks import (
     AnalyticGradientCheck,
+    CudaFlags,
     GracefulStop,
     GradientLogger,
     NonFiniteGuard,
@@ -75,6 +76,7 @@ def build_module(cfg: DictConfig) -> ResNetClassifier:
         optimizer_factory=instantiate(cfg.optimizer),
         scheduler_kwargs=scheduler,
         channels_last=cfg.model.channels_last,
+        compile=bool(cfg.model.get("compile", False)),  # absent in older runs' configs
         example_input_array=example_input(cfg)
         if cfg.logger.name == "tensorboard" and cfg.logger.log_graph
         else None,
@@ -122,6 +124,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         RunSummary(config=resolved, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
         Throughput(),
     ]
+    if uses_cuda(cfg):
+        callbacks.append(
+            CudaFlags(
+                cudnn_benchmark=bool(cfg.device.get("cudnn_benchmark", False)),
+                tf32=cfg.device.get("tf32"),
+            )
+        )
     if cfg.trainer.detect_nonfinite != "off":
         callbacks.append(
             NonFiniteGuard(
@@ -145,6 +154,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
                 precision=cfg.precision,
                 every_n_steps=check.every_n_steps,
                 on_fail=check.on_fail,
+                tf32=uses_cuda(cfg) and cfg.device.get("tf32") is True,
             )
         )
     if cfg.callbacks.progress_bar:
@@ -157,10 +167,12 @@ def build_strategy(device: DictConfig, in_sweep: bool) -> str | DDPStrategy:
     processes, because Lightning cannot re-launch the command of a multirun job."""
     if device.strategy != "ddp":
         return str(device.strategy)
-    timeout = timedelta(seconds=device.timeout_s)
-    if in_sweep:
-        return DDPStrategy(start_method="spawn", timeout=timeout)
-    return DDPStrategy(start_method="popen", timeout=timeout)
+    return DDPStrategy(
+        start_method="spawn" if in_sweep else "popen",
+        timeout=timedelta(seconds=device.timeout_s),
+        gradient_as_bucket_view=bool(device.get("gradient_as_bucket_view", False)),
+        static_graph=bool(device.get("static_graph", False)),
+    )
 
 
 def build_trainer(

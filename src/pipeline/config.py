@@ -173,10 +173,11 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
             f"loss=cross_entropy needs model.num_classes ≥ 2 (got {c.value('model.num_classes')}); "
             "set model.num_classes=10"
         )
-    if not isinstance(c.value("model.channels_last"), bool):
-        c.problems.append(
-            f"model.channels_last must be true or false (got {c.value('model.channels_last')!r})"
-        )
+    for key in ("model.channels_last", "model.compile"):
+        if not isinstance(c.value(key), bool):
+            c.problems.append(
+                f"{key} must be true or false (got {c.value(key)!r}); set {key}=false"
+            )
     weights = c.value("model.weights")
     if weights is not None and not isinstance(weights, str):
         c.problems.append(f"model.weights must be null, DEFAULT or a file path (got {weights!r})")
@@ -243,9 +244,22 @@ def _validate_device(c: _Checker, cuda_available: bool) -> None:
             f"device.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm is CUDA-only; got device={name}); "
             "set device.sync_batchnorm=false"
         )
-    if not isinstance(c.value("device.sync_batchnorm"), bool):
+    flags = ["device.sync_batchnorm", "device.cudnn_benchmark"]
+    if c.value("device.strategy") == "ddp":
+        flags += ["device.gradient_as_bucket_view", "device.static_graph"]
+    for key in flags:
+        if not isinstance(c.value(key), bool):
+            c.problems.append(
+                f"{key} must be true or false (got {c.value(key)!r}); set {key}=false"
+            )
+    if c.value("device.tf32") not in (None, True, False):
         c.problems.append(
-            f"device.sync_batchnorm must be true or false (got {c.value('device.sync_batchnorm')!r})"
+            f"device.tf32 must be null, true or false (got {c.value('device.tf32')!r}); set device.tf32=null"
+        )
+    if c.value("device.cudnn_benchmark") is True and c.value("trainer.deterministic") is True:
+        c.problems.append(
+            "device.cudnn_benchmark=true picks convolution algorithms by speed, which "
+            "trainer.deterministic=true forbids; set one of them to false"
         )
 
 

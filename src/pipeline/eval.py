@@ -36,6 +36,7 @@ def run_config_for_eval(cfg: DictConfig) -> DictConfig:
     run_cfg.device = cfg.device
     run_cfg.logger = cfg.logger
     run_cfg.model.weights = None  # the checkpoint's state dict replaces them
+    run_cfg.model.compile = False  # one pass over the validation split: compiling would not pay
     return run_cfg
 
 

@@ -22,6 +22,8 @@ def route_lightning_logs_to_hydra() -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # torch.compile's C++ toolchain probe warns "No CUDA runtime is found" on every CPU-only run.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 @rank_zero_only

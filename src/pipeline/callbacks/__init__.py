@@ -1,5 +1,6 @@
 """Thin Lightning hooks; the math they call lives in pure functions elsewhere in the package."""
 
+from pipeline.callbacks.cuda_flags import CudaFlags
 from pipeline.callbacks.graceful_stop import GracefulStop
 from pipeline.callbacks.gradient_check import AnalyticGradientCheck
 from pipeline.callbacks.gradient_logger import GradientLogger
@@ -11,6 +12,7 @@ from pipeline.callbacks.throughput import Throughput
 
 __all__ = [
     "AnalyticGradientCheck",
+    "CudaFlags",
     "GracefulStop",
     "GradientLogger",
     "NonFiniteGuard",

@@ -11,6 +11,9 @@ import lightning.pytorch as pl
 
 log = logging.getLogger(__name__)
 FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
+FIRST_STEP_TOOK = (
+    "first training batch took %.2f s (with model.compile=true, compiling is part of it)"
+)
 
 
 def process_age_s() -> float | None:
@@ -38,12 +41,16 @@ class Throughput(pl.Callback):
 
     def __init__(self) -> None:
         self._last: float | None = None
+        self._first_start: float | None = None
+        self._started = False
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._last is None:  # first batch: no previous end to measure from
             self._last = time.perf_counter()
+            if not self._started:
+                self._first_start, self._started = self._last, True
             if trainer.global_step == 0 and batch_idx == 0 and (age := process_age_s()) is not None:
                 log.info(FIRST_STEP_MESSAGE, age)
 
@@ -59,6 +66,9 @@ class Throughput(pl.Callback):
         assert self._last is not None  # set by on_train_batch_start
         rate = images_per_sec(len(batch[0]), trainer.world_size, now - self._last)
         self._last = now
+        if self._first_start is not None:  # this process's first batch
+            log.info(FIRST_STEP_TOOK, now - self._first_start)
+            self._first_start = None
         pl_module.log("perf/images_per_sec", rate, on_step=True, on_epoch=False)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
