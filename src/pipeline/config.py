@@ -157,7 +157,8 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     c.int_at_least("data.channels", 1, 3)
     c.int_at_least("data.num_samples", 1, 512)
     c.int_at_least("data.num_val_samples", 1, 128)
-    c.int_at_least("data.num_workers", 0, 0)
+    if c.value("data.num_workers") != "auto":
+        c.int_at_least("data.num_workers", 0, 0)
     if sizes_ok:
         size, batch = c.value("data.image_size"), c.value("data.batch_size")
         if batch * resnet_final_size(size) ** 2 < 2:
@@ -173,11 +174,15 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
             f"loss=cross_entropy needs model.num_classes ≥ 2 (got {c.value('model.num_classes')}); "
             "set model.num_classes=10"
         )
-    for key in ("model.channels_last", "model.compile"):
-        if not isinstance(c.value(key), bool):
-            c.problems.append(
-                f"{key} must be true or false (got {c.value(key)!r}); set {key}=false"
-            )
+    if c.value("model.channels_last") not in (True, False, "auto"):
+        c.problems.append(
+            f"model.channels_last must be true, false or auto (got {c.value('model.channels_last')!r}); "
+            "set model.channels_last=auto"
+        )
+    if not isinstance(c.value("model.compile"), bool):
+        c.problems.append(
+            f"model.compile must be true or false (got {c.value('model.compile')!r}); set model.compile=false"
+        )
     weights = c.value("model.weights")
     if weights is not None and not isinstance(weights, str):
         c.problems.append(f"model.weights must be null, DEFAULT or a file path (got {weights!r})")
@@ -255,11 +260,6 @@ def _validate_device(c: _Checker, cuda_available: bool) -> None:
     if c.value("device.tf32") not in (None, True, False):
         c.problems.append(
             f"device.tf32 must be null, true or false (got {c.value('device.tf32')!r}); set device.tf32=null"
-        )
-    if c.value("device.cudnn_benchmark") is True and c.value("trainer.deterministic") is True:
-        c.problems.append(
-            "device.cudnn_benchmark=true picks convolution algorithms by speed, which "
-            "trainer.deterministic=true forbids; set one of them to false"
         )
 
 

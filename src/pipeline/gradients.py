@@ -125,9 +125,10 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
     model = copy.deepcopy(net).double().eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    g = torch.Generator().manual_seed(0)
-    image = torch.rand(1, 3, image_size, image_size, dtype=torch.float64, generator=g)
-    directions = torch.randn(model(image).shape[1], 4, dtype=torch.float64, generator=g)
+    device = next(model.parameters()).device  # checks the backward kernels the run will use
+    g = torch.Generator().manual_seed(0)  # drawn on the CPU: the same numbers on every device
+    image = torch.rand(1, 3, image_size, image_size, dtype=torch.float64, generator=g).to(device)
+    directions = torch.randn(model(image).shape[1], 4, dtype=torch.float64, generator=g).to(device)
 
     def projected(x: Tensor) -> Tensor:
         return model(x) @ directions  # (1, 4)
