@@ -42,6 +42,9 @@ def test_default_run_trains_and_writes_the_run_directory(tmp_path: Path, torch_h
     assert math.isfinite(tags["val/loss"][-1][1])
     assert all(v == pytest.approx(1e-3) for _, v in tags["train/lr"])
     assert all(v > 0 for _, v in tags["perf/images_per_sec"])
+    # Logged only on logging steps (to skip self.log's cost), yet on exactly the loss's steps.
+    for tag in ("train/lr", "perf/images_per_sec", "grad_norm/total"):
+        assert [s for s, _ in tags[tag]] == [3, 7, 11, 15], tag
 
 
 def test_each_optimizer_runs_in_a_multirun(tmp_path: Path, torch_home: Path) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
+from pipeline.logging_steps import logs_this_step
 from pipeline.schedules import build_scheduler
 from pipeline.weights import (
     is_torchvision_weights,
@@ -108,12 +109,9 @@ class ResNetClassifier(pl.LightningModule):
         images, labels = batch  # (B, C, H, W), (B, num_classes) or (B,)
         loss = self.loss_fn(self(images), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
-        self.log(
-            "train/lr",
-            self.trainer.optimizers[0].param_groups[0]["lr"],
-            on_step=True,
-            on_epoch=False,
-        )
+        if logs_this_step(self.trainer):
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -50,11 +50,13 @@ class NonFiniteGuard(pl.Callback):
         self._window_open = False
         self._buffers: list[Tensor] = []
         self._snapshot: list[Tensor] = []
+        self._params: list[Tensor] = []
         self._loss_ok: Tensor | None = None
         self._last_loss: Tensor | None = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._buffers = [b for b in pl_module.buffers() if b.is_floating_point()]
+        self._params = list(pl_module.parameters())  # walked once, not on every step
         self._snapshot = [b.detach().clone() for b in self._buffers]
 
     def on_train_batch_start(
@@ -76,7 +78,7 @@ class NonFiniteGuard(pl.Callback):
     ) -> None:
         ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
         if not _uses_grad_scaler(trainer):
-            grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+            grads = [p.grad for p in self._params if p.grad is not None]
             ok = ok & all_finite(grads).to(ok.device)
         self._window_open, self._loss_ok = False, None
         if not trainer.strategy.reduce_boolean_decision(not bool(ok), all=False):

@@ -9,6 +9,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from pipeline.logging_steps import logs_this_step
+
 log = logging.getLogger(__name__)
 FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
 FIRST_STEP_TOOK = (
@@ -69,7 +71,8 @@ class Throughput(pl.Callback):
         if self._first_start is not None:  # this process's first batch
             log.info(FIRST_STEP_TOOK, now - self._first_start)
             self._first_start = None
-        pl_module.log("perf/images_per_sec", rate, on_step=True, on_epoch=False)
+        if logs_this_step(trainer):
+            pl_module.log("perf/images_per_sec", rate, on_step=True, on_epoch=False)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None  # validation time is not training throughput
