@@ -50,7 +50,23 @@ class GracefulStop(pl.Callback):
         self.stopped_at_step = trainer.global_step
         trainer.should_stop = True
 
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+    def _restore(self) -> None:
+        """Put back the handlers this callback replaced, where its own is still installed. Runs at
+        train end, before Lightning's teardown restores the handlers it installed: restored
+        after that, Lightning's handler would outlive its Trainer, keeping it (and the model)
+        alive and answering SIGTERM for a finished run."""
         for s, handler in self._previous.items():
-            signal.signal(s, handler)
+            if signal.getsignal(s) == self._handle:
+                signal.signal(s, handler)
         self._previous = {}
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._restore()

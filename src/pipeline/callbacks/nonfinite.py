@@ -59,6 +59,9 @@ class NonFiniteGuard(pl.Callback):
         self._params = list(pl_module.parameters())  # walked once, not on every step
         self._snapshot = [b.detach().clone() for b in self._buffers]
 
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._buffers, self._snapshot, self._params = [], [], []  # the model is not ours to keep
+
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
