@@ -68,7 +68,7 @@ def test_knobs_parse_apply_alone_and_skip_cuda_ones_on_a_cpu() -> None:
     variants, skipped = knob_configs(cfg, torch.device("cpu"))
     (name,) = variants
     assert name == "pipeline model.channels_last=true"
-    assert variants[name].model.channels_last is True and cfg.model.channels_last == "auto"
+    assert variants[name].model.channels_last is True and cfg.model.channels_last is False
     assert skipped == ["device.tf32=true (CUDA only)"]
     assert len(knob_configs(cfg, torch.device("cuda"))[0]) == 2
 

@@ -9,7 +9,12 @@ import torch
 from torchvision.models import resnet18
 
 from conftest import TINY, run_cli, scalars
-from pipeline.callbacks.cuda_flags import apply_cuda_flags
+from pipeline.callbacks.cuda_flags import (
+    TORCH_DEFAULTS,
+    current_flags,
+    flags_for,
+    scoped_flags,
+)
 from pipeline.callbacks.throughput import FIRST_STEP_TOOK
 from pipeline.gradients import TOLERANCES, tolerance_for
 from pipeline.model import resnet_features
@@ -54,23 +59,15 @@ def test_compiled_run_matches_eager_and_keeps_torchvisions_keys(
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})  # strict
 
 
-def test_cuda_flags_set_both_tf32_switches_or_leave_torchs_defaults() -> None:
-    saved = (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cuda.matmul.allow_tf32,
-        torch.backends.cudnn.allow_tf32,
-    )
-    try:
-        apply_cuda_flags(cudnn_benchmark=True, tf32=True)
+def test_cuda_flags_map_the_config_and_are_scoped_to_the_run() -> None:
+    assert flags_for(cudnn_benchmark=True, tf32=True) == (True, True, True)
+    assert flags_for(cudnn_benchmark=False, tf32=False) == (False, False, False)
+    assert flags_for(cudnn_benchmark=False, tf32=None) == TORCH_DEFAULTS == (False, False, True)
+    before = current_flags()
+    with scoped_flags((True, True, False)):
         assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
-        assert torch.backends.cudnn.allow_tf32
-        apply_cuda_flags(cudnn_benchmark=False, tf32=False)
-        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-        apply_cuda_flags(cudnn_benchmark=False, tf32=None)  # null: left as they are
-        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
-    finally:
-        torch.backends.cudnn.benchmark = saved[0]
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:]
+        assert not torch.backends.cudnn.allow_tf32
+    assert current_flags() == before  # the next run starts from what was there
 
 
 def test_tf32_loosens_the_gradient_check_to_its_rounding() -> None:
@@ -80,12 +77,12 @@ def test_tf32_loosens_the_gradient_check_to_its_rounding() -> None:
 
 
 def test_auto_settings_resolve_by_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    """channels_last and DataLoader workers: on for CUDA, where the bench measured them faster."""
+    """auto: DataLoader workers (the default) and channels_last (if asked) on for CUDA only."""
     from pipeline import build
     from pipeline.cli import _compose
 
-    cfg = _compose("train", ["device=cpu"])
-    assert (cfg.model.channels_last, cfg.data.num_workers) == ("auto", "auto")
+    cfg = _compose("train", ["device=cpu", "model.channels_last=auto"])
+    assert cfg.data.num_workers == "auto"
     assert (build.channels_last(cfg), build.num_workers(cfg)) == (False, 0)
     monkeypatch.setattr(build, "uses_cuda", lambda cfg: True)
     monkeypatch.setattr("os.cpu_count", lambda: 16)

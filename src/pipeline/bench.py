@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -35,6 +36,7 @@ from rich.table import Table
 from torchvision.models import ResNet
 
 from pipeline import build, cli, report
+from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE
 from pipeline.config import CONFIG_DIR, validate
 from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
@@ -250,31 +252,36 @@ def time_plain(
     times: list[float] = []
     first: float | None = None
     last = time.perf_counter()
-    for i in range(warmup + steps):
-        if naive:
-            data, labels = (
-                torch.rand(b, 3, s, s, device=device),
-                torch.rand(b, cfg.model.num_classes, device=device),
-            )
-        else:
-            data, labels = (t.to(device, non_blocking=True) for t in next(batches))
-            if build.channels_last(cfg):
-                data = data.contiguous(memory_format=torch.channels_last)
-            if cfg.precision == "64-true":
-                data = data.double()
-        optimizer.zero_grad()
-        with _autocast(cfg, device) if not naive else torch.autocast(device.type, enabled=False):
-            prediction = forward(data)
-        loss = (prediction - labels).sum() if naive else loss_fn(prediction, labels)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-        now = time.perf_counter()
-        if i == 0:
-            first = now - last
-        elif i >= warmup:  # timed from the previous step's end, as StepTimer does
-            times.append(now - last)
-        last = now
+    # The CUDA flags the run would set (the naive loop: torch's defaults), for this loop only.
+    flags = TORCH_DEFAULTS if naive else flags_for(**build.cuda_flag_settings(cfg))
+    with scoped_flags(flags) if device.type == "cuda" else nullcontext():
+        for i in range(warmup + steps):
+            if naive:
+                data, labels = (
+                    torch.rand(b, 3, s, s, device=device),
+                    torch.rand(b, cfg.model.num_classes, device=device),
+                )
+            else:
+                data, labels = (t.to(device, non_blocking=True) for t in next(batches))
+                if build.channels_last(cfg):
+                    data = data.contiguous(memory_format=torch.channels_last)
+                if cfg.precision == "64-true":
+                    data = data.double()
+            optimizer.zero_grad()
+            with (
+                _autocast(cfg, device) if not naive else torch.autocast(device.type, enabled=False)
+            ):
+                prediction = forward(data)
+            loss = (prediction - labels).sum() if naive else loss_fn(prediction, labels)
+            loss.backward()
+            optimizer.step()
+            _sync(device)
+            now = time.perf_counter()
+            if i == 0:
+                first = now - last
+            elif i >= warmup:  # timed from the previous step's end, as StepTimer does
+                times.append(now - last)
+            last = now
     return Timing(times, first_step_s=first)
 
 
