@@ -22,6 +22,7 @@ from pipeline.bench import (
     relative_cost,
     round_order,
     summarize,
+    synced_points,
     validate_bench,
 )
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE, process_age_s
@@ -133,13 +134,24 @@ class _Tiny(pl.LightningModule):
 
 
 def test_step_timer_skips_warmup_and_times_each_step(tmp_path: Path) -> None:
-    timer = StepTimer(warmup_steps=2, device=torch.device("cpu"))
+    timer = StepTimer(warmup_steps=2, total_steps=7, device=torch.device("cpu"))
     trainer = pl.Trainer(max_steps=7, callbacks=[timer], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(_Tiny(), DataLoader(TensorDataset(torch.rand(20, 3)), batch_size=2))
     assert len(timer.steps) == 7 - 2  # steps 2…6, each from the end of the one before
     assert timer.first_step_s is not None and timer.first_step_s > 0
+    # The window from the end of step 1 to the end of step 6, per timed step: on a CPU, where
+    # nothing runs ahead, the same as the mean of the steps.
+    assert timer.mean_step_s == pytest.approx(sum(timer.steps) / 5, rel=1e-6)
     assert all(0 <= w <= s for w, s in zip(timer.waits, timer.steps, strict=True))
+
+
+def test_the_device_is_synchronized_only_at_the_ends_of_the_timed_window() -> None:
+    assert synced_points(warmup=3, total=23) == (2, 22)  # timed: steps 3…22
+    assert synced_points(warmup=1, total=5) == (0, 4)
+    r = Rounds()
+    r.add([0.1, 0.1], [], mean_step_s=0.3)  # host intervals ran ahead; the synced window decides
+    assert r.step_s == [0.3]
 
 
 def test_histogram_fields_match_the_tensor() -> None:
@@ -169,3 +181,8 @@ def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_
     assert result.returncode == 3, result.stderr
     assert "pipeline.bench: a timed run diverged" in result.stderr
     assert "bench with loss=mse" in result.stderr
+
+
+def test_warmup_needs_a_step_before_the_timed_window() -> None:
+    problems = validate_bench(_compose("bench", ["bench.warmup_steps=0"]))
+    assert any("bench.warmup_steps must be an integer ≥ 1 (got 0)" in p for p in problems), problems

@@ -7,7 +7,9 @@ written (torch.rand batches, NCHW, 32-true); with bench.features, `bare` (no ins
 no logger, no progress bar) plus bare with one instrument at a time; and, for each of
 bench.knobs, the pipeline with that one setting changed. Each round times bench.steps steps per
 variant after bench.warmup_steps; a round's figure is its mean step time (so instruments that
-fire every N steps are counted), and the report is the median over rounds. The order of the
+fire every N steps are counted), with the device synchronized only at the two ends of the timed
+window (the host may run ahead of a GPU, as in training), and the report is the median over
+rounds. The order of the
 variants turns every round, so none always runs first or after the same neighbour. The first
 step of the first round is reported apart (torch.compile compiles in it). Writes a table, and
 bench.output as JSON.
@@ -100,9 +102,15 @@ class Rounds:
     first_step_s: float | None = None  # the first round's first step: compiling, caches warming
 
     def add(
-        self, steps: list[float], waits: list[float], first_step_s: float | None = None
+        self,
+        steps: list[float],
+        waits: list[float],
+        first_step_s: float | None = None,
+        mean_step_s: float | None = None,
     ) -> None:
-        self.step_s.append(statistics.fmean(steps))
+        """One round: its mean step time is `mean_step_s` (the synchronized window) when given,
+        else the mean of `steps`."""
+        self.step_s.append(mean_step_s if mean_step_s is not None else statistics.fmean(steps))
         if waits:
             self.wait_share.append(sum(waits) / sum(steps))
         if self.first_step_s is None:
@@ -123,6 +131,7 @@ class Timing:
     steps: list[float]  # each timed step, end to end
     waits: list[float] = field(default_factory=list)  # of each timed step, the wait for its batch
     first_step_s: float | None = None  # batch start to end of the run's first step
+    mean_step_s: float | None = None  # the timed window, synchronized at its ends, per step
 
 
 def round_order(names: list[str], round_index: int) -> list[str]:
@@ -177,15 +186,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class StepTimer(pl.Callback):
-    """Step times (batch end to batch end) and data waits (batch end to next batch start)."""
+def synced_points(warmup: int, total: int) -> tuple[int, int]:
+    """The steps at whose end the device is synchronized: the one before the first timed step,
+    and the last. Steps max(warmup, 1)…total−1 are timed, each from the end of the one before;
+    between the two points the host may run ahead of the device, as in real training, so a
+    round's mean step time is (end − start) / timed steps, not a sum of synced steps (a sync on
+    every step would charge all host work, which a GPU otherwise hides, to the step)."""
+    return max(warmup, 1) - 1, total - 1
 
-    def __init__(self, warmup_steps: int, device: torch.device) -> None:
+
+class StepTimer(pl.Callback):
+    """Step times (batch end to batch end) and data waits (batch end to next batch start);
+    the device is synchronized only at the ends of the timed window (`synced_points`)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, device: torch.device) -> None:
         self.warmup_steps, self.device = warmup_steps, device
+        self.sync_at = synced_points(warmup_steps, total_steps)
         self.steps: list[float] = []
         self.waits: list[float] = []
         self.first_step_s: float | None = None
+        self.mean_step_s: float | None = None
         self._end: float | None = None
+        self._window_start = 0.0
         self._seen = 0
 
     def on_train_batch_start(
@@ -201,23 +223,28 @@ class StepTimer(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        _sync(self.device)
+        if self._seen in self.sync_at:
+            _sync(self.device)
         now = time.perf_counter()
         if self._end is None:
             self.first_step_s = now - self._start
         elif self._seen >= self.warmup_steps:
             self.steps.append(now - self._end)
             self.waits.append(self._start - self._end)
+        if self._seen == self.sync_at[0]:
+            self._window_start = now
+        elif self._seen == self.sync_at[1] and self.steps:
+            self.mean_step_s = (now - self._window_start) / len(self.steps)
         self._end, self._seen = now, self._seen + 1
 
 
 def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
     """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
     pl.seed_everything(cfg.seed, verbose=False)
-    timer = StepTimer(warmup, build.run_device(cfg))
+    timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
     trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer])
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
-    return Timing(timer.steps, timer.waits, timer.first_step_s)
+    return Timing(timer.steps, timer.waits, timer.first_step_s, timer.mean_step_s)
 
 
 def _autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
@@ -251,6 +278,7 @@ def time_plain(
     b, s = cfg.data.batch_size, cfg.data.image_size
     times: list[float] = []
     first: float | None = None
+    sync_at, window_start, mean = synced_points(warmup, warmup + steps), 0.0, None
     last = time.perf_counter()
     # The CUDA flags the run would set (the naive loop: torch's defaults), for this loop only.
     flags = TORCH_DEFAULTS if naive else flags_for(**build.cuda_flag_settings(cfg))
@@ -275,14 +303,19 @@ def time_plain(
             loss = (prediction - labels).sum() if naive else loss_fn(prediction, labels)
             loss.backward()
             optimizer.step()
-            _sync(device)
+            if i in sync_at:
+                _sync(device)
             now = time.perf_counter()
             if i == 0:
                 first = now - last
             elif i >= warmup:  # timed from the previous step's end, as StepTimer does
                 times.append(now - last)
+            if i == sync_at[0]:
+                window_start = now
+            elif i == sync_at[1] and times:
+                mean = (now - window_start) / len(times)
             last = now
-    return Timing(times, first_step_s=first)
+    return Timing(times, first_step_s=first, mean_step_s=mean)
 
 
 class MemorySampler(pl.Callback):
@@ -394,7 +427,9 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 timing = variants[name](Path(tmp) / f"{r}-{abs(hash(name))}")
-                rounds[name].add(timing.steps, timing.waits, timing.first_step_s)
+                rounds[name].add(
+                    timing.steps, timing.waits, timing.first_step_s, timing.mean_step_s
+                )
                 rounds[name].peak_mb = max(rounds[name].peak_mb, peak_memory_mb(device))
         startup = time_startup(overrides, Path(tmp) / "startup") if b.startup else None
     figures = summarize(rounds, cfg.data.batch_size, frequencies, startup, device)
@@ -482,9 +517,9 @@ def validate_bench(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"bench.{key} must be an integer ≥ 1 (got {cfg.bench[key]!r}); set bench.{key}=5"
             )
-    if not isinstance(cfg.bench.warmup_steps, int) or cfg.bench.warmup_steps < 0:
+    if not isinstance(cfg.bench.warmup_steps, int) or cfg.bench.warmup_steps < 1:
         problems.append(
-            f"bench.warmup_steps must be an integer ≥ 0 (got {cfg.bench.warmup_steps!r}); set bench.warmup_steps=3"
+            f"bench.warmup_steps must be an integer ≥ 1 (got {cfg.bench.warmup_steps!r}); set bench.warmup_steps=3"
         )
     knobs = cfg.bench.knobs
     if not OmegaConf.is_list(knobs) or not all(isinstance(k, str) for k in knobs):
