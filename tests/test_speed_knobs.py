@@ -87,5 +87,7 @@ def test_auto_settings_resolve_by_device(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(build, "uses_cuda", lambda cfg: True)
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert (build.channels_last(cfg), build.num_workers(cfg)) == (True, 4)
+    eight = _compose("train", ["device=ddp_cpu", "device.devices=8"])  # 8 processes, 16 cores
+    assert build.num_workers(eight) == 1
     explicit = _compose("train", ["model.channels_last=false", "data.num_workers=2"])
     assert (build.channels_last(explicit), build.num_workers(explicit)) == (False, 2)
