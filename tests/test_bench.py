@@ -72,6 +72,9 @@ def test_knobs_parse_apply_alone_and_skip_cuda_ones_on_a_cpu() -> None:
     assert variants[name].model.channels_last is True and cfg.model.channels_last is False
     assert skipped == ["device.tf32=true (CUDA only)"]
     assert len(knob_configs(cfg, torch.device("cuda"))[0]) == 2
+    null = _compose("bench", ['bench.knobs=["device.tf32=null"]'])
+    (tf32_null,) = knob_configs(null, torch.device("cuda"))[0].values()
+    assert tf32_null.device.tf32 is None  # YAML's null, not the string "None"
 
 
 @pytest.mark.parametrize(

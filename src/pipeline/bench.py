@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -380,11 +381,11 @@ def knob_configs(cfg: DictConfig, device: torch.device) -> tuple[dict[str, DictC
     """The pipeline with each of bench.knobs applied alone; CUDA-only knobs are skipped on the CPU."""
     variants, skipped = {}, []
     for knob in cfg.bench.knobs:
-        key, value = parse_knob(knob)
+        key, _ = parse_knob(knob)
         if cuda_only(key) and device.type != "cuda":
             skipped.append(f"{knob} (CUDA only)")
             continue
-        variants[f"pipeline {knob}"] = merged(cfg, OmegaConf.from_dotlist([f"{key}={value}"]))
+        variants[f"pipeline {knob}"] = merged(cfg, OmegaConf.from_dotlist([knob.strip()]))
     return variants, skipped
 
 
@@ -396,9 +397,8 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
                                       "trainer": {"max_steps": b.warmup_steps + b.steps}})  # fmt: skip
     OmegaConf.set_struct(train_cfg, False)
     train_cfg.trainer.enable_model_summary = False
-    device = build.build_trainer(
-        merged(train_cfg, BARE), Path(tempfile.mkdtemp())
-    ).strategy.root_device
+    with tempfile.TemporaryDirectory() as probe:
+        device = build.build_trainer(merged(train_cfg, BARE), Path(probe)).strategy.root_device
     if device.type == "cuda":  # the allocator's peak counters exist once CUDA is initialized
         device = torch.device("cuda", device.index or 0)
         torch.empty(1, device=device)
@@ -426,7 +426,9 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
             for name in round_order(list(variants), r):
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                timing = variants[name](Path(tmp) / f"{r}-{abs(hash(name))}")
+                run_dir = Path(tmp) / f"{r}-{abs(hash(name))}"
+                timing = variants[name](run_dir)
+                shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint: ~90 MB a round
                 rounds[name].add(
                     timing.steps, timing.waits, timing.first_step_s, timing.mean_step_s
                 )
