@@ -154,8 +154,9 @@ def parse_knob(knob: str) -> tuple[str, Any]:
     return key, OmegaConf.select(OmegaConf.from_dotlist([knob.strip()]), key)
 
 
-def cuda_only(key: str) -> bool:
-    return key in CUDA_ONLY_KNOBS
+def with_knob(cfg: DictConfig, knob: str) -> DictConfig:
+    """The config with one bench.knobs entry applied."""
+    return merged(cfg, OmegaConf.from_dotlist([knob.strip()]))
 
 
 def relative_cost(variant_step_s: float, base_step_s: float) -> float:
@@ -266,7 +267,8 @@ def time_plain(
     pl.seed_everything(cfg.seed, verbose=False)
     module = build.build_module(cfg)
     net = module.net.to(device)
-    if not naive and build.channels_last(cfg):
+    nhwc = not naive and build.channels_last(cfg)  # resolved once, not in the timed loop
+    if nhwc:
         net = net.to(memory_format=torch.channels_last)
     if not naive and cfg.precision == "64-true":
         net = net.double()
@@ -292,7 +294,7 @@ def time_plain(
                 )
             else:
                 data, labels = (t.to(device, non_blocking=True) for t in next(batches))
-                if build.channels_last(cfg):
+                if nhwc:
                     data = data.contiguous(memory_format=torch.channels_last)
                 if cfg.precision == "64-true":
                     data = data.double()
@@ -382,10 +384,10 @@ def knob_configs(cfg: DictConfig, device: torch.device) -> tuple[dict[str, DictC
     variants, skipped = {}, []
     for knob in cfg.bench.knobs:
         key, _ = parse_knob(knob)
-        if cuda_only(key) and device.type != "cuda":
+        if key in CUDA_ONLY_KNOBS and device.type != "cuda":
             skipped.append(f"{knob} (CUDA only)")
             continue
-        variants[f"pipeline {knob}"] = merged(cfg, OmegaConf.from_dotlist([knob.strip()]))
+        variants[f"pipeline {knob}"] = with_knob(cfg, knob)
     return variants, skipped
 
 
@@ -540,7 +542,7 @@ def validate_bench(cfg: DictConfig) -> list[str]:
                 problems.append(f"bench.knobs entry {knob!r}: the config has no key {key}")
                 continue
             problems += [f"bench.knobs entry {knob!r}: {p}"
-                         for p in validate(merged(cfg, OmegaConf.from_dotlist([knob])))
+                         for p in validate(with_knob(cfg, knob))
                          if p not in problems]  # fmt: skip
     if cfg.device.strategy == "ddp":
         problems.append(

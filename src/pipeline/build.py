@@ -179,7 +179,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
                 precision=cfg.precision,
                 every_n_steps=check.every_n_steps,
                 on_fail=check.on_fail,
-                tf32=uses_cuda(cfg) and cfg.device.get("tf32") is True,
+                tf32=uses_cuda(cfg) and cuda_flag_settings(cfg)["tf32"] is True,
             )
         )
     if cfg.callbacks.progress_bar:
