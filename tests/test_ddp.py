@@ -129,3 +129,24 @@ def test_submitit_local_launcher_runs_a_job(tmp_path: Path, torch_home: Path) ->
     assert (sweep / ".submitit").is_dir()
     (job,) = [p for p in sweep.iterdir() if p.is_dir() and p.name.startswith("0_")]
     assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_ddp_cpu_divergence_stops_both_ranks_with_one_state_either_check(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """optimizer.fused=true takes the deferred check (the flag all-reduced on the device, read
+    later); false, the immediate one. Both ranks stop at one step, and save the same state."""
+    saved = {}
+    for fused in ("false", "true"):
+        run = tmp_path / f"fused-{fused}"
+        args = ["device=ddp_cpu", "data.image_size=32", "data.batch_size=4", "data.num_val_samples=4",
+                "callbacks.progress_bar=false", "optimizer.lr=1e20", f"optimizer.fused={fused}",
+                "trainer.max_steps=20", "data.num_samples=160", f"hydra.run.dir={run}"]  # fmt: skip
+        result = run_cli("pipeline.train", args, tmp_path, torch_home)
+        assert result.returncode == 3, result.stderr
+        assert "train/loss became" in result.stderr and "Traceback" not in result.stderr
+        saved[fused] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    at_once, deferred = saved["false"], saved["true"]
+    assert deferred["global_step"] == at_once["global_step"] + 3  # the bad step and 2 more, skipped
+    for name, value in at_once["state_dict"].items():
+        assert torch.equal(value, deferred["state_dict"][name]), name

@@ -78,6 +78,20 @@ def channels_last(cfg: DictConfig) -> bool:
     return uses_cuda(cfg) if value == "auto" else bool(value)
 
 
+def optimizer_factory(cfg: DictConfig) -> Any:
+    """cfg.optimizer as a partial awaiting the parameters, with optimizer.fused=auto resolved:
+    fused on CUDA (one kernel updates every parameter, and the non-finite guard can skip a step
+    on the device instead of waiting for it), torch's own choice elsewhere."""
+    options = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    assert isinstance(options, dict)
+    fused = options.pop("fused", None)
+    if fused == "auto":
+        fused = True if uses_cuda(cfg) else None
+    if fused is not None:
+        options["fused"] = fused
+    return instantiate(options)
+
+
 def cuda_flag_settings(cfg: DictConfig) -> dict[str, Any]:
     """The run's CUDA flags; trainer.deterministic=true wins over benchmarking (which picks
     convolution algorithms by speed)."""
@@ -103,7 +117,7 @@ def build_module(cfg: DictConfig) -> ResNetClassifier:
     return ResNetClassifier(
         net=build_resnet18(weights=cfg.model.weights, num_classes=cfg.model.num_classes),
         loss_fn=LOSSES[cfg.loss.name].fn,
-        optimizer_factory=instantiate(cfg.optimizer),
+        optimizer_factory=optimizer_factory(cfg),
         scheduler_kwargs=scheduler,
         channels_last=channels_last(cfg),
         compile=bool(cfg.model.get("compile", False)),  # absent in older runs' configs

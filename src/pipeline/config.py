@@ -152,6 +152,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
 
     c.int_at_least("seed", 0, 42)
     c.positive_number("optimizer.lr", "1e-3")
+    _validate_fused(c)
 
     sizes_ok = c.int_at_least("data.image_size", 1, 64) & c.int_at_least("data.batch_size", 1, 32)
     c.int_at_least("data.channels", 1, 3)
@@ -260,6 +261,32 @@ def _validate_device(c: _Checker, cuda_available: bool) -> None:
     if c.value("device.tf32") not in (None, True, False):
         c.problems.append(
             f"device.tf32 must be null, true or false (got {c.value('device.tf32')!r}); set device.tf32=null"
+        )
+
+
+def _validate_fused(c: _Checker) -> None:
+    fused = c.value("optimizer.fused")
+    if fused is None:
+        return
+    if fused not in ("auto", True, False):
+        c.problems.append(
+            f"optimizer.fused must be auto, true or false (got {fused!r}); set optimizer.fused=auto"
+        )
+        return
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        takes_fused = (
+            "fused" in inspect.signature(get_class(c.value("optimizer._target_"))).parameters
+        )
+    except Exception:  # an unknown _target_ fails where it is instantiated, with its own message
+        return
+    if not takes_fused:
+        c.problems.append(
+            f"optimizer.fused={str(fused).lower()}: {c.value('optimizer._target_')} has no fused implementation; "
+            "drop the key: ~optimizer.fused"
         )
 
 

@@ -4,10 +4,26 @@ The seed's loss (pred − labels).sum() has no minimum: SGD drives every logit t
 loss overflows after a few dozen steps. The forward pass that overflows has already written
 inf into BatchNorm's running statistics, so the guard snapshots the float buffers when an
 accumulation window starts and puts them back before saving.
+
+Two ways to check, one outcome:
+- at once (an optimizer that is not fused: on a CPU by default): the host reads the step's
+  flag before the optimizer step. On a GPU that read waits for the step's work, and the GPU
+  idles while the host queues the next.
+- deferred (a fused optimizer, `optimizer.fused`, on for CUDA by default): the flag stays
+  on the device and, once set, stays set. The fused optimizer skips its update while it is set
+  (torch's `found_inf`, as the GradScaler uses), and the BatchNorm snapshot stops following the
+  buffers. Each step's flag travels to a pinned host copy; the host reads it `lag` steps later
+  (2), by when the GPU has long finished that step, so the read rarely waits. The same steps on
+  every DDP process (the flag is all-reduced on the device), so all stop together. Weights,
+  optimizer state and BatchNorm statistics saved on divergence are the ones before the first
+  non-finite step, as at once; that step and the `lag` after it ran without updating, so the
+  checkpoint's step counter is `lag` + 1 higher.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +34,8 @@ from torch import Tensor
 
 from pipeline.errors import DivergenceError
 from pipeline.gradients import all_finite
+
+DEFERRED_LAG = 2  # deferred: the host reads a step's flag this many steps later
 
 
 def divergence_message(step: int, loss_value: float, loss_name: str, saved_to: Path | None) -> str:
@@ -37,36 +55,101 @@ def _uses_grad_scaler(trainer: pl.Trainer) -> bool:
     return getattr(trainer.precision_plugin, "scaler", None) is not None
 
 
+def can_defer(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> bool:
+    """The optimizer can skip a step by itself: fused (torch's found_inf), and no GradScaler
+    (which sets the optimizer's found_inf itself)."""
+    return optimizer.defaults.get("fused") is True and not _uses_grad_scaler(trainer)
+
+
+class BufferSnapshot:
+    """The module's buffers (BatchNorm's running statistics and batch counts) as they were at
+    some moment: one flat copy per dtype, two kernels to take, none to read on the host."""
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        self.groups: dict[torch.dtype, list[Tensor]] = {}
+        for b in buffers:
+            self.groups.setdefault(b.dtype, []).append(b)
+        # Flat views of the buffers, made once: the module updates them in place.
+        self.views = {d: [b.detach().view(-1) for b in g] for d, g in self.groups.items()}
+        self.saved = {dtype: torch.cat(views) for dtype, views in self.views.items()}
+
+    def take(self, unless: Tensor | None = None) -> None:
+        """Copy the buffers now; where `unless` (a 0-dim bool tensor) is true, keep the old copy."""
+        for dtype, views in self.views.items():
+            now = torch.cat(views)
+            self.saved[dtype] = (
+                now if unless is None else torch.where(unless, self.saved[dtype], now)
+            )
+
+    def restore(self) -> None:
+        for dtype, group in self.groups.items():
+            parts = self.saved[dtype].split([b.numel() for b in group])
+            torch._foreach_copy_(group, [p.view_as(b) for p, b in zip(parts, group, strict=True)])
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A step's flag on its way to the host: row `slot` of the pinned buffer once `event` is done."""
+
+    step: int
+    slot: int
+    event: torch.cuda.Event | None  # None: the copy was complete when issued (CPU)
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+
+
 class NonFiniteGuard(pl.Callback):
-    """Checks the loss and the gradients before each optimizer step (one host sync a step, one
-    all-reduce under DDP). mode 'raise': restore the buffers, save `checkpoint_path`, raise
-    DivergenceError. 'warn': warn once and go on."""
+    """Checks the loss and the gradients of every optimizer step. mode 'raise': restore the
+    buffers, save `checkpoint_path`, raise DivergenceError. 'warn': warn once and go on.
+    `deferred` set before fit chooses the check (tests compare the two)."""
 
     def __init__(self, *, mode: str, loss_name: str, checkpoint_path: Path | None) -> None:
         self.mode = mode
         self.loss_name = loss_name
         self.checkpoint_path = checkpoint_path
+        self.deferred: bool | None = None  # None: deferred where the device can skip a step
+        self.lag = DEFERRED_LAG
         self._warned = False
         self._window_open = False
-        self._buffers: list[Tensor] = []
-        self._snapshot: list[Tensor] = []
+        self._snapshot: BufferSnapshot | None = None
         self._params: list[Tensor] = []
         self._loss_ok: Tensor | None = None
         self._last_loss: Tensor | None = None
+        # deferred only
+        self._stuck: Tensor | None = None  # 0-dim float32: 1 from the first non-finite step on
+        self._host = torch.zeros(0)  # (lag + 1, 2): [flag, loss] per queued step
+        self._queued: deque[_Queued] = deque()
+        self._found: tuple[int, float] | None = None  # (step, loss) of the first non-finite step
+        self._saving = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._buffers = [b for b in pl_module.buffers() if b.is_floating_point()]
+        self._snapshot = BufferSnapshot(list(pl_module.buffers()))
         self._params = list(pl_module.parameters())  # walked once, not on every step
-        self._snapshot = [b.detach().clone() for b in self._buffers]
+        device = pl_module.device
+        if self.deferred is None:
+            self.deferred = bool(trainer.optimizers) and can_defer(trainer, trainer.optimizers[0])
+        if self.deferred:
+            self._stuck = torch.zeros((), device=device)
+            self._host = torch.zeros(self.lag + 1, 2, pin_memory=device.type == "cuda")
+            self._queued.clear()
+            self._found = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._buffers, self._snapshot, self._params = [], [], []  # the model is not ours to keep
+        self._snapshot, self._params = None, []  # the model is not ours to keep
+        self._stuck, self._last_loss = None, None
+        self._queued.clear()
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        if not self._window_open and self.mode == "raise":
-            torch._foreach_copy_(self._snapshot, self._buffers)  # BatchNorm stats before this step
+        if self.deferred:
+            self._read_flags(before_step=trainer.global_step - self.lag)
+            self._stop_if_found(trainer)
+        if not self._window_open and self.mode == "raise" and self._snapshot is not None:
+            # The buffers before this step; deferred, frozen from the first non-finite step on.
+            self._snapshot.take(unless=self._stuck.bool() if self._stuck is not None else None)
         self._window_open = True
 
     def on_before_backward(
@@ -84,21 +167,83 @@ class NonFiniteGuard(pl.Callback):
             grads = [p.grad for p in self._params if p.grad is not None]
             ok = ok & all_finite(grads).to(ok.device)
         self._window_open, self._loss_ok = False, None
+        if self.deferred:
+            self._queue(trainer, optimizer, ok)
+            return
         if not trainer.strategy.reduce_boolean_decision(not bool(ok), all=False):
             return
         loss_value = float(self._last_loss) if self._last_loss is not None else float("nan")
+        self._diverged(trainer, trainer.global_step, loss_value)
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Deferred: a checkpoint saved while flags are unread waits for them, and holds the
+        last finite BatchNorm statistics (the dict shares the buffers' storage) if one was bad."""
+        if self.deferred and not self._saving:
+            self._read_flags()
+            if self._found is not None and self.mode == "raise":
+                self._restore_buffers()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.deferred:
+            self._read_flags()
+            self._stop_if_found(trainer)
+
+    def _queue(self, trainer: pl.Trainer, optimizer: Any, ok: Tensor) -> None:
+        """Deferred: this step's flag, made sticky and handed to the optimizer, on its way to the host."""
+        assert self._stuck is not None
+        bad = (~ok).to(self._stuck.device, torch.float32)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # queued, no wait
+        if self.mode == "raise":
+            self._stuck = torch.maximum(self._stuck, bad)
+            optimizer.found_inf = self._stuck  # the fused update does nothing while it is 1
+            bad = self._stuck
+        if len(self._queued) == len(self._host):  # several optimizer steps in one batch
+            self._read_flags(before_step=self._queued[0].step + 1)
+        slot = (self._queued[-1].slot + 1) % len(self._host) if self._queued else 0
+        loss = self._last_loss if self._last_loss is not None else torch.tensor(float("nan"))
+        row = torch.stack([bad, loss.to(bad.device, torch.float32)])
+        self._host[slot].copy_(row, non_blocking=True)
+        event = None
+        if bad.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._queued.append(_Queued(trainer.global_step, slot, event))
+
+    def _read_flags(self, before_step: float = float("inf")) -> None:
+        """Read the queued flags of steps before `before_step` (waiting for the device where it
+        has not finished them), oldest first; remember the first non-finite step."""
+        while self._queued and self._queued[0].step < before_step:
+            oldest = self._queued.popleft()
+            oldest.wait()
+            flag, loss = self._host[oldest.slot].tolist()
+            if flag > 0 and self._found is None:
+                self._found = (oldest.step, loss)
+
+    def _stop_if_found(self, trainer: pl.Trainer) -> None:
+        if self._found is not None:
+            self._queued.clear()
+            self._diverged(trainer, *self._found)
+
+    def _restore_buffers(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.restore()
+
+    def _diverged(self, trainer: pl.Trainer, step: int, loss_value: float) -> None:
         if self.mode == "warn":
             if not self._warned:
-                rank_zero_warn(
-                    divergence_message(trainer.global_step, loss_value, self.loss_name, None)
-                )
+                rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None))
                 self._warned = True
             return
-        torch._foreach_copy_(self._buffers, self._snapshot)
+        self._restore_buffers()
         if self.checkpoint_path is not None:
-            trainer.save_checkpoint(self.checkpoint_path)
+            self._saving = True
+            try:
+                trainer.save_checkpoint(self.checkpoint_path)
+            finally:
+                self._saving = False
         raise DivergenceError(
-            divergence_message(
-                trainer.global_step, loss_value, self.loss_name, self.checkpoint_path
-            )
+            divergence_message(step, loss_value, self.loss_name, self.checkpoint_path)
         )
