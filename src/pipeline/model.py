@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
-from pipeline.logging_steps import logs_this_step
+from pipeline.logging_steps import is_last_step, logs_this_step
 from pipeline.schedules import build_scheduler
 from pipeline.weights import (
     is_torchvision_weights,
@@ -108,8 +108,12 @@ class ResNetClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch  # (B, C, H, W), (B, num_classes) or (B,)
         loss = self.loss_fn(self(images), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, sync_dist=True)
-        if logs_this_step(self.trainer):
+        # Logged where the loggers write it and on the run's last step (the final figure), not
+        # on every step: DDP's mean is a collective, and reading a value on the host waits for
+        # a GPU's queued work. Not prog_bar=True: Lightning would read it back on every batch
+        # (the pipeline's ProgressBar shows it).
+        if logs_this_step(self.trainer) or is_last_step(self.trainer):
+            self.log("train/loss", loss, on_step=True, on_epoch=False, sync_dist=True)
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", lr, on_step=True, on_epoch=False)
         return loss
