@@ -2,7 +2,8 @@
 
 The handler only sets a flag; the step in flight finishes, the checkpoint is written at the
 batch's end, and the Trainer stops normally (TensorBoard's writer closes cleanly). Under DDP the
-flag is reduced over ranks, so one signalled process stops them all at the same step. A second
+flag is reduced over ranks every DDP_CHECK_EVERY steps (a collective, and a wait for the GPU, on
+every step would cost), so one signalled process stops them all at the same step. A second
 Ctrl-C raises KeyboardInterrupt at once.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+DDP_CHECK_EVERY = 8  # optimizer steps between the ranks' agreement on the flag
 
 
 class GracefulStop(pl.Callback):
@@ -44,6 +46,8 @@ class GracefulStop(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if trainer.world_size > 1 and trainer.global_step % DDP_CHECK_EVERY:
+            return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return
         trainer.save_checkpoint(self.checkpoint_path)
