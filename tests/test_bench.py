@@ -165,6 +165,30 @@ def test_histogram_fields_match_the_tensor() -> None:
     assert histogram(torch.ones(3))["bucket_counts"] == [3.0]
 
 
+def test_histograms_of_many_tensors_match_numpy_each() -> None:
+    import numpy as np
+
+    from pipeline.gradients import histograms
+
+    g = torch.Generator().manual_seed(0)
+    tensors = [
+        torch.randn(50, generator=g),
+        torch.full((4, 2), 2.5),
+        torch.rand(3, 7, generator=g) * 9,
+    ]
+    for t, h in zip(tensors, histograms(tensors, bins=8), strict=True):
+        values = t.flatten().double().numpy()
+        assert h["num"] == values.size
+        assert h["sum"] == pytest.approx(values.sum(), rel=1e-5)
+        assert h["sum_squares"] == pytest.approx((values**2).sum(), rel=1e-5)
+        if values.min() == values.max():
+            assert (h["bucket_limits"], h["bucket_counts"]) == ([2.5], [8.0])
+            continue
+        counts, edges = np.histogram(values, bins=8)
+        assert h["bucket_counts"] == pytest.approx(counts.tolist())
+        assert h["bucket_limits"] == pytest.approx(edges[1:].tolist(), rel=1e-6)
+
+
 def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) -> None:
     args = ["debug=fast", "bench.rounds=1", "bench.steps=2", "bench.warmup_steps=1", "bench.startup=false",
             f"bench.output={tmp_path / 'bench.json'}"]  # fmt: skip

@@ -146,21 +146,40 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
     )
 
 
-def histogram(tensor: Tensor, bins: int = 64) -> dict[str, Any]:
-    """The fields of TensorBoard's add_histogram_raw, binned on the tensor's device.
+def histograms(tensors: Sequence[Tensor], bins: int = 64) -> list[dict[str, Any]]:
+    """For each tensor, the fields of TensorBoard's add_histogram_raw, binned on its device.
 
-    One small transfer instead of copying the whole tensor to numpy (what add_histogram does).
+    Two host transfers in all (the ranges, then counts and sums), whatever the number of
+    tensors: not the whole tensors copied to numpy (what add_histogram does), nor a transfer
+    per tensor (on a GPU each is a wait for the device).
     """
-    flat = tensor.detach().float().flatten()
-    low, high = flat.min(), flat.max()
-    counts = torch.histc(flat, bins=bins, min=float(low), max=float(high)) if high > low else None
-    stats = torch.stack([low, high, flat.sum(), (flat * flat).sum()]).tolist()
-    if counts is None:  # all equal: one bucket
-        limits, bucket_counts = [stats[1]], [float(flat.numel())]
-    else:
-        limits = torch.linspace(stats[0], stats[1], bins + 1)[1:].tolist()
-        bucket_counts = counts.tolist()
-    return {
-        "min": stats[0], "max": stats[1], "num": flat.numel(), "sum": stats[2], "sum_squares": stats[3],
-        "bucket_limits": limits, "bucket_counts": bucket_counts,
-    }  # fmt: skip
+    if not tensors:
+        return []
+    flats = [t.detach().float().flatten() for t in tensors]
+    ranges = torch.stack([torch.stack(torch.aminmax(f)) for f in flats]).tolist()  # transfer 1
+    counts, stats = [], []
+    for f, (low, high) in zip(flats, ranges, strict=True):
+        # All equal: one bucket at the value. histc's max bin is closed, so `high` lands in the last.
+        counts.append(
+            torch.histc(f, bins=bins, min=low, max=high) if high > low else f.new_zeros(bins)
+        )
+        stats.append(torch.stack([f.sum(), (f * f).sum()]))
+    both = torch.cat([torch.stack(counts), torch.stack(stats)], 1).tolist()  # transfer 2
+    out = []
+    for f, (low, high), row in zip(flats, ranges, both, strict=True):
+        total, squares = row[bins], row[bins + 1]
+        if high > low:
+            limits = torch.linspace(low, high, bins + 1)[1:].tolist()
+            bucket_counts = row[:bins]
+        else:
+            limits, bucket_counts = [high], [float(f.numel())]
+        out.append({
+            "min": low, "max": high, "num": f.numel(), "sum": total, "sum_squares": squares,
+            "bucket_limits": limits, "bucket_counts": bucket_counts,
+        })  # fmt: skip
+    return out
+
+
+def histogram(tensor: Tensor, bins: int = 64) -> dict[str, Any]:
+    """One tensor's add_histogram_raw fields (see histograms)."""
+    return histograms([tensor], bins)[0]

@@ -6,8 +6,8 @@ and other ranks skip the work. Tags:
   every log_every_n_steps: grad_norm/total, grad_norm/<block>, update_ratio/<block>,
                            grad/nonfinite_count (parameters whose gradient holds inf or NaN)
   every histogram_every_n_steps (0: never): grad/<param>, weight/<param> histograms
-Cost on logged steps: two fused norm passes over the parameters and one host transfer;
-histograms are binned on the device (torch.histc), one small transfer per parameter.
+Cost on logged steps: three fused norm passes over the parameters and one host transfer;
+histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from pipeline.gradients import BLOCKS, block_index, block_norms, histogram, update_ratios
+from pipeline.gradients import BLOCKS, block_index, block_norms, histograms, update_ratios
 
 
 def is_due(step: int, every: int) -> bool:
@@ -45,24 +45,23 @@ class GradientLogger(pl.Callback):
         named = [(n, p) for n, p in pl_module.named_parameters() if p.grad is not None]
         grads = [p.grad for _, p in named if p.grad is not None]
         index = block_index([n for n, _ in named])
+        count = (~torch.isfinite(torch.stack(torch._foreach_norm(grads)))).sum().float()
+        if not log_scalars:
+            self._histograms(trainer, named, step, int(count))
+            return
         g_norms = block_norms(grads, index, len(BLOCKS))  # (blocks + total,)
-        nonfinite = int((~torch.isfinite(torch.stack(torch._foreach_norm(grads)))).sum())
-        if log_scalars:
-            w_norms = block_norms([p.detach() for _, p in named], index, len(BLOCKS))
-            ratios = update_ratios(optimizer.param_groups[0]["lr"], g_norms[:-1], w_norms[:-1])
-            values = torch.cat([g_norms, ratios]).tolist()  # the one host transfer
-            metrics = {
-                f"grad_norm/{b}": v for b, v in zip((*BLOCKS, "total"), values, strict=False)
-            }
-            metrics |= {
-                f"update_ratio/{b}": v
-                for b, v in zip(BLOCKS, values[len(BLOCKS) + 1 :], strict=True)
-            }
-            metrics["grad/nonfinite_count"] = nonfinite
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
+        w_norms = block_norms([p.detach() for _, p in named], index, len(BLOCKS))
+        ratios = update_ratios(optimizer.param_groups[0]["lr"], g_norms[:-1], w_norms[:-1])
+        *values, count_value = torch.cat([g_norms, ratios, count.view(1)]).tolist()  # one transfer
+        metrics = {f"grad_norm/{b}": v for b, v in zip((*BLOCKS, "total"), values, strict=False)}
+        metrics |= {
+            f"update_ratio/{b}": v for b, v in zip(BLOCKS, values[len(BLOCKS) + 1 :], strict=True)
+        }
+        metrics["grad/nonfinite_count"] = int(count_value)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
         if log_histograms:
-            self._histograms(trainer, named, step, nonfinite)
+            self._histograms(trainer, named, step, int(count_value))
 
     def _histograms(
         self,
@@ -80,11 +79,13 @@ class GradientLogger(pl.Callback):
                 f"histograms skipped ({self.skipped_histograms} so far)"
             )
             return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for name, p in named:
-                    tag = name.removeprefix("net.")
-                    assert p.grad is not None  # `named` holds parameters with gradients only
-                    writer = logger.experiment
-                    writer.add_histogram_raw(f"grad/{tag}", **histogram(p.grad), global_step=step)
-                    writer.add_histogram_raw(f"weight/{tag}", **histogram(p), global_step=step)
+        writers = [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not writers:
+            return
+        tags = [name.removeprefix("net.") for name, _ in named]
+        grads = [p.grad for _, p in named if p.grad is not None]  # `named`: parameters with grads
+        fields = histograms([*grads, *(p for _, p in named)])  # two host transfers in all
+        for writer in writers:
+            for tag, g, w in zip(tags, fields[: len(tags)], fields[len(tags) :], strict=True):
+                writer.add_histogram_raw(f"grad/{tag}", **g, global_step=step)
+                writer.add_histogram_raw(f"weight/{tag}", **w, global_step=step)
