@@ -17,6 +17,7 @@ bench.output as JSON.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import shutil
@@ -144,19 +145,28 @@ def round_order(names: list[str], round_index: int) -> list[str]:
 
 
 def parse_knob(knob: str) -> tuple[str, Any]:
-    """'model.channels_last=true' → ('model.channels_last', True); the value is read as YAML."""
+    """'model.channels_last=true' → ('model.channels_last', True): read as Hydra reads a
+    command-line override (so trainer.detect_nonfinite=off is the string 'off', as in training)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     key, sep, _ = knob.partition("=")
-    key = key.strip()
-    if not sep or not key:
+    if not sep or not key.strip():
         raise ValueError(
             f"bench.knobs entry {knob!r} is not KEY=VALUE, e.g. model.channels_last=true"
         )
-    return key, OmegaConf.select(OmegaConf.from_dotlist([knob.strip()]), key)
+    try:
+        override = OverridesParser.create().parse_override(knob.strip())
+    except Exception as exc:  # Hydra's grammar error names the position
+        raise ValueError(f"bench.knobs entry {knob!r}: {exc}") from None
+    return override.key_or_group, override.value()
 
 
 def with_knob(cfg: DictConfig, knob: str) -> DictConfig:
     """The config with one bench.knobs entry applied."""
-    return merged(cfg, OmegaConf.from_dotlist([knob.strip()]))
+    key, value = parse_knob(knob)
+    out = merged(cfg)  # a deep copy
+    OmegaConf.update(out, key, value, force_add=True)
+    return out
 
 
 def relative_cost(variant_step_s: float, base_step_s: float) -> float:
@@ -275,7 +285,11 @@ def time_plain(
     forward: Callable[[torch.Tensor], torch.Tensor] = net
     if not naive and cfg.model.compile:
         forward = compiled_forward(cast(ResNet, net))  # the module's compiled path
-    optimizer = module.optimizer_factory(net.parameters())
+    # The naive loop builds torch's default optimizer, as the notebook does (not fused).
+    factory = (
+        build.optimizer_factory(merged(cfg, {"optimizer": {"fused": None}})) if naive else None
+    )
+    optimizer = (factory or module.optimizer_factory)(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
     batches = iter(build.build_datamodule(cfg).train_dataloader())
     b, s = cfg.data.batch_size, cfg.data.image_size
@@ -431,6 +445,7 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
                 run_dir = Path(tmp) / f"{r}-{abs(hash(name))}"
                 timing = variants[name](run_dir)
                 shutil.rmtree(run_dir, ignore_errors=True)  # its checkpoint: ~90 MB a round
+                gc.collect()  # the run's Trainer and model: not collected inside the next timing
                 rounds[name].add(
                     timing.steps, timing.waits, timing.first_step_s, timing.mean_step_s
                 )

@@ -6,6 +6,7 @@ whatever num_workers, the number of processes, or the order they are read in.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,6 +88,15 @@ class SkipBatchSampler(BatchSampler):
                 yield batch
 
 
+def freeze_inherited_objects(worker_id: int) -> None:
+    """A DataLoader worker is a fork of the training process. Garbage it inherited (an earlier
+    run's model in a Hydra sweep or the bench, kept in reference cycles until collected) would
+    be collected in the worker, and freeing a CUDA tensor in a forked process aborts it ("CUDA
+    error: initialization error"; seen on an H200). Frozen, the worker's collector never visits
+    what the worker inherited."""
+    gc.freeze()
+
+
 class SyntheticDataModule(pl.LightningDataModule):
     """Train and val splits of SyntheticImages. Batches are in index order: the samples are
     already independent, and a fixed order makes resumes and rank splits exact. Its state in a
@@ -131,6 +141,7 @@ class SyntheticDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            worker_init_fn=freeze_inherited_objects,
         )
 
     def train_dataloader(self) -> DataLoader[tuple[Tensor, Tensor]]:
