@@ -51,3 +51,29 @@ def test_dense_labels_are_uniform_vectors() -> None:
         and label.min() >= 0
         and label.max() < 1
     )
+
+
+class _FreezeCount(torch.utils.data.Dataset[int]):
+    """Each item: how many objects the worker process's garbage collector leaves alone."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int) -> int:
+        import gc
+
+        return gc.get_freeze_count()
+
+
+def test_workers_never_collect_what_they_inherited() -> None:
+    # A forked worker that collects inherited garbage holding a CUDA tensor aborts; the
+    # pipeline's loaders freeze the inherited objects when a worker starts.
+    from torch.utils.data import DataLoader
+
+    from pipeline.data import freeze_inherited_objects
+
+    loader = _module(1).train_dataloader()
+    assert loader.worker_init_fn is freeze_inherited_objects
+    counts = DataLoader(_FreezeCount(), num_workers=1, worker_init_fn=loader.worker_init_fn)
+    unfrozen = DataLoader(_FreezeCount(), num_workers=1)
+    assert all(int(c) > 1000 for c in counts) and all(int(c) == 0 for c in unfrozen)
