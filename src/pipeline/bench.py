@@ -48,7 +48,8 @@ from pipeline.losses import LOSSES
 from pipeline.model import compiled_forward
 
 _ABSENT = object()
-CUDA_ONLY_KNOBS = ("device.cudnn_benchmark", "device.tf32")
+# Skipped on a CPU: the flags do nothing there, and optimizer.fused is off there by default.
+CUDA_ONLY_KNOBS = ("device.cudnn_benchmark", "device.tf32", "optimizer.fused")
 BARE = {
     "logger": {"name": "none"},
     "callbacks": {
