@@ -75,6 +75,18 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
             ["optimizer=sgdd"],
             "optimizer=sgdd is not an option of optimizer; choose one of: adam, adamw, rmsprop, sgd",
         ),
+        (  # Hydra itself fails on a group set to null with a ValueError (found by the fuzz test)
+            ["experiment=null"],
+            "experiment=null is not an option of experiment; choose one of: seed",
+        ),
+        (
+            ["optimizer=adam", "optimizer.fused=maybe"],
+            "optimizer.fused must be auto, true or false (got 'maybe'); set optimizer.fused=auto",
+        ),
+        (
+            ["optimizer=rmsprop", "+optimizer.fused=true"],
+            "optimizer.fused=true: torch.optim.RMSprop has no fused implementation; drop the key: ~optimizer.fused",
+        ),
         (
             ["data.batch_sise=4"],
             "data.batch_sise is not a config key (got data.batch_sise=4); data has: image_size",

@@ -57,10 +57,14 @@ def check_group_choices(overrides: list[Override]) -> list[str]:
         group = o.key_or_group
         if group not in groups or o.is_delete():
             continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+        values = (
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]  # as typed: null, not None
+        )
         options = group_options(group)
         for v in values:
-            if v not in options and v not in ("null", "None"):
+            if v not in options:  # null too: Hydra fails on a group set to null, with a traceback
                 problems.append(
                     f"{group}={v} is not an option of {group}; choose one of: {', '.join(options)}"
                 )
