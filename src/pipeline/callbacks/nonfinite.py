@@ -200,7 +200,7 @@ class NonFiniteGuard(pl.Callback):
             self._stuck = torch.maximum(self._stuck, bad)
             optimizer.found_inf = self._stuck  # the fused update does nothing while it is 1
             bad = self._stuck
-        if len(self._queued) == len(self._host):  # several optimizer steps in one batch
+        if len(self._queued) == len(self._host):  # full (no batch start read it): read the oldest
             self._read_flags(before_step=self._queued[0].step + 1)
         slot = (self._queued[-1].slot + 1) % len(self._host) if self._queued else 0
         loss = self._last_loss if self._last_loss is not None else torch.tensor(float("nan"))
