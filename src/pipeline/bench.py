@@ -208,25 +208,68 @@ def synced_points(warmup: int, total: int) -> tuple[int, int]:
     return max(warmup, 1) - 1, total - 1
 
 
-class StepTimer(pl.Callback):
-    """Step times (batch end to batch end) and data waits (batch end to next batch start);
-    the device is synchronized only at the ends of the timed window (`synced_points`)."""
+class StepClock:
+    """Step times, each from the end of the step before, after `warmup` steps; the device is
+    synchronized only at the ends of the timed window (`synced_points`). The first step is
+    timed apart, from `begin` (where compiling happens)."""
 
-    def __init__(self, warmup_steps: int, total_steps: int, device: torch.device) -> None:
-        self.warmup_steps, self.device = warmup_steps, device
-        self.sync_at = synced_points(warmup_steps, total_steps)
+    def __init__(self, warmup: int, total: int, device: torch.device) -> None:
+        self.warmup, self.device = warmup, device
+        self.sync_at = synced_points(warmup, total)
         self.steps: list[float] = []
-        self.waits: list[float] = []
         self.first_step_s: float | None = None
         self.mean_step_s: float | None = None
-        self._end: float | None = None
+        self.end: float | None = None  # the last step's end
+        self.begin = time.perf_counter()  # the first step's start
         self._window_start = 0.0
         self._seen = 0
+
+    def step_end(self) -> bool:
+        """Mark a step's end; whether that step was timed."""
+        i = self._seen
+        if i in self.sync_at:
+            _sync(self.device)
+        now = time.perf_counter()
+        timed = self.end is not None and i >= self.warmup
+        if self.end is None:
+            self.first_step_s = now - self.begin
+        elif timed:
+            self.steps.append(now - self.end)
+        if i == self.sync_at[0]:
+            self._window_start = now
+        elif i == self.sync_at[1] and self.steps:
+            self.mean_step_s = (now - self._window_start) / len(self.steps)
+        self.end, self._seen = now, i + 1
+        return timed
+
+
+class StepTimer(pl.Callback):
+    """A StepClock over the Trainer's batches (batch end to batch end), and the data waits of
+    the timed steps (batch end to next batch start)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, device: torch.device) -> None:
+        self.clock = StepClock(warmup_steps, total_steps, device)
+        self.waits: list[float] = []
+        self._start = 0.0
+
+    @property
+    def steps(self) -> list[float]:
+        return self.clock.steps
+
+    @property
+    def first_step_s(self) -> float | None:
+        return self.clock.first_step_s
+
+    @property
+    def mean_step_s(self) -> float | None:
+        return self.clock.mean_step_s
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._start = time.perf_counter()
+        if self.clock.end is None:
+            self.clock.begin = self._start
 
     def on_train_batch_end(
         self,
@@ -236,19 +279,10 @@ class StepTimer(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if self._seen in self.sync_at:
-            _sync(self.device)
-        now = time.perf_counter()
-        if self._end is None:
-            self.first_step_s = now - self._start
-        elif self._seen >= self.warmup_steps:
-            self.steps.append(now - self._end)
-            self.waits.append(self._start - self._end)
-        if self._seen == self.sync_at[0]:
-            self._window_start = now
-        elif self._seen == self.sync_at[1] and self.steps:
-            self.mean_step_s = (now - self._window_start) / len(self.steps)
-        self._end, self._seen = now, self._seen + 1
+        previous_end = self.clock.end
+        if self.clock.step_end():
+            assert previous_end is not None  # a timed step follows another
+            self.waits.append(self._start - previous_end)
 
 
 def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
@@ -288,20 +322,19 @@ def time_plain(
         forward = compiled_forward(cast(ResNet, net))  # the module's compiled path
     # The naive loop builds torch's default optimizer, as the notebook does (not fused).
     factory = (
-        build.optimizer_factory(merged(cfg, {"optimizer": {"fused": None}})) if naive else None
+        build.optimizer_factory(merged(cfg, {"optimizer": {"fused": None}}))
+        if naive
+        else module.optimizer_factory
     )
-    optimizer = (factory or module.optimizer_factory)(net.parameters())
+    optimizer = factory(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
     batches = iter(build.build_datamodule(cfg).train_dataloader())
     b, s = cfg.data.batch_size, cfg.data.image_size
-    times: list[float] = []
-    first: float | None = None
-    sync_at, window_start, mean = synced_points(warmup, warmup + steps), 0.0, None
-    last = time.perf_counter()
     # The CUDA flags the run would set (the naive loop: torch's defaults), for this loop only.
     flags = TORCH_DEFAULTS if naive else flags_for(**build.cuda_flag_settings(cfg))
     with scoped_flags(flags) if device.type == "cuda" else nullcontext():
-        for i in range(warmup + steps):
+        clock = StepClock(warmup, warmup + steps, device)  # timed as StepTimer times the Trainer
+        for _ in range(warmup + steps):
             if naive:
                 data, labels = (
                     torch.rand(b, 3, s, s, device=device),
@@ -321,19 +354,8 @@ def time_plain(
             loss = (prediction - labels).sum() if naive else loss_fn(prediction, labels)
             loss.backward()
             optimizer.step()
-            if i in sync_at:
-                _sync(device)
-            now = time.perf_counter()
-            if i == 0:
-                first = now - last
-            elif i >= warmup:  # timed from the previous step's end, as StepTimer does
-                times.append(now - last)
-            if i == sync_at[0]:
-                window_start = now
-            elif i == sync_at[1] and times:
-                mean = (now - window_start) / len(times)
-            last = now
-    return Timing(times, first_step_s=first, mean_step_s=mean)
+            clock.step_end()
+    return Timing(clock.steps, first_step_s=clock.first_step_s, mean_step_s=clock.mean_step_s)
 
 
 class MemorySampler(pl.Callback):

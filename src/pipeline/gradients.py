@@ -57,16 +57,23 @@ def block_index(param_names: Sequence[str], blocks: Sequence[str] = BLOCKS) -> T
     return torch.tensor([blocks.index(block_of(n)) for n in param_names])
 
 
-def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Tensor:
-    """(num_blocks + 1,) float32: the L2 norm of each block's tensors together, then of all.
+def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
+    """(P,) float32: each tensor's L2 norm, in one fused pass (inf or NaN where it holds one)."""
+    return torch.stack(torch._foreach_norm(list(tensors))).float()
 
-    One fused norm over all tensors, then a segment sum of squares: no per-tensor host sync.
-    """
-    norms = torch.stack(torch._foreach_norm(list(tensors))).float()  # (P,)
+
+def norms_by_block(norms: Tensor, index: Tensor, num_blocks: int) -> Tensor:
+    """(num_blocks + 1,): from per-tensor norms, the L2 norm of each block's tensors together,
+    then of all; a segment sum of squares, no per-tensor host sync."""
     squares = torch.zeros(num_blocks, device=norms.device).index_add_(
         0, index.to(norms.device), norms**2
     )
     return torch.cat([squares, squares.sum().unsqueeze(0)]).sqrt()
+
+
+def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Tensor:
+    """(num_blocks + 1,) float32: the L2 norm of each block's tensors together, then of all."""
+    return norms_by_block(tensor_norms(tensors), index, num_blocks)
 
 
 def update_ratios(lr: float, grad_norms: Tensor, weight_norms: Tensor) -> Tensor:

@@ -6,7 +6,7 @@ and other ranks skip the work. Tags:
   every log_every_n_steps: grad_norm/total, grad_norm/<block>, update_ratio/<block>,
                            grad/nonfinite_count (parameters whose gradient holds inf or NaN)
   every histogram_every_n_steps (0: never): grad/<param>, weight/<param> histograms
-Cost on logged steps: three fused norm passes over the parameters and one host transfer;
+Cost on logged steps: two fused norm passes (gradients, weights) and one host transfer;
 histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
 
@@ -18,7 +18,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from pipeline.gradients import BLOCKS, block_index, block_norms, histograms, update_ratios
+from pipeline.gradients import (
+    BLOCKS,
+    block_index,
+    block_norms,
+    histograms,
+    norms_by_block,
+    tensor_norms,
+    update_ratios,
+)
 
 
 def is_due(step: int, every: int) -> bool:
@@ -45,11 +53,12 @@ class GradientLogger(pl.Callback):
         named = [(n, p) for n, p in pl_module.named_parameters() if p.grad is not None]
         grads = [p.grad for _, p in named if p.grad is not None]
         index = block_index([n for n, _ in named])
-        count = (~torch.isfinite(torch.stack(torch._foreach_norm(grads)))).sum().float()
+        each = tensor_norms(grads)  # one pass over the gradients serves both figures
+        count = (~torch.isfinite(each)).sum().float()
         if not log_scalars:
-            self._histograms(trainer, named, step, int(count))
+            self._histograms(trainer, named, grads, step, int(count))
             return
-        g_norms = block_norms(grads, index, len(BLOCKS))  # (blocks + total,)
+        g_norms = norms_by_block(each, index, len(BLOCKS))  # (blocks + total,)
         w_norms = block_norms([p.detach() for _, p in named], index, len(BLOCKS))
         ratios = update_ratios(optimizer.param_groups[0]["lr"], g_norms[:-1], w_norms[:-1])
         *values, count_value = torch.cat([g_norms, ratios, count.view(1)]).tolist()  # one transfer
@@ -61,12 +70,13 @@ class GradientLogger(pl.Callback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         if log_histograms:
-            self._histograms(trainer, named, step, int(count_value))
+            self._histograms(trainer, named, grads, step, int(count_value))
 
     def _histograms(
         self,
         trainer: pl.Trainer,
         named: list[tuple[str, torch.nn.Parameter]],
+        grads: list[torch.Tensor],
         step: int,
         nonfinite: int,
     ) -> None:
@@ -83,7 +93,6 @@ class GradientLogger(pl.Callback):
         if not writers:
             return
         tags = [name.removeprefix("net.") for name, _ in named]
-        grads = [p.grad for _, p in named if p.grad is not None]  # `named`: parameters with grads
         fields = histograms([*grads, *(p for _, p in named)])  # two host transfers in all
         for writer in writers:
             for tag, g, w in zip(tags, fields[: len(tags)], fields[len(tags) :], strict=True):
