@@ -1,11 +1,12 @@
 # make train   — create .venv if missing, install, run `python -m pipeline.train $(ARGS)`
 # make test    — install, then ruff, mypy and the whole pytest suite
+# make test-fast — the unit tests alone (no CLI runs, no Trainer fits): seconds, not minutes
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install train test lint tensorboard bench clean
+.PHONY: install train test test-fast lint tensorboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,6 +26,9 @@ lint: install
 
 test: lint
 	$(PY) -m pytest
+
+test-fast: install
+	$(PY) -m pytest -m "not e2e" -q
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1

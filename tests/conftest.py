@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -83,3 +84,18 @@ def fake_hub_weights(torch_home: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True)
     torch.save(resnet18().state_dict(), path)
     yield path
+
+
+# What makes a test end-to-end: it starts the real CLI or real processes, or fits a Trainer.
+E2E_WORDS = ("run_cli", "subprocess", "Popen", ".fit(", "build_trainer", "Trainer(", "mp.spawn")
+E2E_FIXTURES = {"torch_home", "run_dir", "server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark end-to-end tests `e2e`, so `make test-fast` (-m 'not e2e') runs the unit tier alone."""
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        uses = set(getattr(item, "fixturenames", ()))
+        if any(word in source for word in E2E_WORDS) or uses & E2E_FIXTURES:
+            item.add_marker(pytest.mark.e2e)

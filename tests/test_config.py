@@ -11,7 +11,8 @@ from torchvision.models import resnet18
 
 from pipeline import build
 from pipeline.cli import _compose, preflight
-from pipeline.config import config_groups, group_options, min_image_size, validate
+from pipeline.config import config_groups, group_options, validate
+from pipeline.geometry import min_image_size
 
 GPU_ONLY = {("device", "gpu"), ("device", "ddp")}
 

@@ -155,4 +155,8 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path: Path, torch_home: Pat
     result = run_cli("pipeline.train", [*TINY, f"ckpt_path={truncated}"], tmp_path, torch_home)
     assert result.returncode == 2
     assert f"ckpt_path={truncated} is not a loadable torch file" in result.stderr
+    reason = result.stderr.split("is not a loadable torch file (", 1)[1].split("); it may be")[0]
+    assert len(reason) < 200 and (reason.endswith(" …") or reason[-1].isalnum()), (
+        reason
+    )  # not cut mid-word
     assert "Traceback" not in result.stderr

@@ -163,10 +163,11 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
+        *timed_checkpoint(ckpt_dir, cfg.callbacks.checkpoint_every_n_minutes),
         RunConfigInCheckpoint(resolved),
         GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
         RunSummary(config=resolved, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
-        Throughput(),
+        Throughput(compile=bool(cfg.model.get("compile", False))),
     ]
     if uses_cuda(cfg):
         callbacks.append(CudaFlags(**cuda_flag_settings(cfg)))
@@ -199,6 +200,23 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     if cfg.callbacks.progress_bar:
         callbacks.append(ProgressBar(leave=True))
     return callbacks
+
+
+def timed_checkpoint(ckpt_dir: Path, every_n_minutes: float) -> list[Callback]:
+    """last.ckpt again once `every_n_minutes` of training have passed since the last save
+    (checked at each batch end; under DDP rank 0's clock decides for all), so that a kill
+    never loses more than that. Empty when 0."""
+    if not every_n_minutes:
+        return []
+    return [
+        ModelCheckpoint(
+            dirpath=ckpt_dir,
+            filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
+            save_top_k=1,
+            train_time_interval=timedelta(minutes=every_n_minutes),
+            enable_version_counter=False,
+        )
+    ]
 
 
 def build_strategy(device: DictConfig, in_sweep: bool) -> str | DDPStrategy:

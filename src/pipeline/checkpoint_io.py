@@ -9,6 +9,8 @@ from typing import Any
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from pipeline.errors import ResourceError
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch.save checkpointing, made atomic: a kill mid-write (even SIGKILL) leaves
@@ -23,5 +25,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             super().save_checkpoint(checkpoint, partial, storage_options)
             os.replace(partial, target)
+        except OSError as exc:  # a full or read-only disk: the previous file is still whole
+            kept = "the previous one is unchanged" if target.exists() else "none was saved before"
+            raise ResourceError(
+                f"cannot write the checkpoint {target} ({exc.strerror or exc}); {kept}; "
+                "free space on that disk, or set hydra.run.dir=/a/bigger/disk/run"
+            ) from None
         finally:
             partial.unlink(missing_ok=True)

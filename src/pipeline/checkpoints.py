@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from omegaconf import DictConfig
+
 from pipeline.callbacks.run_config import CHECKPOINT_KEY
 from pipeline.errors import ConfigError
-from pipeline.weights import load_file
+from pipeline.weights import load_file, state_dict_mismatch
 
 
 def read_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
@@ -27,3 +29,40 @@ def run_config_of(ckpt: dict[str, Any], path: str, key: str = "ckpt_path") -> di
             [f"{key}={path} was not written by pipeline.train (it has no saved config)"]
         )
     return config
+
+
+def checkpoint_fit_problems(
+    ckpt: dict[str, Any], saved: dict[str, Any], cfg: DictConfig, path: str
+) -> list[str]:
+    """Whether training can continue from `ckpt` with `cfg`: the same model shapes, the same
+    optimizer and the same precision. Found before anything runs, so a mismatch never gets as
+    far as the run's files."""
+    from torchvision.models import resnet18
+
+    problems = []
+    net = resnet18(num_classes=cfg.model.num_classes).to("meta")
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
+    mismatch = state_dict_mismatch(net, state)
+    if mismatch:
+        saved_classes = (saved.get("model") or {}).get("num_classes")
+        problems.append(
+            f"ckpt_path={path} does not fit model.num_classes={cfg.model.num_classes} "
+            f"(it was trained with model.num_classes={saved_classes}: {'; '.join(mismatch)}); "
+            f"drop the model.num_classes override, or start a new run from its weights: "
+            f"model.weights={path} without resume=/ckpt_path="
+        )
+    saved_optimizer = (saved.get("optimizer") or {}).get("_target_")
+    if saved_optimizer is not None and saved_optimizer != cfg.optimizer._target_:
+        problems.append(
+            f"ckpt_path={path} holds the state of {saved_optimizer}, not {cfg.optimizer._target_}; "
+            "resume with the run's optimizer, or start a new run from its weights: "
+            f"model.weights={path}"
+        )
+    saved_precision = saved.get("precision")
+    if saved_precision is not None and saved_precision != cfg.precision:
+        problems.append(
+            f"ckpt_path={path} was trained with precision={saved_precision}, not {cfg.precision}; "
+            f"resume with precision={saved_precision}, or start a new run from its weights: "
+            f"model.weights={path}"
+        )
+    return problems

@@ -19,18 +19,27 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override
+from hydra.core.override_parser.types import Glob, Override, ValueType
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.callbacks.throughput import process_age_s
 from pipeline.config import CONFIG_DIR, config_groups, group_options, trainer_arguments
+from pipeline.config_limits import disk_problems
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
+from pipeline.overrides import override, shell_word
+from pipeline.resume import expand_resume
 from pipeline.rundir import (
     RANK0_PUBLISH_TIMEOUT_S,
+    RunDirInUse,
     claim_run_dir,
+    holds_run,
+    is_launch_rank_zero,
+    is_slurm_requeue,
+    lock_run_dir,
     publish,
+    release_run_dir,
     torchrun_pointer,
     torchrun_rank,
     wait_for_published,
@@ -45,8 +54,43 @@ def _line(o: Override) -> str:
     return o.input_line or ""
 
 
-def _value_text(o: Override) -> str:
-    return _line(o).split("=", 1)[1] if "=" in _line(o) else ""
+def expand_globs(overrides: list[Override]) -> tuple[list[str], list[str]]:
+    """`group=glob(pattern)` → `group=a,b` with the options it matches: (overrides, problems).
+    Hydra's sweeper expands globs only with its config loader, which the pre-flight has not."""
+    groups = config_groups()
+    expanded, problems = [], []
+    for o in overrides:
+        if o.value_type != ValueType.GLOB_CHOICE_SWEEP:
+            expanded.append(_line(o))
+            continue
+        if o.key_or_group not in groups:
+            problems.append(
+                f"{_line(o)}: glob() chooses among a config group's options, and {o.key_or_group} "
+                f"is not a group (groups: {', '.join(groups)}); list the values: {o.key_or_group}=a,b"
+            )
+            continue
+        options = group_options(o.key_or_group)
+        glob = o.value()
+        assert isinstance(glob, Glob)  # GLOB_CHOICE_SWEEP's value
+        matched = glob.filter(options)
+        if not matched:
+            problems.append(
+                f"{_line(o)} matches no option of {o.key_or_group}; its options: {', '.join(options)}"
+            )
+            continue
+        expanded.append(f"{o.get_key_element()}={','.join(matched)}")
+    return expanded, problems
+
+
+def removed_groups(overrides: list[Override], config_name: str) -> list[str]:
+    """`~group` for a group every run needs (an optional group, like experiment, may go)."""
+    base = _compose(config_name, [])
+    return [
+        f"{_line(o)} removes the {o.key_or_group} group, which every run needs; choose one of its "
+        f"options instead: {o.key_or_group}={'|'.join(group_options(o.key_or_group))}"
+        for o in overrides
+        if o.is_delete() and o.key_or_group in config_groups() and has_key(base, o.key_or_group)
+    ]
 
 
 def check_group_choices(overrides: list[Override]) -> list[str]:
@@ -88,21 +132,26 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     rewritten, problems = [], []
     for o in overrides:
         key = o.key_or_group
-        plain = o.package is None and not (o.is_add() or o.is_delete() or o.is_force_add())
-        known = has_key(base, key)
-        if not plain or known or key in groups or key.startswith("hydra") or "/" in key:
+        passes = o.package is not None or o.is_delete() or key in groups or "/" in key
+        if passes or key.startswith("hydra") or has_key(base, key):
             rewritten.append(_line(o))
             continue
         parent, _, name = key.rpartition(".")
+        added = o.is_add() or o.is_force_add()
         if parent == "trainer" and name in trainer_arguments():
-            rewritten.append("+" + _line(o))
+            rewritten.append(_line(o) if added else "+" + _line(o))
+            continue
+        if added and parent in ("trainer", "optimizer"):
+            rewritten.append(_line(o))  # config.py checks that the class takes the argument
             continue
         node = OmegaConf.select(base, parent) if parent else base
         keys = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
-        where = f"{parent} has: {keys}" if parent else f"top-level keys: {keys}"
-        problems.append(
-            f"{key} is not a config key (got {key}={_value_text(o)}); {where}; fix the spelling"
+        where = (
+            f"{parent} has: {keys or 'no keys'}"
+            if parent and has_key(base, parent)
+            else f"top-level keys: {', '.join(str(k) for k in base)}"
         )
+        problems.append(f"{key} is not a config key (got {_line(o)}); {where}; fix the spelling")
     return rewritten, problems
 
 
@@ -150,7 +199,7 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
         ]
     if rank == 0:
         publish(torchrun_pointer(wanted.parents[1]), claimed)
-    return [*overrides, f"hydra.run.dir={claimed}"], []
+    return [*overrides, override("hydra.run.dir", claimed)], []
 
 
 def _one_line(exc: BaseException) -> str:
@@ -181,7 +230,7 @@ def _check_job(
 ) -> tuple[list[str], list[str]]:
     """(the job's overrides as Hydra should see them, its problems)."""
     groups = config_groups()
-    choices = [_line(o) for o in job if o.key_or_group in groups or o.is_add()]
+    choices = [_line(o) for o in job if o.key_or_group in groups]
     try:
         base = _compose(config_name, choices)
         rewritten, problems = resolve_keys(job, base)
@@ -196,23 +245,49 @@ def _check_job(
     return rewritten, validate(cfg)
 
 
+def unparsable(overrides: list[str]) -> list[str]:
+    """Each override Hydra's grammar refuses, with the quoting that makes a value one string."""
+    parser, problems = OverridesParser.create(), []
+    for line in overrides:
+        try:
+            parser.parse_override(line)
+        except HydraException as exc:
+            key, _, value = line.partition("=")
+            hint = (
+                f"; quote the value: {shell_word(override(key, value))}"
+                if not value.isascii() or " " in value
+                else ""
+            )
+            problems.append(f"cannot parse {line}: {_one_line(exc)}{hint}")
+    return problems
+
+
 def preflight(
     config_name: str, overrides: list[str], multirun: bool, validate: Validator
 ) -> tuple[list[str], list[str]]:
     """(overrides to run with, problems): every job of a sweep composed and validated."""
     parser = OverridesParser.create()
     try:
+        overrides, problems = expand_globs(parser.parse_overrides(overrides))
         parsed = parser.parse_overrides(overrides)
     except HydraException as exc:
-        return overrides, [f"cannot parse the overrides: {_one_line(exc)}"]
-    problems = check_group_choices(parsed)
+        return overrides, unparsable(overrides) or [f"cannot parse the overrides: {_one_line(exc)}"]
+    problems += check_group_choices(parsed) + removed_groups(parsed, config_name)
     if problems:
         return overrides, problems
-    jobs = (
-        [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-        if multirun
-        else [overrides]
-    )
+    try:
+        jobs = (
+            [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+            if multirun
+            else [overrides]
+        )
+    except HydraException as exc:  # interval(): only a search sweeper draws from a range
+        intervals = [o for o in parsed if o.value_type == ValueType.INTERVAL_SWEEP]
+        return overrides, [
+            f"{_line(o)}: Hydra's basic sweeper runs listed values, and interval() is a range "
+            f"only a search sweeper draws from; list the values: {o.key_or_group}=a,b,c"
+            for o in intervals
+        ] or [_one_line(exc)]
     for job in jobs:
         _, job_problems = _check_job(config_name, parser.parse_overrides(job), validate)
         problems += [p for p in job_problems if p not in problems]
@@ -234,41 +309,92 @@ def report_problems(problems: list[str], program: str) -> None:
         print(f"  - {p}", file=sys.stderr)
 
 
-RESUME_KEY = "resume="
+def stray_words(overrides: list[str]) -> list[str]:
+    """Words that are not KEY=VALUE: mostly a path with spaces the shell split in two."""
+    problems = []
+    for before, word in zip(["", *overrides], overrides, strict=False):
+        if "=" in word or word.startswith("~"):
+            continue
+        hint = (
+            f"; a value with spaces must be quoted as one argument: '{before} {word}'"
+            if "=" in before
+            else ""
+        )
+        problems.append(f"'{word}' is not KEY=VALUE{hint}")
+    return problems
 
 
-def expand_resume(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """`resume=<run dir>` → that run's saved overrides, then the command line's, then its
-    last.ckpt and its directory: (overrides, problems)."""
-    wanted = [o for o in overrides if o.startswith(RESUME_KEY)]
-    if not wanted:
-        return overrides, []
-    run_dir = Path(wanted[-1][len(RESUME_KEY) :]).expanduser()
-    saved, ckpt = run_dir / ".hydra" / "overrides.yaml", run_dir / "checkpoints" / "last.ckpt"
-    if not (saved.is_file() and ckpt.is_file()):
+def run_dir_of(overrides: list[str]) -> Path:
+    """The value of the last hydra.run.dir= override, unquoted as Hydra reads it."""
+    line = next(o for o in reversed(overrides) if o.startswith("hydra.run.dir="))
+    return Path(str(OverridesParser.create().parse_override(line).value()))
+
+
+def own_run_dir(
+    config_name: str, overrides: list[str], resuming: Path | None
+) -> tuple[list[str], list[str]]:
+    """Claim the run directory for this process: (overrides, problems). A directory that already
+    holds a run is refused unless this is a resume of it (or SLURM's requeue of its job), and a
+    directory another live process holds is refused; the disk must hold the checkpoints."""
+    explicit = any(o.startswith("hydra.run.dir=") for o in overrides)
+    existed = explicit and run_dir_of(overrides).exists()
+    overrides, problems = claim_planned_run_dir(config_name, overrides)
+    if problems or not is_launch_rank_zero():
+        return overrides, problems
+    run_dir = run_dir_of(overrides)
+    if explicit and resuming is None and holds_run(run_dir) and not is_slurm_requeue():
         return overrides, [
-            f"resume={run_dir} is not a run directory with .hydra/overrides.yaml and checkpoints/last.ckpt; "
-            "give a folder under outputs/"
+            f"hydra.run.dir={run_dir} already holds a run; continue it with "
+            f"{shell_word(f'resume={run_dir}')}, or choose a new directory"
         ]
-    previous = [
-        str(o)
-        for o in OmegaConf.load(saved)
-        if not str(o).startswith(("hydra.run.dir=", "ckpt_path="))
-    ]
-    rest = [o for o in overrides if not o.startswith(RESUME_KEY)]
-    return [*previous, *rest, f"ckpt_path={ckpt}", f"hydra.run.dir={run_dir}"], []
+    try:
+        lock_run_dir(run_dir)
+    except RunDirInUse as exc:
+        return overrides, [
+            f"the run directory {run_dir} is in use by another live process (pid {exc}); "
+            "wait for it to end, or choose another hydra.run.dir"
+        ]
+    except OSError as exc:
+        return overrides, [
+            f"cannot create the run directory {run_dir} ({exc.strerror or exc}); run from a "
+            "writable directory or set hydra.run.dir=/a/writable/path"
+        ]
+    cfg = _compose(config_name, overrides)
+    problems = disk_problems(cfg, run_dir) if has_key(cfg, "optimizer") else []  # eval saves none
+    if problems and not existed:  # leave nothing behind
+        release_run_dir(run_dir)
+    return overrides, problems
+
+
+def prepare(
+    config_name: str, given: list[str], multirun: bool, validate: Validator
+) -> tuple[list[str], list[str]]:
+    """The command line's overrides as the @hydra.main app should get them, and the problems."""
+    problems = stray_words(given)
+    if problems:
+        return given, problems
+    resume = expand_resume(given)
+    if resume.problems:
+        return given, resume.problems
+    overrides, problems = preflight(config_name, resume.overrides, multirun, validate)
+    if problems or multirun:
+        return overrides, problems
+    return own_run_dir(config_name, overrides, resume.run_dir)
+
+
+def parse_command_line() -> Any:
+    """sys.argv as Hydra's own parser reads it (flags, and the overrides)."""
+    return get_args_parser().parse_args(sys.argv[1:])
 
 
 def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
     """Check the command line, claim the run directory, then hand over to the @hydra.main app."""
     argv = sys.argv[1:]
-    args = get_args_parser().parse_args(argv)
+    args = parse_command_line()
     if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
-        overrides, problems = expand_resume(list(args.overrides))
-        if not problems:
-            overrides, problems = preflight(config_name, overrides, bool(args.multirun), validate)
-        if not problems and not args.multirun:
-            overrides, problems = claim_planned_run_dir(config_name, overrides)
+        overrides, problems = prepare(
+            config_name, list(args.overrides), bool(args.multirun), validate
+        )
         if problems:
             report_problems(problems, program)
             sys.exit(CONFIG_ERROR_EXIT_CODE)

@@ -13,6 +13,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import config_limits
+from pipeline.geometry import min_image_size, resnet_final_size
+
 PRECISIONS = (
     "32-true",
     "16-mixed",
@@ -40,7 +43,6 @@ OWNED_TRAINER_ARGS = {
     "default_root_dir": "hydra.run.dir=…",
 }
 PIPELINE_TRAINER_KEYS = ("detect_nonfinite",)  # ours, popped before lightning.Trainer sees them
-RESNET_DOWNSAMPLING_STAGES = 5  # conv1, maxpool, layer2, layer3, layer4: each halves (ceil)
 
 
 def find_config_dir() -> Path:
@@ -72,22 +74,6 @@ def trainer_arguments() -> set[str]:
     return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
 
 
-def resnet_final_size(image_size: int) -> int:
-    """Height (= width) of ResNet18's last feature map: five stride-2 stages, each ceil(x/2)."""
-    size = image_size
-    for _ in range(RESNET_DOWNSAMPLING_STAGES):
-        size = (size + 1) // 2
-    return size
-
-
-def min_image_size(batch_size: int) -> int:
-    """Smallest image for which layer4's BatchNorm sees > 1 value per channel in training."""
-    size = 1
-    while batch_size * resnet_final_size(size) ** 2 < 2:
-        size += 1
-    return size
-
-
 def cpu_has_native_bf16() -> bool:
     """True where the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
     try:
@@ -115,13 +101,14 @@ class _Checker:
     def value(self, key: str) -> Any:
         return OmegaConf.select(self.cfg, key, throw_on_missing=False)
 
-    def int_at_least(self, key: str, low: int, fix: int) -> bool:
+    def int_at_least(self, key: str, low: int, fix: int, high: int | None = None) -> bool:
         v = self.value(key)
+        allowed = f"≥ {low}" if high is None else f"in [{low}, {high}]"
         if not _is_int(v):
-            self.problems.append(f"{key} must be an integer ≥ {low} (got {v!r}); set {key}={fix}")
+            self.problems.append(f"{key} must be an integer {allowed} (got {v!r}); set {key}={fix}")
             return False
-        if v < low:
-            self.problems.append(f"{key} must be ≥ {low} (got {v}); set {key}={fix}")
+        if v < low or (high is not None and v > high):
+            self.problems.append(f"{key} must be {allowed} (got {v}); set {key}={fix}")
             return False
         return True
 
@@ -150,9 +137,10 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
 
-    c.int_at_least("seed", 0, 42)
+    c.int_at_least("seed", 0, 42, high=config_limits.NUMPY_SEED_MAX)
     c.positive_number("optimizer.lr", "1e-3")
     _validate_fused(c)
+    _validate_optimizer_keys(c)
 
     sizes_ok = c.int_at_least("data.image_size", 1, 64) & c.int_at_least("data.batch_size", 1, 32)
     c.int_at_least("data.channels", 1, 3)
@@ -167,6 +155,15 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
                 f"data.image_size={size} with data.batch_size={batch} leaves 1 value per channel in "
                 f"ResNet18's last BatchNorm (training needs > 1); set data.image_size={min_image_size(batch)} "
                 "or more, or data.batch_size=2 or more"
+            )
+        elif _is_int(c.value("data.num_samples")) and c.value("data.num_samples") >= 1:
+            c.problems += config_limits.last_batch_problems(
+                num_samples=c.value("data.num_samples"),
+                batch_size=batch,
+                image_size=size,
+                world_size=config_limits.processes(
+                    cfg, torch.cuda.device_count() if cuda_available else 0
+                ),
             )
 
     classes_ok = c.int_at_least("model.num_classes", 1, 1000)
@@ -205,28 +202,45 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
                 "precision=transformer-engine needs an NVIDIA GPU; set precision=bf16-mixed"
             )
 
+    minutes = c.value("callbacks.checkpoint_every_n_minutes")
+    if not _is_number(minutes) or minutes < 0:
+        c.problems.append(
+            f"callbacks.checkpoint_every_n_minutes must be a number ≥ 0 (got {minutes!r}; 0: off); "
+            "set callbacks.checkpoint_every_n_minutes=10"
+        )
     c.int_at_least("callbacks.gradients.histogram_every_n_steps", 0, 100)
     c.int_at_least("callbacks.gradient_check.every_n_steps", 0, 50)
     c.one_of("callbacks.gradient_check.on_fail", ("raise", "warn"), "raise")
     _validate_device(c, cuda_available)
     _validate_scheduler(c)
     _validate_trainer(c)
+    c.problems += [  # keys with no range of their own (seed has one)
+        p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
+    ]
+    if not c.problems:  # the estimate needs sane sizes, a precision and a device
+        c.problems += config_limits.memory_problems(cfg, cuda=_uses_cuda(c, cuda_available))
     ckpt = c.value("ckpt_path")
     if ckpt is not None:
-        c.problems += checkpoint_problems(str(ckpt))
+        c.problems += checkpoint_problems(str(ckpt), cfg)
     return c.problems
 
 
-def checkpoint_problems(path: str) -> list[str]:
-    """Why `path` cannot be resumed from or evaluated, if it cannot."""
-    from pipeline.checkpoints import read_checkpoint, run_config_of
+def _uses_cuda(c: _Checker, cuda_available: bool) -> bool:
+    accel = c.value("device.accelerator")
+    return accel in ("gpu", "cuda") or (accel == "auto" and cuda_available)
+
+
+def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
+    """Why `path` cannot be resumed from (with `cfg`) or evaluated, if it cannot."""
+    from pipeline.checkpoints import checkpoint_fit_problems, read_checkpoint, run_config_of
     from pipeline.errors import ConfigError
 
     try:
-        run_config_of(read_checkpoint(path), path)
+        ckpt = read_checkpoint(path)
+        saved = run_config_of(ckpt, path)
     except ConfigError as exc:
         return exc.problems
-    return []
+    return [] if cfg is None else checkpoint_fit_problems(ckpt, saved, cfg, path)
 
 
 def _validate_device(c: _Checker, cuda_available: bool) -> None:
@@ -273,21 +287,36 @@ def _validate_fused(c: _Checker) -> None:
             f"optimizer.fused must be auto, true or false (got {fused!r}); set optimizer.fused=auto"
         )
         return
-    import inspect
-
-    from hydra.utils import get_class
-
-    try:
-        takes_fused = (
-            "fused" in inspect.signature(get_class(c.value("optimizer._target_"))).parameters
-        )
-    except Exception:  # an unknown _target_ fails where it is instantiated, with its own message
-        return
-    if not takes_fused:
+    if "fused" not in optimizer_arguments(c.value("optimizer._target_")):
         c.problems.append(
             f"optimizer.fused={str(fused).lower()}: {c.value('optimizer._target_')} has no fused implementation; "
             "drop the key: ~optimizer.fused"
         )
+
+
+def optimizer_arguments(target: str) -> set[str]:
+    """The keyword arguments of the optimizer class `target` names (all accepted if unknown:
+    an unknown _target_ fails where it is instantiated, with its own message)."""
+    from hydra.utils import get_class
+
+    try:
+        return set(inspect.signature(get_class(target)).parameters)
+    except Exception:
+        return {"fused"}
+
+
+def _validate_optimizer_keys(c: _Checker) -> None:
+    """Every optimizer.X (but fused, checked on its own) is an argument of the optimizer class."""
+    target = str(c.value("optimizer._target_"))
+    known = optimizer_arguments(target)
+    if known == {"fused"}:
+        return
+    for key in c.value("optimizer") or {}:
+        if str(key) not in (*known, "_target_", "_partial_", "fused"):
+            c.problems.append(
+                f"optimizer.{key}: {target} takes no argument {key} (it takes: "
+                f"{', '.join(sorted(known - {'params'}))}); drop it: ~optimizer.{key}"
+            )
 
 
 def _validate_scheduler(c: _Checker) -> None:
@@ -324,6 +353,7 @@ def _validate_trainer(c: _Checker) -> None:
         c.problems.append("trainer must be a mapping of lightning.Trainer arguments")
         return
     known = trainer_arguments()
+    problems_before = len(c.problems)
     for key in trainer:
         key = str(key)
         if key in PIPELINE_TRAINER_KEYS:
@@ -346,6 +376,12 @@ def _validate_trainer(c: _Checker) -> None:
     c.int_at_least("trainer.accumulate_grad_batches", 1, 1)
     c.int_at_least("trainer.log_every_n_steps", 1, 4)
     c.one_of("trainer.detect_nonfinite", NONFINITE_MODES, "raise")
+    if problems_before == len(c.problems):  # every name known and owned by Lightning: ask it
+        args = OmegaConf.to_container(trainer, resolve=True)
+        assert isinstance(args, dict)
+        c.problems += config_limits.trainer_constructor_problems(
+            {str(k): v for k, v in args.items() if k not in PIPELINE_TRAINER_KEYS}
+        )
 
 
 def warnings_for(cfg: DictConfig) -> list[str]:

@@ -1,4 +1,4 @@
-"""The two ways a run ends on purpose: a user's config mistake, and a diverged run."""
+"""How a run ends when it does not train to the end: every exit code, and the errors behind them."""
 
 from __future__ import annotations
 
@@ -27,3 +27,22 @@ class GradientCheckError(RuntimeError):
 
 
 PROCESS_FAILED_EXIT_CODE = 5  # a process of a DDP run failed, died or timed out
+
+
+RESOURCE_EXIT_CODE = 6  # the machine ran out: memory for a step, or disk for a checkpoint
+
+
+class ResourceError(RuntimeError):
+    """The machine could not give the run what it needed; the message names the setting to change."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    import torch
+
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "can't allocate memory" in text or "not enough memory" in text
+    )

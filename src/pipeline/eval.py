@@ -1,7 +1,9 @@
 """`python -m pipeline.eval ckpt_path=…`: the validation split on a checkpoint; prints and logs val/loss.
 
-The run's model, data, loss and precision come from the config saved inside the checkpoint;
-device= and logger= come from the command line. Writes outputs/eval/YYYY-MM-DD/HH-MM-SS/.
+The run's config comes from the checkpoint; the command line's data.*, precision= and
+trainer.* replace the saved values, device= and logger= are this command's own. The result is
+validated by train's own rules (config.validate) before anything loads. Writes
+outputs/eval/YYYY-MM-DD/HH-MM-SS/.
 """
 
 from __future__ import annotations
@@ -12,32 +14,68 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from pipeline import build, cli, report
 from pipeline.checkpoints import read_checkpoint, run_config_of
-from pipeline.config import CONFIG_DIR, checkpoint_problems
+from pipeline.config import CONFIG_DIR, checkpoint_problems, validate
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 
+report.silence_known_warnings()
+EVAL_GROUPS = (
+    "data",
+    "precision",
+    "trainer",
+    "device",
+    "logger",
+)  # what eval takes from its command line
 
-def validate_eval(cfg: DictConfig) -> list[str]:
-    """Problems with an eval config: the checkpoint must exist and be one of ours."""
-    path = OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False)
-    if path is None:
-        return ["ckpt_path is required; set ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt"]
-    return checkpoint_problems(str(path))
+
+def overridden_keys(overrides: list[str]) -> list[str]:
+    """The keys (or groups) a command line sets, ckpt_path and Hydra's own aside."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:  # the pre-flight reports it
+        return []
+    keys = [o.key_or_group for o in parsed]
+    return [k for k in keys if k != "ckpt_path" and not k.startswith("hydra")]
 
 
-def run_config_for_eval(cfg: DictConfig) -> DictConfig:
-    """The training config from the checkpoint, with this command's device and logger (eval runs
-    one process: the Trainer below takes devices=1 whatever the device group says)."""
+def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, list[str]]:
+    """The training config from the checkpoint with this command's overrides of `keys`, and a
+    problem for each key eval does not take. Eval runs one process (devices=1)."""
     run_cfg = OmegaConf.create(run_config_of(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path))
+    problems = []
+    for key in keys:
+        if key.split(".")[0] not in EVAL_GROUPS:
+            problems.append(
+                f"{key} comes from the checkpoint; pipeline.eval takes only data.*, precision=, "
+                "trainer.*, device= and logger= (to change the model, train a new run)"
+            )
+        elif key not in ("device", "logger"):
+            OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     run_cfg.device = cfg.device
     run_cfg.logger = cfg.logger
     run_cfg.model.weights = None  # the checkpoint's state dict replaces them
     run_cfg.model.compile = False  # one pass over the validation split: compiling would not pay
-    return run_cfg
+    run_cfg.ckpt_path = None  # the run's own resume point, not what eval reads
+    return run_cfg, problems
+
+
+def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
+    """Problems with an eval command: the checkpoint must be one of ours, and the run config it
+    makes must pass train's validation."""
+    path = OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False)
+    if path is None:
+        return ["ckpt_path is required; set ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt"]
+    problems = checkpoint_problems(str(path))
+    if problems:
+        return problems
+    run_cfg, problems = run_config_for_eval(cfg, overridden_keys(overrides))
+    return problems + validate(run_cfg)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")
@@ -45,10 +83,12 @@ def evaluate(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     report.route_lightning_logs_to_hydra()
     try:
-        run_cfg = run_config_for_eval(cfg)
+        keys = overridden_keys(list(HydraConfig.get().overrides.task))
+        run_cfg, _ = run_config_for_eval(cfg, keys)
         pl.seed_everything(run_cfg.seed, verbose=False)
         datamodule = build.build_datamodule(run_cfg)
         module = build.build_module(run_cfg)
+        trainer_args = build.plain(run_cfg.trainer) if "trainer" in run_cfg else {}
         trainer = pl.Trainer(
             accelerator=run_cfg.device.accelerator,
             devices=1,
@@ -57,6 +97,7 @@ def evaluate(cfg: DictConfig) -> None:
             enable_checkpointing=False,
             enable_model_summary=False,
             default_root_dir=run_dir,
+            **{k: v for k, v in trainer_args.items() if f"trainer.{k}" in keys},
         )
         (metrics,) = trainer.validate(
             module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False
@@ -75,7 +116,8 @@ def evaluate(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console entry point `pipeline-eval`."""
-    cli.run(evaluate, "eval", "pipeline.eval", validate_eval)
+    overrides = list(cli.parse_command_line().overrides)
+    cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ def all_finite(tensors: Sequence[Tensor]) -> Tensor:
     return torch.isfinite(torch.stack(norms)).all()
 
 
+def state_is_finite(tensors: Sequence[Tensor]) -> bool:
+    """Whether every floating-point element is finite, checked exactly (a norm would overflow
+    on large finite weights). One kernel and one host read per tensor: for a rare check."""
+    floats = [t.detach() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack([t.isfinite().all() for t in floats]).all()) if floats else True
+
+
 def block_of(param_name: str) -> str:
     """'net.layer3.1.conv2.weight' → 'layer3'."""
     return param_name.removeprefix("net.").split(".", 1)[0]

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.tree import Tree
 
+from pipeline.overrides import shell_word
+
 console = Console()
+
+
+def silence_known_warnings() -> None:
+    """Warnings Lightning gives on every run that ask nothing of the user (train and eval)."""
+    # Lightning 2.6 calls a torch API that torch 2.14 deprecated, on every step.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Lightning looks for state on the DataLoader; SyntheticDataModule keeps it (tested exact resume).
+    warnings.filterwarnings(
+        "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended"
+    )
 
 
 def route_lightning_logs_to_hydra() -> None:
@@ -48,7 +62,21 @@ def show_error(program: str, message: str) -> None:
     print(f"{program}: {message}", file=sys.stderr)
 
 
+def log_to_file(message: str, *, with_traceback: bool = True) -> None:
+    """`message` (and the traceback of the exception being handled) into the run's log files
+    only: the console shows the one-line message the caller prints."""
+    exc_info = sys.exc_info() if with_traceback else None
+    record = logging.getLogger("pipeline").makeRecord(
+        "pipeline", logging.ERROR, __file__, 0, message, (), exc_info
+    )
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @rank_zero_only
 def show_run_dir(run_dir: Path) -> None:
-    console.print(f"[bold]Run directory:[/] {run_dir}")
-    console.print(f"[bold]TensorBoard:[/]   tensorboard --logdir {run_dir}")
+    console.print(f"[bold]Run directory:[/] {escape(str(run_dir))}")
+    console.print(
+        f"[bold]TensorBoard:[/]   tensorboard --logdir {escape(shell_word(str(run_dir)))}"
+    )

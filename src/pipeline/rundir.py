@@ -1,10 +1,14 @@
-"""Claiming a run directory: two runs started in the same second never share one."""
+"""Claiming a run directory: two runs started in the same second never share one, and a run
+directory is written by one live process at a time."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 MAX_SUFFIX = 1000
 RANK0_PUBLISH_TIMEOUT_S = 120
@@ -62,3 +66,62 @@ def wait_for_published(pointer: Path, not_before: float, timeout_s: float) -> Pa
             return Path(pointer.read_text())
         time.sleep(0.1)
     return None
+
+
+RUN_MARKERS = (".hydra", "checkpoints")  # what a run directory holds once a run has started
+LOCK_FILE = ".lock"
+_held_locks: list[
+    Any
+] = []  # open lock files: a run directory stays claimed while this process lives
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` already holds a run (its config or its checkpoints)."""
+    return any((path / marker).exists() for marker in RUN_MARKERS)
+
+
+def is_launch_rank_zero() -> bool:
+    """Whether this process is the one that owns the run directory: not a process Lightning,
+    torchrun or SLURM started as another rank (they use the directory rank 0 claimed)."""
+    return all(
+        os.environ.get(v, "0") == "0" for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
+    )
+
+
+def is_slurm_requeue() -> bool:
+    """A SLURM job started again by `scontrol requeue` (or --requeue after a preemption)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
+
+
+class RunDirInUse(Exception):
+    """Another live process holds the run directory."""
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Claim `run_dir` for this process's lifetime: an exclusive flock on `<run_dir>/.lock`,
+    which the kernel releases when the process ends, however it ends (kill -9 included), so a
+    dead run never keeps its directory. Raises RunDirInUse naming the holder's pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open until the process ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunDirInUse(holder) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _held_locks.append(handle)
+
+
+def release_run_dir(run_dir: Path) -> None:
+    """Undo lock_run_dir on a directory this process created: unlock, and remove it if empty."""
+    for handle in [h for h in _held_locks if Path(h.name).parent == run_dir]:
+        _held_locks.remove(handle)
+        handle.close()
+    (run_dir / LOCK_FILE).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()

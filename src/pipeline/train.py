@@ -9,35 +9,34 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline import build, cli, report
-from pipeline.callbacks import GracefulStop
+from pipeline.callbacks import GracefulStop, HydraFilesAtStart
 from pipeline.config import CONFIG_DIR, validate, warnings_for
 from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
     DIVERGED_EXIT_CODE,
     GRADIENT_CHECK_EXIT_CODE,
     PROCESS_FAILED_EXIT_CODE,
+    RESOURCE_EXIT_CODE,
     ConfigError,
     DivergenceError,
     GradientCheckError,
+    ResourceError,
+    is_out_of_memory,
 )
+from pipeline.overrides import shell_word
+from pipeline.rundir import is_launch_rank_zero
 
 log = logging.getLogger(__name__)
-# Lightning 2.6 calls a torch API that torch 2.14 deprecated, on every step; nothing to act on.
-warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-# Lightning looks for state on the DataLoader; SyntheticDataModule keeps it (tested exact resume).
-warnings.filterwarnings(
-    "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended"
-)
+report.silence_known_warnings()
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -53,7 +52,9 @@ def train(cfg: DictConfig) -> None:
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
-        trainer = build.build_trainer(cfg, run_dir, in_sweep=in_sweep)
+        trainer = build.build_trainer(
+            cfg, run_dir, extra_callbacks=deferred_hydra_files(cfg, run_dir), in_sweep=in_sweep
+        )
         report.show_line(
             f"Training ResNet18: {cfg.trainer.max_steps} steps, global batch "
             f"{trainer.world_size * cfg.data.batch_size} ({trainer.world_size} process(es) × "
@@ -66,15 +67,23 @@ def train(cfg: DictConfig) -> None:
         cli.report_problems(exc.problems, "pipeline.train")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
     except (DivergenceError, GradientCheckError) as exc:
-        log.error(str(exc))
+        report.log_to_file(str(exc), with_traceback=False)
         report.show_error("pipeline.train", str(exc))
         sys.exit(
             DIVERGED_EXIT_CODE if isinstance(exc, DivergenceError) else GRADIENT_CHECK_EXIT_CODE
         )
-    except RuntimeError as exc:
+    except ResourceError as exc:
+        report.log_to_file("the run ran out of disk")
+        report.show_error("pipeline.train", str(exc))
+        sys.exit(RESOURCE_EXIT_CODE)
+    except (RuntimeError, MemoryError) as exc:
+        if is_out_of_memory(exc):
+            report.log_to_file("a training step ran out of memory")
+            report.show_error("pipeline.train", out_of_memory_message(cfg))
+            sys.exit(RESOURCE_EXIT_CODE)
         if cfg.device.strategy != "ddp":
             raise
-        log.exception("a process of the DDP run failed")
+        report.log_to_file("a process of the DDP run failed")
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         report.show_error(
             "pipeline.train", f"a process of this DDP run failed, died or timed out: {first}"
@@ -85,12 +94,34 @@ def train(cfg: DictConfig) -> None:
         checkpoint = run_dir / build.CHECKPOINT_DIR / build.LAST_CHECKPOINT
         message = (
             f"stopped by {name} after step {stopped.stopped_at_step}; saved {checkpoint}; "
-            f"continue with: python -m pipeline.train resume={run_dir}"
+            f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
         )
-        log.warning(message)
+        report.log_to_file(message, with_traceback=False)
         report.show_error("pipeline.train", message)
         sys.exit(128 + stopped.received)
     report.show_run_dir(run_dir)
+
+
+def deferred_hydra_files(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
+    """A resume told Hydra not to rewrite `.hydra/` (cli.py): write it once training starts."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is not None or not is_launch_rank_zero():
+        return []
+    files = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
+        "overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task)),
+    }
+    return [HydraFilesAtStart(directory=run_dir / ".hydra", files=files)]
+
+
+def out_of_memory_message(cfg: DictConfig) -> str:
+    where = "the GPU" if build.uses_cuda(cfg) else "this machine"
+    return (
+        f"a training step ran out of memory on {where} at data.batch_size={cfg.data.batch_size}, "
+        f"data.image_size={cfg.data.image_size}, precision={cfg.precision}; lower data.batch_size "
+        "or data.image_size (the traceback is in train.log)"
+    )
 
 
 def main() -> None:

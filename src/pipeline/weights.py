@@ -56,13 +56,20 @@ def load_file(path: str, key: str) -> Any:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling, zip and pickle-safety errors all land here
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        reason = shortened(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
         raise ConfigError(
             [
                 f"{key}={path} is not a loadable torch file ({type(exc).__name__}: {reason}); "
                 "it may be truncated, foreign, or contain code (refused by weights_only loading)"
             ]
         ) from None
+
+
+def shortened(text: str, limit: int = 160) -> str:
+    """`text` cut at a word boundary before `limit` characters, marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:") + " …"
 
 
 def read_state_dict(path: str) -> dict[str, Tensor]:

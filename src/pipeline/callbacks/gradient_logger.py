@@ -5,7 +5,7 @@ unscaled under 16-mixed. Rank 0 only: after DDP's all-reduce its gradients are t
 and other ranks skip the work. Tags:
   every log_every_n_steps: grad_norm/total, grad_norm/<block>, update_ratio/<block>,
                            grad/nonfinite_count (parameters whose gradient holds inf or NaN)
-  every histogram_every_n_steps (0: never): grad/<param>, weight/<param> histograms
+  every histogram_every_n_steps, and the first and last step (0: never): grad/<param>, weight/<param> histograms
 Cost on logged steps: two fused norm passes (gradients, weights) and one host transfer;
 histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
@@ -47,7 +47,9 @@ class GradientLogger(pl.Callback):
             return
         step = trainer.global_step
         log_scalars = is_due(step, self.log_every_n_steps)
-        log_histograms = is_due(step, self.histogram_every_n_steps)
+        log_histograms = self.histogram_every_n_steps > 0 and (
+            is_due(step, self.histogram_every_n_steps) or step in (0, trainer.max_steps - 1)
+        )  # the first and last steps too: a short run's Histograms tab is never empty
         if not (log_scalars or log_histograms):
             return
         named = [(n, p) for n, p in pl_module.named_parameters() if p.grad is not None]

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from pipeline.errors import DivergenceError
-from pipeline.gradients import all_finite
+from pipeline.gradients import all_finite, state_is_finite
 
 DEFERRED_LAG = 2  # deferred: the host reads a step's flag this many steps later
 
@@ -238,6 +238,13 @@ class NonFiniteGuard(pl.Callback):
                 self._warned = True
             return
         self._restore_buffers()
+        module = trainer.lightning_module
+        if not state_is_finite([*module.parameters(), *module.buffers()]):
+            raise DivergenceError(
+                f"train/loss became {loss_value} at step {step}: an optimizer step had already "
+                "made the weights non-finite (lower optimizer.lr, or set trainer.gradient_clip_val=1.0); "
+                "no checkpoint was saved, an earlier last.ckpt is unchanged"
+            )
         if self.checkpoint_path is not None:
             self._saving = True
             try:

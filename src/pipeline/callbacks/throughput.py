@@ -13,9 +13,8 @@ from pipeline.logging_steps import logs_this_step
 
 log = logging.getLogger(__name__)
 FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
-FIRST_STEP_TOOK = (
-    "first training batch took %.2f s (with model.compile=true, compiling is part of it)"
-)
+FIRST_STEP_TOOK = "first training batch took %.2f s%s"
+COMPILING = " (model.compile=true: compiling is part of it)"
 
 
 def process_age_s() -> float | None:
@@ -41,7 +40,8 @@ class Throughput(pl.Callback):
     Costs two clock reads a step.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, compile: bool = False) -> None:
+        self.compile = compile  # the first batch's time then includes compiling
         self._last: float | None = None
         self._first_start: float | None = None
         self._started = False
@@ -69,7 +69,7 @@ class Throughput(pl.Callback):
         rate = images_per_sec(len(batch[0]), trainer.world_size, now - self._last)
         self._last = now
         if self._first_start is not None:  # this process's first batch
-            log.info(FIRST_STEP_TOOK, now - self._first_start)
+            log.info(FIRST_STEP_TOOK, now - self._first_start, COMPILING if self.compile else "")
             self._first_start = None
         if logs_this_step(trainer):
             pl_module.log("perf/images_per_sec", rate, on_step=True, on_epoch=False)

@@ -1,0 +1,172 @@
+"""Checks of a config against what the libraries and the machine allow: numbers every key can
+hold, Lightning's own Trainer validation, the last batch BatchNorm sees, memory and disk.
+
+Each returns one line per problem, in config.py's style (key, value, what is allowed, the fix).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from pipeline import resources
+from pipeline.geometry import min_image_size, resnet_final_size
+
+INT64_MAX = 2**63 - 1
+NUMPY_SEED_MAX = 2**32 - 1  # numpy's legacy seeding, which Lightning's seed_everything feeds
+SKIPPED_ROOTS = ("hydra",)
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, DictConfig):
+        for name in node.keys():  # noqa: SIM118 (`for k in node` skips ??? values)
+            key = f"{prefix}{name!s}"
+            if key in SKIPPED_ROOTS:
+                continue
+            value = node._get_node(name)
+            yield from _leaves(
+                value if isinstance(value, DictConfig | ListConfig) else node[name], f"{key}."
+            )
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            yield from _leaves(node[i], f"{prefix}{i}.")
+    else:
+        yield prefix.rstrip("."), node
+
+
+def number_problems(cfg: DictConfig) -> list[str]:
+    """Every float must be finite (nan and inf pass `> 0` checks, then poison a run), and every
+    integer must fit the 64 bits torch and numpy hold it in."""
+    problems = []
+    for key, value in _leaves(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} must be a finite number (got {value}); give a finite value")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+            problems.append(
+                f"{key}={value} does not fit in 64 bits (at most {INT64_MAX}); give a smaller value"
+            )
+    return problems
+
+
+def _trainer_refusal(trainer_args: dict[str, Any]) -> str | None:
+    """What a bare Trainer (CPU, no logger, no callbacks; ~12 ms) raises for these arguments."""
+    from lightning.pytorch import Trainer
+
+    try:
+        Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **trainer_args,
+        )
+    except Exception as exc:  # Lightning raises MisconfigurationException, ValueError, TypeError…
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
+    """Lightning's own validation of the trainer.* arguments, one line per refused argument
+    (each tried alone once the whole set is refused)."""
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if _trainer_refusal(trainer_args) is None:
+                return []
+            problems = []
+            for key, value in trainer_args.items():
+                reason = _trainer_refusal({key: value})
+                if reason is not None:
+                    problems.append(
+                        f"trainer.{key}={value} is refused by lightning.Trainer: {reason}"
+                    )
+            together = ", ".join(f"trainer.{k}={v}" for k, v in trainer_args.items())
+            reason = _trainer_refusal(trainer_args)
+            return problems or [f"lightning.Trainer refuses {together} together: {reason}"]
+    finally:
+        quiet.setLevel(level)
+
+
+def processes(cfg: DictConfig, cuda_count: int) -> int:
+    """Training processes of the run, all nodes together."""
+    if OmegaConf.select(cfg, "device.strategy") != "ddp":
+        return 1
+    devices = OmegaConf.select(cfg, "device.devices")
+    per_node = cuda_count if devices == -1 else devices
+    return max(per_node, 1) * OmegaConf.select(cfg, "device.num_nodes")
+
+
+def last_batch_problems(
+    *, num_samples: int, batch_size: int, image_size: int, world_size: int
+) -> list[str]:
+    """Each process reads ceil(num_samples / world_size) samples (the sampler pads), so an
+    epoch's last batch can be much smaller than the others; BatchNorm needs > 1 value per
+    channel in layer4 for it too."""
+    per_process = -(-num_samples // world_size)
+    last = per_process % batch_size
+    if last == 0 or last * resnet_final_size(image_size) ** 2 >= 2:
+        return []
+    fix = per_process - last
+    return [
+        f"data.num_samples={num_samples} leaves a last batch of {last} sample(s) per process "
+        f"(data.batch_size={batch_size}, {world_size} process(es)), too few for ResNet18's last "
+        f"BatchNorm at data.image_size={image_size}; set data.num_samples={fix * world_size} "
+        f"(a multiple of the global batch) or data.image_size={min_image_size(last)} or more"
+    ]
+
+
+def memory_problems(cfg: DictConfig, cuda: bool) -> list[str]:
+    """A training step's activations against the memory the run will have: the GPU's, or the
+    host's shared by its processes. The estimate is a lower bound, so what is refused could
+    never have run."""
+    size, batch = cfg.data.image_size, cfg.data.batch_size
+    need = resources.activation_bytes(
+        image_size=size, channels=cfg.data.channels, batch_size=batch, precision=cfg.precision
+    )
+    if cuda:
+        have, where = resources.gpu_memory_bytes(), "the GPU's"
+    else:
+        need *= resources.host_processes(
+            strategy=cfg.device.strategy,
+            accelerator=cfg.device.accelerator,
+            devices=cfg.device.devices,
+        )
+        available = resources.available_memory_bytes()
+        if available is None:
+            return []
+        have, where = available, "this machine's available"
+    if need <= have:
+        return []
+    return [
+        f"data.batch_size={batch} of data.image_size={size} needs at least {resources.describe(need)} "
+        f"of activations a step, more than {where} {resources.describe(have)}; "
+        "lower data.batch_size or data.image_size"
+    ]
+
+
+def disk_problems(cfg: DictConfig, run_dir: Path) -> list[str]:
+    """Room for two checkpoints (the new one is written beside the old, then renamed over it)."""
+    need = 2 * resources.checkpoint_bytes(
+        num_classes=cfg.model.num_classes,
+        precision=cfg.precision,
+        optimizer_target=str(cfg.optimizer._target_),
+    )
+    free = resources.free_disk_bytes(run_dir)
+    if free >= need:
+        return []
+    return [
+        f"the run directory {run_dir} has {resources.describe(free)} free, and checkpoints need "
+        f"{resources.describe(need)} (two copies of last.ckpt while one replaces the other); "
+        "free some space or set hydra.run.dir=/a/bigger/disk/run"
+    ]

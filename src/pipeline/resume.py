@@ -1,0 +1,64 @@
+"""`resume=<run dir>`: continue a run in its own directory, with its own overrides.
+
+The run's files are not touched until the resumed run is known to work: Hydra is told not to
+rewrite `.hydra/` (hydra.output_subdir=null) and the pipeline writes it once training starts
+(callbacks/hydra_files.py); the checkpoint's fit to the config is checked in the pre-flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from pipeline.overrides import override
+
+RESUME_KEY = "resume="
+SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+DEFER_HYDRA_FILES = "hydra.output_subdir=null"
+NOT_CARRIED = ("ckpt_path=",)  # set anew by every resume
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A command line with `resume=` expanded."""
+
+    overrides: list[str]
+    run_dir: Path | None  # the run being resumed; None without resume=
+    problems: list[str]
+
+
+def expand_resume(overrides: list[str]) -> Resume:
+    """`resume=<run dir>` → that run's saved overrides, then the command line's, then its
+    last.ckpt and its directory."""
+    wanted = [o for o in overrides if o.startswith(RESUME_KEY)]
+    if not wanted:
+        return Resume(overrides, None, [])
+    given = wanted[-1][len(RESUME_KEY) :]
+    run_dir = Path(given).expanduser().absolute()
+    saved, ckpt = run_dir / SAVED_OVERRIDES, run_dir / LAST_CHECKPOINT
+    if not saved.is_file():
+        return Resume(overrides, None, [
+            f"resume={given} is not a run directory (it has no {SAVED_OVERRIDES}); "
+            "give a run's folder under outputs/, e.g. resume=outputs/2026-11-25/21-32-58"
+        ])  # fmt: skip
+    if not ckpt.is_file():
+        return Resume(overrides, None, [
+            f"resume={given}: the run saved no checkpoint yet ({LAST_CHECKPOINT} is missing), so there "
+            "is nothing to continue from; start it again without resume="
+        ])  # fmt: skip
+    previous = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(NOT_CARRIED)]
+    rest = [o for o in overrides if not o.startswith(RESUME_KEY)]
+    return Resume(
+        [
+            *previous,
+            *rest,
+            override("ckpt_path", ckpt),
+            override("hydra.run.dir", run_dir),
+            DEFER_HYDRA_FILES,
+        ],
+        run_dir,
+        [],
+    )

@@ -1,0 +1,331 @@
+"""Hostile and careless use through the real CLI: nothing lost, nothing crashes (issue 11).
+
+Each test runs `python -m pipeline.train` (or eval) as a subprocess on real files, and fails
+on the code before these fixes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, cli_env, only_run_dir, run_cli
+
+pytestmark = pytest.mark.e2e
+SHORT = [*TINY, "callbacks=minimal", "logger=none"]
+
+
+def problems_of(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The one-line problems of an exit-2 run; fails on a traceback."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    return [line[4:] for line in result.stderr.splitlines() if line.startswith("  - ")]
+
+
+def hydra_files(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / ".hydra").iterdir())}
+
+
+def test_a_resume_that_does_not_fit_is_refused_and_leaves_the_run_untouched(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    assert (
+        run_cli("pipeline.train", [*SHORT, "model.num_classes=10"], tmp_path, torch_home).returncode
+        == 0
+    )
+    run_dir = only_run_dir(tmp_path)
+    before = hydra_files(run_dir)
+    resume = f"resume={run_dir}"
+    result = run_cli(
+        "pipeline.train", [resume, "model.num_classes=1000", "optimizer=adam"], tmp_path, torch_home
+    )
+    [shapes, optimizer] = problems_of(result)
+    assert (
+        "does not fit model.num_classes=1000" in shapes
+        and "fc.weight (10, 512) vs (1000, 512)" in shapes
+    )
+    assert "torch.optim.SGD, not torch.optim.Adam" in optimizer
+    assert hydra_files(run_dir) == before
+    result = run_cli("pipeline.train", [resume, "trainer.max_steps=3"], tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert b"trainer.max_steps=3" in hydra_files(run_dir)["overrides.yaml"]
+
+
+def test_a_directory_that_holds_a_run_is_claimed_by_one_live_process(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    pinned = tmp_path / "pinned"
+    args = [*SHORT, f"hydra.run.dir={pinned}"]
+    assert run_cli("pipeline.train", args, tmp_path, torch_home).returncode == 0
+    ckpt = (pinned / "checkpoints" / "last.ckpt").read_bytes()
+    [again] = problems_of(run_cli("pipeline.train", args, tmp_path, torch_home))
+    assert "already holds a run; continue it with resume=" in again
+    assert (pinned / "checkpoints" / "last.ckpt").read_bytes() == ckpt
+    # A live holder (a process that claimed it and sleeps) keeps a resume out; once it is
+    # killed with SIGKILL, nothing holds the directory any more.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from pipeline.rundir import lock_run_dir; from pathlib import Path; "
+         f"lock_run_dir(Path({str(pinned)!r})); print('held', flush=True); import time; time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True, env=cli_env(torch_home),
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        [busy] = problems_of(run_cli("pipeline.train", [f"resume={pinned}"], tmp_path, torch_home))
+        assert f"is in use by another live process (pid {holder.pid})" in busy
+    finally:
+        holder.kill()
+        holder.wait()
+    result = run_cli(
+        "pipeline.train", [f"resume={pinned}", "trainer.max_steps=3"], tmp_path, torch_home
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_slurm_requeue_reuses_its_pinned_run_directory(tmp_path: Path, torch_home: Path) -> None:
+    pinned = tmp_path / "slurm-1234"
+    args = [*SHORT, f"hydra.run.dir={pinned}"]
+    assert run_cli("pipeline.train", args, tmp_path, torch_home).returncode == 0
+    env = cli_env(torch_home) | {"SLURM_RESTART_COUNT": "1", "SLURM_PROCID": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.train", *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_kill_mid_epoch_loses_at_most_the_timed_checkpoint_interval(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """500-step epochs; last.ckpt every 0.02 min (1.2 s); SIGKILL once one exists; resume."""
+    args = [
+        "loss=mse", "data.image_size=32", "data.batch_size=2", "data.num_samples=1000",
+        "trainer.max_steps=1000", "callbacks=minimal", "logger=none",
+        "callbacks.checkpoint_every_n_minutes=0.02",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.train", *args],
+        cwd=tmp_path, env=cli_env(torch_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    run_dir = only_run_dir(tmp_path)
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 500  # saved mid-epoch, by time
+    result = run_cli(
+        "pipeline.train",
+        [f"resume={run_dir}", f"trainer.max_steps={step + 2}"],
+        tmp_path,
+        torch_home,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_so(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    run_dir = tmp_path / "outputs" / "d" / "t"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- loss=mse\n")
+    [problem] = problems_of(run_cli("pipeline.train", [f"resume={run_dir}"], tmp_path, torch_home))
+    assert "saved no checkpoint yet" in problem
+
+
+def test_numbers_out_of_any_range_and_bad_trainer_values_are_one_line_each(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    args = [
+        *SHORT, "optimizer.lr=nan", "optimizer.weight_decay=inf", "seed=99999999999999999999999",
+        "trainer.max_time=bogus", "+foo=bar",
+    ]  # fmt: skip
+    problems = problems_of(run_cli("pipeline.train", args, tmp_path, torch_home))
+    assert any(p.startswith("foo is not a config key (got +foo=bar)") for p in problems), problems
+    problems = problems_of(run_cli("pipeline.train", args[:-1], tmp_path, torch_home))
+    assert len(problems) == 4, problems
+    assert any(p.startswith("optimizer.lr must be a finite number (got nan)") for p in problems)
+    assert any(
+        p.startswith("optimizer.weight_decay must be a finite number (got inf)") for p in problems
+    )
+    assert any(p.startswith("seed must be in [0, 4294967295]") for p in problems)
+    assert any(
+        p.startswith("trainer.max_time=bogus is refused by lightning.Trainer") for p in problems
+    )
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_last_batch_too_small_and_a_step_too_big_for_memory_are_refused(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    small = ["data.num_samples=17", "data.batch_size=4", "data.image_size=32"]
+    [last] = problems_of(run_cli("pipeline.train", [*SHORT, *small], tmp_path, torch_home))
+    assert "leaves a last batch of 1 sample(s)" in last and "set data.num_samples=16" in last
+    big = ["data.image_size=4096", "data.batch_size=64"]
+    [memory] = problems_of(run_cli("pipeline.train", [*SHORT, *big], tmp_path, torch_home))
+    assert "needs at least" in memory and "GiB of activations a step" in memory
+    assert "lower data.batch_size or data.image_size" in memory
+
+
+def test_the_guard_never_saves_weights_it_has_not_checked(tmp_path: Path, torch_home: Path) -> None:
+    """lr=1e38 makes the weights inf in the first optimizer step, while the loss and the
+    gradients of that step were finite: no checkpoint is better than a poisoned one."""
+    args = [*TINY, "trainer.max_steps=4", "optimizer.lr=1e38", "callbacks=minimal"]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert (
+        "made the weights non-finite" in result.stderr
+        and "no checkpoint was saved" in result.stderr
+    )
+    assert not (only_run_dir(tmp_path) / "checkpoints" / "last.ckpt").exists()
+    assert result.stderr.count("made the weights non-finite") == 1  # once, not also as a log line
+    log = (only_run_dir(tmp_path) / "train.log").read_text()
+    assert "first training batch took" in log and "compiling is part of it" not in log
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 40 MiB file system (tmpfs): too small for two ResNet18 checkpoints with momentum."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_disk_too_small_for_checkpoints_is_refused_before_training(
+    tmp_path: Path, torch_home: Path, small_disk: Path
+) -> None:
+    run_dir = small_disk / "run"
+    [problem] = problems_of(
+        run_cli("pipeline.train", [*SHORT, f"hydra.run.dir={run_dir}"], tmp_path, torch_home)
+    )
+    assert "MiB free, and checkpoints need" in problem
+    assert not run_dir.exists()  # nothing left behind
+
+
+def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(
+    small_disk: Path,
+) -> None:
+    from pipeline.checkpoint_io import AtomicCheckpointIO
+    from pipeline.errors import ResourceError
+
+    target = small_disk / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(10)}, target)
+    with pytest.raises(
+        ResourceError, match=r"No space left on device.*the previous one is unchanged"
+    ):
+        AtomicCheckpointIO().save_checkpoint({"w": torch.ones(20 * 2**20)}, target)  # 80 MB
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(10))
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_real_allocation_failure_is_recognised() -> None:
+    from pipeline.errors import is_out_of_memory
+
+    try:
+        torch.empty(2**62, dtype=torch.uint8)
+    except RuntimeError as exc:
+        assert is_out_of_memory(exc)
+    assert not is_out_of_memory(RuntimeError("Expected more than 1 value per channel"))
+
+
+def test_paths_with_spaces_and_accents_train_resume_and_print_quoted(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    run_dir = tmp_path / "my runs" / "première"
+    result = run_cli("pipeline.train", [*SHORT, f"hydra.run.dir='{run_dir}'"], tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'tensorboard --logdir "{run_dir}"' in result.stdout.replace("\n", "")
+    result = run_cli(
+        "pipeline.train", [f"resume={run_dir}", "trainer.max_steps=3"], tmp_path, torch_home
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    unquoted = run_cli("pipeline.train", [*SHORT, f"hydra.run.dir={run_dir}"], tmp_path, torch_home)
+    [hint] = problems_of(unquoted)
+    assert f"quote the value: \"hydra.run.dir='{run_dir}'\"" in hint
+    split = run_cli("pipeline.train", ["resume=my", "run"], tmp_path, torch_home)
+    assert problems_of(split) == [
+        "'run' is not KEY=VALUE; a value with spaces must be quoted as one argument: 'resume=my run'"
+    ]
+
+
+def test_every_sweep_syntax_runs_or_is_one_line(tmp_path: Path, torch_home: Path) -> None:
+    result = run_cli(
+        "pipeline.train",
+        ["-m", "optimizer=glob(ad*)", *SHORT, "trainer.max_steps=1"],
+        tmp_path,
+        torch_home,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p.name for p in (tmp_path / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
+    assert [j.split("_", 1)[0] for j in jobs] == ["0", "1"] and "optimizer=adamw" in jobs[1]
+    for sweep, expected in [
+        ("optimizer=glob(zz*)", "matches no option of optimizer"),
+        ("optimizer.lr=glob(*)", "glob() chooses among a config group's options"),
+        ("optimizer.lr=interval(0.1,1)", "interval() is a range only a search sweeper draws from"),
+    ]:
+        [problem] = problems_of(
+            run_cli("pipeline.train", ["-m", sweep, *SHORT], tmp_path, torch_home)
+        )
+        assert expected in problem, problem
+
+
+def test_removing_a_needed_group_says_so(tmp_path: Path, torch_home: Path) -> None:
+    [problem] = problems_of(run_cli("pipeline.train", ["~optimizer", *SHORT], tmp_path, torch_home))
+    assert problem.startswith("~optimizer removes the optimizer group, which every run needs")
+
+
+def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    assert run_cli("pipeline.train", SHORT, tmp_path, torch_home).returncode == 0
+    ckpt = f"ckpt_path={only_run_dir(tmp_path) / 'checkpoints' / 'last.ckpt'}"
+    result = run_cli(
+        "pipeline.eval",
+        [ckpt, "data.batch_size=2", "trainer.limit_val_batches=1", "logger=none"],
+        tmp_path,
+        torch_home,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "val/loss" in result.stdout
+    assert "Warning" not in result.stderr, result.stderr
+    problems = problems_of(
+        run_cli(
+            "pipeline.eval",
+            [ckpt, "data.batch_size=0", "precision=bogus", "optimizer.lr=1"],
+            tmp_path,
+            torch_home,
+        )
+    )
+    assert any(
+        p.startswith("optimizer.lr is not a config key") and "data, device" in p for p in problems
+    )
+    problems = problems_of(
+        run_cli(
+            "pipeline.eval", [ckpt, "data.batch_size=0", "precision=bogus"], tmp_path, torch_home
+        )
+    )
+    assert any(p.startswith("data.batch_size must be ≥ 1") for p in problems), problems
+    assert any(p.startswith("precision must be one of") for p in problems), problems
+    if not torch.cuda.is_available():
+        [gpu] = problems_of(run_cli("pipeline.eval", [ckpt, "device=gpu"], tmp_path, torch_home))
+        assert gpu.startswith("device=gpu needs a CUDA GPU")
