@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import cli_env, only_run_dir, run_cli, scalars
+from conftest import TINY, cli_env, only_run_dir, run_cli, scalars
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
@@ -83,8 +86,15 @@ def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
     assert "Traceback" not in stderr
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_home: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "pipeline.train",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", "-m", "pipeline.train",
                "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false"]  # fmt: skip
     result = subprocess.run(
         command, cwd=tmp_path, env=cli_env(torch_home), capture_output=True, text=True, timeout=300
@@ -100,6 +110,45 @@ def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_ho
     }
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+
+@pytest.mark.parametrize("rendezvous", ["static", "c10d"])
+def test_torchrun_two_nodes_agree_on_one_run_directory_without_a_shared_disk(
+    rendezvous: str, tmp_path: Path, torch_home: Path
+) -> None:
+    """Two torchrun agents on loopback, each in its own folder as on its own disk: rank 1 learns
+    rank 0's run directory through torch's store, and logs under the same path."""
+    port = _free_port()
+    launch = {
+        "static": ["--master_addr=127.0.0.1", f"--master_port={port}"],
+        "c10d": [
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint=127.0.0.1:{port}",
+            f"--rdzv-id=job{port}",
+        ],
+    }[rendezvous]
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    agents = []
+    for node_rank, node in enumerate(nodes):
+        node.mkdir()
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                   f"--node_rank={node_rank}", *launch, "-m", "pipeline.train", "device=ddp_cpu",
+                   "device.devices=1", "device.num_nodes=2", "loss=mse", "callbacks=minimal", *TINY]  # fmt: skip
+        with (node / "agent.log").open("w") as log:
+            agents.append(subprocess.Popen(command, cwd=node, env=cli_env(torch_home), stdout=log,
+                                           stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+    try:
+        codes = [agent.wait(timeout=120) for agent in agents]
+    finally:
+        for agent in agents:  # the agent and its workers, should any outlive it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(agent.pid, signal.SIGKILL)
+    logs = "\n".join(f"--- {node.name}\n{(node / 'agent.log').read_text()}" for node in nodes)
+    assert codes == [0, 0], logs
+    run0, run1 = only_run_dir(nodes[0]), only_run_dir(nodes[1])
+    assert run1.relative_to(nodes[1]) == run0.relative_to(nodes[0]), logs
+    assert (run0 / "train.log").is_file() and (run0 / "checkpoints" / "last.ckpt").is_file()
+    assert "first training step" in (run1 / "train_rank1.log").read_text()
 
 
 def test_slurm_launcher_asks_one_task_per_gpu() -> None:

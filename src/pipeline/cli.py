@@ -9,7 +9,6 @@ lightning.Trainer argument without Hydra's `+` prefix.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,25 +23,24 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.callbacks.throughput import process_age_s
 from pipeline.config import CONFIG_DIR, config_groups, group_options, trainer_arguments
 from pipeline.config_limits import disk_problems
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
 from pipeline.overrides import override, shell_word
 from pipeline.resume import expand_resume
 from pipeline.rundir import (
-    RANK0_PUBLISH_TIMEOUT_S,
+    RUN_DIR_HANDOVER_TIMEOUT_S,
+    HandoverError,
     RunDirInUse,
     claim_run_dir,
+    hand_over_run_dir,
     holds_run,
     is_launch_rank_zero,
     is_slurm_requeue,
     lock_run_dir,
-    publish,
+    receive_run_dir,
     release_run_dir,
-    torchrun_pointer,
     torchrun_rank,
-    wait_for_published,
 )
 
 HYDRA_INFO_FLAGS = ("help", "hydra_help", "cfg", "info", "shell_completion")
@@ -168,7 +166,8 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
     """Pin hydra.run.dir to a directory this run created: (overrides, problems).
 
     Left to the user when they set it, and to Lightning in its DDP children (which get the
-    parent's directory). Under torchrun, rank 0 claims and the other ranks use what it publishes.
+    parent's directory). Under torchrun, rank 0 claims and hands it to the other ranks through
+    torch's store, on any node.
     """
     if any(o.startswith("hydra.run.dir=") for o in overrides):
         return overrides, []
@@ -177,15 +176,13 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
     )
     rank = torchrun_rank()
     if rank:  # torchrun, not rank 0
-        started = time.time() - (process_age_s() or 0.0) - 5.0
-        pointer = torchrun_pointer(wanted.parents[1])
-        shared = wait_for_published(pointer, started, RANK0_PUBLISH_TIMEOUT_S)
-        if shared is None:
-            return overrides, [f"torchrun rank {rank}: rank 0 did not publish a run directory in {pointer} "
-                               f"within {RANK0_PUBLISH_TIMEOUT_S} s; did rank 0 fail? see its output"]  # fmt: skip
+        try:
+            shared = receive_run_dir(RUN_DIR_HANDOVER_TIMEOUT_S)
+        except HandoverError as exc:
+            return overrides, [f"torchrun rank {rank}: {exc}"]
         return [
             *overrides,
-            f"hydra.run.dir={shared}",
+            override("hydra.run.dir", shared),
             f"hydra.job.name=train_rank{rank}",
             "hydra.output_subdir=null",
         ], []
@@ -198,7 +195,10 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
             "or set hydra.run.dir=/a/writable/path"
         ]
     if rank == 0:
-        publish(torchrun_pointer(wanted.parents[1]), claimed)
+        try:
+            hand_over_run_dir(claimed, RUN_DIR_HANDOVER_TIMEOUT_S)
+        except HandoverError as exc:
+            return overrides, [f"torchrun rank 0: {exc}"]
     return [*overrides, override("hydra.run.dir", claimed)], []
 
 

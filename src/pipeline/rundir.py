@@ -1,17 +1,26 @@
-"""Claiming a run directory: two runs started in the same second never share one, and a run
-directory is written by one live process at a time."""
+"""Claiming a run directory: two runs started in the same second never share one, and the ranks
+of a torchrun job, on any number of nodes, share the one rank 0 claimed (through torch's store at
+MASTER_ADDR:MASTER_PORT, so no shared file system is needed); and a run directory is written by
+one live process at a time."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
-import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
+
 MAX_SUFFIX = 1000
-RANK0_PUBLISH_TIMEOUT_S = 120
+RUN_DIR_HANDOVER_TIMEOUT_S = 120
+
+
+class HandoverError(Exception):
+    """Rank 0 of a torchrun job could not give the other ranks its run directory."""
 
 
 def claim_run_dir(wanted: Path) -> Path:
@@ -35,37 +44,56 @@ def torchrun_rank() -> int | None:
     return int(os.environ.get("RANK", "0"))
 
 
-def torchrun_pointer(outputs: Path) -> Path:
-    """Where rank 0 of this torchrun job publishes its run directory for the other ranks.
+def _store_address() -> str:
+    return f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
 
-    Keyed by torchrun's run id; with the default id ('none'), by the master port and the
-    torchrun agent's pid, which every process of a single-node job shares.
-    """
+
+def _run_dir_key() -> str:
+    """This job's key in the store: by run id and restart count, since the agent keeps its store
+    across restarts; under `pipeline/`, clear of torch's own keys."""
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    key = (
-        run_id
-        if run_id not in ("", "none")
-        else f"{os.environ.get('MASTER_PORT', '')}-{os.getppid()}"
-    )
-    return outputs / ".torchrun" / key
+    return f"pipeline/run_dir/{run_id}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
 
 
-def publish(pointer: Path, run_dir: Path) -> None:
-    """Write `run_dir` into `pointer` atomically."""
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    partial = pointer.with_name(f".{pointer.name}.{os.getpid()}")
-    partial.write_text(str(run_dir))
-    os.replace(partial, pointer)
+@functools.cache
+def _torchrun_store(timeout_s: float) -> dist.Store:
+    """The store init_process_group will use, reached the way it reaches it (env://).
+
+    Under torchrun's agent store (TORCHELASTIC_USE_AGENT_STORE=True: static and c10d
+    rendezvous), a client of the store the node-rank-0 agent hosts at MASTER_ADDR:MASTER_PORT;
+    otherwise rank 0 hosts it (multi-tenant). Cached, so a store rank 0 hosts stays up while the
+    other ranks read it, and init_process_group then shares the same server.
+    """
+    store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
+    return store
 
 
-def wait_for_published(pointer: Path, not_before: float, timeout_s: float) -> Path | None:
-    """The run directory rank 0 published after `not_before` (a time.time()), or None on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pointer.is_file() and pointer.stat().st_mtime >= not_before:
-            return Path(pointer.read_text())
-        time.sleep(0.1)
-    return None
+def hand_over_run_dir(run_dir: Path, timeout_s: float) -> None:
+    """Rank 0: give every other rank of this torchrun job `run_dir`.
+
+    Raises HandoverError when the store is unreachable.
+    """
+    try:
+        _torchrun_store(timeout_s).set(_run_dir_key(), str(run_dir))
+    except dist.DistError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise HandoverError(f"cannot reach the store at {_store_address()} ({reason})") from exc
+
+
+def receive_run_dir(timeout_s: float) -> Path:
+    """Ranks other than 0: the run directory rank 0 handed over, waiting up to `timeout_s`.
+
+    Raises HandoverError when none comes (rank 0 failed, or its node's agent is gone).
+    """
+    try:
+        store = _torchrun_store(timeout_s)
+        store.wait([_run_dir_key()], timedelta(seconds=timeout_s))
+        return Path(os.fsdecode(store.get(_run_dir_key())))
+    except dist.DistError as exc:
+        raise HandoverError(
+            f"rank 0 handed over no run directory through the store at {_store_address()} (waited "
+            f"up to {timeout_s:g} s, or until the store closed); did rank 0 fail? see its output"
+        ) from exc
 
 
 RUN_MARKERS = (".hydra", "checkpoints")  # what a run directory holds once a run has started
