@@ -382,6 +382,18 @@ def prepare(
     return own_run_dir(config_name, overrides, resume.run_dir)
 
 
+_typed: list[str] = []  # the command line as typed, before run() rewrites sys.argv
+
+
+def command_line() -> list[str]:
+    """The command as the user typed it (resume= unexpanded), for the run's provenance."""
+    program = Path(sys.argv[0]).name
+    head = (
+        ["python", "-m", f"pipeline.{Path(program).stem}"] if program.endswith(".py") else [program]
+    )
+    return [*head, *(_typed or sys.argv[1:])]
+
+
 def parse_command_line() -> Any:
     """sys.argv as Hydra's own parser reads it (flags, and the overrides)."""
     return get_args_parser().parse_args(sys.argv[1:])
@@ -390,6 +402,7 @@ def parse_command_line() -> Any:
 def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
     """Check the command line, claim the run directory, then hand over to the @hydra.main app."""
     argv = sys.argv[1:]
+    _typed[:] = argv
     args = parse_command_line()
     if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
         overrides, problems = prepare(

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import build, cli, report
-from pipeline.callbacks import GracefulStop, HydraFilesAtStart
+from pipeline.callbacks import GracefulStop, HydraFilesAtStart, Provenance
 from pipeline.config import CONFIG_DIR, validate, warnings_for
 from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
@@ -33,6 +33,7 @@ from pipeline.errors import (
     is_out_of_memory,
 )
 from pipeline.overrides import shell_word
+from pipeline.provenance import provenance
 from pipeline.rundir import is_launch_rank_zero
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,13 @@ def train(cfg: DictConfig) -> None:
         module = build.build_module(cfg)
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         trainer = build.build_trainer(
-            cfg, run_dir, extra_callbacks=deferred_hydra_files(cfg, run_dir), in_sweep=in_sweep
+            cfg,
+            run_dir,
+            extra_callbacks=[
+                *deferred_hydra_files(cfg, run_dir),
+                Provenance(run_dir=run_dir, info=provenance(cli.command_line(), Path.cwd())),
+            ],
+            in_sweep=in_sweep,
         )
         report.show_line(
             f"Training ResNet18: {cfg.trainer.max_steps} steps, global batch "

@@ -7,6 +7,7 @@ from pipeline.callbacks.gradient_logger import GradientLogger
 from pipeline.callbacks.hydra_files import HydraFilesAtStart
 from pipeline.callbacks.nonfinite import NonFiniteGuard
 from pipeline.callbacks.progress import ProgressBar
+from pipeline.callbacks.provenance import Provenance
 from pipeline.callbacks.run_config import RunConfigInCheckpoint
 from pipeline.callbacks.run_summary import RunSummary
 from pipeline.callbacks.throughput import Throughput
@@ -19,6 +20,7 @@ __all__ = [
     "HydraFilesAtStart",
     "NonFiniteGuard",
     "ProgressBar",
+    "Provenance",
     "RunConfigInCheckpoint",
     "RunSummary",
     "Throughput",
