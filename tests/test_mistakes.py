@@ -108,7 +108,7 @@ def test_a_kill_mid_epoch_loses_at_most_the_timed_checkpoint_interval(
     args = [
         "loss=mse", "data.image_size=32", "data.batch_size=2", "data.num_samples=1000",
         "trainer.max_steps=1000", "callbacks=minimal", "logger=none",
-        "callbacks.checkpoint_every_n_minutes=0.02",
+        "callbacks.checkpoint.every_n_minutes=0.02",
     ]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.train", *args],
@@ -329,3 +329,29 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
     if not torch.cuda.is_available():
         [gpu] = problems_of(run_cli("pipeline.eval", [ckpt, "device=gpu"], tmp_path, torch_home))
         assert gpu.startswith("device=gpu needs a CUDA GPU")
+
+
+def test_keep_last_k_step_checkpoints_and_resume_latest(tmp_path: Path, torch_home: Path) -> None:
+    args = [
+        *SHORT,
+        "trainer.max_steps=4",
+        "callbacks.checkpoint.every_n_steps=1",
+        "callbacks.checkpoint.keep_last_k=2",
+    ]
+    assert run_cli("pipeline.train", args, tmp_path, torch_home).returncode == 0
+    older = only_run_dir(tmp_path)
+    kept = sorted(p.name for p in (older / "checkpoints").iterdir())
+    assert kept == ["last.ckpt", "step-000003.ckpt", "step-000004.ckpt"]
+    assert (
+        torch.load(older / "checkpoints" / "step-000003.ckpt", weights_only=True)["global_step"]
+        == 3
+    )
+    time.sleep(1.1)  # a new HH-MM-SS
+    assert run_cli("pipeline.train", SHORT, tmp_path, torch_home).returncode == 0
+    newer = max((p for p in (tmp_path / "outputs").glob("*/*") if p != older), key=lambda p: p.name)
+    result = run_cli(
+        "pipeline.train", ["resume=latest", "trainer.max_steps=3"], tmp_path, torch_home
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert str(newer) in result.stdout.replace("\n", "")
+    assert torch.load(newer / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3

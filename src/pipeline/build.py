@@ -29,6 +29,7 @@ from pipeline.callbacks import (
     RunConfigInCheckpoint,
     RunSummary,
     Throughput,
+    TimedCheckpoint,
 )
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.config import PIPELINE_TRAINER_KEYS
@@ -151,7 +152,8 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    every = cfg.callbacks.checkpoint_every_n_steps
+    policy = cfg.callbacks.checkpoint
+    every = policy.every_n_steps
     resolved = plain(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
         ModelCheckpoint(
@@ -163,7 +165,12 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
-        *timed_checkpoint(ckpt_dir, cfg.callbacks.checkpoint_every_n_minutes),
+        *(
+            [TimedCheckpoint(checkpoint_path=ckpt_dir / LAST_CHECKPOINT, every_n_minutes=minutes)]
+            if (minutes := policy.every_n_minutes)
+            else []
+        ),
+        *kept_checkpoints(ckpt_dir, policy.keep_last_k, every),
         RunConfigInCheckpoint(resolved),
         GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
         RunSummary(config=resolved, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
@@ -202,18 +209,21 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     return callbacks
 
 
-def timed_checkpoint(ckpt_dir: Path, every_n_minutes: float) -> list[Callback]:
-    """last.ckpt again once `every_n_minutes` of training have passed since the last save
-    (checked at each batch end; under DDP rank 0's clock decides for all), so that a kill
-    never loses more than that. Empty when 0."""
-    if not every_n_minutes:
+def kept_checkpoints(ckpt_dir: Path, keep_last_k: int, every_n_steps: int) -> list[Callback]:
+    """The `keep_last_k` newest checkpoints as step-NNNNNN.ckpt beside last.ckpt, saved when the
+    step-based one is (and at each epoch's end); older ones are deleted. Empty when 0."""
+    if not keep_last_k:
         return []
     return [
         ModelCheckpoint(
             dirpath=ckpt_dir,
-            filename=LAST_CHECKPOINT.removesuffix(".ckpt"),
-            save_top_k=1,
-            train_time_interval=timedelta(minutes=every_n_minutes),
+            filename="step-{step:06d}",
+            auto_insert_metric_name=False,
+            monitor="step",  # the newest K: top K by step
+            mode="max",
+            save_top_k=keep_last_k,
+            every_n_train_steps=every_n_steps or None,
+            save_on_train_epoch_end=True,
             enable_version_counter=False,
         )
     ]

@@ -202,11 +202,13 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
                 "precision=transformer-engine needs an NVIDIA GPU; set precision=bf16-mixed"
             )
 
-    minutes = c.value("callbacks.checkpoint_every_n_minutes")
+    c.int_at_least("callbacks.checkpoint.every_n_steps", 0, 0)
+    c.int_at_least("callbacks.checkpoint.keep_last_k", 0, 0)
+    minutes = c.value("callbacks.checkpoint.every_n_minutes")
     if not _is_number(minutes) or minutes < 0:
         c.problems.append(
-            f"callbacks.checkpoint_every_n_minutes must be a number ≥ 0 (got {minutes!r}; 0: off); "
-            "set callbacks.checkpoint_every_n_minutes=10"
+            f"callbacks.checkpoint.every_n_minutes must be a number ≥ 0 (got {minutes!r}; 0: off); "
+            "set callbacks.checkpoint.every_n_minutes=10"
         )
     c.int_at_least("callbacks.gradients.histogram_every_n_steps", 0, 100)
     c.int_at_least("callbacks.gradient_check.every_n_steps", 0, 50)

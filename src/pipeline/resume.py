@@ -1,4 +1,5 @@
-"""`resume=<run dir>`: continue a run in its own directory, with its own overrides.
+"""`resume=<run dir>` (or `resume=latest`): continue a run in its own directory, with its own
+overrides.
 
 The run's files are not touched until the resumed run is known to work: Hydra is told not to
 rewrite `.hydra/` (hydra.output_subdir=null) and the pipeline writes it once training starts
@@ -21,6 +22,21 @@ DEFER_HYDRA_FILES = "hydra.output_subdir=null"
 NOT_CARRIED = ("ckpt_path=",)  # set anew by every resume
 
 
+LATEST = "latest"
+OUTPUTS = "outputs"  # where runs land (hydra.run.dir and hydra.sweep.dir in conf/train.yaml)
+
+
+def latest_run(outputs: Path) -> Path | None:
+    """The run under `outputs` (sweep jobs included) whose last.ckpt was written last."""
+    checkpoints = [
+        ckpt
+        for ckpt in outputs.glob(f"**/{LAST_CHECKPOINT}")
+        if (ckpt.parents[1] / SAVED_OVERRIDES).is_file()
+    ]
+    newest = max(checkpoints, key=lambda p: p.stat().st_mtime, default=None)
+    return newest.parents[1] if newest is not None else None
+
+
 @dataclass(frozen=True)
 class Resume:
     """A command line with `resume=` expanded."""
@@ -37,6 +53,13 @@ def expand_resume(overrides: list[str]) -> Resume:
     if not wanted:
         return Resume(overrides, None, [])
     given = wanted[-1][len(RESUME_KEY) :]
+    if given == LATEST:
+        newest = latest_run(Path(OUTPUTS))
+        if newest is None:
+            return Resume(overrides, None, [
+                f"resume=latest: no run under {OUTPUTS}/ has a {LAST_CHECKPOINT}; give the run's folder: resume=<dir>"
+            ])  # fmt: skip
+        given = str(newest)
     run_dir = Path(given).expanduser().absolute()
     saved, ckpt = run_dir / SAVED_OVERRIDES, run_dir / LAST_CHECKPOINT
     if not saved.is_file():

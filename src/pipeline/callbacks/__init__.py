@@ -11,6 +11,7 @@ from pipeline.callbacks.provenance import Provenance
 from pipeline.callbacks.run_config import RunConfigInCheckpoint
 from pipeline.callbacks.run_summary import RunSummary
 from pipeline.callbacks.throughput import Throughput
+from pipeline.callbacks.timed_checkpoint import TimedCheckpoint
 
 __all__ = [
     "AnalyticGradientCheck",
@@ -24,4 +25,5 @@ __all__ = [
     "RunConfigInCheckpoint",
     "RunSummary",
     "Throughput",
+    "TimedCheckpoint",
 ]
