@@ -328,7 +328,8 @@ def time_plain(
     )
     optimizer = factory(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
-    batches = iter(build.build_datamodule(cfg).train_dataloader())
+    datamodule = build.build_datamodule(cfg)
+    batches = iter(datamodule.train_dataloader())
     b, s = cfg.data.batch_size, cfg.data.image_size
     # The CUDA flags the run would set (the naive loop: torch's defaults), for this loop only.
     flags = TORCH_DEFAULTS if naive else flags_for(**build.cuda_flag_settings(cfg))
@@ -341,7 +342,8 @@ def time_plain(
                     torch.rand(b, cfg.model.num_classes, device=device),
                 )
             else:
-                data, labels = (t.to(device, non_blocking=True) for t in next(batches))
+                indices = next(batches).indices.to(device, non_blocking=True)
+                data, labels = datamodule.samples(indices, "train", device)
                 if nhwc:
                     data = data.contiguous(memory_format=torch.channels_last)
                 if cfg.precision == "64-true":
