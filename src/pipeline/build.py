@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.callbacks import (
     AnalyticGradientCheck,
     CudaFlags,
+    GpuMemory,
     GracefulStop,
     GradientLogger,
     NonFiniteGuard,
@@ -161,7 +162,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         Throughput(),
     ]
     if uses_cuda(cfg):
-        callbacks.append(CudaFlags(**cuda_flag_settings(cfg)))
+        callbacks += [CudaFlags(**cuda_flag_settings(cfg)), GpuMemory()]
     if cfg.trainer.detect_nonfinite != "off":
         callbacks.append(
             NonFiniteGuard(
