@@ -38,7 +38,7 @@ def test_a_sample_alone_equals_it_inside_any_batch_in_any_order(label_kind: str)
     shuffled_images, shuffled_labels = _make([6, 5, 0, 3], label_kind=label_kind)
     assert torch.equal(shuffled_images, images[[6, 5, 0, 3]])
     assert torch.equal(shuffled_labels, labels[[6, 5, 0, 3]])
-    # A CPU makes a big batch in blocks of positions (here 3 of 1,024), a lone sample in one.
+    # A CPU makes a big batch in blocks of positions (here 6 of 512), a lone sample in one.
     big, _ = _make(list(range(64)), label_kind=label_kind, image_size=32)
     assert torch.equal(big[40], _make([40], label_kind=label_kind, image_size=32)[0][0])
 

@@ -27,7 +27,9 @@ _MASK32 = 0xFFFFFFFF
 _MUL1, _MUL2 = 0x21F0AAAD, 0x735A2D97
 _POSITION_KEY = 0x9E3779B9  # keeps position 0 from hashing the zero word
 _UNIT = 2.0**-24  # 24 random bits a value: exact in float32, like torch.rand
-CPU_BLOCK_VALUES = 2**16  # int64 values a block holds on a CPU: 512 KB, within a core's L2
+CPU_BLOCK_VALUES = (
+    2**15
+)  # int64 values a block holds on a CPU: 256 KB, within a core's L2; at or below torch's grain size (32,768), so each pass runs on the calling thread, with no wait for the pool's other threads
 
 Word = TypeVar("Word", int, Tensor)
 
