@@ -71,9 +71,9 @@ def _uniform(sample_keys: Tensor, first: int, count: int) -> Tensor:
     width = count if device.type != "cpu" else max(1, CPU_BLOCK_VALUES // max(n, 1))
     for start in range(0, count, width):
         block = _values(sample_keys, first + start, min(width, count - start))
-        block >>= 8
-        out[:, start : start + block.shape[1]] = block  # exact: below 2**24
-    return out.mul_(_UNIT)
+        block >>= 8  # below 2**24: exact in float32, as is the product with 2**-24
+        torch.mul(block, _UNIT, out=out[:, start : start + block.shape[1]])
+    return out
 
 
 def make_batch(
