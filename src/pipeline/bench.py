@@ -46,7 +46,7 @@ from pipeline import build, cli, report
 from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE
 from pipeline.config import CONFIG_DIR, validate
-from pipeline.data import SPLITS, SyntheticDataModule
+from pipeline.data import SyntheticDataModule
 from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
 from pipeline.losses import LOSSES
 from pipeline.model import compiled_forward
@@ -313,11 +313,11 @@ def time_data(datamodule: SyntheticDataModule, device: torch.device, rounds: int
     batch = datamodule.batch_size
     indices = torch.arange(batch)
     make_s, numpy_s = [], []
-    datamodule.samples(indices, SPLITS[0], device)  # warm-up: CUDA context, kernel caches
+    datamodule.samples(indices, "train", device)  # warm-up: CUDA context, kernel caches
     for _ in range(rounds):
         _sync(device)
         start = time.perf_counter()
-        datamodule.samples(indices, SPLITS[0], device)
+        datamodule.samples(indices, "train", device)
         _sync(device)
         make_s.append(time.perf_counter() - start)
         start = time.perf_counter()

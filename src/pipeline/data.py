@@ -10,6 +10,7 @@ any number of workers, in any order. No image bytes are made on the host or copi
 from __future__ import annotations
 
 import gc
+import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple, TypeVar
 
@@ -21,6 +22,9 @@ from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 from pipeline.losses import LabelKind
 
 SPLITS = ("train", "val")
+# Lightning suggests more DataLoader workers on a machine with more than 2 cores; these loaders
+# yield index tensors only, so a worker would have nothing to do.
+warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers")
 _MASK32 = 0xFFFFFFFF
 # A 32-bit integer hash (xorshift-multiply, from Wellons' hash-prospector): both multipliers are
 # below 2**31, so x·c < 2**63 for any 32-bit x and int64 never overflows, on any device.
