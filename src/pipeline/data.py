@@ -31,9 +31,9 @@ _MASK32 = 0xFFFFFFFF
 _MUL1, _MUL2 = 0x21F0AAAD, 0x735A2D97
 _POSITION_KEY = 0x9E3779B9  # keeps position 0 from hashing the zero word
 _UNIT = 2.0**-24  # 24 random bits a value: exact in float32, like torch.rand
-CPU_BLOCK_VALUES = (
-    2**15
-)  # int64 values a block holds on a CPU: 256 KB, within a core's L2; at or below torch's grain size (32,768), so each pass runs on the calling thread, with no wait for the pool's other threads
+# int64 values a block holds on a CPU: 256 KB, within a core's L2, and at torch's grain size
+# (32,768), so each pass runs on the calling thread, with no wait for the pool's other threads.
+CPU_BLOCK_VALUES = 2**15
 
 Word = TypeVar("Word", int, Tensor)
 
@@ -95,8 +95,9 @@ def make_batch(
     made on `device`. Labels are the elements after the image: (N, num_classes) uniform floats
     for label_kind "dense", (N,) class ids for "index". Pure: equal arguments give bitwise
     equal tensors on any device. Cost: ~14 elementwise int64 passes over N·C·H·W values; on
-    CUDA one kernel each, with int64 temporaries of that size (~1.2 GB at batch 256 of
-    3×224×224); on a CPU in cache-sized blocks (~1.5 ms an image at 224×224 on one core here)."""
+    CUDA one kernel each, with int64 temporaries of that size (~0.8 GB at batch 256 of
+    3×224×224); on a CPU in cache-sized blocks (2–3 ms an image at 224×224 here, about what
+    numpy's generator cost: docs/benchmarks.md)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
     indices = indices.to(device=device, dtype=torch.int64)
