@@ -102,6 +102,8 @@ def test_the_loader_carries_indices_and_the_hook_makes_samples_with_any_workers(
     expected = make_batch(torch.arange(4), seed=7, split="train", image_size=16, channels=3,
                           num_classes=10, label_kind="dense", device="cpu")  # fmt: skip
     assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+    example_input = torch.zeros(1, 3, 16, 16)  # Lightning's, for the summary and the graph
+    assert module.on_after_batch_transfer(example_input, 0) is example_input
     (val,) = list(module.val_dataloader())
     assert val.split == "val"
     with_workers = [b.indices.tolist() for b in _module(num_workers=2).train_dataloader()]

@@ -190,8 +190,12 @@ class SyntheticDataModule(pl.LightningDataModule):
                           channels=self.channels, num_classes=self.num_classes,
                           label_kind=self.label_kind, device=device)  # fmt: skip
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        """Lightning's hook, after the IndexBatch reached the device: its images and labels."""
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning's hook, after a batch reached the device: an IndexBatch's images and labels.
+        Anything else passes as it is (Lightning sends the model's example input through here
+        for the model summary and TensorBoard's graph)."""
+        if not isinstance(batch, IndexBatch):
+            return batch
         return self.samples(batch.indices, batch.split, batch.indices.device)
 
     def _loader(self, split: str, skip: int = 0) -> DataLoader[IndexBatch]:
