@@ -191,12 +191,15 @@ class SyntheticDataModule(pl.LightningDataModule):
                           label_kind=self.label_kind, device=device)  # fmt: skip
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Lightning's hook, after a batch reached the device: an IndexBatch's images and labels.
-        Anything else passes as it is (Lightning sends the model's example input through here
-        for the model summary and TensorBoard's graph)."""
+        """Lightning's hook, after a batch reached the device: an IndexBatch's images and labels,
+        in the run's precision (Lightning converted the batch before the transfer, when it held
+        indices only: 64-true wants float64 images, 16-true and bf16-true half ones). Anything
+        else passes as it is (Lightning sends the model's example input through here for the
+        model summary and TensorBoard's graph)."""
         if not isinstance(batch, IndexBatch):
             return batch
-        return self.samples(batch.indices, batch.split, batch.indices.device)
+        made = self.samples(batch.indices, batch.split, batch.indices.device)
+        return made if self.trainer is None else self.trainer.precision_plugin.convert_input(made)
 
     def _loader(self, split: str, skip: int = 0) -> DataLoader[IndexBatch]:
         indices = range(self.num_samples[split])
