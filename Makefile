@@ -1,12 +1,14 @@
 # make train   — create .venv if missing, install, run `python -m pipeline.train $(ARGS)`
 # make test    — install, then ruff, mypy and the whole pytest suite
 # make test-fast — the unit tests alone (no CLI runs, no Trainer fits): seconds, not minutes
+# make gpu-check — on a GPU machine, every GPU check in one call (< 8 min on an H200); elsewhere prints the plan
+# make gpu-wheels — the wheels gpu-check installs on a bare GPU machine (run here, where PyPI is reachable)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 ARGS ?=
 
-.PHONY: install train test test-fast lint tensorboard bench clean
+.PHONY: install train test test-fast lint tensorboard bench gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,6 +37,13 @@ tensorboard: install
 
 bench: install
 	$(PY) -m pipeline.bench $(ARGS)
+
+# No install: a bare GPU machine's python3 has torch and lightning; gpu-check adds the rest from wheels/.
+gpu-check:
+	PYTHONPATH=src $(if $(wildcard $(PY)),$(PY),python3) -m pipeline.gpu_check
+
+gpu-wheels: install
+	$(PY) -m pip wheel --quiet --wheel-dir wheels 'hydra-core>=1.3,<1.4' 'omegaconf>=2.3,<2.4'
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

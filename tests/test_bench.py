@@ -16,6 +16,7 @@ from pipeline.bench import (
     Rounds,
     StepTimer,
     amortized,
+    data_share,
     first_step_seconds,
     knob_configs,
     parse_knob,
@@ -198,6 +199,35 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
     assert set(figures["images_per_sec"]) >= {"plain", "pipeline", "naive", "bare", "+progress bar"}
     assert all(v > 0 for v in figures["images_per_sec"].values())
     assert "pipeline / plain" in result.stdout
+    assert figures["data"]["make_us_per_image"] > 0 and 0 < figures["data"]["share_of_step"] < 1
+
+
+def test_the_data_path_alone_against_the_numpy_path(tmp_path: Path, torch_home: Path) -> None:
+    args = ["bench.data_only=true", "data.image_size=16", "data.batch_size=4", "bench.rounds=2",
+            f"bench.output={tmp_path / 'data.json'}"]  # fmt: skip
+    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads((tmp_path / "data.json").read_text())
+    assert (figures["image_size"], figures["batch_size"], figures["device"]) == (16, 4, "cpu")
+    speedup = figures["numpy_us_per_image"] / figures["make_us_per_image"]
+    assert figures["make_over_numpy_speedup"] == pytest.approx(speedup)
+    assert "µs an image (16×16, batch 4, cpu)" in result.stdout.replace("\n", "")
+
+
+def test_the_data_share_of_a_step() -> None:
+    assert data_share(make_us_per_image=50.0, batch=256, step_s=0.0256) == pytest.approx(0.5)
+
+
+def test_the_numpy_reference_is_the_old_data_path() -> None:
+    """Uniform float32 images, one PCG64 stream per sample: what the DataLoader's workers made."""
+    import numpy as np
+
+    from pipeline.bench import numpy_reference_images
+
+    images = numpy_reference_images(range(2, 4), seed=7, image_size=8, channels=3)
+    assert images.shape == (2, 3, 8, 8) and images.dtype == torch.float32
+    stream = np.random.Generator(np.random.PCG64(np.random.SeedSequence([7, 0, 3])))
+    assert torch.equal(images[1], torch.from_numpy(stream.random((3, 8, 8), dtype=np.float32)))
 
 
 def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_home: Path) -> None:

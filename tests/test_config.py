@@ -55,7 +55,7 @@ def test_every_option_composes_and_instantiates(
     data = build.build_datamodule(cfg)
     trainer = build.build_trainer(cfg, tmp_path)
     assert module.optimizer_factory(module.parameters()) is not None
-    assert len(data.train_set) == cfg.data.num_samples
+    assert len(data.train_dataloader().dataset) == cfg.data.num_samples
     assert trainer.max_steps == cfg.trainer.max_steps
 
 

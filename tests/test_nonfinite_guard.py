@@ -48,6 +48,7 @@ def _diverge(
     return str(stop.value), ckpt, trainer.global_step
 
 
+@pytest.mark.gpu  # on CUDA where there is one: the path a GPU run takes
 @pytest.mark.parametrize(
     "extra", [[], ["optimizer=adam", "optimizer.lr=1e20"]], ids=["sgd", "adam"]
 )

@@ -8,7 +8,7 @@ import torch
 from torchvision.models import resnet18
 
 from conftest import only_run_dir, run_cli
-from pipeline.data import SyntheticImages
+from pipeline.data import make_batch
 
 STEPS, BATCH, SIZE, SEED = 3, 4, 32, 42
 
@@ -18,19 +18,17 @@ def notebook_loop(initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     model = resnet18()
     model.load_state_dict(initial)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    data = SyntheticImages(
-        num_samples=STEPS * BATCH,
-        image_size=SIZE,
-        channels=3,
-        num_classes=1000,
-        label_kind="dense",
-        seed=SEED,
-        split="train",
-    )
     for step in range(STEPS):
-        samples = [data[i] for i in range(step * BATCH, (step + 1) * BATCH)]
-        images = torch.stack([s[0] for s in samples])  # (B, 3, H, W)
-        labels = torch.stack([s[1] for s in samples])  # (B, 1000)
+        images, labels = make_batch(  # (B, 3, H, W), (B, 1000): the samples the pipeline makes
+            torch.arange(step * BATCH, (step + 1) * BATCH),
+            seed=SEED,
+            split="train",
+            image_size=SIZE,
+            channels=3,
+            num_classes=1000,
+            label_kind="dense",
+            device="cpu",
+        )
         optimizer.zero_grad()
         prediction = model(images)
         loss = (prediction - labels).sum()

@@ -22,7 +22,10 @@ from torch import nn
 from pipeline import build
 from pipeline.cli import _compose
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm is CUDA-only")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="SyncBatchNorm is CUDA-only"),
+]
 B, STEPS = 4, 3
 OVERRIDES = ["loss=mse", "data.image_size=64", f"data.batch_size={B}", "model.num_classes=10"]
 
@@ -34,12 +37,12 @@ def _setup() -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tens
     cfg = _compose("train", OVERRIDES)
     torch.manual_seed(cfg.seed)
     module = build.build_module(cfg)
-    data = build.build_datamodule(cfg)
-    data.setup("fit")
-    images, labels = zip(*(data.train_set[i] for i in range(2 * B)), strict=True)
+    images, labels = build.build_datamodule(cfg).samples(
+        torch.arange(2 * B), "train", torch.device("cuda")
+    )
     net = module.net.cuda().double()
     optimizer = module.optimizer_factory(net.parameters())
-    return net, optimizer, torch.stack(images).double(), torch.stack(labels).double()
+    return net, optimizer, images.double(), labels.double()
 
 
 def _train(net: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,

@@ -11,7 +11,9 @@ fire every N steps are counted), with the device synchronized only at the two en
 window (the host may run ahead of a GPU, as in training), and the report is the median over
 rounds. The order of the
 variants turns every round, so none always runs first or after the same neighbour. The first
-step of the first round is reported apart (torch.compile compiles in it). Writes a table, and
+step of the first round is reported apart (torch.compile compiles in it). Then the data path
+alone: µs to make an image of the run's batch on its device, against the numpy path it replaced,
+and that time's share of a pipeline step (bench.data_only=true: only this). Writes a table, and
 bench.output as JSON.
 """
 
@@ -34,6 +36,7 @@ from typing import Any, cast
 
 import hydra
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
@@ -43,6 +46,7 @@ from pipeline import build, cli, report
 from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
 from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE
 from pipeline.config import CONFIG_DIR, validate
+from pipeline.data import SyntheticDataModule
 from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
 from pipeline.losses import LOSSES
 from pipeline.model import compiled_forward
@@ -285,6 +289,52 @@ class StepTimer(pl.Callback):
             self.waits.append(self._start - previous_end)
 
 
+def numpy_reference_images(
+    indices: range, *, seed: int, image_size: int, channels: int
+) -> torch.Tensor:
+    """The data path make_batch replaced, kept here only to measure against: one numpy PCG64
+    stream per training sample, seeded by SeedSequence([seed, split, index]), float32 draws,
+    one sample at a time (as the DataLoader called it), stacked as its collate did."""
+    shape = (channels, image_size, image_size)
+    images = [
+        torch.from_numpy(
+            np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 0, i]))).random(
+                shape, dtype=np.float32
+            )
+        )
+        for i in indices
+    ]
+    return torch.stack(images)  # (B, C, H, W)
+
+
+def time_data(datamodule: SyntheticDataModule, device: torch.device, rounds: int) -> dict[str, Any]:
+    """µs per image of the run's batch: make_batch on the run's device (synchronized) and the
+    numpy path on this process's CPU, interleaved over `rounds`, medians."""
+    batch = datamodule.batch_size
+    indices = torch.arange(batch)
+    make_s, numpy_s = [], []
+    datamodule.samples(indices, "train", device)  # warm-up: CUDA context, kernel caches
+    for _ in range(rounds):
+        _sync(device)
+        start = time.perf_counter()
+        datamodule.samples(indices, "train", device)
+        _sync(device)
+        make_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        numpy_reference_images(range(batch), seed=datamodule.seed,
+                               image_size=datamodule.image_size, channels=datamodule.channels)  # fmt: skip
+        numpy_s.append(time.perf_counter() - start)
+    make_us, numpy_us = (statistics.median(t) / batch * 1e6 for t in (make_s, numpy_s))
+    return {
+        "image_size": datamodule.image_size,
+        "batch_size": batch,
+        "device": str(device),
+        "make_us_per_image": make_us,
+        "numpy_us_per_image": numpy_us,
+        "make_over_numpy_speedup": numpy_us / make_us,
+    }
+
+
 def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
     """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
     pl.seed_everything(cfg.seed, verbose=False)
@@ -328,7 +378,8 @@ def time_plain(
     )
     optimizer = factory(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
-    batches = iter(build.build_datamodule(cfg).train_dataloader())
+    datamodule = build.build_datamodule(cfg)
+    batches = iter(datamodule.train_dataloader())
     b, s = cfg.data.batch_size, cfg.data.image_size
     # The CUDA flags the run would set (the naive loop: torch's defaults), for this loop only.
     flags = TORCH_DEFAULTS if naive else flags_for(**build.cuda_flag_settings(cfg))
@@ -341,7 +392,8 @@ def time_plain(
                     torch.rand(b, cfg.model.num_classes, device=device),
                 )
             else:
-                data, labels = (t.to(device, non_blocking=True) for t in next(batches))
+                indices = next(batches).indices.to(device, non_blocking=True)
+                data, labels = datamodule.samples(indices, "train", device)
                 if nhwc:
                     data = data.contiguous(memory_format=torch.channels_last)
                 if cfg.precision == "64-true":
@@ -476,7 +528,16 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
         startup = time_startup(overrides, Path(tmp) / "startup") if b.startup else None
     figures = summarize(rounds, cfg.data.batch_size, frequencies, startup, device)
     figures["knobs_skipped"] = skipped
+    data = time_data(build.build_datamodule(train_cfg), device, b.rounds)
+    step_s = statistics.median(rounds["pipeline"].step_s)
+    figures["data"] = data | {"share_of_step": data_share(data["make_us_per_image"], cfg.data.batch_size, step_s)}  # fmt: skip
     return figures
+
+
+def data_share(make_us_per_image: float, batch: int, step_s: float) -> float:
+    """The share of a step spent making its batch: on a GPU the making is queued with the step's
+    other kernels, so the wait for data (a host figure) does not show it."""
+    return make_us_per_image * 1e-6 * batch / step_s
 
 
 def summarize(
@@ -527,6 +588,7 @@ def show(figures: dict[str, Any]) -> None:
     table.add_column("± a round", justify="right")
     table.add_column("cost", justify="right")
     table.add_column("first step", justify="right")
+    table.add_column("peak memory", justify="right")
     costs = {
         **{n: f"{c:+.1%} vs bare" for n, c in figures.get("instrument_costs", {}).items()},
         **{n: f"{c:+.1%} vs pipeline" for n, c in figures["knob_effects"].items()},
@@ -534,12 +596,14 @@ def show(figures: dict[str, Any]) -> None:
     for name, ips in figures["images_per_sec"].items():
         first = figures["first_step_s"][name]
         table.add_row(name, f"{ips:.1f}", f"{figures['round_spread'][name]:.1%}", costs.get(name, ""),
-                      "" if first is None else f"{first:.2f} s")  # fmt: skip
+                      "" if first is None else f"{first:.2f} s",
+                      f"{figures['peak_memory_mb'][name] / 1024:.2f} GB")  # fmt: skip
     report.console.print(table)
     report.console.print(
         f"pipeline / plain = {figures['pipeline_over_plain']:.3f}   pipeline / naive = {figures['pipeline_over_naive']:.3f}   "
         f"data wait = {figures['data_wait_share']:.2%} of step time"
     )
+    show_data(figures["data"])
     if "pipeline_over_bare_cost" in figures:
         report.console.print(
             f"default instruments together (pipeline over bare): {figures['pipeline_over_bare_cost']:+.1%}"
@@ -550,6 +614,19 @@ def show(figures: dict[str, Any]) -> None:
         report.console.print(
             f"command to first training step: {figures['startup_to_first_step_s']:.2f} s"
         )
+
+
+def show_data(data: dict[str, Any]) -> None:
+    share = (
+        f"; making a batch is {data['share_of_step']:.2%} of a pipeline step"
+        if "share_of_step" in data
+        else ""
+    )
+    report.console.print(
+        f"data: {data['make_us_per_image']:.1f} µs an image ({data['image_size']}×{data['image_size']}, batch "
+        f"{data['batch_size']}, {data['device']}) against {data['numpy_us_per_image']:.1f} µs on the old numpy "
+        f"path: {data['make_over_numpy_speedup']:.2f}× faster{share}"
+    )
 
 
 def validate_bench(cfg: DictConfig) -> list[str]:
@@ -601,6 +678,9 @@ def bench(cfg: DictConfig) -> None:
         report.console.print(
             f"growth from step {cfg.bench.soak_every} to the end: {figures['growth_after_first_sample_mb']:+.1f} MB"
         )
+    elif cfg.bench.data_only:
+        figures = time_data(build.build_datamodule(cfg), build.run_device(cfg), cfg.bench.rounds)
+        show_data(figures)
     else:
         try:
             figures = run_benchmark(cfg, list(HydraConfig.get().overrides.task))

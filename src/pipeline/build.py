@@ -5,7 +5,6 @@ Nothing after this module reads the config object.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.callbacks import (
     AnalyticGradientCheck,
     CudaFlags,
+    GpuMemory,
     GracefulStop,
     GradientLogger,
     NonFiniteGuard,
@@ -61,15 +61,9 @@ def run_device(cfg: DictConfig) -> torch.device:
 
 
 def num_workers(cfg: DictConfig) -> int:
-    """data.num_workers, with auto resolved: on CUDA, workers make the images while the GPU
-    trains (on an H200, 4 cut the wait for data from 30% to 11% of a step): up to 4 per process,
-    half the cores shared among the node's processes. On a CPU they take the cores that train (0)."""
-    if cfg.data.num_workers != "auto":
-        return int(cfg.data.num_workers)
-    if not uses_cuda(cfg):
-        return 0
-    devices = cfg.device.devices if cfg.device.devices > 0 else torch.cuda.device_count()
-    return max(1, min(4, (os.cpu_count() or 1) // (2 * max(devices, 1))))  # per process
+    """data.num_workers, with auto resolved to 0: the loader yields sample indices only, and the
+    images are made on the run's device, so a worker process would have nothing to do."""
+    return 0 if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
 
 
 def channels_last(cfg: DictConfig) -> bool:
@@ -109,7 +103,6 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
         num_classes=cfg.model.num_classes,
         label_kind=LOSSES[cfg.loss.name].label_kind,
         seed=cfg.seed,
-        pin_memory=uses_cuda(cfg),
     )
 
 
@@ -177,7 +170,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         Throughput(compile=bool(cfg.model.get("compile", False))),
     ]
     if uses_cuda(cfg):
-        callbacks.append(CudaFlags(**cuda_flag_settings(cfg)))
+        callbacks += [CudaFlags(**cuda_flag_settings(cfg)), GpuMemory()]
     if cfg.trainer.detect_nonfinite != "off":
         callbacks.append(
             NonFiniteGuard(

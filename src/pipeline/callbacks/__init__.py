@@ -1,6 +1,7 @@
 """Thin Lightning hooks; the math they call lives in pure functions elsewhere in the package."""
 
 from pipeline.callbacks.cuda_flags import CudaFlags
+from pipeline.callbacks.gpu_memory import GpuMemory
 from pipeline.callbacks.graceful_stop import GracefulStop
 from pipeline.callbacks.gradient_check import AnalyticGradientCheck
 from pipeline.callbacks.gradient_logger import GradientLogger
@@ -16,6 +17,7 @@ from pipeline.callbacks.timed_checkpoint import TimedCheckpoint
 __all__ = [
     "AnalyticGradientCheck",
     "CudaFlags",
+    "GpuMemory",
     "GracefulStop",
     "GradientLogger",
     "HydraFilesAtStart",

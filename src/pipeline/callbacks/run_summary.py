@@ -1,5 +1,5 @@
 """The run's config in TensorBoard: the `config` text and the Custom Scalars layout at start,
-HParams with final metrics at end.
+HParams with final metrics at end (on CUDA, the peak GPU memory too, also in train.log).
 
 HParams lets a sweep's jobs be compared side by side in TensorBoard's HParams tab.
 Rank 0 only (Lightning's loggers write nothing on other ranks).
@@ -7,16 +7,23 @@ Rank 0 only (Lightning's loggers write nothing on other ranks).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from pipeline.callbacks.gpu_memory import PEAK_TAG, gpu_memory_figures
+
+log = logging.getLogger(__name__)
 
 CUSTOM_SCALARS = {  # TensorBoard's Custom Scalars tab: one chart per list of tag regexes
     "training": {
         "loss": ["Multiline", ["train/loss", "val/loss"]],
         "learning rate": ["Multiline", ["train/lr"]],
         "throughput": ["Multiline", ["perf/images_per_sec"]],
+        "GPU memory (GB)": ["Multiline", [r"perf/gpu_mem_.*"]],
     },
     "gradients": {
         "gradient norm per block": ["Multiline", [r"grad_norm/.*"]],
@@ -43,7 +50,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 class RunSummary(pl.Callback):
     """Writes the resolved YAML as text tag `config`, the custom-scalars layout, and the flattened
-    config as hparams with final metrics hparams/train_loss and hparams/val_loss. Three small
+    config as hparams with final metrics hparams/train_loss and hparams/val_loss, and on CUDA
+    hparams/gpu_mem_peak_gb (rank 0's peak GB held by tensors, also logged). Three small
     writes a run."""
 
     def __init__(self, *, config: dict[str, Any], config_yaml: str) -> None:
@@ -64,12 +72,16 @@ class RunSummary(pl.Callback):
             tb.experiment.add_custom_scalars(CUSTOM_SCALARS)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tb = self._tensorboard(trainer)
-        if tb is None:
-            return
         metrics = {
             final: float(trainer.callback_metrics[tag])
             for tag, final in FINAL_METRICS.items()
             if tag in trainer.callback_metrics
         }
+        if pl_module.device.type == "cuda":
+            peak = gpu_memory_figures(torch.cuda.memory_stats(pl_module.device))[PEAK_TAG]
+            metrics["hparams/gpu_mem_peak_gb"] = peak
+            log.info("peak GPU memory held by tensors: %.2f GB", peak)
+        tb = self._tensorboard(trainer)
+        if tb is None:
+            return
         tb.log_hyperparams(flatten(self.config), metrics=metrics)

@@ -1,0 +1,114 @@
+"""`make gpu-check` (`python -m pipeline.gpu_check`): every check that needs a GPU, in one call.
+
+On a CUDA machine, in under 8 minutes on one H200: installs what a bare GPU machine lacks
+(hydra-core, omegaconf) from wheels carried in wheels/ (`make gpu-wheels` fills it); runs the
+tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed model.channels_last=true
+loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults' 64×64 batch 32; writes
+each bench's JSON and gpu-check.json to $GPU_CHECK_OUT (default docs/) and prints a summary
+naming the card. Without CUDA it prints what it would run and exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+WHEELS = Path("wheels")
+MISSING_ON_BARE_GPU = {"hydra": "hydra-core", "omegaconf": "omegaconf"}  # module: distribution
+BENCH = ["-m", "pipeline.bench", "device=gpu", "loss=mse", "bench.features=false",
+         "bench.startup=false", "bench.knobs=[]", "bench.rounds=5", "bench.warmup_steps=5"]  # fmt: skip
+BENCHES = {  # name: the bench's overrides
+    "224": [
+        "data.image_size=224",
+        "data.batch_size=256",
+        "precision=bf16-mixed",
+        "model.channels_last=true",
+        "bench.steps=30",
+    ],
+    "64": ["data.image_size=64", "data.batch_size=32", "bench.steps=50"],
+}
+
+
+@dataclass
+class Check:
+    name: str
+    argv: list[str]
+    timeout_s: int  # the budgets add up to 8 minutes
+    output: Path | None = None  # the bench's JSON
+
+
+def plan(python: str, out_dir: Path) -> list[Check]:
+    """The checks, in order: the gpu-marked tests, then the benches."""
+    checks = [Check("tests marked gpu", [python, "-m", "pytest", "-m", "gpu", "-q", "tests"], 240)]
+    for name, overrides in BENCHES.items():
+        output = out_dir / f"gpu-check-bench-{name}.json"
+        argv = [python, *BENCH, *overrides, f"bench.output={output}"]
+        checks.append(Check(f"bench {name}×{name}", argv, 150 if name == "224" else 90, output))
+    return checks
+
+
+def install_command(python: str) -> list[str] | None:
+    """pip's command for what this Python lacks, from the carried wheels; None if nothing."""
+    missing = [dist for module, dist in MISSING_ON_BARE_GPU.items()
+               if importlib.util.find_spec(module) is None]  # fmt: skip
+    if not missing:
+        return None
+    return [python, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS), *missing]
+
+
+def bench_summary(name: str, figures: dict[str, Any]) -> str:
+    """One line of a bench's figures: images/s, the ratios the issue sets targets for, data."""
+    ips, data = figures["images_per_sec"], figures["data"]
+    return (
+        f"{name}: pipeline {ips['pipeline']:.0f} images/s, plain {ips['plain']:.0f}, naive "
+        f"{ips['naive']:.0f}; pipeline/plain {figures['pipeline_over_plain']:.3f}, pipeline/naive "
+        f"{figures['pipeline_over_naive']:.3f}; data {data['make_us_per_image']:.1f} µs an image, "
+        f"{data['share_of_step']:.2%} of a step; peak {figures['peak_memory_mb']['pipeline'] / 1024:.2f} GB"
+    )
+
+
+def main() -> None:
+    out_dir = Path(os.environ.get("GPU_CHECK_OUT", "docs")).resolve()
+    checks = plan(sys.executable, out_dir)
+    install = install_command(sys.executable)
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here; on a GPU machine it runs:")
+        for argv in ([install] if install else []) + [c.argv for c in checks]:
+            print("  " + shlex.join(argv))
+        return
+    if install:
+        subprocess.run(install, check=True)
+    card = torch.cuda.get_device_name(0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"card": card, "torch": torch.__version__, "checks": {}}
+    for check in checks:
+        print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
+        start = time.perf_counter()
+        try:
+            code = subprocess.run(check.argv, timeout=check.timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+        results["checks"][check.name] = {"exit": code, "seconds": time.perf_counter() - start}
+    (out_dir / "gpu-check.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\ngpu-check on {card} (torch {torch.__version__}):")
+    for check in checks:
+        outcome = results["checks"][check.name]
+        status = {0: "passed", -1: "timed out"}.get(outcome["exit"], f"exit {outcome['exit']}")
+        print(f"  {check.name}: {status} in {outcome['seconds']:.0f} s")
+        if check.output is not None and outcome["exit"] == 0:
+            print("    " + bench_summary(check.name, json.loads(check.output.read_text())))
+    sys.exit(0 if all(r["exit"] == 0 for r in results["checks"].values()) else 1)
+
+
+if __name__ == "__main__":
+    main()

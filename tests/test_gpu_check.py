@@ -1,0 +1,59 @@
+"""`make gpu-check`: without a GPU it prints what it would run and exits 0."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.gpu_check import bench_summary, install_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_without_a_gpu_make_gpu_check_prints_the_plan_and_exits_0() -> None:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", GPU_CHECK_OUT="/nonexistent/out")
+    result = subprocess.run(["make", "--no-print-directory", "gpu-check", f"PY={sys.executable}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith("-m pipeline.gpu_check")  # make echoes the command
+    assert lines[1] == "gpu-check: no CUDA device here; on a GPU machine it runs:"
+    assert any("-m pytest -m gpu" in line for line in lines)
+    (big,) = [line for line in lines if "data.image_size=224" in line]
+    for override in ("data.batch_size=256", "precision=bf16-mixed", "model.channels_last=true",
+                     "loss=mse", "bench.output=/nonexistent/out/gpu-check-bench-224.json"):  # fmt: skip
+        assert override in big
+    assert any("data.image_size=64 data.batch_size=32" in line for line in lines)
+    assert not Path("/nonexistent/out").exists()  # a dry run writes nothing
+
+
+def test_what_a_bare_gpu_machine_lacks_comes_from_the_carried_wheels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert install_command("python3") is None  # everything is installed here
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "hydra" else real(name)
+    )
+    assert install_command("python3") == [
+        "python3", "-m", "pip", "install", "--no-index", "--find-links", "wheels", "hydra-core"
+    ]  # fmt: skip
+
+
+def test_a_bench_summary_names_the_figures_the_targets_are_about() -> None:
+    figures = {
+        "images_per_sec": {"pipeline": 10240.4, "plain": 10500.0, "naive": 4100.0},
+        "pipeline_over_plain": 0.9753,
+        "pipeline_over_naive": 2.4977,
+        "data": {"make_us_per_image": 0.41, "share_of_step": 0.0042},
+        "peak_memory_mb": {"pipeline": 12288.0},
+    }
+    assert bench_summary("bench 224×224", figures) == (
+        "bench 224×224: pipeline 10240 images/s, plain 10500, naive 4100; pipeline/plain 0.975, "
+        "pipeline/naive 2.498; data 0.4 µs an image, 0.42% of a step; peak 12.00 GB"
+    )
