@@ -42,6 +42,7 @@ def test_event_files_hold_every_tag_with_sane_values(run_dir: Path) -> None:
         "train/lr",
         "perf/images_per_sec",
         "grad_norm/total",
+        "update_ratio/total",
         "grad/nonfinite_count",
     ):
         assert [s for s, _ in tags[tag]] == steps, tag
@@ -143,7 +144,7 @@ def test_server_lists_scalars_histograms_layout_and_hparams(server: str, run_dir
     layout = _get(server, "/data/plugin/custom_scalars/layout")
     charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
     assert charts["gradient norm per block"] == ["grad_norm/.*"]
-    assert charts["update ratio lr·‖g‖/‖w‖ per block"] == ["update_ratio/.*"]
+    assert charts["update ratio ‖Δw‖/‖w‖ per block"] == ["update_ratio/.*"]
     experiment = _get(server, "/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = {h["name"] for h in experiment["hparamInfos"]}
     assert {"optimizer.lr", "loss.name", "data.batch_size", "precision"} <= hparams

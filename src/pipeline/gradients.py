@@ -76,11 +76,21 @@ def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Te
     return norms_by_block(tensor_norms(tensors), index, num_blocks)
 
 
-def update_ratios(lr: float, grad_norms: Tensor, weight_norms: Tensor) -> Tensor:
-    """lr·‖g‖/‖w‖ per block: the relative size of an SGD step (0 where ‖w‖ = 0)."""
-    return torch.where(
-        weight_norms > 0, lr * grad_norms / weight_norms, torch.zeros_like(grad_norms)
-    )
+def copy_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Copies of `tensors` in one fused pass (torch._foreach_*): the weights before a step."""
+    return list(torch._foreach_mul(list(tensors), 1.0))
+
+
+def update_ratios(
+    before: Sequence[Tensor], after: Sequence[Tensor], index: Tensor, num_blocks: int
+) -> Tensor:
+    """(num_blocks + 1,) float32: ‖after − before‖ / ‖before‖ for each block's tensors together,
+    then for all (0 where ‖before‖ = 0). The relative step the optimizer really took, whatever
+    it did (momentum, Adam, weight decay, clipping); lr·‖g‖/‖w‖ is it only for plain SGD.
+    Three fused passes over the weights: the difference, its norms, the norms of `before`."""
+    steps = block_norms(torch._foreach_sub(list(after), list(before)), index, num_blocks)
+    weights = block_norms(before, index, num_blocks)
+    return torch.where(weights > 0, steps / weights, torch.zeros_like(steps))
 
 
 def head_grads(features: Tensor, dloss_dpred: Tensor) -> tuple[Tensor, Tensor]:
