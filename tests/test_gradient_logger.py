@@ -9,39 +9,13 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
-from conftest import TINY, only_run_dir, run_cli, scalars
+from conftest import TINY, Recorder, only_run_dir, run_cli, scalars
 from pipeline.callbacks import GradientLogger
 from pipeline.gradients import BLOCKS, block_of
-
-
-class Recorder(Logger):
-    """Keeps every log_metrics call in memory: [(step, metrics)]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.rows: list[tuple[int | None, dict[str, float]]] = []
-
-    @property
-    def name(self) -> str:
-        return "recorder"
-
-    @property
-    def version(self) -> str:
-        return "0"
-
-    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.rows.append((step, dict(metrics)))
-
-    def tag(self, name: str) -> list[tuple[int | None, float]]:
-        return [(step, m[name]) for step, m in self.rows if name in m]
 
 
 class TwoBlocks(pl.LightningModule):

@@ -24,6 +24,7 @@ from pipeline.callbacks import (
     CudaFlags,
     GracefulStop,
     GradientLogger,
+    GradientNoiseScale,
     NonFiniteGuard,
     ProgressBar,
     RunConfigInCheckpoint,
@@ -185,6 +186,13 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
                 histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
             )
         )
+        if cfg.callbacks.gradients.noise_scale == "auto":
+            callbacks.append(
+                GradientNoiseScale(
+                    log_every_n_steps=cfg.trainer.log_every_n_steps,
+                    ema_decay=cfg.callbacks.gradients.noise_scale_ema_decay,
+                )
+            )
     check = cfg.callbacks.gradient_check
     if check.enabled:
         callbacks.append(

@@ -4,6 +4,7 @@ from pipeline.callbacks.cuda_flags import CudaFlags
 from pipeline.callbacks.graceful_stop import GracefulStop
 from pipeline.callbacks.gradient_check import AnalyticGradientCheck
 from pipeline.callbacks.gradient_logger import GradientLogger
+from pipeline.callbacks.noise_scale import GradientNoiseScale
 from pipeline.callbacks.nonfinite import NonFiniteGuard
 from pipeline.callbacks.progress import ProgressBar
 from pipeline.callbacks.run_config import RunConfigInCheckpoint
@@ -15,6 +16,7 @@ __all__ = [
     "CudaFlags",
     "GracefulStop",
     "GradientLogger",
+    "GradientNoiseScale",
     "NonFiniteGuard",
     "ProgressBar",
     "RunConfigInCheckpoint",

@@ -1,0 +1,99 @@
+"""The gradient noise scale against linear regression, where it is known in closed form.
+
+x ~ N(0, I_d), y = x·w* + σ·ε, loss (x·w − y)² averaged over the batch, weights held at w
+(lr 0). With δ = w − w*, the per-sample gradient 2(x·δ − σε)x has mean G = 2δ and, by
+Isserlis, E[g gᵀ] = 4(‖δ‖² I + 2δδᵀ + σ² I), so tr(Σ) = 4((d + 1)‖δ‖² + dσ²) and
+B_simple = tr(Σ)/‖G‖² = d + 1 + dσ²/‖δ‖².
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+import pipeline.callbacks.noise_scale as noise_scale_module
+from conftest import Recorder
+from pipeline.callbacks.noise_scale import GradientNoiseScale
+
+DIM, SIGMA, BATCH = 256, 1.0, 512  # B_simple = 513: the batch near it, where both terms count
+TRUE_B_SIMPLE = DIM + 1 + DIM * SIGMA**2  # ‖δ‖ = 1
+
+
+class LinearRegression(pl.LightningModule):
+    def __init__(self, delta: Tensor) -> None:
+        super().__init__()
+        self.net = nn.ModuleDict({"fc": nn.Linear(DIM, 1, bias=False)})  # a block named as ResNet's
+        with torch.no_grad():
+            self.net["fc"].weight.copy_(delta.view(1, -1))  # w* = 0, so w = δ
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net["fc"](x).squeeze(1)  # (B,)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        return ((self(x) - y) ** 2).mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def batches(steps: int, size: int, seed: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+    """The same samples in batches of `size`, whatever `size` (a stream of BATCH-sized draws)."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(BATCH, DIM, generator=g, dtype=torch.float64)
+        y = SIGMA * torch.randn(BATCH, generator=g, dtype=torch.float64)  # y = x·w* + σε, w* = 0
+        yield from zip(x.split(size), y.split(size), strict=True)
+
+
+def logged_b_simple(
+    steps: int, accumulate: int, ema_decay: float
+) -> list[tuple[int | None, float]]:
+    """grad_noise/b_simple of a real Trainer run: BATCH samples an optimizer step, in one batch
+    (the halves) or in `accumulate` micro-batches."""
+    delta = torch.randn(DIM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", precision="64-true", max_steps=steps,
+        accumulate_grad_batches=accumulate, log_every_n_steps=1, logger=recorder,
+        callbacks=[GradientNoiseScale(log_every_n_steps=1, ema_decay=ema_decay)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    data = DataLoader(list(batches(steps, BATCH // accumulate)), batch_size=None)  # as batched
+    trainer.fit(LinearRegression(delta / delta.norm()), data)
+    assert [s for s, _ in recorder.tag("grad_noise/batch_size")][:1] == [0]
+    assert {v for _, v in recorder.tag("grad_noise/batch_size")} == {BATCH}
+    return recorder.tag("grad_noise/b_simple")
+
+
+def test_halves_estimate_lands_within_10_percent_of_the_closed_form() -> None:
+    values = logged_b_simple(steps=300, accumulate=1, ema_decay=0.99)
+    assert [s for s, _ in values] == list(range(300))
+    assert values[-1][1] == pytest.approx(TRUE_B_SIMPLE, rel=0.10)
+
+
+def test_a_biased_estimator_misses_the_closed_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    """‖G_B‖² taken for ‖G‖² (its bias, tr(Σ)/B, is as large as ‖G‖² near B_simple): the
+    test above would fail."""
+
+    def biased(
+        small_sq: Tensor, big_sq: Tensor, b_small: float, b_big: float
+    ) -> tuple[Tensor, Tensor]:
+        return big_sq, (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+
+    monkeypatch.setattr(noise_scale_module, "noise_scale_terms", biased)
+    values = logged_b_simple(steps=300, accumulate=1, ema_decay=0.99)
+    assert values[-1][1] != pytest.approx(TRUE_B_SIMPLE, rel=0.10)
+
+
+def test_accumulation_of_two_agrees_with_the_halves_on_the_same_samples() -> None:
+    """The first micro-batch of 2 is the first half of the batch, so both estimates are equal."""
+    halves = logged_b_simple(steps=20, accumulate=1, ema_decay=0.9)
+    accumulated = logged_b_simple(steps=20, accumulate=2, ema_decay=0.9)
+    assert [s for s, _ in accumulated] == list(range(20))
+    assert [v for _, v in accumulated] == pytest.approx([v for _, v in halves], rel=1e-9)
