@@ -8,7 +8,9 @@ B_simple = tr(Σ)/‖G‖² = d + 1 + dσ²/‖δ‖².
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
@@ -17,8 +19,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import pipeline.callbacks.noise_scale as noise_scale_module
-from conftest import Recorder
+from conftest import TINY, Recorder, only_run_dir, run_cli, scalars
 from pipeline.callbacks.noise_scale import GradientNoiseScale
+from pipeline.gradients import BLOCKS
 
 DIM, SIGMA, BATCH = 256, 1.0, 512  # B_simple = 513: the batch near it, where both terms count
 TRUE_B_SIMPLE = DIM + 1 + DIM * SIGMA**2  # ‖δ‖ = 1
@@ -97,3 +100,15 @@ def test_accumulation_of_two_agrees_with_the_halves_on_the_same_samples() -> Non
     accumulated = logged_b_simple(steps=20, accumulate=2, ema_decay=0.9)
     assert [s for s, _ in accumulated] == list(range(20))
     assert [v for _, v in accumulated] == pytest.approx([v for _, v in halves], rel=1e-9)
+
+
+def test_cli_logs_the_noise_scale_under_accumulation(tmp_path: Path, torch_home: Path) -> None:
+    """The real CLI, 2 micro-batches of 4 a step: B_simple every logged step, beside batch 8."""
+    args = [*TINY, "loss=mse", "trainer.accumulate_grad_batches=2", "data.num_samples=16"]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    tags = scalars(only_run_dir(tmp_path) / "tensorboard")
+    assert tags["grad_noise/batch_size"] == [(0, 8.0), (1, 8.0)]
+    for tag in ("grad_noise/b_simple", *(f"grad_noise/b_simple/{b}" for b in BLOCKS)):
+        assert [s for s, _ in tags[tag]] == [0, 1], tag
+        assert all(math.isfinite(v) for _, v in tags[tag]), tag
