@@ -8,7 +8,11 @@ B_simple = tr(Σ)/‖G‖² = d + 1 + dσ²/‖δ‖².
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,22 +58,30 @@ def batches(steps: int, size: int, seed: int = 0) -> Iterator[tuple[Tensor, Tens
         yield from zip(x.split(size), y.split(size), strict=True)
 
 
-def logged_b_simple(
-    steps: int, accumulate: int, ema_decay: float
-) -> list[tuple[int | None, float]]:
-    """grad_noise/b_simple of a real Trainer run: BATCH samples an optimizer step, in one batch
-    (the halves) or in `accumulate` micro-batches."""
+def fit(steps: int, accumulate: int, ema_decay: float, processes: int = 1) -> Recorder:
+    """A real Trainer run, BATCH samples an optimizer step: in one batch (the halves), in
+    `accumulate` micro-batches, or split over `processes` DDP processes on gloo (rank r takes
+    the r-th part of each step's samples, as DDP's sampler would)."""
     delta = torch.randn(DIM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     recorder = Recorder()
     trainer = pl.Trainer(
-        accelerator="cpu", precision="64-true", max_steps=steps,
+        accelerator="cpu", precision="64-true", max_steps=steps, devices=processes,
+        strategy="ddp" if processes > 1 else "auto", use_distributed_sampler=False,
         accumulate_grad_batches=accumulate, log_every_n_steps=1, logger=recorder,
         callbacks=[GradientNoiseScale(log_every_n_steps=1, ema_decay=ema_decay)],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
-    data = DataLoader(list(batches(steps, BATCH // accumulate)), batch_size=None)  # as batched
-    trainer.fit(LinearRegression(delta / delta.norm()), data)
-    assert [s for s, _ in recorder.tag("grad_noise/batch_size")][:1] == [0]
+    rank = int(os.environ.get("LOCAL_RANK", "0"))
+    parts = list(batches(steps, BATCH // (accumulate * processes)))[rank::processes]
+    trainer.fit(LinearRegression(delta / delta.norm()), DataLoader(parts, batch_size=None))
+    return recorder
+
+
+def logged_b_simple(
+    steps: int, accumulate: int, ema_decay: float
+) -> list[tuple[int | None, float]]:
+    """grad_noise/b_simple of one process's run (see fit), checked to stand beside batch BATCH."""
+    recorder = fit(steps, accumulate, ema_decay)
     assert {v for _, v in recorder.tag("grad_noise/batch_size")} == {BATCH}
     return recorder.tag("grad_noise/b_simple")
 
@@ -112,3 +124,27 @@ def test_cli_logs_the_noise_scale_under_accumulation(tmp_path: Path, torch_home:
     for tag in ("grad_noise/b_simple", *(f"grad_noise/b_simple/{b}" for b in BLOCKS)):
         assert [s for s, _ in tags[tag]] == [0, 1], tag
         assert all(math.isfinite(v) for _, v in tags[tag]), tag
+
+
+def test_two_ddp_processes_agree_with_the_halves_on_the_same_samples(tmp_path: Path) -> None:
+    """2 gloo processes, each half of every step's samples: rank 0's own gradient against the
+    all-reduced one is the first half against the batch, so the estimates are equal."""
+    out = tmp_path / "ddp.json"
+    result = subprocess.run(
+        [sys.executable, __file__, str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    ddp = json.loads(out.read_text())
+    assert {v for _, v in ddp["grad_noise/batch_size"]} == {BATCH}
+    halves = logged_b_simple(steps=20, accumulate=1, ema_decay=0.9)
+    assert [s for s, _ in ddp["grad_noise/b_simple"]] == list(range(20))
+    assert [v for _, v in ddp["grad_noise/b_simple"]] == pytest.approx(
+        [v for _, v in halves], rel=1e-9
+    )
+
+
+if __name__ == "__main__":  # the DDP test's processes: python tests/test_noise_scale.py OUT.json
+    recorder = fit(steps=20, accumulate=1, ema_decay=0.9, processes=2)
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        tags = ("grad_noise/b_simple", "grad_noise/batch_size")
+        Path(sys.argv[1]).write_text(json.dumps({t: recorder.tag(t) for t in tags}))

@@ -12,7 +12,11 @@ because one step's estimate is noisy. The two batch sizes, by run:
   kept until the real backward has run.
 - trainer.accumulate_grad_batches = k ≥ 2: the window's first micro-batch (its gradient, read
   after its backward) against the accumulated gradient of all k. Cost: one fused norm pass more.
-- DDP: not measured (a warning at the start).
+- DDP (N processes): the process's own gradient against the all-reduced one, b_big = N·b_small.
+  A DDP communication hook takes the local norms of each bucket before it all-reduces it (the
+  default all-reduce after): on logged steps one fused norm pass more, on other steps a Python
+  call per bucket. Rank 0's own gradient is the small batch. Accumulation as well: the window's
+  accumulated local gradient is then the small batch.
 Norms are read after the backward, before the GradScaler unscales: both batch sizes carry the
 same scale, which the ratio cancels. A step whose gradients overflow leaves the averages alone.
 Tags, every log_every_n_steps: grad_noise/b_simple, grad_noise/b_simple/<block>, and
@@ -26,8 +30,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 from pipeline.callbacks.gradient_logger import is_due
 from pipeline.gradients import (
@@ -38,6 +42,7 @@ from pipeline.gradients import (
     first_half_grads,
     noise_scale,
     noise_scale_terms,
+    tensor_norms,
 )
 
 
@@ -50,8 +55,7 @@ class GradientNoiseScale(pl.Callback):
     def __init__(self, *, log_every_n_steps: int, ema_decay: float) -> None:
         self.log_every_n_steps = log_every_n_steps
         self.ema_decay = ema_decay
-        self.accumulating = False  # set at the start of fit: which pair of batch sizes
-        self.measuring = False  # False under DDP
+        self.mode = "halves"  # set at the start of fit: halves | accumulation | ddp
         self.averages: Tensor | None = None  # (2, blocks + total): ‖G‖², tr(Σ)
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._due = False  # this batch belongs to a logged step
@@ -59,26 +63,43 @@ class GradientNoiseScale(pl.Callback):
         self._batch_size = 0
         self._b_small = 0  # samples behind _small_sq
         self._output: Tensor | None = None
-        self._small_sq: Tensor | None = (
-            None  # (blocks + total,), of the small batch's mean gradient
-        )
+        # (blocks + total,), the small batch's mean gradient's squared norms
+        self._small_sq: Tensor | None = None
+        self._block_of: dict[int, int] = {}  # id(parameter) → its block's position (DDP)
         self._index = torch.zeros(0, dtype=torch.long)
         self._present: list[int] = []  # the blocks that hold parameters
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.measuring = trainer.world_size == 1
-        if not self.measuring:
-            rank_zero_warn(
-                "callbacks.gradients.noise_scale: grad_noise/* is not measured under DDP yet; "
-                "set callbacks.gradients.noise_scale=off to silence this"
-            )
-            return
-        self.accumulating = trainer.accumulate_grad_batches > 1
-        names, _ = _trainable(pl_module)
+        names, params = _trainable(pl_module)
         self._index = block_index(names)
         self._present = sorted(set(self._index.tolist()))
-        if not self.accumulating:
+        if trainer.world_size > 1:
+            self.mode = "ddp"
+            self._block_of = {id(p): i for p, i in zip(params, self._index.tolist(), strict=True)}
+            ddp = trainer.strategy.model
+            assert isinstance(ddp, torch.nn.parallel.DistributedDataParallel)
+            # A lambda: DDP checks the hook's annotations, which `annotations` makes strings.
+            ddp.register_comm_hook(
+                None, lambda state, bucket: self._local_norms_then_allreduce(bucket)
+            )
+        elif trainer.accumulate_grad_batches > 1:
+            self.mode = "accumulation"
+        else:
+            self.mode = "halves"
             self._hook = pl_module.register_forward_hook(self._keep_output)
+
+    def _local_norms_then_allreduce(
+        self, bucket: torch.distributed.GradBucket
+    ) -> torch.futures.Future[Tensor]:
+        """DDP's communication hook: this process's gradients, per block, before the all-reduce."""
+        if self._due:
+            grads = bucket.gradients()
+            index = torch.tensor([self._block_of[id(p)] for p in bucket.parameters()])
+            squares = torch.zeros(len(BLOCKS), device=grads[0].device)
+            squares.index_add_(0, index.to(squares.device), tensor_norms(grads) ** 2)
+            total = torch.cat([squares, squares.sum().view(1)])
+            self._small_sq = total if self._small_sq is None else self._small_sq + total
+        return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._hook is not None:
@@ -92,7 +113,7 @@ class GradientNoiseScale(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._due = self.measuring and is_due(trainer.global_step, self.log_every_n_steps)
+        self._due = trainer.is_global_zero and is_due(trainer.global_step, self.log_every_n_steps)
         # Lightning zeroes the gradients at batch_idx % k == 0 (batch_idx counts within the epoch).
         self._position = batch_idx % trainer.accumulate_grad_batches
         self._batch_size = len(batch[0])  # (inputs, targets)
@@ -101,7 +122,7 @@ class GradientNoiseScale(pl.Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
-        if not self._due or self.accumulating or self._output is None:
+        if not self._due or self.mode != "halves" or self._output is None:
             return
         output, self._output = self._output, None
         half = output.shape[0] // 2
@@ -117,7 +138,13 @@ class GradientNoiseScale(pl.Callback):
             return
         _, params = _trainable(pl_module)
         grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-        if not self.accumulating:
+        if self.mode == "ddp":  # after the backward: the gradients are all-reduced
+            if self._small_sq is not None and not trainer.fit_loop.epoch_loop._should_accumulate():
+                local = self._batch_size * (self._position + 1)
+                big_sq = self._block_norms(grads) ** 2
+                self._update(trainer, big_sq, local, local * trainer.world_size)
+            return
+        if self.mode == "halves":
             if self._small_sq is not None:
                 self._update(
                     trainer, self._block_norms(grads) ** 2, self._b_small, self._batch_size
