@@ -58,10 +58,18 @@ def batches(steps: int, size: int, seed: int = 0) -> Iterator[tuple[Tensor, Tens
         yield from zip(x.split(size), y.split(size), strict=True)
 
 
-def fit(steps: int, accumulate: int, ema_decay: float, processes: int = 1) -> Recorder:
+def fit(
+    steps: int,
+    accumulate: int,
+    ema_decay: float,
+    processes: int = 1,
+    epoch_steps: int | None = None,
+    ckpt_path: Path | None = None,
+) -> Recorder:
     """A real Trainer run, BATCH samples an optimizer step: in one batch (the halves), in
     `accumulate` micro-batches, or split over `processes` DDP processes on gloo (rank r takes
-    the r-th part of each step's samples, as DDP's sampler would)."""
+    the r-th part of each step's samples, as DDP's sampler would). Epochs of `epoch_steps`
+    (all by default); resumed from `ckpt_path` if given, saved to it otherwise."""
     delta = torch.randn(DIM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     recorder = Recorder()
     trainer = pl.Trainer(
@@ -72,8 +80,13 @@ def fit(steps: int, accumulate: int, ema_decay: float, processes: int = 1) -> Re
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     rank = int(os.environ.get("LOCAL_RANK", "0"))
-    parts = list(batches(steps, BATCH // (accumulate * processes)))[rank::processes]
-    trainer.fit(LinearRegression(delta / delta.norm()), DataLoader(parts, batch_size=None))
+    epoch = epoch_steps or steps
+    parts = list(batches(epoch, BATCH // (accumulate * processes)))[rank::processes]
+    data = DataLoader(parts, batch_size=None)
+    resume = ckpt_path if ckpt_path is not None and ckpt_path.is_file() else None
+    trainer.fit(LinearRegression(delta / delta.norm()), data, ckpt_path=resume)
+    if ckpt_path is not None and resume is None:
+        trainer.save_checkpoint(ckpt_path)
     return recorder
 
 
@@ -112,6 +125,20 @@ def test_accumulation_of_two_agrees_with_the_halves_on_the_same_samples() -> Non
     accumulated = logged_b_simple(steps=20, accumulate=2, ema_decay=0.9)
     assert [s for s, _ in accumulated] == list(range(20))
     assert [v for _, v in accumulated] == pytest.approx([v for _, v in halves], rel=1e-9)
+
+
+def test_a_resumed_run_continues_the_same_average(tmp_path: Path) -> None:
+    """6 steps straight (epochs of 5), or 5 then resumed from the checkpoint: the resumed run's
+    first estimate is the straight run's moving average at that step, not a fresh start's (which
+    would be the estimate of step 0: the same samples)."""
+    straight = fit(steps=6, accumulate=1, ema_decay=0.9, epoch_steps=5).tag("grad_noise/b_simple")
+    ckpt = tmp_path / "five.ckpt"
+    fit(steps=5, accumulate=1, ema_decay=0.9, ckpt_path=ckpt)
+    # Saved after fit, the checkpoint re-enters its epoch at batch 5, the first batch again
+    # (of 5): only the first resumed step sees the straight run's samples.
+    resumed = fit(steps=6, accumulate=1, ema_decay=0.9, epoch_steps=5, ckpt_path=ckpt)
+    assert resumed.tag("grad_noise/b_simple") == [(5, pytest.approx(straight[5][1], rel=1e-9))]
+    assert straight[5][1] != pytest.approx(straight[0][1], rel=1e-3)
 
 
 def test_cli_logs_the_noise_scale_under_accumulation(tmp_path: Path, torch_home: Path) -> None:

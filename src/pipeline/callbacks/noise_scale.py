@@ -101,6 +101,14 @@ class GradientNoiseScale(pl.Callback):
             self._small_sq = total if self._small_sq is None else self._small_sq + total
         return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
 
+    def state_dict(self) -> dict[str, Any]:
+        """The averages, in the checkpoint: a resumed run continues the same curve."""
+        return {"averages": None if self.averages is None else self.averages.tolist()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        averages = state_dict["averages"]
+        self.averages = None if averages is None else torch.tensor(averages)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._hook is not None:
             self._hook.remove()
@@ -113,7 +121,11 @@ class GradientNoiseScale(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        self._due = trainer.is_global_zero and is_due(trainer.global_step, self.log_every_n_steps)
+        self._due = (
+            trainer.is_global_zero
+            and bool(trainer.loggers)  # no logger (logger=none): nothing to measure for
+            and is_due(trainer.global_step, self.log_every_n_steps)
+        )
         # Lightning zeroes the gradients at batch_idx % k == 0 (batch_idx counts within the epoch).
         self._position = batch_idx % trainer.accumulate_grad_batches
         self._batch_size = len(batch[0])  # (inputs, targets)
@@ -174,6 +186,7 @@ class GradientNoiseScale(pl.Callback):
         estimate = torch.stack(noise_scale_terms(small_sq, big_sq, b_small, b_big))
         if self.averages is None:
             self.averages = torch.zeros_like(estimate)
+        self.averages = self.averages.to(estimate)  # from a checkpoint: on the host
         self.averages = ema_update(self.averages, estimate, self.ema_decay)
         if not trainer.is_global_zero or not trainer.loggers:
             return
