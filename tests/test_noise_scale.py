@@ -175,3 +175,12 @@ if __name__ == "__main__":  # the DDP test's processes: python tests/test_noise_
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         tags = ("grad_noise/b_simple", "grad_noise/batch_size")
         Path(sys.argv[1]).write_text(json.dumps({t: recorder.tag(t) for t in tags}))
+
+
+def test_cli_noise_scale_off_writes_no_grad_noise(tmp_path: Path, torch_home: Path) -> None:
+    args = [*TINY, "callbacks.gradients.noise_scale=off"]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    tags = scalars(only_run_dir(tmp_path) / "tensorboard")
+    assert "grad_norm/total" in tags
+    assert not [t for t in tags if t.startswith("grad_noise/")]
