@@ -8,9 +8,11 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 
 # Small enough for seconds on 2 cores, big enough to train: batch 4 of 32×32 keeps layer4's
 # BatchNorm at 4 values per channel.
@@ -99,3 +101,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         uses = set(getattr(item, "fixturenames", ()))
         if any(word in source for word in E2E_WORDS) or uses & E2E_FIXTURES:
             item.add_marker(pytest.mark.e2e)
+
+
+class Recorder(Logger):
+    """Keeps every log_metrics call in memory: [(step, metrics)]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int | None, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recorder"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+    def tag(self, name: str) -> list[tuple[int | None, float]]:
+        return [(step, m[name]) for step, m in self.rows if name in m]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -30,10 +31,14 @@ def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
     assert "global batch 8 (2 process(es) × data.batch_size=4)" in result.stdout.replace("\n", "")
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert (run / "train_ddp_process_1.log").is_file()  # rank 1 logged beside rank 0
-    passed = scalars(run / "tensorboard")["gradcheck/passed"]
+    tags = scalars(run / "tensorboard")
+    passed = tags["gradcheck/passed"]
     assert [v for _, v in passed] == [
         1.0
     ] * 4  # a failing rank would have raised and exited non-zero
+    # The noise scale's communication hook works beside both options: rank 0's 4 against all 8.
+    assert [v for _, v in tags["grad_noise/batch_size"]] == [8.0] * 4
+    assert all(math.isfinite(v) for _, v in tags["grad_noise/b_simple/layer2"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4  # 16 samples / (2 ranks × 4) = 2 steps an epoch, 2 epochs
 

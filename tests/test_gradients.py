@@ -14,6 +14,7 @@ from pipeline.gradients import (
     all_finite,
     block_index,
     block_norms,
+    copy_tensors,
     gradcheck_loss,
     gradcheck_model,
     head_grads,
@@ -80,9 +81,97 @@ def test_block_norms_agree_with_torch_on_resnet18() -> None:
     assert norms[-1].item() == pytest.approx(total.item(), rel=1e-5)
 
 
-def test_update_ratio_is_lr_times_grad_over_weight_norm() -> None:
-    ratios = update_ratios(0.1, torch.tensor([2.0, 1.0, 5.0]), torch.tensor([4.0, 0.5, 0.0]))
-    assert ratios.tolist() == pytest.approx([0.05, 0.2, 0.0])
+TWO_BLOCKS = ("conv1", "fc")
+
+
+def two_blocks() -> nn.ModuleDict:
+    """A float64 stand-in with two of ResNet18's block names: conv1 (3→4) and fc (4→2)."""
+    torch.manual_seed(0)
+    return nn.ModuleDict({"conv1": nn.Linear(3, 4), "fc": nn.Linear(4, 2)}).double()
+
+
+def controlled_grads(net: nn.Module, seed: int) -> list[Tensor]:
+    """Gradients spanning magnitudes from 1e-9 to 10: some near Adam's ε, where |g|/(|g|+ε) < 1."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        torch.randn(p.shape, generator=g, dtype=torch.float64)
+        * 10.0 ** torch.randint(-9, 2, p.shape, generator=g)
+        for p in net.parameters()
+    ]
+
+
+def step_ratios(net: nn.Module, optimizer: torch.optim.Optimizer, grads: list[Tensor]) -> Tensor:
+    """One real optimizer step with `grads` planted; update_ratios of it."""
+    named = list(net.named_parameters())
+    for (_, p), g in zip(named, grads, strict=True):
+        p.grad = g.clone()
+    weights = [p.detach() for _, p in named]
+    before = copy_tensors(weights)
+    optimizer.step()
+    return update_ratios(before, weights, block_index([n for n, _ in named]), len(BLOCKS))
+
+
+def ratios_by_hand(net: nn.Module, before: list[Tensor], steps: list[Tensor]) -> list[float]:
+    """‖step‖/‖before‖ for conv1, fc and all, by concatenation in float64."""
+    names = [n for n, _ in net.named_parameters()]
+
+    def ratio(prefixes: tuple[str, ...]) -> float:
+        pick = [i for i, n in enumerate(names) if n.startswith(prefixes)]
+        step = torch.cat([steps[i].flatten() for i in pick]).norm()
+        return float(step / torch.cat([before[i].flatten() for i in pick]).norm())
+
+    return [ratio((b,)) for b in TWO_BLOCKS] + [ratio(TWO_BLOCKS)]
+
+
+def picked(ratios: Tensor) -> list[float]:
+    """conv1's, fc's and the total's ratio; every other block of BLOCKS is empty, so 0."""
+    assert all(ratios[BLOCKS.index(b)] == 0 for b in BLOCKS if b not in TWO_BLOCKS)
+    return [float(ratios[BLOCKS.index(b)]) for b in TWO_BLOCKS] + [float(ratios[-1])]
+
+
+def test_update_ratio_of_plain_sgd_is_lr_times_grad_over_weight_norm() -> None:
+    net, lr = two_blocks(), 0.1
+    grads = controlled_grads(net, 1)
+    before = [p.detach().clone() for p in net.parameters()]
+    ratios = step_ratios(net, torch.optim.SGD(net.parameters(), lr=lr), grads)
+    assert picked(ratios) == pytest.approx(
+        ratios_by_hand(net, before, [lr * g for g in grads]), rel=1e-6
+    )
+
+
+def test_update_ratio_of_adams_first_step_is_lr_g_over_abs_g_plus_eps() -> None:
+    net, lr, eps = two_blocks(), 1e-2, 1e-8
+    grads = controlled_grads(net, 2)
+    before = [p.detach().clone() for p in net.parameters()]
+    ratios = step_ratios(net, torch.optim.Adam(net.parameters(), lr=lr, eps=eps), grads)
+    steps = [lr * g / (g.abs() + eps) for g in grads]  # m̂ = g, v̂ = g² on the first step
+    assert picked(ratios) == pytest.approx(ratios_by_hand(net, before, steps), rel=1e-6)
+    # Short of lr·√n (what it is when every |g| ≫ ε): some |g| here are near ε.
+    numel = sum(g.numel() for g in grads)
+    assert float(torch.cat([s.flatten() for s in steps]).norm()) < 0.99 * lr * math.sqrt(numel)
+
+
+def test_update_ratio_of_sgd_momentum_at_step_two() -> None:
+    net, lr = two_blocks(), 0.1
+    g1, g2 = controlled_grads(net, 3), controlled_grads(net, 4)
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    step_ratios(net, optimizer, g1)
+    before = [p.detach().clone() for p in net.parameters()]
+    ratios = step_ratios(net, optimizer, g2)
+    steps = [lr * (0.9 * a + b) for a, b in zip(g1, g2, strict=True)]  # the momentum buffer
+    assert picked(ratios) == pytest.approx(ratios_by_hand(net, before, steps), rel=1e-6)
+
+
+def test_update_ratio_of_adamw_includes_decoupled_weight_decay() -> None:
+    net, lr, eps, decay = two_blocks(), 1e-2, 1e-8, 0.5
+    grads = controlled_grads(net, 5)
+    before = [p.detach().clone() for p in net.parameters()]
+    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, eps=eps, weight_decay=decay)
+    ratios = step_ratios(net, optimizer, grads)
+    steps = [lr * decay * w + lr * g / (g.abs() + eps) for w, g in zip(before, grads, strict=True)]
+    assert picked(ratios) == pytest.approx(ratios_by_hand(net, before, steps), rel=1e-6)
+    without_decay = [lr * g / (g.abs() + eps) for g in grads]
+    assert picked(ratios) != pytest.approx(ratios_by_hand(net, before, without_decay), rel=1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))

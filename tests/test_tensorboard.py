@@ -28,6 +28,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = root / "torch_home"
     home.mkdir()
     args = ["debug=fast", "loss=mse", "callbacks.gradients.histogram_every_n_steps=2",
+            "callbacks.gradients.noise_scale=on",
             "callbacks.gradient_check.every_n_steps=1", "callbacks.progress_bar=false", "logger.log_graph=true"]  # fmt: skip
     result = run_cli("pipeline.train", args, root, home)
     assert result.returncode == 0, result.stderr
@@ -42,6 +43,10 @@ def test_event_files_hold_every_tag_with_sane_values(run_dir: Path) -> None:
         "train/lr",
         "perf/images_per_sec",
         "grad_norm/total",
+        "update_ratio/total",
+        "grad_noise/b_simple",
+        "grad_noise/b_simple/layer3",
+        "grad_noise/batch_size",
         "grad/nonfinite_count",
     ):
         assert [s for s, _ in tags[tag]] == steps, tag
@@ -53,6 +58,7 @@ def test_event_files_hold_every_tag_with_sane_values(run_dir: Path) -> None:
     ):
         assert total == pytest.approx(math.sqrt(sum(v * v for _, v in blocks)), rel=1e-4)
     assert all(v == 0 for _, v in tags["grad/nonfinite_count"])
+    assert all(v == 4 for _, v in tags["grad_noise/batch_size"])  # debug=fast: batch 4, halves of 2
     assert all(v == 1.0 for _, v in tags["gradcheck/passed"])
     assert all(
         v < 1e-4 for _, v in tags["gradcheck/fc_bias_max_err"] + tags["gradcheck/fc_weight_max_err"]
@@ -144,7 +150,8 @@ def test_server_lists_scalars_histograms_layout_and_hparams(server: str, run_dir
     layout = _get(server, "/data/plugin/custom_scalars/layout")
     charts = {c["title"]: c["multiline"]["tag"] for cat in layout["category"] for c in cat["chart"]}
     assert charts["gradient norm per block"] == ["grad_norm/.*"]
-    assert charts["update ratio lr·‖g‖/‖w‖ per block"] == ["update_ratio/.*"]
+    assert charts["update ratio ‖Δw‖/‖w‖ per block"] == ["update_ratio/.*"]
+    assert charts["noise scale B_simple and the global batch"] == ["grad_noise/.*"]
     experiment = _get(server, "/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = {h["name"] for h in experiment["hparamInfos"]}
     assert {"optimizer.lr", "loss.name", "data.batch_size", "precision"} <= hparams

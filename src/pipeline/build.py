@@ -24,6 +24,7 @@ from pipeline.callbacks import (
     GpuMemory,
     GracefulStop,
     GradientLogger,
+    GradientNoiseScale,
     NonFiniteGuard,
     ProgressBar,
     RunConfigInCheckpoint,
@@ -186,6 +187,14 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
                 histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
             )
         )
+        if cfg.callbacks.gradients.noise_scale in ("auto", "on"):
+            callbacks.append(
+                GradientNoiseScale(
+                    log_every_n_steps=cfg.trainer.log_every_n_steps,
+                    ema_decay=cfg.callbacks.gradients.noise_scale_ema_decay,
+                    halves=cfg.callbacks.gradients.noise_scale == "on",
+                )
+            )
     check = cfg.callbacks.gradient_check
     if check.enabled:
         callbacks.append(

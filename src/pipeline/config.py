@@ -211,6 +211,21 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
             "set callbacks.checkpoint.every_n_minutes=10"
         )
     c.int_at_least("callbacks.gradients.histogram_every_n_steps", 0, 100)
+    noise = c.value("callbacks.gradients.noise_scale")
+    if noise not in ("auto", "on", "off"):
+        quote = (
+            " (YAML reads an unquoted off as false: quote it)" if isinstance(noise, bool) else ""
+        )
+        c.problems.append(
+            f"callbacks.gradients.noise_scale must be auto, on or off (got {noise!r}){quote}; "
+            "set callbacks.gradients.noise_scale=auto"
+        )
+    decay = c.value("callbacks.gradients.noise_scale_ema_decay")
+    if not (_is_number(decay) and 0 <= decay < 1):
+        c.problems.append(
+            f"callbacks.gradients.noise_scale_ema_decay must be a number in [0, 1) (got {decay!r}); "
+            "set callbacks.gradients.noise_scale_ema_decay=0.95"
+        )
     c.int_at_least("callbacks.gradient_check.every_n_steps", 0, 50)
     c.one_of("callbacks.gradient_check.on_fail", ("raise", "warn"), "raise")
     _validate_device(c, cuda_available)

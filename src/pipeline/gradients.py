@@ -1,5 +1,5 @@
-"""Pure functions on gradients and weights: finiteness, block norms, update ratios, and the
-analytic gradients of ResNet18's head that autograd must reproduce.
+"""Pure functions on gradients and weights: finiteness, block norms, update ratios, the gradient
+noise scale, and the analytic gradients of ResNet18's head that autograd must reproduce.
 
 All stay on the tensors' device; callers bring one small result to the host per use.
 """
@@ -83,11 +83,62 @@ def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Te
     return norms_by_block(tensor_norms(tensors), index, num_blocks)
 
 
-def update_ratios(lr: float, grad_norms: Tensor, weight_norms: Tensor) -> Tensor:
-    """lr·‖g‖/‖w‖ per block: the relative size of an SGD step (0 where ‖w‖ = 0)."""
-    return torch.where(
-        weight_norms > 0, lr * grad_norms / weight_norms, torch.zeros_like(grad_norms)
+def copy_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """Copies of `tensors` in one fused pass (torch._foreach_*): the weights before a step."""
+    return list(torch._foreach_mul(list(tensors), 1.0))
+
+
+def update_ratios(
+    before: Sequence[Tensor], after: Sequence[Tensor], index: Tensor, num_blocks: int
+) -> Tensor:
+    """(num_blocks + 1,) float32: ‖after − before‖ / ‖before‖ for each block's tensors together,
+    then for all (0 where ‖before‖ = 0). The relative step the optimizer really took, whatever
+    it did (momentum, Adam, weight decay, clipping); lr·‖g‖/‖w‖ is it only for plain SGD.
+    Three fused passes over the weights: the difference, its norms, the norms of `before`."""
+    steps = block_norms(torch._foreach_sub(list(after), list(before)), index, num_blocks)
+    weights = block_norms(before, index, num_blocks)
+    return torch.where(weights > 0, steps / weights, torch.zeros_like(steps))
+
+
+def first_half_grads(loss: Tensor, output: Tensor, params: Sequence[Tensor]) -> list[Tensor]:
+    """The gradient with respect to `params` of the share of `loss` that comes from the batch's
+    first half (rows 0 … B//2 − 1 of `output`, the model's output that `loss` was computed from):
+    autograd's backward from ∂loss/∂output with the other half's rows zeroed. Exact for a loss
+    that sums or averages per-sample terms; BatchNorm keeps the whole batch's statistics, as in
+    the real backward. The graph is kept for that backward. Cost: one more backward pass."""
+    (d_output,) = torch.autograd.grad(loss, output, retain_graph=True)
+    half = output.shape[0] // 2
+    d_first = torch.cat([d_output[:half], torch.zeros_like(d_output[half:])])
+    grads = torch.autograd.grad(
+        output, list(params), grad_outputs=d_first, retain_graph=True, allow_unused=True
     )
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params, strict=True)]
+
+
+def noise_scale_terms(
+    small_sq: Tensor, big_sq: Tensor, b_small: float, b_big: float
+) -> tuple[Tensor, Tensor]:
+    """Unbiased estimates of ‖G‖² and tr(Σ), the true gradient's squared norm and the trace of
+    the per-sample gradients' covariance (McCandlish et al. 2018, "An Empirical Model of
+    Large-Batch Training", appendix A), from the squared norms of two mean gradients over
+    b_small < b_big samples: E‖G_B‖² = ‖G‖² + tr(Σ)/B. Elementwise (e.g. per block, then total).
+    Either may come out negative on one step; their ratio is meaningful once averaged."""
+    grad_sq = (b_big * big_sq - b_small * small_sq) / (b_big - b_small)
+    trace = (small_sq - big_sq) / (1 / b_small - 1 / b_big)
+    return grad_sq, trace
+
+
+def ema_update(average: Tensor, value: Tensor, decay: float) -> Tensor:
+    """decay·average + (1 − decay)·value, where `value` is finite; `average` elsewhere (a step
+    whose gradients overflowed leaves the average alone)."""
+    return torch.where(torch.isfinite(value), decay * average + (1 - decay) * value, average)
+
+
+def noise_scale(trace_average: Tensor, grad_sq_average: Tensor) -> Tensor:
+    """B_simple = tr(Σ)/‖G‖² from the two moving averages (the ratio of averages, not the average
+    of the noisy ratios): the batch size beyond which a bigger batch buys little per sample.
+    Both averages start at 0 with the same decay, so their start-up bias cancels here."""
+    return trace_average / grad_sq_average
 
 
 def head_grads(features: Tensor, dloss_dpred: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,7 @@ from pipeline.callbacks.graceful_stop import GracefulStop
 from pipeline.callbacks.gradient_check import AnalyticGradientCheck
 from pipeline.callbacks.gradient_logger import GradientLogger
 from pipeline.callbacks.hydra_files import HydraFilesAtStart
+from pipeline.callbacks.noise_scale import GradientNoiseScale
 from pipeline.callbacks.nonfinite import NonFiniteGuard
 from pipeline.callbacks.progress import ProgressBar
 from pipeline.callbacks.provenance import Provenance
@@ -20,6 +21,7 @@ __all__ = [
     "GpuMemory",
     "GracefulStop",
     "GradientLogger",
+    "GradientNoiseScale",
     "HydraFilesAtStart",
     "NonFiniteGuard",
     "ProgressBar",

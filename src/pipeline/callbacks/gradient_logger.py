@@ -1,17 +1,23 @@
 """Gradient instruments in TensorBoard: block norms, update ratios, non-finite counts, histograms.
 
 Reads gradients in on_before_optimizer_step, where they are complete after accumulation and
-unscaled under 16-mixed. Rank 0 only: after DDP's all-reduce its gradients are the global ones,
-and other ranks skip the work. Tags:
-  every log_every_n_steps: grad_norm/total, grad_norm/<block>, update_ratio/<block>,
+unscaled under 16-mixed (and not yet clipped). On logged steps it also copies the weights there,
+and in on_train_batch_end, after the optimizer step, measures the step the optimizer took.
+Rank 0 only: after DDP's all-reduce its gradients are the global ones, and other ranks skip
+the work. Tags:
+  every log_every_n_steps: grad_norm/total, grad_norm/<block>,
+                           update_ratio/total, update_ratio/<block> (‖w_after − w_before‖/‖w_before‖),
                            grad/nonfinite_count (parameters whose gradient holds inf or NaN)
   every histogram_every_n_steps, and the first and last step (0: never): grad/<param>, weight/<param> histograms
-Cost on logged steps: two fused norm passes (gradients, weights) and one host transfer;
-histograms are binned on the device (torch.histc), two small transfers for all of them.
+Cost on logged steps only: a fused norm pass over the gradients, a fused copy of the weights
+(memory: one copy of the model until the step is done), three fused passes after the step
+(difference, its norms, the old weights' norms) and one host transfer. Nothing on other steps.
+Histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
@@ -21,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from pipeline.gradients import (
     BLOCKS,
     block_index,
-    block_norms,
+    copy_tensors,
     histograms,
     norms_by_block,
     tensor_norms,
@@ -34,11 +40,24 @@ def is_due(step: int, every: int) -> bool:
     return every > 0 and (step + 1) % every == 0
 
 
+@dataclass
+class _PendingStep:
+    """What a logged step measured before the optimizer step, kept on the device until after it."""
+
+    step: int
+    weights: list[torch.Tensor]  # the parameters, in `index` order
+    before: list[torch.Tensor]  # their copies before the step
+    index: torch.Tensor
+    grad_norms: torch.Tensor  # (blocks + total,)
+    nonfinite_count: torch.Tensor  # 0-dim
+
+
 class GradientLogger(pl.Callback):
     def __init__(self, *, log_every_n_steps: int, histogram_every_n_steps: int) -> None:
         self.log_every_n_steps = log_every_n_steps
         self.histogram_every_n_steps = histogram_every_n_steps
         self.skipped_histograms = 0
+        self._pending: _PendingStep | None = None
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -60,19 +79,42 @@ class GradientLogger(pl.Callback):
         if not log_scalars:
             self._histograms(trainer, named, grads, step, int(count))
             return
-        g_norms = norms_by_block(each, index, len(BLOCKS))  # (blocks + total,)
-        w_norms = block_norms([p.detach() for _, p in named], index, len(BLOCKS))
-        ratios = update_ratios(optimizer.param_groups[0]["lr"], g_norms[:-1], w_norms[:-1])
-        *values, count_value = torch.cat([g_norms, ratios, count.view(1)]).tolist()  # one transfer
-        metrics = {f"grad_norm/{b}": v for b, v in zip((*BLOCKS, "total"), values, strict=False)}
-        metrics |= {
-            f"update_ratio/{b}": v for b, v in zip(BLOCKS, values[len(BLOCKS) + 1 :], strict=True)
-        }
-        metrics["grad/nonfinite_count"] = int(count_value)
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=step)
+        weights = [p.detach() for _, p in named]
+        self._pending = _PendingStep(
+            step=step,
+            weights=weights,
+            before=copy_tensors(weights),
+            index=index,
+            grad_norms=norms_by_block(each, index, len(BLOCKS)),  # (blocks + total,)
+            nonfinite_count=count,
+        )
         if log_histograms:
-            self._histograms(trainer, named, grads, step, int(count_value))
+            self._histograms(trainer, named, grads, step, int(count))
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """After the optimizer step of a logged step: the update ratios, and every scalar tag in
+        one host transfer. (Under accumulation only the window's last batch has a pending step.)"""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        ratios = update_ratios(pending.before, pending.weights, pending.index, len(BLOCKS))
+        values = torch.cat([pending.grad_norms, ratios, pending.nonfinite_count.view(1)]).tolist()
+        names = (*BLOCKS, "total")
+        metrics: dict[str, float] = {}
+        metrics |= {f"grad_norm/{b}": v for b, v in zip(names, values[: len(names)], strict=True)}
+        metrics |= {
+            f"update_ratio/{b}": v for b, v in zip(names, values[len(names) : -1], strict=True)
+        }
+        metrics["grad/nonfinite_count"] = int(values[-1])
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=pending.step)
 
     def _histograms(
         self,

@@ -27,7 +27,10 @@ CUSTOM_SCALARS = {  # TensorBoard's Custom Scalars tab: one chart per list of ta
     },
     "gradients": {
         "gradient norm per block": ["Multiline", [r"grad_norm/.*"]],
-        "update ratio lr·‖g‖/‖w‖ per block": ["Multiline", [r"update_ratio/.*"]],
+        # The step the optimizer took, relative to the weights; ~1e-3 a step is the usual reading.
+        "update ratio ‖Δw‖/‖w‖ per block": ["Multiline", [r"update_ratio/.*"]],
+        # B_simple against the global batch: a batch far above B_simple buys little per sample.
+        "noise scale B_simple and the global batch": ["Multiline", [r"grad_noise/.*"]],
         "analytic check, max relative error": ["Multiline", [r"gradcheck/fc_.*"]],
     },
 }
