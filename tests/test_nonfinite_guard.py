@@ -4,6 +4,7 @@ steps later. Forced here on the CPU, where torch's fused SGD skips a step on fou
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ def _diverge(
     with pytest.raises(DivergenceError) as stop:
         trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["divergence.json"] = json.loads((run_dir / "divergence.json").read_text())
     return str(stop.value), ckpt, trainer.global_step
 
 
@@ -59,7 +61,14 @@ def test_deferred_check_saves_what_the_immediate_check_saves(
     deferred_message, deferred, deferred_step = _diverge(tmp_path, deferred=True, extra=extra)
 
     assert "train/loss became" in message  # the same step and loss, each its own run directory
-    assert deferred_message == message.replace("/at_once/", "/deferred/")
+    assert deferred_message == message.replace("/at_once", "/deferred")
+    # divergence.json: the same step, loss, samples and block norms, read lag steps later.
+    records = [ckpt.pop("divergence.json") for ckpt in (at_once, deferred)]
+    assert records[1]["checkpoint_global_step"] == records[0]["checkpoint_global_step"] + LAG + 1
+    for record in records:
+        record.pop("checkpoint_global_step")
+    assert records[0] == records[1]
+    assert records[0]["indices"] and records[0]["grad_norm"]["last_finite"] is not None
     # Read after LAG more steps: the bad step and those LAG were counted and updated nothing.
     assert deferred_step == step + LAG + 1
     assert at_once["state_dict"].keys() == deferred["state_dict"].keys()

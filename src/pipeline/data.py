@@ -183,6 +183,7 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.label_kind: LabelKind = label_kind
         self.seed = seed
         self._resume_skip_batches = 0
+        self.last_train_indices: Tensor | None = None  # (B,) of the latest training batch
 
     def samples(self, indices: Tensor, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
         """make_batch with this module's seed and shapes."""
@@ -198,6 +199,10 @@ class SyntheticDataModule(pl.LightningDataModule):
         model summary and TensorBoard's graph)."""
         if not isinstance(batch, IndexBatch):
             return batch
+        if batch.split == "train":
+            self.last_train_indices = (
+                batch.indices
+            )  # the non-finite guard names a bad step's samples
         made = self.samples(batch.indices, batch.split, batch.indices.device)
         return made if self.trainer is None else self.trainer.precision_plugin.convert_input(made)
 

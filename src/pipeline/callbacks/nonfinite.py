@@ -18,6 +18,14 @@ Two ways to check, one outcome:
   optimizer state and BatchNorm statistics saved on divergence are the ones before the first
   non-finite step, as at once; that step and the `lag` after it ran without updating, so the
   checkpoint's step counter is `lag` + 1 higher.
+
+On stopping (mode raise) rank 0 writes `divergence.json` in the run directory (pipeline.divergence):
+the step, the loss, the failing batch's sample indices, and the per-block gradient norms of the
+failing step and of the last finite logging step, and the message names the first block, in
+forward order, whose gradients are non-finite. What that costs a healthy run: the per-tensor
+gradient norms the check computes anyway are kept (a reference, per step until read; on logging
+steps a few more), and the data module keeps a reference to the latest batch's indices. The
+block sums and every host read happen only once the run has diverged.
 """
 
 from __future__ import annotations
@@ -32,14 +40,28 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from pipeline.callbacks.gradient_logger import is_due
+from pipeline.divergence import (
+    block_norm_record,
+    divergence_record,
+    first_nonfinite_block,
+    write_divergence,
+)
 from pipeline.errors import DivergenceError
-from pipeline.gradients import all_finite, state_is_finite
+from pipeline.gradients import block_index, state_is_finite, tensor_norms
 
 DEFERRED_LAG = 2  # deferred: the host reads a step's flag this many steps later
 
 
-def divergence_message(step: int, loss_value: float, loss_name: str, saved_to: Path | None) -> str:
-    """What happened, why, and what to do."""
+def divergence_message(
+    step: int,
+    loss_value: float,
+    loss_name: str,
+    saved_to: Path | None,
+    first_block: str | None = None,
+    record: Path | None = None,
+) -> str:
+    """What happened, where it shows first, why, and what to do."""
     why = (
         "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ until they "
         "overflow; use loss=mse or loss=cross_entropy for long runs, or fewer steps (trainer.max_steps)"
@@ -47,7 +69,21 @@ def divergence_message(step: int, loss_value: float, loss_name: str, saved_to: P
         else "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
     )
     saved = f"; the last finite state is in {saved_to}" if saved_to else ""
-    return f"train/loss became {loss_value} at step {step}: {why}{saved}"
+    return f"train/loss became {loss_value} at step {step}{where(first_block)}: {why}{saved}{replay_hint(record)}"
+
+
+def where(first_block: str | None) -> str:
+    return (
+        f" (the first block with non-finite gradients, in forward order: {first_block})"
+        if first_block
+        else ""
+    )
+
+
+def replay_hint(record: Path | None) -> str:
+    if record is None:
+        return ""
+    return f"; details in {record}; find the first bad operation with: python -m pipeline.replay {record.parent}"
 
 
 def _uses_grad_scaler(trainer: pl.Trainer) -> bool:
@@ -94,6 +130,8 @@ class _Queued:
     step: int
     slot: int
     event: torch.cuda.Event | None  # None: the copy was complete when issued (CPU)
+    norms: Tensor | None  # (P,) the step's per-tensor gradient norms, read only if it was bad
+    micro_batches: list[Tensor]  # its samples' indices, one (B,) per micro-batch
 
     def wait(self) -> None:
         if self.event is not None:
@@ -121,12 +159,23 @@ class NonFiniteGuard(pl.Callback):
         self._stuck: Tensor | None = None  # 0-dim float32: 1 from the first non-finite step on
         self._host = torch.zeros(0)  # (lag + 1, 2): [flag, loss] per queued step
         self._queued: deque[_Queued] = deque()
-        self._found: tuple[int, float] | None = None  # (step, loss) of the first non-finite step
+        self._found: _Queued | None = None  # the first non-finite step
+        self._found_loss = float("nan")
         self._saving = False
+        # for divergence.json
+        self._index: Tensor | None = None  # (P,) each parameter's block
+        self._window_indices: list[Tensor] = []  # the open window's micro-batches' indices
+        self._logged: deque[tuple[int, Tensor | None]] = deque(maxlen=DEFERRED_LAG + 2)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._snapshot = BufferSnapshot(list(pl_module.buffers()))
-        self._params = list(pl_module.parameters())  # walked once, not on every step
+        named = list(pl_module.named_parameters())
+        self._params = [p for _, p in named]  # walked once, not on every step
+        try:
+            self._index = block_index([n for n, _ in named])
+        except ValueError:  # not ResNet18's blocks: divergence.json goes without block norms
+            self._index = None
+        self._logged = deque(maxlen=self.lag + 2)
         device = pl_module.device
         if self.deferred is None:
             self.deferred = bool(trainer.optimizers) and can_defer(trainer, trainer.optimizers[0])
@@ -140,6 +189,8 @@ class NonFiniteGuard(pl.Callback):
         self._snapshot, self._params = None, []  # the model is not ours to keep
         self._stuck, self._last_loss = None, None
         self._queued.clear()
+        self._logged.clear()
+        self._window_indices = []
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -147,9 +198,14 @@ class NonFiniteGuard(pl.Callback):
         if self.deferred:
             self._read_flags(before_step=trainer.global_step - self.lag)
             self._stop_if_found(trainer)
-        if not self._window_open and self.mode == "raise" and self._snapshot is not None:
-            # The buffers before this step; deferred, frozen from the first non-finite step on.
-            self._snapshot.take(unless=self._stuck.bool() if self._stuck is not None else None)
+        if not self._window_open:
+            self._window_indices = []
+            if self.mode == "raise" and self._snapshot is not None:
+                # The buffers before this step; deferred, frozen from the first non-finite step on.
+                self._snapshot.take(unless=self._stuck.bool() if self._stuck is not None else None)
+        indices = getattr(trainer.datamodule, "last_train_indices", None)  # type: ignore[attr-defined]
+        if indices is not None:
+            self._window_indices.append(indices)
         self._window_open = True
 
     def on_before_backward(
@@ -163,17 +219,23 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
+        norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one
         if not _uses_grad_scaler(trainer):
             grads = [p.grad for p in self._params if p.grad is not None]
-            ok = ok & all_finite(grads).to(ok.device)
+            if grads:
+                norms = tensor_norms(grads)  # one fused pass
+                ok = ok & torch.isfinite(norms).all().to(ok.device)
+            if len(grads) != len(self._params):
+                norms = None  # not aligned with the blocks' index
         self._window_open, self._loss_ok = False, None
+        step, batches = trainer.global_step, self._window_indices
         if self.deferred:
-            self._queue(trainer, optimizer, ok)
-            return
-        if not trainer.strategy.reduce_boolean_decision(not bool(ok), all=False):
-            return
-        loss_value = float(self._last_loss) if self._last_loss is not None else float("nan")
-        self._diverged(trainer, trainer.global_step, loss_value)
+            self._queue(trainer, optimizer, ok, norms, batches)
+        elif trainer.strategy.reduce_boolean_decision(not bool(ok), all=False):
+            loss_value = float(self._last_loss) if self._last_loss is not None else float("nan")
+            self._diverged(trainer, step, loss_value, norms, batches)
+        if is_due(step, trainer.log_every_n_steps):  # type: ignore[attr-defined]  # set by Lightning
+            self._logged.append((step, norms))  # a reference; summed by block only on divergence
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -190,7 +252,14 @@ class NonFiniteGuard(pl.Callback):
             self._read_flags()
             self._stop_if_found(trainer)
 
-    def _queue(self, trainer: pl.Trainer, optimizer: Any, ok: Tensor) -> None:
+    def _queue(
+        self,
+        trainer: pl.Trainer,
+        optimizer: Any,
+        ok: Tensor,
+        norms: Tensor | None,
+        micro_batches: list[Tensor],
+    ) -> None:
         """Deferred: this step's flag, made sticky and handed to the optimizer, on its way to the host."""
         assert self._stuck is not None
         bad = (~ok).to(self._stuck.device, torch.float32)
@@ -210,7 +279,7 @@ class NonFiniteGuard(pl.Callback):
         if bad.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        self._queued.append(_Queued(trainer.global_step, slot, event))
+        self._queued.append(_Queued(trainer.global_step, slot, event, norms, micro_batches))
 
     def _read_flags(self, before_step: float = float("inf")) -> None:
         """Read the queued flags of steps before `before_step` (waiting for the device where it
@@ -220,18 +289,26 @@ class NonFiniteGuard(pl.Callback):
             oldest.wait()
             flag, loss = self._host[oldest.slot].tolist()
             if flag > 0 and self._found is None:
-                self._found = (oldest.step, loss)
+                self._found, self._found_loss = oldest, loss
 
     def _stop_if_found(self, trainer: pl.Trainer) -> None:
         if self._found is not None:
             self._queued.clear()
-            self._diverged(trainer, *self._found)
+            found = self._found
+            self._diverged(trainer, found.step, self._found_loss, found.norms, found.micro_batches)
 
     def _restore_buffers(self) -> None:
         if self._snapshot is not None:
             self._snapshot.restore()
 
-    def _diverged(self, trainer: pl.Trainer, step: int, loss_value: float) -> None:
+    def _diverged(
+        self,
+        trainer: pl.Trainer,
+        step: int,
+        loss_value: float,
+        norms: Tensor | None,
+        micro_batches: list[Tensor],
+    ) -> None:
         if self.mode == "warn":
             if not self._warned:
                 rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None))
@@ -239,11 +316,34 @@ class NonFiniteGuard(pl.Callback):
             return
         self._restore_buffers()
         module = trainer.lightning_module
+        failing = block_norm_record(norms, self._index)
+        first_block = first_nonfinite_block(failing)
+        last = next(((s, n) for s, n in reversed(self._logged) if s < step), None)
+
+        def record(checkpoint_global_step: int | None) -> Path | None:
+            if not trainer.is_global_zero:
+                return None
+            return write_divergence(
+                Path(trainer.default_root_dir),
+                divergence_record(
+                    step=step,
+                    loss=loss_value,
+                    failing=failing,
+                    last_finite=None
+                    if last is None
+                    else (last[0], block_norm_record(last[1], self._index)),
+                    micro_batches=[b.tolist() for b in micro_batches],
+                    checkpoint_global_step=checkpoint_global_step,
+                ),
+            )
+
         if not state_is_finite([*module.parameters(), *module.buffers()]):
+            written = record(None)
             raise DivergenceError(
-                f"train/loss became {loss_value} at step {step}: an optimizer step had already "
+                f"train/loss became {loss_value} at step {step}{where(first_block)}: an optimizer step had already "
                 "made the weights non-finite (lower optimizer.lr, or set trainer.gradient_clip_val=1.0); "
                 "no checkpoint was saved, an earlier last.ckpt is unchanged"
+                + (f"; details in {written}" if written else "")
             )
         if self.checkpoint_path is not None:
             self._saving = True
@@ -251,6 +351,9 @@ class NonFiniteGuard(pl.Callback):
                 trainer.save_checkpoint(self.checkpoint_path)
             finally:
                 self._saving = False
+        written = record(trainer.global_step if self.checkpoint_path is not None else None)
         raise DivergenceError(
-            divergence_message(step, loss_value, self.loss_name, self.checkpoint_path)
+            divergence_message(
+                step, loss_value, self.loss_name, self.checkpoint_path, first_block, written
+            )
         )
