@@ -4,7 +4,7 @@ directory, read by `python -m pipeline.replay`. Written once, by the non-finite 
 Fields:
   step                    the optimizer step whose loss or gradients were non-finite (0-based)
   loss                    its loss (a string for inf/NaN: JSON has no such numbers)
-  first_nonfinite_block   the first block, in forward order, whose gradients hold inf/NaN (or null)
+  first_nonfinite_block   the first block, in forward order, whose gradient norm is inf or NaN (or null)
   grad_norm               {"last_finite": {"step", <block>..., "total"}, "failing": {...}}: per-block
                           gradient norms of the last finite logging step and of the failing step
                           (null where they were not measured)

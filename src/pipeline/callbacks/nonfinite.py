@@ -22,7 +22,7 @@ Two ways to check, one outcome:
 On stopping (mode raise) rank 0 writes `divergence.json` in the run directory (pipeline.divergence):
 the step, the loss, the failing batch's sample indices, and the per-block gradient norms of the
 failing step and of the last finite logging step, and the message names the first block, in
-forward order, whose gradients are non-finite. What that costs a healthy run: the per-tensor
+forward order, whose gradient norm is inf or NaN. What that costs a healthy run: the per-tensor
 gradient norms the check computes anyway are kept (a reference, per step until read; on logging
 steps a few more), and the data module keeps a reference to the latest batch's indices. The
 block sums and every host read happen only once the run has diverged.
@@ -74,7 +74,7 @@ def divergence_message(
 
 def where(first_block: str | None) -> str:
     return (
-        f" (the first block with non-finite gradients, in forward order: {first_block})"
+        f" (the first block, in forward order, whose gradient norm is inf or NaN: {first_block})"
         if first_block
         else ""
     )

@@ -1,0 +1,245 @@
+"""`python -m pipeline.replay <run dir>`: re-run the step that stopped a run on a non-finite value,
+and name the first operation that produced inf or NaN.
+
+Reads the run's `divergence.json` (written by the non-finite guard) and `checkpoints/last.ckpt`,
+which holds the last finite state: the weights, BatchNorm statistics and optimizer state before
+the failing step. The failing batch is made again from its sample indices (the data are a pure
+function of them), and the step runs on the CPU twice: at float32 (the run's precision, or
+float64 for 64-true) and at float64, each with a forward hook on every leaf module (the first
+whose output is non-finite) and autograd's anomaly mode in the backward (the first operation
+that returned NaN). Where the step's forward and backward stay finite, it takes the optimizer
+step from the saved state and runs the next forward. Prints what each precision found and
+whether float64 overflows too (a true divergence) or only the run's precision did.
+
+Exit codes: 0 reproduced and named; 1 nothing non-finite in either precision; 2 a directory
+without divergence.json or a usable last.ckpt.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from pipeline import build
+from pipeline.checkpoints import read_checkpoint, run_config_of
+from pipeline.data import make_batch
+from pipeline.divergence import DIVERGENCE_FILE, read_divergence
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from pipeline.losses import LOSSES
+from pipeline.model import ResNetClassifier
+
+NOT_REPRODUCED_EXIT_CODE = 1
+
+
+def is_finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def first_nonfinite_leaf(net: nn.Module, images: Tensor) -> tuple[str | None, Tensor]:
+    """Run `net` on `images` with a forward hook on every leaf module; return the name of the
+    first leaf, in execution order, whose output holds inf or NaN (None if none does) and the
+    output. The hooks are removed before it returns. Cost: one isfinite pass per leaf output."""
+    first: list[str] = []
+
+    def hook(name: str) -> Any:
+        def check(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not first and isinstance(output, Tensor) and not is_finite(output):
+                first.append(f"{name} ({type(module).__name__})")
+
+        return check
+
+    leaves = [(n, m) for n, m in net.named_modules() if n and not any(m.children())]
+    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    try:
+        output = net(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return (first[0] if first else None), output
+
+
+ANOMALY = re.compile(r"Function '(\w+)' returned nan values")
+
+
+def backward_nonfinite_op(loss: Tensor, net: nn.Module) -> str | None:
+    """Backward from `loss` under anomaly mode: the autograd operation that first returned NaN
+    (anomaly mode checks NaN only); else the first parameter in backward order (the reverse of
+    forward order) whose gradient holds inf; else one whose gradient is finite but whose norm
+    overflows (what the non-finite guard checks: a norm per tensor). None if all are finite."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Anomaly Detection has been enabled"
+            anomaly = torch.autograd.detect_anomaly(check_nan=True)
+        with anomaly:
+            loss.backward()
+    except RuntimeError as exc:
+        found = ANOMALY.search(str(exc))
+        if found is None:
+            raise
+        return f"operation {found.group(1)} returned NaN"
+    for name, p in reversed(list(net.named_parameters())):
+        if p.grad is not None and not is_finite(p.grad):
+            return f"the gradient of {name} holds inf"
+    for name, p in reversed(list(net.named_parameters())):
+        if p.grad is not None and not is_finite(torch.linalg.vector_norm(p.grad)):
+            return f"the gradient of {name} is finite, but its norm overflows {str(p.grad.dtype).removeprefix('torch.')}"
+    return None
+
+
+@dataclass(frozen=True)
+class Finding:
+    stage: str  # forward, loss, backward, optimizer step, next forward
+    where: str
+
+    def __str__(self) -> str:
+        return f"{self.stage}: {self.where}"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What replaying one training step needs, all on the CPU."""
+
+    module: ResNetClassifier  # the last finite state
+    batches: list[tuple[Tensor, Tensor]]  # (images, labels) per micro-batch
+    optimizer_state: dict[str, Any]
+    make_optimizer: Any  # parameters → optimizer
+    clip_val: float | None
+    clip_algorithm: str
+
+
+def replay(step: Step, dtype: torch.dtype) -> Finding | None:
+    """The failing step at `dtype`: each micro-batch's forward, loss and backward; then, if all
+    stayed finite, the optimizer step and the next forward on the first micro-batch."""
+    model = copy.deepcopy(step.module).to(dtype).train()
+    net, loss_fn = model.net, model.loss_fn
+    batches = [(x.to(dtype), y.to(dtype) if y.is_floating_point() else y) for x, y in step.batches]
+    for images, labels in batches:
+        leaf, pred = first_nonfinite_leaf(net, images)
+        if leaf is not None:
+            return Finding("forward", f"the output of {leaf}")
+        loss = loss_fn(pred, labels) / len(batches)
+        if not is_finite(loss):
+            return Finding("loss", f"the loss is {float(loss)} from finite logits")
+        bad = backward_nonfinite_op(loss, net)
+        if bad is not None:
+            return Finding("backward", bad)
+    if step.clip_val:
+        if step.clip_algorithm == "value":
+            nn.utils.clip_grad_value_(model.parameters(), step.clip_val)
+        else:
+            nn.utils.clip_grad_norm_(model.parameters(), step.clip_val)
+    optimizer = step.make_optimizer(model.parameters())
+    optimizer.load_state_dict(step.optimizer_state)  # its floating state is cast to `dtype`
+    optimizer.step()
+    bad_weights = [n for n, p in net.named_parameters() if not is_finite(p)]
+    if bad_weights:
+        return Finding("optimizer step", f"it made {bad_weights[0]} non-finite")
+    with torch.no_grad():
+        leaf, pred = first_nonfinite_leaf(net, batches[0][0])
+    if leaf is not None:
+        return Finding("next forward, after the optimizer step", f"the output of {leaf}")
+    if not is_finite(loss_fn(pred, batches[0][1])):
+        return Finding("next forward, after the optimizer step", "the loss")
+    return None
+
+
+def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], str]:
+    """The failing step of `run_dir`, its divergence.json and the run's precision.
+    ConfigError (one line) where the directory cannot be replayed."""
+    if not (run_dir / DIVERGENCE_FILE).is_file():
+        raise ConfigError(
+            [
+                f"{run_dir} has no {DIVERGENCE_FILE}: only a run the non-finite guard stopped can be replayed"
+            ]
+        )
+    ckpt_path = run_dir / build.CHECKPOINT_DIR / build.LAST_CHECKPOINT
+    if not ckpt_path.is_file():
+        raise ConfigError(
+            [f"{run_dir} has no {build.CHECKPOINT_DIR}/{build.LAST_CHECKPOINT} to replay from"]
+        )
+    record = read_divergence(run_dir)
+    if record.get("checkpoint_global_step") is None:
+        raise ConfigError(
+            [f"{run_dir}: the weights were already non-finite when the run stopped, so no state before "
+             f"step {record['step']} was saved; lower optimizer.lr and run again"]
+        )  # fmt: skip
+    ckpt = read_checkpoint(str(ckpt_path))
+    if ckpt["global_step"] != record["checkpoint_global_step"]:
+        raise ConfigError(
+            [f"{ckpt_path} is from step {ckpt['global_step']}, not the state saved when the run "
+             f"stopped ({record['checkpoint_global_step']}); it was overwritten by a later run"]
+        )  # fmt: skip
+    cfg = OmegaConf.create(run_config_of(ckpt, str(ckpt_path)))
+    cfg.model.weights = None  # the checkpoint's weights replace them
+    cfg.model.compile = False
+    cfg.model.channels_last = False
+    cfg.device.accelerator = "cpu"
+    module = build.build_module(cfg)
+    module.load_state_dict(ckpt["state_dict"])
+    batches = [
+        make_batch(torch.tensor(b, dtype=torch.int64), seed=cfg.seed, split="train",
+                   image_size=cfg.data.image_size, channels=cfg.data.channels,
+                   num_classes=cfg.model.num_classes, label_kind=LOSSES[cfg.loss.name].label_kind,
+                   device="cpu")
+        for b in record["micro_batches"]
+    ]  # fmt: skip
+    step = Step(
+        module=module,
+        batches=batches,
+        optimizer_state=ckpt["optimizer_states"][0],
+        make_optimizer=build.optimizer_factory(cfg),
+        clip_val=cfg.trainer.get("gradient_clip_val"),
+        clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
+    )
+    return step, record, str(cfg.precision)
+
+
+def verdict(run: Finding | None, wide: Finding | None, run_dtype: str) -> str:
+    if wide is not None:
+        return "float64 overflows too: a true divergence, as the seed's unbounded loss"
+    if run is not None:
+        return f"float64 stays finite: only the run's precision ({run_dtype}) overflowed"
+    return "did not reproduce: both precisions stay finite through the step and the next forward"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point `pipeline-replay`."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m pipeline.replay <run dir>", file=sys.stderr)
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    run_dir = Path(args[0])
+    try:
+        step, record, precision = load_step(run_dir)
+    except ConfigError as exc:
+        print(f"pipeline.replay: {exc.problems[0]}", file=sys.stderr)
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    run_dtype = torch.float64 if precision == "64-true" else torch.float32
+    print(
+        f"pipeline.replay: step {record['step']} of {run_dir} (loss {record['loss']}), samples "
+        f"{record['indices']}, from {build.CHECKPOINT_DIR}/{build.LAST_CHECKPOINT}, on the CPU"
+    )
+    if precision not in ("32-true", "64-true"):
+        print(f"  (the run used precision={precision}; replayed at float32 and float64)")
+    run = replay(step, run_dtype)
+    wide = run if run_dtype == torch.float64 else replay(step, torch.float64)
+    name = str(run_dtype).removeprefix("torch.")
+    print(f"  {name}: {run or 'finite through the step and the next forward'}")
+    if run_dtype != torch.float64:
+        print(f"  float64: {wide or 'finite through the step and the next forward'}")
+    print(f"  {verdict(run, wide, name)}")
+    sys.exit(0 if run is not None or wide is not None else NOT_REPRODUCED_EXIT_CODE)
+
+
+if __name__ == "__main__":
+    main()
