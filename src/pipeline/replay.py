@@ -78,10 +78,11 @@ def backward_nonfinite_op(loss: Tensor, net: nn.Module) -> str | None:
     overflows (what the non-finite guard checks: a norm per tensor). None if all are finite."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "Anomaly Detection has been enabled"
-            anomaly = torch.autograd.detect_anomaly(check_nan=True)
-        with anomaly:
-            loss.backward()
+            warnings.simplefilter(
+                "ignore"
+            )  # "Anomaly Detection has been enabled", "Error detected in"
+            with torch.autograd.detect_anomaly(check_nan=True):
+                loss.backward()
     except RuntimeError as exc:
         found = ANOMALY.search(str(exc))
         if found is None:
