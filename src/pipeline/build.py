@@ -37,6 +37,7 @@ from pipeline.config import PIPELINE_TRAINER_KEYS
 from pipeline.data import SyntheticDataModule
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
+from pipeline.profiling import PROFILE_DIR, TorchProfile, lightning_profiler
 
 TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
@@ -208,7 +209,16 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         )
     if cfg.callbacks.progress_bar:
         callbacks.append(ProgressBar(leave=True))
-    return callbacks
+    return callbacks + torch_profile(cfg, run_dir)
+
+
+def torch_profile(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+    """profiler=torch: torch.profiler over the scheduled optimizer steps, into <run>/profile/."""
+    if cfg.profiler.name != "torch":
+        return []
+    keys = plain(cfg.profiler)
+    del keys["name"]
+    return [TorchProfile(profile_dir=run_dir / PROFILE_DIR, **keys, cuda=uses_cuda(cfg))]
 
 
 def kept_checkpoints(ckpt_dir: Path, keep_last_k: int, every_n_steps: int) -> list[Callback]:
@@ -261,6 +271,7 @@ def build_trainer(
         callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir)],
         enable_progress_bar=cfg.callbacks.progress_bar,
         plugins=[AtomicCheckpointIO()],
+        profiler=lightning_profiler(cfg.profiler.name, run_dir / PROFILE_DIR),
         default_root_dir=run_dir,
         **trainer_args,
     )

@@ -37,6 +37,7 @@ OWNED_TRAINER_ARGS = {
     "sync_batchnorm": "device.sync_batchnorm=true",
     "precision": "precision=…",
     "logger": "logger=tensorboard|csv|none",
+    "profiler": "profiler=torch|simple|none",
     "callbacks": "the callbacks group",
     "enable_checkpointing": "the callbacks group",
     "enable_progress_bar": "callbacks.progress_bar=false",
@@ -231,6 +232,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     _validate_device(c, cuda_available)
     _validate_scheduler(c)
     _validate_trainer(c)
+    _validate_profiler(c)
     c.problems += [  # keys with no range of their own (seed has one)
         p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
     ]
@@ -361,6 +363,23 @@ def _validate_scheduler(c: _Checker) -> None:
         if not _is_number(gamma) or not 0 < gamma <= 1:
             c.problems.append(
                 f"scheduler.gamma must be in (0, 1] (got {gamma!r}); set scheduler.gamma=0.5"
+            )
+
+
+def _validate_profiler(c: _Checker) -> None:
+    """profiler=torch: its schedule fits in the run (steps counted from this process's start)."""
+    if c.value("profiler.name") != "torch":
+        return
+    ok = c.int_at_least("profiler.skip_first", 0, 5) & c.int_at_least("profiler.warmup", 0, 1)
+    ok &= c.int_at_least("profiler.active", 1, 3)
+    c.int_at_least("profiler.row_limit", 1, 20)
+    max_steps = c.value("trainer.max_steps")
+    if ok and _is_int(max_steps) and max_steps >= 1:
+        wanted = sum(c.value(f"profiler.{k}") for k in ("skip_first", "warmup", "active"))
+        if wanted > max_steps:
+            c.problems.append(
+                f"profiler.skip_first + warmup + active = {wanted} steps, more than trainer.max_steps="
+                f"{max_steps}; set trainer.max_steps={wanted} or profile fewer steps"
             )
 
 
