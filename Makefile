@@ -26,8 +26,9 @@ lint: install
 	$(PY) -m ruff format --check src tests
 	$(PY) -m mypy
 
+# Two workers (one a core here): most of a CLI test is single-threaded start-up.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
 test-fast: install
 	$(PY) -m pytest -m "not e2e" -q

@@ -79,9 +79,13 @@ def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
     ):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
-    rank1 = subprocess.check_output(
-        ["pgrep", "-f", "hydra.job.name=train_ddp_process_1"], text=True
-    ).split()
+    rank1 = [  # this test's rank 1: tests may run side by side (pytest -n)
+        pid
+        for pid in subprocess.check_output(
+            ["pgrep", "-f", "hydra.job.name=train_ddp_process_1"], text=True
+        ).split()
+        if Path(f"/proc/{pid}/cwd").resolve() == tmp_path.resolve()
+    ]
     os.kill(int(rank1[0]), signal.SIGKILL)
     killed = time.monotonic()
     _, stderr = proc.communicate(timeout=30 + 60)  # the collective timeout, plus teardown
