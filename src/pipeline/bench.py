@@ -75,13 +75,15 @@ def feature_variants(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """Bare plus one instrument, at its configured frequency and at every step."""
     grads, check = cfg.callbacks.gradients, cfg.callbacks.gradient_check
     every = cfg.trainer.log_every_n_steps
+    norms = {"enabled": True, "histogram_every_n_steps": 0, "noise_scale": "off"}
     return {
-        f"+norms (every {every})": {
-            "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 0}}
-        },
-        "+norms (every step)": {
-            "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 0}},
+        f"+norms and update ratios (every {every})": {"callbacks": {"gradients": norms}},
+        "+norms and update ratios (every step)": {
+            "callbacks": {"gradients": norms},
             "trainer": {"log_every_n_steps": 1},
+        },
+        f"+norms, noise scale=on (every {every})": {
+            "callbacks": {"gradients": {**norms, "noise_scale": "on"}}
         },
         "+histograms (every step)": {
             "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},

@@ -49,6 +49,7 @@ from pipeline.divergence import (
 )
 from pipeline.errors import DivergenceError
 from pipeline.gradients import block_index, state_is_finite, tensor_norms
+from pipeline.overrides import shell_word
 
 DEFERRED_LAG = 2  # deferred: the host reads a step's flag this many steps later
 
@@ -83,7 +84,8 @@ def where(first_block: str | None) -> str:
 def replay_hint(record: Path | None) -> str:
     if record is None:
         return ""
-    return f"; details in {record}; find the first bad operation with: python -m pipeline.replay {record.parent}"
+    command = shell_word(str(record.parent))
+    return f"; details in {record}; find the first bad operation with: python -m pipeline.replay {command}"
 
 
 def _uses_grad_scaler(trainer: pl.Trainer) -> bool:
