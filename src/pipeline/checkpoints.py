@@ -37,10 +37,10 @@ def checkpoint_fit_problems(
     """Whether training can continue from `ckpt` with `cfg`: the same model shapes, the same
     optimizer and the same precision. Found before anything runs, so a mismatch never gets as
     far as the run's files."""
-    from torchvision.models import resnet18
+    from pipeline.resources import resnet18_on_meta
 
     problems = []
-    net = resnet18(num_classes=cfg.model.num_classes).to("meta")
+    net = resnet18_on_meta(cfg.model.num_classes)
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
     mismatch = state_dict_mismatch(net, state)
     if mismatch:

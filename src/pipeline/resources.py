@@ -27,7 +27,7 @@ OPTIMIZER_SLOTS = {"SGD": 1, "Adam": 2, "AdamW": 2, "RMSprop": 2}
 CHECKPOINT_OVERHEAD_BYTES = 1 * 2**20  # the pickle's structure, the config, the loops' state
 
 
-def _resnet18_on_meta(num_classes: int) -> nn.Module:
+def resnet18_on_meta(num_classes: int) -> nn.Module:
     from torchvision.models import resnet18
 
     return resnet18(num_classes=num_classes).to("meta").eval()  # shapes only: no memory, no compute
@@ -38,7 +38,7 @@ def activation_elements_per_image(image_size: int, channels: int) -> int:
     """Values ResNet18's layers output for one image: what autograd keeps for the backward
     pass, a lower bound on a training step's activation memory (measured here: the real peak
     is 1.2–2.4× this figure times the bytes per value)."""
-    net = _resnet18_on_meta(10)
+    net = resnet18_on_meta(10)
     if channels != 3:
         net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False, device="meta")
     total = 0
@@ -64,7 +64,7 @@ def activation_bytes(*, image_size: int, channels: int, batch_size: int, precisi
 @lru_cache(maxsize=16)
 def parameter_count(num_classes: int) -> int:
     """Parameters and buffers of ResNet18 with a `num_classes` head."""
-    net = _resnet18_on_meta(num_classes)
+    net = resnet18_on_meta(num_classes)
     return sum(t.numel() for t in (*net.parameters(), *net.buffers()))
 
 
