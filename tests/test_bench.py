@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import run_cli
+from helpers import run_cli
 from pipeline.bench import (
     Rounds,
     StepTimer,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, only_run_dir, run_cli, scalars
+from helpers import TINY, only_run_dir, run_cli, scalars
 
 pytestmark = [
     pytest.mark.gpu,

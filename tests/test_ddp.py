@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, cli_env, only_run_dir, run_cli, scalars
+from helpers import TINY, cli_env, only_run_dir, run_cli, scalars
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, cli_env, run_cli
+from helpers import TINY, cli_env, run_cli
 from pipeline.rundir import claim_run_dir
 
 

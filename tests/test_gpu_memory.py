@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, only_run_dir, run_cli, scalars
+from helpers import TINY, only_run_dir, run_cli, scalars
 from pipeline.callbacks.gpu_memory import GpuMemory, gpu_memory_figures
 
 TAGS = {"perf/gpu_mem_allocated_gb", "perf/gpu_mem_peak_gb", "perf/gpu_mem_reserved_gb",

@@ -8,7 +8,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 
-from conftest import TINY
+from helpers import TINY
 from pipeline import build
 from pipeline.cli import _compose
 from pipeline.errors import GradientCheckError

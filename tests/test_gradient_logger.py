@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.models import resnet18
 
-from conftest import TINY, Recorder, only_run_dir, run_cli, scalars
+from helpers import TINY, Recorder, only_run_dir, run_cli, scalars
 from pipeline.callbacks import GradientLogger
 from pipeline.gradients import BLOCKS, block_of
 

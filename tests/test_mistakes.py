@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, cli_env, only_run_dir, run_cli
+from helpers import TINY, cli_env, only_run_dir, run_cli
 
 pytestmark = pytest.mark.e2e
 SHORT = [*TINY, "callbacks=minimal", "logger=none"]

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import pipeline.callbacks.noise_scale as noise_scale_module
-from conftest import TINY, Recorder, only_run_dir, run_cli, scalars
+from helpers import TINY, Recorder, only_run_dir, run_cli, scalars
 from pipeline.callbacks.noise_scale import GradientNoiseScale
 from pipeline.gradients import BLOCKS
 

@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from conftest import TINY
+from helpers import TINY
 
 LAG = 3
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, only_run_dir, run_cli
+from helpers import TINY, only_run_dir, run_cli
 from pipeline.cli import preflight
 from pipeline.config import validate
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from conftest import TINY, only_run_dir, run_cli
+from helpers import TINY, only_run_dir, run_cli
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from conftest import TINY, only_run_dir, run_cli
+from helpers import TINY, only_run_dir, run_cli
 
 BLOCK = re.compile(r"\b(conv1|bn1|layer[1-4]|fc)\b")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, cli_env, run_cli, scalars
+from helpers import TINY, cli_env, run_cli, scalars
 
 # 6 batches an epoch: a resume after 4 steps lands mid-epoch, and the run crosses an epoch end.
 RUN = ["data.image_size=32", "data.batch_size=4", "data.num_samples=24", "data.num_val_samples=4",

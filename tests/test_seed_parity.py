@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.models import resnet18
 
-from conftest import only_run_dir, run_cli
+from helpers import only_run_dir, run_cli
 from pipeline.data import make_batch
 
 STEPS, BATCH, SIZE, SEED = 3, 4, 32, 42

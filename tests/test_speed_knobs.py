@@ -8,7 +8,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from conftest import TINY, run_cli, scalars
+from helpers import TINY, run_cli, scalars
 from pipeline.callbacks.cuda_flags import (
     TORCH_DEFAULTS,
     current_flags,

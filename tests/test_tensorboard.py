@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import only_run_dir, run_cli, scalars
+from helpers import only_run_dir, run_cli, scalars
 from pipeline.gradients import BLOCKS
 
 SERVER_START_TIMEOUT_S = 90

@@ -7,7 +7,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from conftest import cli_env, only_run_dir
+from helpers import cli_env, only_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 
