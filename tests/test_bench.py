@@ -116,7 +116,7 @@ def test_costs_and_ratios() -> None:
 def test_a_run_records_its_startup_in_run_json(tmp_path: Path) -> None:
     """What the bench's start-up figure reads: the run's own record, not its log."""
     trainer = SimpleNamespace(is_global_zero=True, loggers=[])
-    Provenance(run_dir=tmp_path, info={"command": ["python"]}).on_train_start(trainer, None)  # type: ignore[arg-type]
+    Provenance(run_dir=tmp_path, info={"command": ["python"]}).on_train_start(trainer, None)
     record = json.loads((tmp_path / RUN_JSON).read_text())
     assert record["command"] == ["python"]
     assert 0 < record[STARTUP_KEY] < 24 * 3600  # this process started before the test
