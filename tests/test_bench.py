@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning.pytorch as pl
 import pytest
@@ -12,21 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import run_cli
-from pipeline.bench import (
-    Rounds,
-    StepTimer,
-    amortized,
-    data_share,
-    first_step_seconds,
-    knob_configs,
-    parse_knob,
-    relative_cost,
-    round_order,
-    summarize,
-    synced_points,
-    validate_bench,
-)
-from pipeline.callbacks.throughput import FIRST_STEP_MESSAGE, process_age_s
+from pipeline.bench.clock import StepTimer, synced_points
+from pipeline.bench.config import validate_bench
+from pipeline.bench.data_path import numpy_reference_images
+from pipeline.bench.modes import measure
+from pipeline.bench.run import round_order
+from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
+from pipeline.bench.variants import instrument_frequencies, knob_configs, parse_knob
+from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
 from pipeline.cli import _compose
 from pipeline.gradients import histogram
 
@@ -101,7 +95,9 @@ def test_costs_and_ratios() -> None:
     }
     rounds["+histograms (every step)"] = Rounds([3.0])
     rounds["+analytic check (every step)"] = Rounds([1.5])
-    out = summarize(rounds, 32, {"histograms": 100, "check": 50}, 4.2, torch.device("cpu"))
+    frequencies = instrument_frequencies(_compose("bench", []))
+    assert frequencies == {"histograms": 100, "check": 50}  # the defaults amortized over
+    out = summarize(rounds, 32, frequencies, 4.2, torch.device("cpu"))
     assert out["pipeline_over_plain"] == pytest.approx(0.8)
     assert out["pipeline_over_naive"] == pytest.approx(1.6)
     assert out["images_per_sec"]["pipeline"] == pytest.approx(25.6)
@@ -112,17 +108,18 @@ def test_costs_and_ratios() -> None:
     assert out["data_wait_share"] == pytest.approx(0.01)
     assert out["knob_effects"] == {}
     rounds["pipeline model.channels_last=true"] = Rounds([1.0])
-    out = summarize(rounds, 32, {"histograms": 100, "check": 50}, None, torch.device("cpu"))
+    out = summarize(rounds, 32, frequencies, None, torch.device("cpu"))
     assert out["knob_effects"] == {"pipeline model.channels_last=true": pytest.approx(-0.2)}
     json.dumps(out)  # bench.output writes it as JSON
 
 
-def test_first_step_time_round_trips_through_the_log_line() -> None:
-    line = "[2026-01-01][pipeline.callbacks.throughput][INFO] - " + FIRST_STEP_MESSAGE % 4.567
-    assert first_step_seconds(line) == pytest.approx(4.57)
-    assert first_step_seconds("nothing here") is None
-    age = process_age_s()
-    assert age is not None and 0 < age < 24 * 3600
+def test_a_run_records_its_startup_in_run_json(tmp_path: Path) -> None:
+    """What the bench's start-up figure reads: the run's own record, not its log."""
+    trainer = SimpleNamespace(is_global_zero=True, loggers=[])
+    Provenance(run_dir=tmp_path, info={"command": ["python"]}).on_train_start(trainer, None)
+    record = json.loads((tmp_path / RUN_JSON).read_text())
+    assert record["command"] == ["python"]
+    assert 0 < record[STARTUP_KEY] < 24 * 3600  # this process started before the test
 
 
 class _Tiny(pl.LightningModule):
@@ -191,7 +188,10 @@ def test_histograms_of_many_tensors_match_numpy_each() -> None:
 
 
 def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) -> None:
-    args = ["debug=fast", "bench.rounds=1", "bench.steps=2", "bench.warmup_steps=1", "bench.startup=false",
+    """The one run of the real command: every mode of the default bench (variants, a knob, the
+    data path, a real `python -m pipeline.train` for the start-up) and bench.output."""
+    args = ["debug=fast", "bench.rounds=1", "bench.steps=2", "bench.warmup_steps=1",
+            'bench.knobs=["model.channels_last=true","device.tf32=true"]',
             f"bench.output={tmp_path / 'bench.json'}"]  # fmt: skip
     result = run_cli("pipeline.bench", args, tmp_path, torch_home)
     assert result.returncode == 0, result.stderr
@@ -199,19 +199,49 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
     assert set(figures["images_per_sec"]) >= {"plain", "pipeline", "naive", "bare", "+progress bar"}
     assert all(v > 0 for v in figures["images_per_sec"].values())
     assert "pipeline / plain" in result.stdout
-    assert figures["data"]["make_us_per_image"] > 0 and 0 < figures["data"]["share_of_step"] < 1
+    assert list(figures["knob_effects"]) == ["pipeline model.channels_last=true"]
+    assert figures["knobs_skipped"] == ["device.tf32=true (CUDA only)"]
+    data = figures["data"]
+    assert (data["image_size"], data["batch_size"], data["device"]) == (32, 4, "cpu")
+    assert data["make_us_per_image"] > 0 and 0 < data["share_of_step"] < 1
+    speedup = data["numpy_us_per_image"] / data["make_us_per_image"]
+    assert data["make_over_numpy_speedup"] == pytest.approx(speedup)
+    # The start-up run: a process of its own, whose imports alone take seconds.
+    assert 1 < figures["startup_to_first_step_s"] < 240
+    assert "command to first training step" in result.stdout
 
 
-def test_the_data_path_alone_against_the_numpy_path(tmp_path: Path, torch_home: Path) -> None:
-    args = ["bench.data_only=true", "data.image_size=16", "data.batch_size=4", "bench.rounds=2",
-            f"bench.output={tmp_path / 'data.json'}"]  # fmt: skip
-    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
-    assert result.returncode == 0, result.stderr
-    figures = json.loads((tmp_path / "data.json").read_text())
+def test_the_data_path_alone_against_the_numpy_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _compose("bench", ["bench.data_only=true", "data.image_size=16", "data.batch_size=4",
+                             "bench.rounds=2"])  # fmt: skip
+    figures = measure(cfg, tmp_path, [])
+    assert set(figures) == {"image_size", "batch_size", "device", "make_us_per_image",
+                            "numpy_us_per_image", "make_over_numpy_speedup"}  # fmt: skip
     assert (figures["image_size"], figures["batch_size"], figures["device"]) == (16, 4, "cpu")
     speedup = figures["numpy_us_per_image"] / figures["make_us_per_image"]
     assert figures["make_over_numpy_speedup"] == pytest.approx(speedup)
-    assert "µs an image (16×16, batch 4, cpu)" in result.stdout.replace("\n", "")
+    assert "µs an image (16×16, batch 4, cpu)" in capsys.readouterr().out.replace("\n", "")
+    json.dumps(figures)  # bench.output writes it as JSON
+
+
+@pytest.mark.e2e  # fits a Trainer
+def test_the_soak_samples_resident_memory_along_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _compose("bench", ["debug=fast", "data.num_samples=32", "callbacks=minimal", "loss=mse",
+                             "bench.soak_steps=4", "bench.soak_every=2"])  # fmt: skip
+    figures = measure(cfg, tmp_path, [])
+    assert figures["steps"] == 4
+    steps, mb = zip(*figures["resident_mb"], strict=True)
+    assert steps == (1, 2, 4)  # after the first step, then every bench.soak_every
+    assert all(50 < m < 64 * 1024 for m in mb)  # resident MB of a process that holds torch
+    assert figures["growth_after_first_sample_mb"] == pytest.approx(mb[2] - mb[1])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # a real run, in the run directory
+    out = capsys.readouterr().out
+    assert "step       4:" in out and "growth from step 2 to the end" in out
+    json.dumps(figures)  # bench.output writes it as JSON
 
 
 def test_the_data_share_of_a_step() -> None:
@@ -221,8 +251,6 @@ def test_the_data_share_of_a_step() -> None:
 def test_the_numpy_reference_is_the_old_data_path() -> None:
     """Uniform float32 images, one PCG64 stream per sample: what the DataLoader's workers made."""
     import numpy as np
-
-    from pipeline.bench import numpy_reference_images
 
     images = numpy_reference_images(range(2, 4), seed=7, image_size=8, channels=3)
     assert images.shape == (2, 3, 8, 8) and images.dtype == torch.float32

@@ -1,7 +1,8 @@
 """`run.json` and TensorBoard's `run` text: what produced the run (pipeline/provenance.py).
 
-Written by rank 0 when training starts, atomically; a resume keeps the earlier starts under
-"earlier_starts", newest last.
+Written by rank 0 when training starts, atomically, with "startup_s": seconds from the process's
+start to training's start (None where unknown; what `pipeline.bench` reports as start-up). A
+resume keeps the earlier starts under "earlier_starts", newest last.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from pipeline.callbacks.throughput import process_age_s
+
 RUN_JSON = "run.json"
+STARTUP_KEY = "startup_s"  # process start to training start, in run.json
 
 
 class Provenance(pl.Callback):
@@ -27,7 +31,7 @@ class Provenance(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        record = dict(self.info)
+        record = {**self.info, STARTUP_KEY: process_age_s()}
         if self.path.is_file():
             try:
                 before = json.loads(self.path.read_text())

@@ -1,0 +1,122 @@
+"""The step clock: what a round of any loop measures, and how.
+
+Steps are timed each from the end of the one before, after the warm-up steps; the device is
+synchronized only at the two ends of the timed window, so on a GPU the host may run ahead as it
+does in training. The plain loops call `StepClock.step_end` themselves; `StepTimer` calls it
+from the Trainer's batch hooks, so every variant is timed the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+
+@dataclass
+class Timing:
+    """What one variant's round measured."""
+
+    steps: list[float]  # each timed step, end to end
+    waits: list[float] = field(default_factory=list)  # of each timed step, the wait for its batch
+    first_step_s: float | None = None  # batch start to end of the run's first step
+    mean_step_s: float | None = None  # the timed window, synchronized at its ends, per step
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op off CUDA, where nothing runs ahead)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synced_points(warmup: int, total: int) -> tuple[int, int]:
+    """The steps at whose end the device is synchronized: the one before the first timed step,
+    and the last. Steps max(warmup, 1)…total−1 are timed, each from the end of the one before;
+    between the two points the host may run ahead of the device, as in real training, so a
+    round's mean step time is (end − start) / timed steps, not a sum of synced steps (a sync on
+    every step would charge all host work, which a GPU otherwise hides, to the step)."""
+    return max(warmup, 1) - 1, total - 1
+
+
+class StepClock:
+    """Step times, each from the end of the step before, after `warmup` steps; the device is
+    synchronized only at the ends of the timed window (`synced_points`). The first step is
+    timed apart, from `begin` (where compiling happens)."""
+
+    def __init__(self, warmup: int, total: int, device: torch.device) -> None:
+        self.warmup, self.device = warmup, device
+        self.sync_at = synced_points(warmup, total)
+        self.steps: list[float] = []
+        self.first_step_s: float | None = None
+        self.mean_step_s: float | None = None
+        self.end: float | None = None  # the last step's end
+        self.begin = time.perf_counter()  # the first step's start
+        self._window_start = 0.0
+        self._seen = 0
+
+    def step_end(self) -> bool:
+        """Mark a step's end; whether that step was timed."""
+        i = self._seen
+        if i in self.sync_at:
+            sync(self.device)
+        now = time.perf_counter()
+        timed = self.end is not None and i >= self.warmup
+        if self.end is None:
+            self.first_step_s = now - self.begin
+        elif timed:
+            self.steps.append(now - self.end)
+        if i == self.sync_at[0]:
+            self._window_start = now
+        elif i == self.sync_at[1] and self.steps:
+            self.mean_step_s = (now - self._window_start) / len(self.steps)
+        self.end, self._seen = now, i + 1
+        return timed
+
+    def timing(self, waits: list[float] | None = None) -> Timing:
+        """The round's figures."""
+        return Timing(self.steps, waits or [], self.first_step_s, self.mean_step_s)
+
+
+class StepTimer(pl.Callback):
+    """A StepClock over the Trainer's batches (batch end to batch end), and the data waits of
+    the timed steps (batch end to next batch start)."""
+
+    def __init__(self, warmup_steps: int, total_steps: int, device: torch.device) -> None:
+        self.clock = StepClock(warmup_steps, total_steps, device)
+        self.waits: list[float] = []
+        self._start = 0.0
+
+    @property
+    def steps(self) -> list[float]:
+        return self.clock.steps
+
+    @property
+    def first_step_s(self) -> float | None:
+        return self.clock.first_step_s
+
+    @property
+    def mean_step_s(self) -> float | None:
+        return self.clock.mean_step_s
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._start = time.perf_counter()
+        if self.clock.end is None:
+            self.clock.begin = self._start
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        previous_end = self.clock.end
+        if self.clock.step_end():
+            assert previous_end is not None  # a timed step follows another
+            self.waits.append(self._start - previous_end)

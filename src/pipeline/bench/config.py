@@ -1,0 +1,52 @@
+"""The bench's own keys (conf/bench.yaml's bench.*), checked on top of pipeline.train's."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.bench.variants import parse_knob, with_knob
+from pipeline.config import validate
+
+_ABSENT = object()
+
+
+def validate_bench(cfg: DictConfig) -> list[str]:
+    """Every problem of the config, the train's and the bench's: one line each, with the fix."""
+    problems = validate(cfg)
+    for key in ("rounds", "steps"):
+        if not isinstance(cfg.bench[key], int) or cfg.bench[key] < 1:
+            problems.append(
+                f"bench.{key} must be an integer ≥ 1 (got {cfg.bench[key]!r}); set bench.{key}=5"
+            )
+    if not isinstance(cfg.bench.warmup_steps, int) or cfg.bench.warmup_steps < 1:
+        problems.append(
+            f"bench.warmup_steps must be an integer ≥ 1 (got {cfg.bench.warmup_steps!r}); set bench.warmup_steps=3"
+        )
+    knobs = cfg.bench.knobs
+    if not OmegaConf.is_list(knobs) or not all(isinstance(k, str) for k in knobs):
+        problems.append(
+            f"bench.knobs must be a list of KEY=VALUE strings (got {knobs!r}); "
+            "set 'bench.knobs=[\"model.channels_last=true\"]'"
+        )
+    else:
+        for knob in knobs:
+            problems += knob_problems(cfg, knob, problems)
+    if cfg.device.strategy == "ddp":
+        problems.append(
+            f"device={cfg.device.name}: the bench runs one process; set device=cpu or device=gpu"
+        )
+    return problems
+
+
+def knob_problems(cfg: DictConfig, knob: str, known: list[str]) -> list[str]:
+    """What is wrong with one bench.knobs entry: its form, its key, or the config it makes
+    (less the problems `known` already names)."""
+    try:
+        key, _ = parse_knob(knob)
+    except ValueError as exc:
+        return [str(exc)]
+    if OmegaConf.select(cfg, key, default=_ABSENT) is _ABSENT:
+        return [f"bench.knobs entry {knob!r}: the config has no key {key}"]
+    return [
+        f"bench.knobs entry {knob!r}: {p}" for p in validate(with_knob(cfg, knob)) if p not in known
+    ]

@@ -1,0 +1,108 @@
+"""The three loops the bench times, each one round of `warmup + steps` steps from the same init.
+
+`time_trainer`: the pipeline's Trainer (any variant's config). `time_plain`: the seed's loop by
+hand with the run's data, model settings, precision and CUDA flags. `time_naive`: the notebook
+as written. All three are timed by the same `StepClock`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import cast
+
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig
+from torchvision.models import ResNet
+
+from pipeline import build
+from pipeline.bench.clock import StepClock, StepTimer, Timing
+from pipeline.bench.variants import merged
+from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
+from pipeline.losses import LOSSES
+from pipeline.model import compiled_forward
+
+
+def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
+    """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
+    trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer])
+    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    return timer.clock.timing(timer.waits)
+
+
+def autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
+    """The autocast Lightning's precision plugin enters for the run's precision (off for *-true)."""
+    dtype = {
+        "bf16-mixed": torch.bfloat16,
+        "16-mixed": torch.float16 if device.type == "cuda" else torch.bfloat16,
+    }
+    return torch.autocast(
+        device.type, dtype=dtype.get(cfg.precision, torch.float32), enabled=cfg.precision in dtype
+    )
+
+
+def time_plain(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> Timing:
+    """The seed's loop by hand (zero_grad, forward, loss, backward, step) with the run's
+    DataLoader and data path, memory format, precision, compile, optimizer and CUDA flags, as
+    the module has them."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    module = build.build_module(cfg)
+    net = module.net.to(device)
+    nhwc = build.channels_last(cfg)  # resolved once, not in the timed loop
+    double = cfg.precision == "64-true"
+    if nhwc:
+        net = net.to(memory_format=torch.channels_last)
+    if double:
+        net = net.double()
+    forward: Callable[[torch.Tensor], torch.Tensor] = net
+    if cfg.model.compile:
+        forward = compiled_forward(cast(ResNet, net))  # the module's compiled path
+    optimizer = module.optimizer_factory(net.parameters())
+    loss_fn = LOSSES[cfg.loss.name].fn
+    datamodule = build.build_datamodule(cfg)
+    batches = iter(datamodule.train_dataloader())
+    flags = flags_for(**build.cuda_flag_settings(cfg))  # the run's, for this loop only
+    with scoped_flags(flags) if device.type == "cuda" else nullcontext():
+        clock = StepClock(warmup, warmup + steps, device)  # timed as StepTimer times the Trainer
+        for _ in range(warmup + steps):
+            indices = next(batches).indices.to(device, non_blocking=True)
+            data, labels = datamodule.samples(indices, "train", device)  # (B, C, H, W), labels
+            if nhwc:
+                data = data.contiguous(memory_format=torch.channels_last)
+            if double:
+                data = data.double()
+            optimizer.zero_grad()
+            with autocast(cfg, device):
+                prediction = forward(data)
+            loss = loss_fn(prediction, labels)
+            loss.backward()
+            optimizer.step()
+            clock.step_end()
+    return clock.timing()
+
+
+def time_naive(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> Timing:
+    """The notebook as written: torch.rand batches, NCHW, float32, not compiled, the seed's loss,
+    torch's default CUDA flags and the configured optimizer as torch builds it (not fused)."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    model = build.build_module(cfg).net.to(device)  # the same init as the other loops
+    optimizer = build.optimizer_factory(merged(cfg, {"optimizer": {"fused": None}}))(
+        model.parameters()
+    )
+    b, s, classes = cfg.data.batch_size, cfg.data.image_size, cfg.model.num_classes
+    with scoped_flags(TORCH_DEFAULTS) if device.type == "cuda" else nullcontext():
+        clock = StepClock(warmup, warmup + steps, device)
+        for _ in range(warmup + steps):
+            data = torch.rand(b, 3, s, s, device=device)
+            labels = torch.rand(b, classes, device=device)
+            optimizer.zero_grad()
+            prediction = model(data)
+            loss = (prediction - labels).sum()
+            loss.backward()
+            optimizer.step()
+            clock.step_end()
+    return clock.timing()

@@ -1,0 +1,70 @@
+"""What the bench prints: the variants' table and its ratios, the data path's line, the soak's
+resident memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from pipeline import report
+
+
+def show(figures: dict[str, Any]) -> None:
+    """The interleaved benchmark's figures (`stats.summarize`, with `data` and `knobs_skipped`)."""
+    table = Table(title=f"pipeline.bench on {figures['device']}, batch {figures['batch_size']}, "
+                        f"medians of {figures['rounds']} rounds")  # fmt: skip
+    table.add_column("variant")
+    table.add_column("images/s", justify="right")
+    table.add_column("± a round", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("first step", justify="right")
+    table.add_column("peak memory", justify="right")
+    costs = {
+        **{n: f"{c:+.1%} vs bare" for n, c in figures.get("instrument_costs", {}).items()},
+        **{n: f"{c:+.1%} vs pipeline" for n, c in figures["knob_effects"].items()},
+    }
+    for name, ips in figures["images_per_sec"].items():
+        first = figures["first_step_s"][name]
+        table.add_row(name, f"{ips:.1f}", f"{figures['round_spread'][name]:.1%}", costs.get(name, ""),
+                      "" if first is None else f"{first:.2f} s",
+                      f"{figures['peak_memory_mb'][name] / 1024:.2f} GB")  # fmt: skip
+    report.console.print(table)
+    report.console.print(
+        f"pipeline / plain = {figures['pipeline_over_plain']:.3f}   pipeline / naive = {figures['pipeline_over_naive']:.3f}   "
+        f"data wait = {figures['data_wait_share']:.2%} of step time"
+    )
+    show_data(figures["data"])
+    if "pipeline_over_bare_cost" in figures:
+        report.console.print(
+            f"default instruments together (pipeline over bare): {figures['pipeline_over_bare_cost']:+.1%}"
+        )
+    for knob in figures.get("knobs_skipped", []):
+        report.console.print(f"knob skipped: {knob}")
+    if figures["startup_to_first_step_s"] is not None:
+        report.console.print(
+            f"command to first training step: {figures['startup_to_first_step_s']:.2f} s"
+        )
+
+
+def show_data(data: dict[str, Any]) -> None:
+    """The data path's figures (`data_path.time_data`, with `share_of_step` in a full bench)."""
+    share = (
+        f"; making a batch is {data['share_of_step']:.2%} of a pipeline step"
+        if "share_of_step" in data
+        else ""
+    )
+    report.console.print(
+        f"data: {data['make_us_per_image']:.1f} µs an image ({data['image_size']}×{data['image_size']}, batch "
+        f"{data['batch_size']}, {data['device']}) against {data['numpy_us_per_image']:.1f} µs on the old numpy "
+        f"path: {data['make_over_numpy_speedup']:.2f}× faster{share}"
+    )
+
+
+def show_soak(figures: dict[str, Any], every: int) -> None:
+    """The soak's resident memory at each sample, and its growth after the first `every` steps."""
+    for step, mb in figures["resident_mb"]:
+        report.console.print(f"step {step:>7}: {mb:8.1f} MB resident")
+    report.console.print(
+        f"growth from step {every} to the end: {figures['growth_after_first_sample_mb']:+.1f} MB"
+    )
