@@ -54,8 +54,7 @@ from pipeline.model import compiled_forward
 _ABSENT = object()
 # Skipped on a CPU: the flags do nothing there, and optimizer.fused is off there by default.
 CUDA_ONLY_KNOBS = ("device.cudnn_benchmark", "device.tf32", "optimizer.fused")
-BARE = {
-    "logger": {"name": "none"},
+BARE = {  # and no logger: bare_config
     "callbacks": {
         "progress_bar": False,
         "gradients": {"enabled": False},
@@ -68,6 +67,13 @@ def merged(*configs: Any) -> DictConfig:
     """OmegaConf.merge of mappings, typed as the DictConfig it is."""
     out = OmegaConf.merge(*configs)
     assert isinstance(out, DictConfig)
+    return out
+
+
+def bare_config(cfg: DictConfig) -> DictConfig:
+    """cfg without instruments, progress bar or logger (the logger group replaced, not merged)."""
+    out = merged(cfg, BARE)
+    out.logger = {}
     return out
 
 
@@ -88,15 +94,13 @@ def feature_variants(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "+histograms (every step)": {
             "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},
             "trainer": {"log_every_n_steps": 10**9},
-            "logger": {"name": "tensorboard", "log_graph": False},
+            "logger": {"tensorboard": {"log_graph": False}},
         },
         "+analytic check (every step)": {
             "callbacks": {"gradient_check": {"enabled": True, "every_n_steps": 1}}
         },
         "+progress bar": {"callbacks": {"progress_bar": True}},
-        f"+tensorboard writes (every {every})": {
-            "logger": {"name": "tensorboard", "log_graph": False}
-        },
+        f"+tensorboard writes (every {every})": {"logger": {"tensorboard": {"log_graph": False}}},
         "_frequencies": {"histograms": grads.histogram_every_n_steps, "check": check.every_n_steps},
     }
 
@@ -491,7 +495,7 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     OmegaConf.set_struct(train_cfg, False)
     train_cfg.trainer.enable_model_summary = False
     with tempfile.TemporaryDirectory() as probe:
-        device = build.build_trainer(merged(train_cfg, BARE), Path(probe)).strategy.root_device
+        device = build.build_trainer(bare_config(train_cfg), Path(probe)).strategy.root_device
     if device.type == "cuda":  # the allocator's peak counters exist once CUDA is initialized
         device = torch.device("cuda", device.index or 0)
         torch.empty(1, device=device)
@@ -507,7 +511,7 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     features = feature_variants(train_cfg)
     frequencies = features.pop("_frequencies")
     if b.features:
-        bare = merged(train_cfg, BARE)
+        bare = bare_config(train_cfg)
         variants["bare"] = trainer_variant(bare)
         for name, change in features.items():
             variants[name] = trainer_variant(merged(bare, change))
