@@ -74,6 +74,7 @@ def bare_config(cfg: DictConfig) -> DictConfig:
     """cfg without instruments, progress bar or logger (the logger group replaced, not merged)."""
     out = merged(cfg, BARE)
     out.logger = {}
+    OmegaConf.set_struct(out.logger, False)  # open: a variant adds a logger to it
     return out
 
 
