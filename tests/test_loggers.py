@@ -98,11 +98,25 @@ def test_the_default_is_tensorboard_alone_and_a_list_composes_several(tmp_path: 
     assert build.build_loggers(_compose("train", ["logger=none"]), tmp_path) == []
 
 
-def test_an_unknown_logger_in_a_list_gets_its_line() -> None:
-    problems = preflight("train", ["logger=[tensorboard,wandb]"], False, validate)[1]
-    assert problems == [
-        "logger=wandb is not an option of logger; choose one of: csv, mlflow, none, tensorboard"
-    ]
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        (
+            "logger=[tensorboard,wandb]",
+            "logger=wandb is not an option of logger; choose one of: csv, mlflow, none, tensorboard",
+        ),
+        (
+            "logger=[]",
+            "logger=[] chooses no option; choose one or more of: csv, mlflow, none, tensorboard",
+        ),
+    ],
+)
+def test_a_list_with_an_unknown_logger_or_none_gets_its_line(override: str, problem: str) -> None:
+    assert preflight("train", [override], False, validate)[1] == [problem]
+
+
+def test_a_sweep_may_alternate_lists_of_loggers() -> None:
+    assert preflight("train", ["logger=[tensorboard,csv],none"], True, validate)[1] == []
 
 
 def test_mlflow_asked_for_but_not_installed_exits_2_with_the_pip_command_before_training(
