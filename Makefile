@@ -13,7 +13,7 @@ ARGS ?=
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,slurm]'
+	$(PY) -m pip install --quiet -e '.[dev,slurm,mlflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

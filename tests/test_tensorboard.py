@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home.mkdir()
     args = ["debug=fast", "loss=mse", "callbacks.gradients.histogram_every_n_steps=2",
             "callbacks.gradients.noise_scale=on",
-            "callbacks.gradient_check.every_n_steps=1", "callbacks.progress_bar=false", "logger.log_graph=true"]  # fmt: skip
+            "callbacks.gradient_check.every_n_steps=1", "callbacks.progress_bar=false", "logger.tensorboard.log_graph=true"]  # fmt: skip
     result = run_cli("pipeline.train", args, root, home)
     assert result.returncode == 0, result.stderr
     return only_run_dir(root)
@@ -80,7 +80,7 @@ def test_event_files_hold_every_tag_with_sane_values(run_dir: Path) -> None:
     # every 2 steps, and the first and the last step (a short run's tab is never empty)
     assert [e.step for e in acc.Histograms("grad/fc.weight")] == [0, 1, 3]
     assert "config/text_summary" in acc.Tags()["tensors"]
-    assert acc.Tags()["graph"]  # logger.log_graph=true traced the model
+    assert acc.Tags()["graph"]  # logger.tensorboard.log_graph=true traced the model
     config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "name: mse" in config_text and "batch_size: 4" in config_text
 
@@ -154,7 +154,8 @@ def test_server_lists_scalars_histograms_layout_and_hparams(server: str, run_dir
     assert charts["noise scale B_simple and the global batch"] == ["grad_noise/.*"]
     experiment = _get(server, "/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = {h["name"] for h in experiment["hparamInfos"]}
-    assert {"optimizer.lr", "loss.name", "data.batch_size", "precision"} <= hparams
+    assert {"optimizer", "optimizer.lr", "loss", "data.batch_size", "precision", "seed"} <= hparams
+    assert not any(h.startswith("callbacks.") for h in hparams)  # switches, not hyperparameters
     assert {m["name"]["tag"] for m in experiment["metricInfos"]} >= {
         "hparams/val_loss",
         "hparams/train_loss",

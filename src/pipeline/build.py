@@ -14,10 +14,11 @@ import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import loggers
 from pipeline.callbacks import (
     AnalyticGradientCheck,
     CudaFlags,
@@ -35,11 +36,11 @@ from pipeline.callbacks import (
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.config import PIPELINE_TRAINER_KEYS
 from pipeline.data import SyntheticDataModule
+from pipeline.hparams import compared_hparams
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
 from pipeline.profiling import PROFILE_DIR, TorchProfile, lightning_profiler
 
-TENSORBOARD_DIR = "tensorboard"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 
@@ -118,7 +119,7 @@ def build_module(cfg: DictConfig) -> ResNetClassifier:
         channels_last=channels_last(cfg),
         compile=bool(cfg.model.get("compile", False)),  # absent in older runs' configs
         example_input_array=example_input(cfg)
-        if cfg.logger.name == "tensorboard" and cfg.logger.log_graph
+        if "tensorboard" in cfg.logger and cfg.logger.tensorboard.log_graph
         else None,
     )
 
@@ -129,23 +130,14 @@ def example_input(cfg: DictConfig) -> torch.Tensor:
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
-    name = cfg.logger.name
-    if name == "tensorboard":
-        return [
-            TensorBoardLogger(
-                save_dir=run_dir,
-                name=TENSORBOARD_DIR,
-                version="",
-                default_hp_metric=False,
-                log_graph=cfg.logger.log_graph,
-            )
-        ]
-    if name == "csv":
-        return [CSVLogger(save_dir=run_dir, name="csv", version="")]
-    return []
+    """The loggers the `logger` group chose (pipeline/loggers.py); none for logger=none."""
+    return loggers.build_loggers(plain(cfg.logger), run_dir)
 
 
-def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+def build_callbacks(
+    cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()
+) -> list[Callback]:
+    """The pipeline's callbacks; `overrides` (the command line's) add columns to the HParams table."""
     ckpt_dir = run_dir / CHECKPOINT_DIR
     policy = cfg.callbacks.checkpoint
     every = policy.every_n_steps
@@ -168,7 +160,10 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list[Callback]:
         *kept_checkpoints(ckpt_dir, policy.keep_last_k, every),
         RunConfigInCheckpoint(resolved),
         GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
-        RunSummary(config=resolved, config_yaml=OmegaConf.to_yaml(cfg, resolve=True)),
+        RunSummary(
+            hparams=compared_hparams(resolved, overrides),
+            config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
+        ),
         Throughput(compile=bool(cfg.model.get("compile", False))),
     ]
     if uses_cuda(cfg):
@@ -255,9 +250,14 @@ def build_strategy(device: DictConfig, in_sweep: bool) -> str | DDPStrategy:
 
 
 def build_trainer(
-    cfg: DictConfig, run_dir: Path, extra_callbacks: Sequence[Callback] = (), in_sweep: bool = False
+    cfg: DictConfig,
+    run_dir: Path,
+    extra_callbacks: Sequence[Callback] = (),
+    in_sweep: bool = False,
+    overrides: Sequence[str] = (),
 ) -> pl.Trainer:
-    """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests)."""
+    """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests);
+    `overrides`, the command line's, name the HParams table's extra columns."""
     trainer_args = {k: v for k, v in plain(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS}
     device = cfg.device
     return pl.Trainer(
@@ -268,7 +268,7 @@ def build_trainer(
         sync_batchnorm=device.sync_batchnorm,
         precision=cfg.precision,
         logger=build_loggers(cfg, run_dir) or False,
-        callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir)],
+        callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir, overrides)],
         enable_progress_bar=cfg.callbacks.progress_bar,
         plugins=[AtomicCheckpointIO()],
         profiler=lightning_profiler(cfg.profiler.name, run_dir / PROFILE_DIR),

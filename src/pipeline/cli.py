@@ -99,12 +99,23 @@ def check_group_choices(overrides: list[Override]) -> list[str]:
         group = o.key_or_group
         if group not in groups or o.is_delete():
             continue
-        values = (
+        typed = (
             list(o.sweep_string_iterator())
             if o.is_sweep_override()
             else [o.get_value_element_as_str()]  # as typed: null, not None
         )
         options = group_options(group)
+        values = []
+        for v in typed:
+            if v.startswith("[") and v.endswith("]"):  # several at once: logger=[tensorboard,csv]
+                chosen = [x.strip() for x in v[1:-1].split(",") if x.strip()]
+                if not chosen:
+                    problems.append(
+                        f"{group}={v} chooses no option; choose one or more of: {', '.join(options)}"
+                    )
+                values += chosen
+            else:
+                values.append(v)
         for v in values:
             if v not in options:  # null too: Hydra fails on a group set to null, with a traceback
                 problems.append(

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config_limits
 from pipeline.geometry import min_image_size, resnet_final_size
+from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 
 PRECISIONS = (
     "32-true",
@@ -36,7 +37,7 @@ OWNED_TRAINER_ARGS = {
     "num_nodes": "device.num_nodes=N",
     "sync_batchnorm": "device.sync_batchnorm=true",
     "precision": "precision=…",
-    "logger": "logger=tensorboard|csv|none",
+    "logger": "logger=tensorboard|csv|mlflow|none, or a list: logger=[tensorboard,csv]",
     "profiler": "profiler=torch|simple|none",
     "callbacks": "the callbacks group",
     "enable_checkpointing": "the callbacks group",
@@ -233,6 +234,10 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     _validate_scheduler(c)
     _validate_trainer(c)
     _validate_profiler(c)
+    loggers = c.value("logger") or {}
+    c.problems += logger_problems(
+        loggers, missing_modules(MLFLOW_MODULES) if "mlflow" in loggers else []
+    )
     c.problems += [  # keys with no range of their own (seed has one)
         p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
     ]

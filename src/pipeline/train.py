@@ -61,6 +61,7 @@ def train(cfg: DictConfig) -> None:
                 Provenance(run_dir=run_dir, info=provenance(cli.command_line(), Path.cwd())),
             ],
             in_sweep=in_sweep,
+            overrides=list(HydraConfig.get().overrides.task),
         )
         report.show_line(
             f"Training ResNet18: {cfg.trainer.max_steps} steps, global batch "

@@ -26,7 +26,7 @@ from pipeline.bench.memory import memory_mb
 from pipeline.bench.startup import time_startup
 from pipeline.bench.stats import Rounds, data_share, summarize
 from pipeline.bench.variants import (
-    BARE,
+    bare_config,
     feature_variants,
     instrument_frequencies,
     knob_configs,
@@ -71,7 +71,7 @@ def variants_of(
         "naive": lambda _: time_naive(train_cfg, device, b.warmup_steps, b.steps),
     }
     if b.features:
-        bare = merged(train_cfg, BARE)
+        bare = bare_config(train_cfg)
         variants["bare"] = trainer(bare)
         for name, change in feature_variants(train_cfg).items():
             variants[name] = trainer(merged(bare, change))

@@ -14,8 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Skipped on a CPU: the flags do nothing there, and optimizer.fused is off there by default.
 CUDA_ONLY_KNOBS = ("device.cudnn_benchmark", "device.tf32", "optimizer.fused")
-BARE = {
-    "logger": {"name": "none"},
+BARE = {  # and no logger: bare_config
     "callbacks": {
         "progress_bar": False,
         "gradients": {"enabled": False},
@@ -28,6 +27,14 @@ def merged(*configs: Any) -> DictConfig:
     """OmegaConf.merge of mappings, typed as the DictConfig it is."""
     out = OmegaConf.merge(*configs)
     assert isinstance(out, DictConfig)
+    return out
+
+
+def bare_config(cfg: DictConfig) -> DictConfig:
+    """cfg without instruments, progress bar or logger (the logger group replaced, not merged)."""
+    out = merged(cfg, BARE)
+    out.logger = {}
+    OmegaConf.set_struct(out.logger, False)  # open: a variant adds a logger to it
     return out
 
 
@@ -47,15 +54,13 @@ def feature_variants(cfg: DictConfig) -> dict[str, dict[str, Any]]:
         "+histograms (every step)": {
             "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},
             "trainer": {"log_every_n_steps": 10**9},
-            "logger": {"name": "tensorboard", "log_graph": False},
+            "logger": {"tensorboard": {"log_graph": False}},
         },
         "+analytic check (every step)": {
             "callbacks": {"gradient_check": {"enabled": True, "every_n_steps": 1}}
         },
         "+progress bar": {"callbacks": {"progress_bar": True}},
-        f"+tensorboard writes (every {every})": {
-            "logger": {"name": "tensorboard", "log_graph": False}
-        },
+        f"+tensorboard writes (every {every})": {"logger": {"tensorboard": {"log_graph": False}}},
     }
 
 

@@ -1,5 +1,7 @@
-"""The run's config in TensorBoard: the `config` text and the Custom Scalars layout at start,
-HParams with final metrics at end (on CUDA, the peak GPU memory too, also in train.log).
+"""The run's config in the loggers: in TensorBoard the `config` text and the Custom Scalars
+layout at start, HParams with final metrics at end (on CUDA, the peak GPU memory too, also in
+train.log); the same hyperparameters to every other logger at start (MLflow's params, the CSV
+logger's hparams.yaml).
 
 HParams lets a sweep's jobs be compared side by side in TensorBoard's HParams tab.
 Rank 0 only (Lightning's loggers write nothing on other ranks).
@@ -37,28 +39,15 @@ CUSTOM_SCALARS = {  # TensorBoard's Custom Scalars tab: one chart per list of ta
 FINAL_METRICS = {"train/loss": "hparams/train_loss", "val/loss": "hparams/val_loss"}
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} → {'a.b': 1}; lists and None become strings (HParams takes scalars only)."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        elif isinstance(value, bool | int | float | str):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
-
-
 class RunSummary(pl.Callback):
-    """Writes the resolved YAML as text tag `config`, the custom-scalars layout, and the flattened
-    config as hparams with final metrics hparams/train_loss and hparams/val_loss, and on CUDA
-    hparams/gpu_mem_peak_gb (rank 0's peak GB held by tensors, also logged). Three small
-    writes a run."""
+    """Writes the resolved YAML as text tag `config`, the custom-scalars layout, and `hparams`
+    (pipeline/hparams.py: the columns a user compares) as TensorBoard's hparams with final metrics
+    hparams/train_loss and hparams/val_loss, and on CUDA hparams/gpu_mem_peak_gb (rank 0's peak
+    GB held by tensors, also logged). Other loggers get `hparams` at fit start, so a run that
+    stops early has them too. A few small writes a run."""
 
-    def __init__(self, *, config: dict[str, Any], config_yaml: str) -> None:
-        self.config = config
+    def __init__(self, *, hparams: dict[str, Any], config_yaml: str) -> None:
+        self.hparams = hparams
         self.config_yaml = config_yaml
 
     @staticmethod
@@ -73,6 +62,9 @@ class RunSummary(pl.Callback):
             )  # markdown code
             tb.experiment.add_text("config", indented, global_step=0)
             tb.experiment.add_custom_scalars(CUSTOM_SCALARS)
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(self.hparams)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         metrics = {
@@ -87,4 +79,4 @@ class RunSummary(pl.Callback):
         tb = self._tensorboard(trainer)
         if tb is None:
             return
-        tb.log_hyperparams(flatten(self.config), metrics=metrics)
+        tb.log_hyperparams(self.hparams, metrics=metrics)

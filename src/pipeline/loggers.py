@@ -1,0 +1,92 @@
+"""The run's loggers, one per key of the `logger` group: `logger=[tensorboard,csv,mlflow]`.
+
+Each option of conf/logger/ holds its settings under its own name, so Hydra's list of group
+options composes them side by side: cfg.logger == {"tensorboard": {...}, "csv": {}}.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+
+TENSORBOARD_DIR = "tensorboard"
+CSV_DIR = "csv"
+# logger=mlflow needs these importable; the mlflow extra installs them (mlflow-skinny leaves
+# out the SQL store's own dependencies).
+MLFLOW_MODULES = ("mlflow", "sqlalchemy", "alembic")
+MLFLOW_INSTALL = "pip install -e '.[mlflow]'"
+SQLITE_PREFIX = "sqlite:///"
+
+
+def missing_modules(modules: tuple[str, ...]) -> list[str]:
+    """The modules of `modules` that cannot be imported here (looked up, not imported)."""
+    return [m for m in modules if importlib.util.find_spec(m) is None]
+
+
+def logger_problems(loggers: Mapping[str, Any], missing: list[str]) -> list[str]:
+    """Why the chosen loggers cannot run: MLflow asked for and `missing` some of its modules."""
+    if "mlflow" not in loggers or not missing:
+        return []
+    return [
+        f"logger=mlflow needs MLflow, which is not installed here (no module {', '.join(missing)}); "
+        f"install it with: {MLFLOW_INSTALL}"
+    ]
+
+
+def build_loggers(loggers: Mapping[str, Any], run_dir: Path) -> list[Logger]:
+    """One Lightning logger per chosen option; empty for logger=none."""
+    built: list[Logger] = []
+    if "tensorboard" in loggers:
+        built.append(
+            TensorBoardLogger(
+                save_dir=run_dir,
+                name=TENSORBOARD_DIR,
+                version="",
+                default_hp_metric=False,
+                log_graph=loggers["tensorboard"]["log_graph"],
+            )
+        )
+    if "csv" in loggers:
+        built.append(CSVLogger(save_dir=run_dir, name=CSV_DIR, version=""))
+    if "mlflow" in loggers:
+        built.append(mlflow_logger(**loggers["mlflow"], run_dir=run_dir))
+    return built
+
+
+def mlflow_logger(
+    *, tracking_uri: str, experiment_name: str, artifact_location: str, run_dir: Path
+) -> Logger:
+    """MLflow's logger: metrics and params in the backend store at `tracking_uri` (a SQLite file
+    by default), one MLflow run per run directory, named after it and tagged `run_dir` with its
+    absolute path (MLflow sets a run's artifact URI from its experiment, so the run directory
+    cannot be the run's artifact location: the tag points there instead)."""
+    import mlflow  # configures its own console handler on import: Hydra's handlers instead
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    mlflow_log = logging.getLogger(mlflow.__name__)
+    mlflow_log.handlers.clear()
+    mlflow_log.propagate = True
+    if tracking_uri.startswith(SQLITE_PREFIX):  # SQLite creates the file, not its folder
+        Path(tracking_uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
+    return MLFlowLogger(
+        experiment_name=experiment_name,
+        run_name=run_name(run_dir),
+        tracking_uri=tracking_uri,
+        tags={"run_dir": str(run_dir.resolve())},
+        artifact_location=str(Path(artifact_location).resolve()),
+    )
+
+
+def run_name(run_dir: Path) -> str:
+    """The run directory as the user sees it: relative to the working directory when inside it
+    (outputs/2026-01-02/12-00-00), else absolute."""
+    run_dir = run_dir.resolve()
+    try:
+        return str(run_dir.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(run_dir)

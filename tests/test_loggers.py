@@ -1,0 +1,240 @@
+"""Several loggers at once, MLflow as an optional extra, and the HParams table's columns: what each
+logger stored, read back with its own reader."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from helpers import TINY, run_cli, scalars
+from pipeline import build
+from pipeline.cli import _compose, preflight
+from pipeline.config import validate
+from pipeline.hparams import compared_hparams
+from pipeline.loggers import MLFLOW_INSTALL, MLFLOW_MODULES, missing_modules
+
+HAS_MLFLOW = not missing_modules(MLFLOW_MODULES)
+NEEDS_MLFLOW = pytest.mark.skipif(
+    not HAS_MLFLOW, reason=f"MLflow is not installed here: {MLFLOW_INSTALL} (make test installs it)"
+)
+LOGGERS = "logger=[tensorboard,csv,mlflow]" if HAS_MLFLOW else "logger=[tensorboard,csv]"
+MOMENTA = (0.0, 0.9)  # the sweep's values of optimizer.momentum, one job each
+# What every job's table holds besides the swept key: the compared keys, then what TINY set.
+# callbacks.progress_bar and the logger list were set too, and are not hyperparameters.
+TABLE = {
+    "optimizer": "sgd",
+    "loss": "sum_diff",
+    "scheduler": "none",
+    "optimizer.lr": 0.001,
+    "optimizer.weight_decay": 0.0,
+    "data.batch_size": 4,
+    "data.image_size": 32,
+    "precision": "32-true",
+    "seed": 42,
+    "data.num_samples": 8,
+    "data.num_val_samples": 4,
+    "trainer.max_steps": 2,
+    "trainer.log_every_n_steps": 1,
+}
+
+
+def _table(momentum: float) -> dict[str, Any]:
+    return {**TABLE, "optimizer.momentum": momentum}
+
+
+# ---- the HParams table: one pure function -------------------------------------------------------
+
+
+def test_the_table_holds_the_compared_keys_and_what_the_command_line_set() -> None:
+    overrides = ["optimizer=adamw", "optimizer.lr=3e-4", "device=cpu", "trainer.max_steps=5",
+                 "callbacks.progress_bar=false", "callbacks.gradients.histogram_every_n_steps=0",
+                 "logger=[tensorboard,csv]", "profiler=simple", "+trainer.gradient_clip_val=1.0"]  # fmt: skip
+    config = build.plain(_compose("train", overrides))
+    overrides.append("~trainer.deterministic")  # a removed key is no column
+    assert compared_hparams(config, overrides) == {
+        "optimizer": "adamw",  # torch.optim.AdamW, named as the option is
+        "loss": "sum_diff",
+        "scheduler": "none",
+        "optimizer.lr": 3e-4,
+        "optimizer.weight_decay": 0.01,  # adamw's default, from its YAML
+        "data.batch_size": 32,
+        "data.image_size": 64,
+        "precision": "32-true",
+        "seed": 42,
+        "device": "cpu",  # a group the command line chose: the option's name
+        "trainer.max_steps": 5,
+        "trainer.gradient_clip_val": 1.0,
+    }
+
+
+def test_the_table_holds_scalars_only() -> None:
+    config = {"optimizer": {"_target_": "torch.optim.Adam", "lr": 0.1, "betas": [0.9, 0.99]},
+              "loss": {"name": "mse"}, "scheduler": {"name": "cosine"}, "seed": 1,
+              "precision": "bf16-mixed", "model": {"weights": None}}  # fmt: skip
+    table = compared_hparams(config, ["optimizer.betas=[0.9,0.99]", "model.weights=null"])
+    assert table["optimizer.betas"] == "[0.9, 0.99]" and table["model.weights"] == "None"
+    assert "data.batch_size" not in table  # absent from the config: no column rather than a guess
+    assert all(isinstance(v, bool | int | float | str) for v in table.values())
+
+
+# ---- choosing loggers ---------------------------------------------------------------------------
+
+
+def test_the_default_is_tensorboard_alone_and_a_list_composes_several(tmp_path: Path) -> None:
+    assert set(_compose("train", []).logger) == {"tensorboard"}
+    assert set(_compose("train", ["logger=none"]).logger) == set()
+    both = _compose("train", ["logger=[tensorboard,csv]", "logger.tensorboard.log_graph=true"])
+    assert preflight("train", ["logger=[tensorboard,csv]"], False, validate)[1] == []
+    built = build.build_loggers(both, tmp_path)
+    assert [type(lg) for lg in built] == [TensorBoardLogger, CSVLogger]
+    assert both.logger.tensorboard.log_graph is True
+    assert build.build_loggers(_compose("train", ["logger=none"]), tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        (
+            "logger=[tensorboard,wandb]",
+            "logger=wandb is not an option of logger; choose one of: csv, mlflow, none, tensorboard",
+        ),
+        (
+            "logger=[]",
+            "logger=[] chooses no option; choose one or more of: csv, mlflow, none, tensorboard",
+        ),
+    ],
+)
+def test_a_list_with_an_unknown_logger_or_none_gets_its_line(override: str, problem: str) -> None:
+    assert preflight("train", [override], False, validate)[1] == [problem]
+
+
+def test_a_sweep_may_alternate_lists_of_loggers() -> None:
+    assert preflight("train", ["logger=[tensorboard,csv],none"], True, validate)[1] == []
+
+
+def test_mlflow_asked_for_but_not_installed_exits_2_with_the_pip_command_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In-process, through the command line's own entry point, with mlflow hidden."""
+    from pipeline import train
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a),
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pipeline-train", "logger=[tensorboard,mlflow]", *TINY])
+    with pytest.raises(SystemExit) as exit_info:
+        train.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "pipeline.train: 1 config problem:",
+        "  - logger=mlflow needs MLflow, which is not installed here (no module mlflow); "
+        "install it with: pip install -e '.[mlflow]'",
+    ]
+    assert not (tmp_path / "outputs").exists()  # nothing started
+
+
+# ---- one sweep of two jobs, every logger at once, read back ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`-m optimizer.momentum=0.0,0.9` with every logger: one process, two runs, one MLflow store."""
+    root = tmp_path_factory.mktemp("loggers")
+    home = root / "torch_home"
+    home.mkdir()
+    momenta = ",".join(str(m) for m in MOMENTA)
+    result = run_cli("pipeline.train", ["-m", f"optimizer.momentum={momenta}", LOGGERS, *TINY],
+                     root, home)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def _jobs(root: Path) -> list[Path]:
+    jobs = sorted(p for p in (root / "outputs" / "multirun").glob("*/*/*") if p.is_dir())
+    assert len(jobs) == len(MOMENTA), jobs
+    return jobs
+
+
+def _csv_column(job: Path, column: str) -> list[tuple[int, float]]:
+    with open(job / "csv" / "metrics.csv", newline="") as f:
+        return [(int(row["step"]), float(row[column])) for row in csv.DictReader(f) if row[column]]
+
+
+@pytest.mark.e2e
+def test_csv_and_tensorboard_hold_the_same_losses_and_tensorboard_keeps_its_tags(
+    sweep: Path,
+) -> None:
+    for job in _jobs(sweep):
+        tags = scalars(job / "tensorboard")
+        assert {"train/loss", "val/loss", "train/lr", "perf/images_per_sec", "grad_norm/total",
+                "update_ratio/total", "hparams/val_loss"} <= set(tags)  # fmt: skip
+        assert not list((job / "tensorboard").glob("version_*"))
+        for tag in ("train/loss", "val/loss", "grad_norm/total"):
+            from_csv = _csv_column(job, tag)
+            assert [s for s, _ in from_csv] == [s for s, _ in tags[tag]], tag
+            assert [v for _, v in from_csv] == pytest.approx([v for _, v in tags[tag]]), tag
+        assert [s for s, _ in tags["train/loss"]] == [0, 1]  # TINY: 2 steps, logged every step
+
+
+@pytest.mark.e2e
+def test_csv_hparams_and_tensorboard_hparams_tab_hold_the_compared_table(sweep: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for job, momentum in zip(_jobs(sweep), MOMENTA, strict=True):
+        assert yaml.safe_load((job / "csv" / "hparams.yaml").read_text()) == _table(momentum)
+        acc = EventAccumulator(str(job / "tensorboard"))
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/session_start_info"]
+        ).session_start_info
+        shown = {k: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+        assert shown == pytest.approx(_table(momentum))  # TensorBoard stores numbers as floats
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/experiment"]
+        ).experiment
+        assert {m.name.tag for m in experiment.metric_infos} == {
+            "hparams/train_loss",
+            "hparams/val_loss",
+        }
+
+
+@pytest.mark.e2e
+@NEEDS_MLFLOW
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # mlflow's store on SQLAlchemy 2.1
+def test_mlflow_store_holds_each_job_as_a_run_with_params_metrics_and_its_directory(
+    sweep: Path,
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'outputs' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("pipeline")
+    assert experiment is not None
+    assert experiment.artifact_location == str((sweep / "outputs" / "mlflow-artifacts").resolve())
+    runs = {r.data.tags["run_dir"]: r for r in client.search_runs([experiment.experiment_id])}
+    jobs = _jobs(sweep)
+    assert set(runs) == {str(job) for job in jobs}
+    for job, momentum in zip(jobs, MOMENTA, strict=True):
+        run = runs[str(job)]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == str(job.relative_to(sweep))
+        assert run.data.params == {k: str(v) for k, v in _table(momentum).items()}
+        for tag in ("train/loss", "val/loss", "grad_norm/total"):
+            history = sorted(
+                (m.step, m.value) for m in client.get_metric_history(run.info.run_id, tag)
+            )
+            from_csv = _csv_column(job, tag)
+            assert [s for s, _ in history] == [s for s, _ in from_csv], tag
+            assert [v for _, v in history] == pytest.approx([v for _, v in from_csv]), tag
