@@ -41,7 +41,8 @@ def run_child(request: dict[str, Any]) -> int:
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 (fd 0 lives as long as the process)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # the wrappers of fds 1 and 2
     sys.argv = [request["module"], *request["args"]]
-    sys.modules.pop(request["module"], None)  # `-m` runs it as __main__ only
+    if not hasattr(sys.modules.get(request["module"]), "__path__"):  # a package runs __main__
+        sys.modules.pop(request["module"], None)  # `-m` runs a module as __main__ only
     try:
         runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     except SystemExit as exc:
