@@ -1,5 +1,6 @@
 """What a run that stopped on a non-finite value leaves behind: `divergence.json` in its run
-directory, read by `python -m pipeline.replay`. Written once, by the non-finite guard, on rank 0.
+directory, read by `python -m pipeline.replay`, and the message it stops with. Written once, by
+the non-finite guard, on rank 0.
 
 Fields:
   step                    the optimizer step whose loss or gradients were non-finite (0-based)
@@ -26,6 +27,7 @@ from typing import Any
 from torch import Tensor
 
 from pipeline.gradients import BLOCKS, norms_by_block
+from pipeline.overrides import shell_word
 
 DIVERGENCE_FILE = "divergence.json"
 
@@ -87,3 +89,49 @@ def read_divergence(run_dir: Path) -> dict[str, Any]:
     record = json.loads((run_dir / DIVERGENCE_FILE).read_text())
     assert isinstance(record, dict)
     return record
+
+
+def divergence_message(
+    step: int,
+    loss_value: float,
+    loss_name: str,
+    saved_to: Path | None,
+    first_block: str | None = None,
+    record: Path | None = None,
+) -> str:
+    """What happened, where it shows first, why, and what to do."""
+    why = (
+        "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ until they "
+        "overflow; use loss=mse or loss=cross_entropy for long runs, or fewer steps (trainer.max_steps)"
+        if loss_name == "sum_diff"
+        else "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
+    )
+    saved = f"; the last finite state is in {saved_to}" if saved_to else ""
+    return f"train/loss became {loss_value} at step {step}{where(first_block)}: {why}{saved}{replay_hint(record)}"
+
+
+def weights_nonfinite_message(
+    step: int, loss_value: float, first_block: str | None, record: Path | None
+) -> str:
+    """An optimizer step made the weights non-finite: nothing was saved."""
+    return (
+        f"train/loss became {loss_value} at step {step}{where(first_block)}: an optimizer step had already "
+        "made the weights non-finite (lower optimizer.lr, or set trainer.gradient_clip_val=1.0); "
+        "no checkpoint was saved, an earlier last.ckpt is unchanged"
+        + (f"; details in {record}" if record else "")
+    )
+
+
+def where(first_block: str | None) -> str:
+    return (
+        f" (the first block, in forward order, whose gradient norm is inf or NaN: {first_block})"
+        if first_block
+        else ""
+    )
+
+
+def replay_hint(record: Path | None) -> str:
+    if record is None:
+        return ""
+    command = shell_word(str(record.parent))
+    return f"; details in {record}; find the first bad operation with: python -m pipeline.replay {command}"

@@ -43,49 +43,16 @@ from torch import Tensor
 from pipeline.callbacks.gradient_logger import is_due
 from pipeline.divergence import (
     block_norm_record,
+    divergence_message,
     divergence_record,
     first_nonfinite_block,
+    weights_nonfinite_message,
     write_divergence,
 )
 from pipeline.errors import DivergenceError
 from pipeline.gradients import block_index, state_is_finite, tensor_norms
-from pipeline.overrides import shell_word
 
 DEFERRED_LAG = 2  # deferred: the host reads a step's flag this many steps later
-
-
-def divergence_message(
-    step: int,
-    loss_value: float,
-    loss_name: str,
-    saved_to: Path | None,
-    first_block: str | None = None,
-    record: Path | None = None,
-) -> str:
-    """What happened, where it shows first, why, and what to do."""
-    why = (
-        "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ until they "
-        "overflow; use loss=mse or loss=cross_entropy for long runs, or fewer steps (trainer.max_steps)"
-        if loss_name == "sum_diff"
-        else "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
-    )
-    saved = f"; the last finite state is in {saved_to}" if saved_to else ""
-    return f"train/loss became {loss_value} at step {step}{where(first_block)}: {why}{saved}{replay_hint(record)}"
-
-
-def where(first_block: str | None) -> str:
-    return (
-        f" (the first block, in forward order, whose gradient norm is inf or NaN: {first_block})"
-        if first_block
-        else ""
-    )
-
-
-def replay_hint(record: Path | None) -> str:
-    if record is None:
-        return ""
-    command = shell_word(str(record.parent))
-    return f"; details in {record}; find the first bad operation with: python -m pipeline.replay {command}"
 
 
 def _uses_grad_scaler(trainer: pl.Trainer) -> bool:
@@ -340,12 +307,8 @@ class NonFiniteGuard(pl.Callback):
             )
 
         if not state_is_finite([*module.parameters(), *module.buffers()]):
-            written = record(None)
             raise DivergenceError(
-                f"train/loss became {loss_value} at step {step}{where(first_block)}: an optimizer step had already "
-                "made the weights non-finite (lower optimizer.lr, or set trainer.gradient_clip_val=1.0); "
-                "no checkpoint was saved, an earlier last.ckpt is unchanged"
-                + (f"; details in {written}" if written else "")
+                weights_nonfinite_message(step, loss_value, first_block, record(None))
             )
         if self.checkpoint_path is not None:
             self._saving = True
