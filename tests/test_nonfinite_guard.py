@@ -13,15 +13,31 @@ import pytest
 import torch
 
 from helpers import TINY
+from pipeline.nonfinite_guard import DEFERRED_LAG
 
 LAG = 3
+
+
+def _with_guard(trainer: pl.Trainer, *, deferred: bool, lag: int = DEFERRED_LAG) -> None:
+    """Swap the pipeline's guard for one built with the check to test."""
+    from pipeline.callbacks import NonFiniteGuard
+
+    i, guard = next(
+        (i, c) for i, c in enumerate(trainer.callbacks) if isinstance(c, NonFiniteGuard)
+    )
+    trainer.callbacks[i] = NonFiniteGuard(
+        mode=guard.mode,
+        loss_name=guard.loss_name,
+        checkpoint_path=guard.checkpoint_path,
+        deferred=deferred,
+        lag=lag,
+    )
 
 
 def _diverge(
     tmp_path: Path, *, deferred: bool, extra: list[str]
 ) -> tuple[str, dict[str, Any], int]:
     from pipeline import build
-    from pipeline.callbacks import NonFiniteGuard
     from pipeline.cli import _compose
     from pipeline.errors import DivergenceError
 
@@ -40,8 +56,7 @@ def _diverge(
     )
     run_dir = tmp_path / ("deferred" if deferred else "at_once")
     trainer = build.build_trainer(cfg, run_dir)
-    guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
-    guard.deferred, guard.lag = deferred, LAG
+    _with_guard(trainer, deferred=deferred, lag=LAG)
     pl.seed_everything(cfg.seed, verbose=False)  # the same initial weights in both runs
     with pytest.raises(DivergenceError) as stop:
         trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
@@ -94,7 +109,6 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_deferred_warn_mode_warns_once_and_trains_on(tmp_path: Path, torch_home: Path) -> None:
     from pipeline import build
-    from pipeline.callbacks import NonFiniteGuard
     from pipeline.cli import _compose
 
     cfg = _compose(
@@ -110,8 +124,7 @@ def test_deferred_warn_mode_warns_once_and_trains_on(tmp_path: Path, torch_home:
         ],
     )
     trainer = build.build_trainer(cfg, tmp_path)
-    guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
-    guard.deferred = True
+    _with_guard(trainer, deferred=True)
     with pytest.warns(UserWarning, match=r"train/loss became .* at step \d+") as caught:
         trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     assert trainer.global_step == 12

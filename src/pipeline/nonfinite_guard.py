@@ -1,0 +1,134 @@
+"""The non-finite guard's mechanism, torch only: a ring of device flags the host reads steps
+later, and a snapshot of the module's buffers to put back after a bad step.
+
+FlagRing: each optimizer step pushes a 0-dim flag (1: its loss or gradients held inf or NaN)
+that stays on the device, all-reduced over DDP processes (queued, no wait), and travels to a
+pinned host row without a sync. The host reads a step's row `lag` + 1 steps later, by when the
+device has long finished it, so the read rarely waits. Sticky (mode raise): the flag, once 1,
+stays 1, and is what a fused optimizer reads as `found_inf` to skip its update, as the
+GradScaler does. Cost: one small copy a step, `lag` + 1 rows of pinned memory.
+
+BufferSnapshot: the buffers (BatchNorm's running statistics and batch counts) copied when an
+accumulation window starts, put back bitwise before saving: the forward pass that overflows has
+already written inf into them. Cost: one flat copy per dtype, two kernels to take, no host read.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import torch
+from torch import Tensor
+
+DEFERRED_LAG = 2  # the host reads step s's flag when step s + 1 + DEFERRED_LAG starts
+
+T = TypeVar("T")  # what a step carries with its flag, handed back only if it was non-finite
+
+
+class BufferSnapshot:
+    """The module's buffers as they were at some moment: one flat copy per dtype."""
+
+    def __init__(self, buffers: list[Tensor]) -> None:
+        self.groups: dict[torch.dtype, list[Tensor]] = {}
+        for b in buffers:
+            self.groups.setdefault(b.dtype, []).append(b)
+        # Flat views of the buffers, made once: the module updates them in place.
+        self.views = {d: [b.detach().view(-1) for b in g] for d, g in self.groups.items()}
+        self.saved = {dtype: torch.cat(views) for dtype, views in self.views.items()}
+
+    def take(self, unless: Tensor | None = None) -> None:
+        """Copy the buffers now; where `unless` (a 0-dim bool tensor) is true, keep the old copy."""
+        for dtype, views in self.views.items():
+            now = torch.cat(views)
+            self.saved[dtype] = (
+                now if unless is None else torch.where(unless, self.saved[dtype], now)
+            )
+
+    def restore(self) -> None:
+        """Write the copy back into the buffers, in place."""
+        for dtype, group in self.groups.items():
+            parts = self.saved[dtype].split([b.numel() for b in group])
+            torch._foreach_copy_(group, [p.view_as(b) for p, b in zip(parts, group, strict=True)])
+
+
+@dataclass(frozen=True)
+class Flagged(Generic[T]):
+    """The first step the ring read as non-finite: its step, its loss, what it carried."""
+
+    step: int
+    loss: float
+    payload: T
+
+
+@dataclass(frozen=True)
+class _InFlight(Generic[T]):
+    """A step's flag on its way to the host: row `slot` of the pinned buffer once `event` is done."""
+
+    step: int
+    slot: int
+    event: torch.cuda.Event | None  # None: the copy was complete when issued (CPU)
+    payload: T
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+
+
+class FlagRing(Generic[T]):
+    """Per-step non-finite flags, kept on `device` and read on the host `lag` steps late."""
+
+    def __init__(self, *, device: torch.device, lag: int = DEFERRED_LAG, sticky: bool) -> None:
+        self.lag = lag
+        self.sticky = sticky
+        self.stuck = torch.zeros((), device=device)  # 0-dim float32: 1 from the first bad step on
+        self._host = torch.zeros(lag + 1, 2, pin_memory=device.type == "cuda")  # [flag, loss] rows
+        self._in_flight: deque[_InFlight[T]] = deque()
+        self.found: Flagged[T] | None = None  # the first non-finite step read so far
+
+    def push(self, step: int, ok: Tensor, loss: Tensor | None, payload: T) -> Tensor:
+        """Queue step `step`'s flag (`ok`: 0-dim bool, false if non-finite) and its loss; returns
+        the flag as queued (sticky: the one a fused optimizer takes as `found_inf`)."""
+        bad = (~ok).to(self.stuck.device, torch.float32)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # queued, no wait
+        if self.sticky:
+            self.stuck = torch.maximum(self.stuck, bad)
+            bad = self.stuck
+        if len(self._in_flight) == len(self._host):  # full (no step start read it): read the oldest
+            self._read(before_step=self._in_flight[0].step + 1)
+        slot = (self._in_flight[-1].slot + 1) % len(self._host) if self._in_flight else 0
+        loss = loss if loss is not None else torch.tensor(float("nan"))
+        self._host[slot].copy_(
+            torch.stack([bad, loss.to(bad.device, torch.float32)]), non_blocking=True
+        )
+        event = None
+        if bad.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._in_flight.append(_InFlight(step, slot, event, payload))
+        return bad
+
+    def read_due(self, now: int) -> Flagged[T] | None:
+        """At the start of step `now`: read the flags of steps before `now` − `lag`."""
+        return self._read(before_step=now - self.lag)
+
+    def read_all(self) -> Flagged[T] | None:
+        """Read every queued flag, waiting for the device where it has not finished."""
+        return self._read(before_step=float("inf"))
+
+    def drop(self) -> None:
+        """Forget the flags not read yet."""
+        self._in_flight.clear()
+
+    def _read(self, before_step: float) -> Flagged[T] | None:
+        """Read the queued flags of steps before `before_step`, oldest first; remember the first
+        non-finite step, and return it (from this read or an earlier one)."""
+        while self._in_flight and self._in_flight[0].step < before_step:
+            oldest = self._in_flight.popleft()
+            oldest.wait()
+            flag, loss = self._host[oldest.slot].tolist()
+            if flag > 0 and self.found is None:
+                self.found = Flagged(oldest.step, loss, oldest.payload)
+        return self.found

@@ -1,0 +1,159 @@
+"""The non-finite guard's mechanism alone, pure torch: the flag ring reads a step's flag when
+step + lag + 1 starts, never overwrites a flag it has not read, and (sticky) makes a fused
+optimizer skip; the buffer snapshot puts BatchNorm's statistics back bitwise after a bad step."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.nonfinite_guard import DEFERRED_LAG, BufferSnapshot, Flagged, FlagRing
+
+CPU = torch.device("cpu")
+DEVICES = [
+    pytest.param(CPU, id="cpu"),
+    pytest.param(
+        torch.device("cuda"),
+        id="cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+        ],
+    ),
+]
+
+
+def _drive(ring: FlagRing[str], bad: dict[int, float], num_steps: int) -> list[Flagged[str] | None]:
+    """As the guard does: at each step's start read what is due, then push the step's flag.
+    `bad`: the non-finite steps and their losses; the others' loss is the step number."""
+    device = ring.stuck.device
+    seen = []
+    for step in range(num_steps):
+        seen.append(ring.read_due(step))
+        ok = torch.tensor(step not in bad, device=device)
+        loss = torch.tensor(bad.get(step, float(step)), device=device)
+        ring.push(step, ok, loss, payload=f"step {step}")
+    return seen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("lag", [0, 1, DEFERRED_LAG, 5])
+@pytest.mark.parametrize("bad_step", [0, 3])
+def test_a_bad_step_is_reported_when_step_plus_lag_plus_one_starts(
+    device: torch.device, lag: int, bad_step: int
+) -> None:
+    ring = FlagRing[str](device=device, lag=lag, sticky=False)
+    seen = _drive(ring, {bad_step: -math.inf}, num_steps=bad_step + lag + 4)
+    reported_at = bad_step + lag + 1
+    assert seen[:reported_at] == [None] * reported_at  # not a step early
+    assert seen[reported_at] == Flagged(bad_step, -math.inf, f"step {bad_step}")
+    assert set(seen[reported_at:]) == {seen[reported_at]}  # and it stays the one found
+
+
+def test_the_first_bad_step_is_reported_not_a_later_one() -> None:
+    ring = FlagRing[str](device=CPU, lag=1, sticky=False)
+    _drive(ring, {2: math.nan, 4: math.inf}, num_steps=6)
+    found = ring.read_all()
+    assert found is not None and (found.step, found.payload) == (2, "step 2")
+    assert math.isnan(found.loss)
+
+
+def test_a_full_ring_reads_its_oldest_flag_rather_than_overwrite_it() -> None:
+    """No step start reads (a long accumulation, or none at all): the lag + 1 rows are reused
+    only once read, so the bad step's row is not lost under the steps after it."""
+    ring = FlagRing[str](device=CPU, lag=1, sticky=False)
+    for step in range(7):
+        loss = torch.tensor(-math.inf if step == 2 else float(step))
+        ring.push(step, torch.tensor(step != 2), loss, payload=f"step {step}")
+    assert ring.read_all() == Flagged(2, -math.inf, "step 2")
+
+
+def test_read_all_reads_flags_not_yet_due_and_drop_forgets_them() -> None:
+    ring = FlagRing[str](device=CPU, lag=5, sticky=False)
+    ring.push(0, torch.tensor(False), torch.tensor(math.inf), payload="step 0")
+    assert ring.read_due(1) is None
+    assert ring.read_all() == Flagged(0, math.inf, "step 0")
+
+    dropped = FlagRing[str](device=CPU, lag=5, sticky=False)
+    dropped.push(0, torch.tensor(False), None, payload="step 0")
+    dropped.drop()
+    assert dropped.read_all() is None
+
+
+@pytest.mark.parametrize("sticky", [True, False])
+def test_a_sticky_flag_stays_set_and_a_fused_optimizer_skips_from_the_bad_step_on(
+    sticky: bool,
+) -> None:
+    weight = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.5, fused=True)
+    ring = FlagRing[None](device=CPU, sticky=sticky)
+    flags, weights = [], []
+    for step, ok in enumerate([True, False, True, True]):
+        weight.grad = torch.ones(3)
+        flag = ring.push(step, torch.tensor(ok), torch.tensor(1.0), payload=None)
+        flags.append(float(flag))
+        if ring.sticky:
+            optimizer.found_inf = flag  # type: ignore[attr-defined]  # as the guard hands it over
+        optimizer.step()
+        weights.append(weight.detach()[0].item())
+    assert flags == ([0, 1, 1, 1] if sticky else [0, 1, 0, 0])
+    assert float(ring.stuck) == (1.0 if sticky else 0.0)
+    # Sticky: one update (1 − 0.5), then none; otherwise every step updates.
+    assert weights == ([0.5, 0.5, 0.5, 0.5] if sticky else [0.5, 0.0, -0.5, -1.0])
+
+
+def _batchnorms() -> nn.Module:
+    """float32 and float64 running statistics, int64 batch counts: one flat copy per dtype."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.BatchNorm1d(4), nn.BatchNorm1d(4, dtype=torch.float64)).train()
+    for _ in range(3):  # statistics that are not the initial zeros and ones
+        net[1](net[0](torch.randn(8, 4)).double())
+    return net
+
+
+def _buffers(net: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in net.named_buffers()}
+
+
+def _bad_step(net: nn.Module) -> None:
+    """A forward pass that overflows: inf in the running statistics, the batch counts + 1."""
+    net[1](net[0](torch.full((8, 4), math.inf)).double())
+
+
+def test_restore_puts_the_buffers_back_bitwise_after_a_bad_step() -> None:
+    net = _batchnorms()
+    snapshot = BufferSnapshot(list(net.buffers()))
+    before = _buffers(net)
+    storage = {name: b.data_ptr() for name, b in net.named_buffers()}
+    _bad_step(net)
+    assert not torch.isfinite(net[0].running_mean).all()
+    assert net[0].num_batches_tracked.item() == before["0.num_batches_tracked"].item() + 1
+
+    snapshot.restore()
+    for name, buffer in net.named_buffers():
+        assert buffer.dtype == before[name].dtype and torch.equal(buffer, before[name]), name
+        assert buffer.data_ptr() == storage[name], name  # in place: the module's own tensors
+
+
+def test_take_follows_the_buffers_unless_told_to_keep_the_old_copy() -> None:
+    net = _batchnorms()
+    snapshot = BufferSnapshot(list(net.buffers()))
+    net[1](net[0](torch.randn(8, 4)).double())  # a good step
+    snapshot.take(unless=torch.tensor(False))  # follows it
+    after_good = _buffers(net)
+    _bad_step(net)
+    snapshot.take(unless=torch.tensor(True))  # deferred, after the flag was set: keeps the copy
+    snapshot.restore()
+    for name, buffer in net.named_buffers():
+        assert torch.equal(buffer, after_good[name]), name
+
+
+def test_the_mechanism_imports_no_lightning() -> None:
+    code = "import sys, pipeline.nonfinite_guard; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "torch" in done.stdout and "lightning" not in done.stdout
