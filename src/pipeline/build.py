@@ -36,13 +36,12 @@ from pipeline.callbacks import (
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.config import PIPELINE_TRAINER_KEYS
 from pipeline.data import SyntheticDataModule
+from pipeline.devices import is_cuda_run
 from pipeline.hparams import compared_hparams
+from pipeline.layout import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, PROFILE_DIR
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
-from pipeline.profiling import PROFILE_DIR, TorchProfile, lightning_profiler
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
+from pipeline.profiling import TorchProfile, lightning_profiler
 
 
 def plain(node: DictConfig) -> dict[str, Any]:
@@ -53,9 +52,8 @@ def plain(node: DictConfig) -> dict[str, Any]:
 
 
 def uses_cuda(cfg: DictConfig) -> bool:
-    """Whether the run's accelerator resolves to CUDA."""
-    accel = cfg.device.accelerator
-    return accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    """Whether the run's accelerator resolves to CUDA on this machine (devices.is_cuda_run)."""
+    return is_cuda_run(cfg.device.accelerator, torch.cuda.is_available())
 
 
 def run_device(cfg: DictConfig) -> torch.device:
@@ -153,13 +151,17 @@ def build_callbacks(
             enable_version_counter=False,
         ),
         *(
-            [TimedCheckpoint(checkpoint_path=ckpt_dir / LAST_CHECKPOINT, every_n_minutes=minutes)]
+            [
+                TimedCheckpoint(
+                    checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME, every_n_minutes=minutes
+                )
+            ]
             if (minutes := policy.every_n_minutes)
             else []
         ),
         *kept_checkpoints(ckpt_dir, policy.keep_last_k, every),
         RunConfigInCheckpoint(resolved),
-        GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
+        GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME),
         RunSummary(
             hparams=compared_hparams(resolved, overrides),
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
@@ -173,7 +175,7 @@ def build_callbacks(
             NonFiniteGuard(
                 mode=cfg.trainer.detect_nonfinite,
                 loss_name=cfg.loss.name,
-                checkpoint_path=ckpt_dir / LAST_CHECKPOINT,
+                checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME,
             )
         )
     if cfg.callbacks.gradients.enabled:

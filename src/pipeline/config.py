@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config_limits
+from pipeline.devices import is_cpu_run, is_cuda_run
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 
@@ -242,16 +243,13 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
         p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
     ]
     if not c.problems:  # the estimate needs sane sizes, a precision and a device
-        c.problems += config_limits.memory_problems(cfg, cuda=_uses_cuda(c, cuda_available))
+        c.problems += config_limits.memory_problems(
+            cfg, cuda=is_cuda_run(c.value("device.accelerator"), cuda_available)
+        )
     ckpt = c.value("ckpt_path")
     if ckpt is not None:
         c.problems += checkpoint_problems(str(ckpt), cfg)
     return c.problems
-
-
-def _uses_cuda(c: _Checker, cuda_available: bool) -> bool:
-    accel = c.value("device.accelerator")
-    return accel in ("gpu", "cuda") or (accel == "auto" and cuda_available)
 
 
 def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
@@ -431,8 +429,7 @@ def warnings_for(cfg: DictConfig) -> list[str]:
 
     notes = []
     precision = OmegaConf.select(cfg, "precision")
-    accel = OmegaConf.select(cfg, "device.accelerator")
-    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
+    on_cpu = is_cpu_run(OmegaConf.select(cfg, "device.accelerator"), torch.cuda.is_available())
     if on_cpu and precision in BF16_PRECISIONS and not cpu_has_native_bf16():
         notes.append(
             f"precision={precision} on this CPU: it has no native bf16 (no AVX512-BF16 or AMX), "

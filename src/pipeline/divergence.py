@@ -26,8 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from pipeline.gradients import BLOCKS, norms_by_block
-
-DIVERGENCE_FILE = "divergence.json"
+from pipeline.layout import DIVERGENCE_FILE
 
 
 def finite_or_text(value: float) -> float | str:

@@ -14,8 +14,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-TENSORBOARD_DIR = "tensorboard"
-CSV_DIR = "csv"
+from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
+
 # logger=mlflow needs these importable; the mlflow extra installs them (mlflow-skinny leaves
 # out the SQL store's own dependencies).
 MLFLOW_MODULES = ("mlflow", "sqlalchemy", "alembic")
