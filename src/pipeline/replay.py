@@ -34,12 +34,10 @@ from pipeline import build
 from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.data import make_batch
 from pipeline.divergence import read_divergence
-from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, NOT_REPRODUCED_EXIT_CODE, ConfigError
 from pipeline.layout import DIVERGENCE_FILE, LAST_CHECKPOINT
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier
-
-NOT_REPRODUCED_EXIT_CODE = 1
 
 
 def is_finite(t: Tensor) -> bool:

@@ -31,6 +31,7 @@ from pipeline.errors import (
     GradientCheckError,
     ResourceError,
     is_out_of_memory,
+    stopped_by_signal_exit_code,
 )
 from pipeline.layout import HYDRA_DIR, LAST_CHECKPOINT
 from pipeline.overrides import shell_word
@@ -107,7 +108,7 @@ def train(cfg: DictConfig) -> None:
         )
         report.log_to_file(message, with_traceback=False)
         report.show_error("pipeline.train", message)
-        sys.exit(128 + stopped.received)
+        sys.exit(stopped_by_signal_exit_code(stopped.received))
     report.show_run_dir(run_dir)
 
 
