@@ -181,14 +181,12 @@ def build_callbacks(
     if cfg.callbacks.gradients.enabled:
         callbacks.append(
             GradientLogger(
-                log_every_n_steps=cfg.trainer.log_every_n_steps,
                 histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
             )
         )
         if cfg.callbacks.gradients.noise_scale in ("auto", "on"):
             callbacks.append(
                 GradientNoiseScale(
-                    log_every_n_steps=cfg.trainer.log_every_n_steps,
                     ema_decay=cfg.callbacks.gradients.noise_scale_ema_decay,
                     halves=cfg.callbacks.gradients.noise_scale == "on",
                 )

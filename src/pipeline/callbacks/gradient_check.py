@@ -3,7 +3,8 @@
 Before training: the seed's Q = 3a³ − b² check (exact), then torch.autograd.gradcheck (float64,
 fast mode) on the configured loss and on a float64 copy of the model.
 
-During training, on the first step and every `every_n_steps`: a forward hook captures the head's
+During training, on the first step and every `every_n_steps` (steps N−1, 2N−1, …, counted as
+Lightning counts its logging steps): a forward hook captures the head's
 input h (N, 512) and output pred (N, C); with G = ∂L/∂pred in closed form for the loss, autograd
 must give ∂L/∂fc.bias = Σₙ Gₙ and ∂L/∂fc.weight = Gᵀh. G is divided by accumulate_grad_batches
 and summed over the window (Lightning divides the loss), and averaged over DDP ranks (DDP
@@ -32,6 +33,7 @@ from pipeline.gradients import (
     seed_q_check,
     tolerance_for,
 )
+from pipeline.logging_steps import is_due
 from pipeline.losses import Loss
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ class AnalyticGradientCheck(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        self._armed = step == 0 or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+        self._armed = step == 0 or is_due(step, self.every_n_steps)
         self._target = batch[1] if self._armed else None
 
     def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
