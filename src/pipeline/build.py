@@ -44,8 +44,8 @@ from pipeline.model import ResNetClassifier, build_resnet18
 from pipeline.profiling import TorchProfile, lightning_profiler
 
 
-def plain(node: DictConfig) -> dict[str, Any]:
-    """A config node as a plain dict with interpolations resolved."""
+def resolved_dict(node: DictConfig) -> dict[str, Any]:
+    """A config node as a dict of Python values, interpolations resolved: what components get."""
     out = OmegaConf.to_container(node, resolve=True)
     assert isinstance(out, dict)
     return {str(k): v for k, v in out.items()}
@@ -100,7 +100,7 @@ def cuda_flag_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
     return SyntheticDataModule(
-        **(plain(cfg.data) | {"num_workers": num_workers(cfg)}),
+        **(resolved_dict(cfg.data) | {"num_workers": num_workers(cfg)}),
         num_classes=cfg.model.num_classes,
         label_kind=LOSSES[cfg.loss.name].label_kind,
         seed=cfg.seed,
@@ -108,7 +108,7 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
 
 
 def build_module(cfg: DictConfig) -> ResNetClassifier:
-    scheduler = plain(cfg.scheduler)
+    scheduler = resolved_dict(cfg.scheduler)
     return ResNetClassifier(
         net=build_resnet18(weights=cfg.model.weights, num_classes=cfg.model.num_classes),
         loss_fn=LOSSES[cfg.loss.name].fn,
@@ -129,7 +129,7 @@ def example_input(cfg: DictConfig) -> torch.Tensor:
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     """The loggers the `logger` group chose (pipeline/loggers.py); none for logger=none."""
-    return loggers.build_loggers(plain(cfg.logger), run_dir)
+    return loggers.build_loggers(resolved_dict(cfg.logger), run_dir)
 
 
 def build_callbacks(
@@ -139,7 +139,7 @@ def build_callbacks(
     ckpt_dir = run_dir / CHECKPOINT_DIR
     policy = cfg.callbacks.checkpoint
     every = policy.every_n_steps
-    resolved = plain(cfg)  # the whole run's config, for the checkpoint and TensorBoard
+    resolved = resolved_dict(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -199,6 +199,7 @@ def build_callbacks(
                 precision=cfg.precision,
                 every_n_steps=check.every_n_steps,
                 on_fail=check.on_fail,
+                seed=cfg.seed,
                 tf32=uses_cuda(cfg) and cuda_flag_settings(cfg)["tf32"] is True,
             )
         )
@@ -211,7 +212,7 @@ def torch_profile(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """profiler=torch: torch.profiler over the scheduled optimizer steps, into <run>/profile/."""
     if cfg.profiler.name != "torch":
         return []
-    keys = plain(cfg.profiler)
+    keys = resolved_dict(cfg.profiler)
     del keys["name"]
     return [TorchProfile(profile_dir=run_dir / PROFILE_DIR, **keys, cuda=uses_cuda(cfg))]
 
@@ -258,7 +259,9 @@ def build_trainer(
 ) -> pl.Trainer:
     """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests);
     `overrides`, the command line's, name the HParams table's extra columns."""
-    trainer_args = {k: v for k, v in plain(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS}
+    trainer_args = {
+        k: v for k, v in resolved_dict(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS
+    }
     device = cfg.device
     return pl.Trainer(
         accelerator=device.accelerator,

@@ -89,7 +89,7 @@ def evaluate(cfg: DictConfig) -> None:
         pl.seed_everything(run_cfg.seed, verbose=False)
         datamodule = build.build_datamodule(run_cfg)
         module = build.build_module(run_cfg)
-        trainer_args = build.plain(run_cfg.trainer) if "trainer" in run_cfg else {}
+        trainer_args = build.resolved_dict(run_cfg.trainer) if "trainer" in run_cfg else {}
         trainer = pl.Trainer(
             accelerator=run_cfg.device.accelerator,
             devices=1,

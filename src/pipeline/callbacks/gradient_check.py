@@ -41,9 +41,19 @@ log = logging.getLogger(__name__)
 
 class AnalyticGradientCheck(pl.Callback):
     def __init__(
-        self, *, loss: Loss, precision: str, every_n_steps: int, on_fail: str, tf32: bool = False
+        self,
+        *,
+        loss: Loss,
+        precision: str,
+        every_n_steps: int,
+        on_fail: str,
+        seed: int,
+        tf32: bool = False,
     ) -> None:
+        """`seed`: the run's; the pre-training checks draw from a generator of their own seeded
+        with it, so enabling the check leaves the global torch RNG (and the run) as it was."""
         self.loss = loss
+        self.seed = seed
         self.tolerance = tolerance_for(precision, tf32)
         self.precision = precision
         self.every_n_steps = every_n_steps
@@ -62,7 +72,12 @@ class AnalyticGradientCheck(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = cast(nn.Module, pl_module.net)
-        target = torch.rand(3, 5) if self.loss.label_kind == "dense" else torch.tensor([0, 4, 2])
+        generator = torch.Generator().manual_seed(self.seed)
+        target = (
+            torch.rand(3, 5, generator=generator)  # (N, C) dense labels
+            if self.loss.label_kind == "dense"
+            else torch.tensor([0, 4, 2])  # (N,) class indices
+        )
         checks = {
             "the seed's Q = 3a³ − b² check": seed_q_check(),
             f"gradcheck of loss={self.loss.name}": gradcheck_loss(self.loss.fn, target),
