@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from pipeline.errors import ConfigError
 from pipeline.layout import CHECKPOINT_CONFIG_KEY, LAST_CHECKPOINT
+from pipeline.resources import resnet18_on_meta
 from pipeline.weights import load_file, state_dict_mismatch
 
 
@@ -37,7 +38,6 @@ def checkpoint_fit_problems(
     """Whether training can continue from `ckpt` with `cfg`: the same model shapes, the same
     optimizer and the same precision. Found before anything runs, so a mismatch never gets as
     far as the run's files."""
-    from pipeline.resources import resnet18_on_meta
 
     problems = []
     net = resnet18_on_meta(cfg.model.num_classes)

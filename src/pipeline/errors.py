@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import torch
+
 NOT_REPRODUCED_EXIT_CODE = 1  # replay: the step stayed finite
 CHECK_FAILED_EXIT_CODE = 1  # gpu-check: one of its checks failed
 CONFIG_ERROR_EXIT_CODE = 2
@@ -52,8 +54,6 @@ class ResourceError(RuntimeError):
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
-    import torch
-
     if isinstance(exc, MemoryError | torch.OutOfMemoryError):
         return True
     text = str(exc)

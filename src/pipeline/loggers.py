@@ -65,6 +65,7 @@ def mlflow_logger(
     by default), one MLflow run per run directory, named after it and tagged `run_dir` with its
     absolute path (MLflow sets a run's artifact URI from its experiment, so the run directory
     cannot be the run's artifact location: the tag points there instead)."""
+    # Here, not at the top: mlflow is an optional extra, absent unless logger=mlflow is wanted.
     import mlflow  # configures its own console handler on import: Hydra's handlers instead
     from lightning.pytorch.loggers import MLFlowLogger
 

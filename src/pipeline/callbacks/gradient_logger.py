@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pipeline.gradients import (
@@ -119,8 +120,6 @@ class GradientLogger(pl.Callback):
         step: int,
         nonfinite: int,
     ) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         if nonfinite:
             self.skipped_histograms += 1
             rank_zero_warn(
