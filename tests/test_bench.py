@@ -22,7 +22,7 @@ from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, s
 from pipeline.bench.variants import instrument_frequencies, knob_configs, parse_knob
 from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
 from pipeline.cli import _compose
-from pipeline.gradients import histogram
+from pipeline.gradients import histograms
 
 
 def test_rounds_report_mean_per_round_and_median_over_rounds() -> None:
@@ -157,16 +157,14 @@ def test_the_device_is_synchronized_only_at_the_ends_of_the_timed_window() -> No
 
 def test_histogram_fields_match_the_tensor() -> None:
     t = torch.tensor([0.0, 1.0, 1.0, 3.0, 4.0])
-    h = histogram(t, bins=4)
+    h, constant = histograms([t, torch.ones(3)], bins=4)
     assert (h["min"], h["max"], h["num"], h["sum"], h["sum_squares"]) == (0.0, 4.0, 5, 9.0, 27.0)
     assert h["bucket_limits"] == [1.0, 2.0, 3.0, 4.0] and sum(h["bucket_counts"]) == 5
-    assert histogram(torch.ones(3))["bucket_counts"] == [3.0]
+    assert constant["bucket_counts"] == [3.0]
 
 
 def test_histograms_of_many_tensors_match_numpy_each() -> None:
     import numpy as np
-
-    from pipeline.gradients import histograms
 
     g = torch.Generator().manual_seed(0)
     tensors = [

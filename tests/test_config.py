@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from torchvision.models import resnet18
 
@@ -59,7 +60,9 @@ def test_every_option_composes_and_instantiates(
     module = build.build_module(cfg)
     data = build.build_datamodule(cfg)
     trainer = build.build_trainer(cfg, tmp_path)
-    assert module.optimizer_factory(module.parameters()) is not None
+    optimizer = module.optimizer_factory(module.parameters())
+    assert isinstance(optimizer, get_class(cfg.optimizer._target_))
+    assert optimizer.defaults["lr"] == cfg.optimizer.lr
     assert len(data.train_dataloader().dataset) == cfg.data.num_samples
     assert trainer.max_steps == cfg.trainer.max_steps
 

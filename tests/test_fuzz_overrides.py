@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import preflight
+from pipeline.cli import _compose, preflight
 from pipeline.config import validate
 
 KEYS = [
@@ -58,7 +58,8 @@ OVERRIDE = st.one_of(
 @given(st.lists(OVERRIDE, max_size=4))
 def test_preflight_answers_every_command_line_with_lines(overrides: list[str]) -> None:
     rewritten, problems = preflight("train", overrides, False, validate)
-    assert isinstance(rewritten, list)
+    if not problems:  # accepted: what it hands to Hydra composes into a config that validates
+        assert validate(_compose("train", rewritten)) == []
     for problem in problems:
         assert isinstance(problem, str) and problem.strip()
         assert "\n" not in problem  # one line each

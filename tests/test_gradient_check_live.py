@@ -8,10 +8,11 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 
-from helpers import TINY
+from helpers import TINY, Recorder
 from pipeline import build
 from pipeline.cli import _compose
 from pipeline.errors import GradientCheckError
+from pipeline.gradients import TOLERANCES
 
 
 class CorruptFcBiasGrad(pl.Callback):
@@ -23,7 +24,8 @@ class CorruptFcBiasGrad(pl.Callback):
         pl_module.net.fc.bias.grad[3] += 0.5  # type: ignore[index, union-attr]
 
 
-def _fit(tmp_path: Path, *overrides: str, corrupt: bool) -> None:
+def _fit(tmp_path: Path, *overrides: str, corrupt: bool) -> Recorder:
+    """A tiny run checked at every step; returns what the check logged."""
     cfg = _compose(
         "train", [*TINY, "logger=none", "callbacks.gradient_check.every_n_steps=1", *overrides]
     )
@@ -31,11 +33,20 @@ def _fit(tmp_path: Path, *overrides: str, corrupt: bool) -> None:
     trainer = build.build_trainer(
         cfg, tmp_path, extra_callbacks=[CorruptFcBiasGrad()] if corrupt else []
     )
+    recorder = Recorder()
+    trainer.loggers = [recorder]
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    return recorder
 
 
-def test_honest_gradients_pass(tmp_path: Path) -> None:
-    _fit(tmp_path, corrupt=False)
+def test_honest_gradients_pass_within_the_tolerance(tmp_path: Path) -> None:
+    logged = _fit(tmp_path, corrupt=False)
+    # TINY: 2 steps, both checked; 32-true, so the head's matmul rounds to ~1e-7 of its size.
+    for tag in ("gradcheck/fc_bias_max_err", "gradcheck/fc_weight_max_err"):
+        errors = logged.tag(tag)
+        assert [step for step, _ in errors] == [0, 1], tag
+        assert all(0 <= err <= TOLERANCES["32-true"] for _, err in errors), (tag, errors)
+    assert logged.tag("gradcheck/passed") == [(0, 1.0), (1, 1.0)]
 
 
 def test_corrupted_gradient_raises_with_step_tensor_error_and_tolerance(tmp_path: Path) -> None:

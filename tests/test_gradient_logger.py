@@ -62,7 +62,7 @@ def test_update_ratio_is_the_clipped_step_under_accumulation() -> None:
     trainer = pl.Trainer(
         accelerator="cpu", precision="64-true", max_steps=2, accumulate_grad_batches=2,
         gradient_clip_val=clip, log_every_n_steps=1, logger=recorder,
-        callbacks=[probe, GradientLogger(log_every_n_steps=1, histogram_every_n_steps=0)],
+        callbacks=[probe, GradientLogger(histogram_every_n_steps=0)],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(TwoBlocks(lr), data)

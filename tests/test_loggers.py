@@ -56,7 +56,7 @@ def test_the_table_holds_the_compared_keys_and_what_the_command_line_set() -> No
     overrides = ["optimizer=adamw", "optimizer.lr=3e-4", "device=cpu", "trainer.max_steps=5",
                  "callbacks.progress_bar=false", "callbacks.gradients.histogram_every_n_steps=0",
                  "logger=[tensorboard,csv]", "profiler=simple", "+trainer.gradient_clip_val=1.0"]  # fmt: skip
-    config = build.plain(_compose("train", overrides))
+    config = build.resolved_dict(_compose("train", overrides))
     overrides.append("~trainer.deterministic")  # a removed key is no column
     assert compared_hparams(config, overrides) == {
         "optimizer": "adamw",  # torch.optim.AdamW, named as the option is

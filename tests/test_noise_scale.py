@@ -76,7 +76,7 @@ def fit(
         accelerator="cpu", precision="64-true", max_steps=steps, devices=processes,
         strategy="ddp" if processes > 1 else "auto", use_distributed_sampler=False,
         accumulate_grad_batches=accumulate, log_every_n_steps=1, logger=recorder,
-        callbacks=[GradientNoiseScale(log_every_n_steps=1, ema_decay=ema_decay)],
+        callbacks=[GradientNoiseScale(ema_decay=ema_decay)],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -36,26 +36,24 @@ from pipeline.callbacks import (
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.config import PIPELINE_TRAINER_KEYS
 from pipeline.data import SyntheticDataModule
+from pipeline.devices import is_cuda_run
 from pipeline.hparams import compared_hparams
+from pipeline.layout import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, PROFILE_DIR
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
-from pipeline.profiling import PROFILE_DIR, TorchProfile, lightning_profiler
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
+from pipeline.profiling import TorchProfile, lightning_profiler
 
 
-def plain(node: DictConfig) -> dict[str, Any]:
-    """A config node as a plain dict with interpolations resolved."""
+def resolved_dict(node: DictConfig) -> dict[str, Any]:
+    """A config node as a dict of Python values, interpolations resolved: what components get."""
     out = OmegaConf.to_container(node, resolve=True)
     assert isinstance(out, dict)
     return {str(k): v for k, v in out.items()}
 
 
 def uses_cuda(cfg: DictConfig) -> bool:
-    """Whether the run's accelerator resolves to CUDA."""
-    accel = cfg.device.accelerator
-    return accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    """Whether the run's accelerator resolves to CUDA on this machine (devices.is_cuda_run)."""
+    return is_cuda_run(cfg.device.accelerator, torch.cuda.is_available())
 
 
 def run_device(cfg: DictConfig) -> torch.device:
@@ -102,7 +100,7 @@ def cuda_flag_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
     return SyntheticDataModule(
-        **(plain(cfg.data) | {"num_workers": num_workers(cfg)}),
+        **(resolved_dict(cfg.data) | {"num_workers": num_workers(cfg)}),
         num_classes=cfg.model.num_classes,
         label_kind=LOSSES[cfg.loss.name].label_kind,
         seed=cfg.seed,
@@ -110,7 +108,7 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
 
 
 def build_module(cfg: DictConfig) -> ResNetClassifier:
-    scheduler = plain(cfg.scheduler)
+    scheduler = resolved_dict(cfg.scheduler)
     return ResNetClassifier(
         net=build_resnet18(weights=cfg.model.weights, num_classes=cfg.model.num_classes),
         loss_fn=LOSSES[cfg.loss.name].fn,
@@ -131,7 +129,7 @@ def example_input(cfg: DictConfig) -> torch.Tensor:
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     """The loggers the `logger` group chose (pipeline/loggers.py); none for logger=none."""
-    return loggers.build_loggers(plain(cfg.logger), run_dir)
+    return loggers.build_loggers(resolved_dict(cfg.logger), run_dir)
 
 
 def build_callbacks(
@@ -141,7 +139,7 @@ def build_callbacks(
     ckpt_dir = run_dir / CHECKPOINT_DIR
     policy = cfg.callbacks.checkpoint
     every = policy.every_n_steps
-    resolved = plain(cfg)  # the whole run's config, for the checkpoint and TensorBoard
+    resolved = resolved_dict(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
@@ -153,13 +151,17 @@ def build_callbacks(
             enable_version_counter=False,
         ),
         *(
-            [TimedCheckpoint(checkpoint_path=ckpt_dir / LAST_CHECKPOINT, every_n_minutes=minutes)]
+            [
+                TimedCheckpoint(
+                    checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME, every_n_minutes=minutes
+                )
+            ]
             if (minutes := policy.every_n_minutes)
             else []
         ),
         *kept_checkpoints(ckpt_dir, policy.keep_last_k, every),
         RunConfigInCheckpoint(resolved),
-        GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT),
+        GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME),
         RunSummary(
             hparams=compared_hparams(resolved, overrides),
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
@@ -173,20 +175,18 @@ def build_callbacks(
             NonFiniteGuard(
                 mode=cfg.trainer.detect_nonfinite,
                 loss_name=cfg.loss.name,
-                checkpoint_path=ckpt_dir / LAST_CHECKPOINT,
+                checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME,
             )
         )
     if cfg.callbacks.gradients.enabled:
         callbacks.append(
             GradientLogger(
-                log_every_n_steps=cfg.trainer.log_every_n_steps,
                 histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
             )
         )
         if cfg.callbacks.gradients.noise_scale in ("auto", "on"):
             callbacks.append(
                 GradientNoiseScale(
-                    log_every_n_steps=cfg.trainer.log_every_n_steps,
                     ema_decay=cfg.callbacks.gradients.noise_scale_ema_decay,
                     halves=cfg.callbacks.gradients.noise_scale == "on",
                 )
@@ -199,6 +199,7 @@ def build_callbacks(
                 precision=cfg.precision,
                 every_n_steps=check.every_n_steps,
                 on_fail=check.on_fail,
+                seed=cfg.seed,
                 tf32=uses_cuda(cfg) and cuda_flag_settings(cfg)["tf32"] is True,
             )
         )
@@ -211,7 +212,7 @@ def torch_profile(cfg: DictConfig, run_dir: Path) -> list[Callback]:
     """profiler=torch: torch.profiler over the scheduled optimizer steps, into <run>/profile/."""
     if cfg.profiler.name != "torch":
         return []
-    keys = plain(cfg.profiler)
+    keys = resolved_dict(cfg.profiler)
     del keys["name"]
     return [TorchProfile(profile_dir=run_dir / PROFILE_DIR, **keys, cuda=uses_cuda(cfg))]
 
@@ -258,7 +259,9 @@ def build_trainer(
 ) -> pl.Trainer:
     """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests);
     `overrides`, the command line's, name the HParams table's extra columns."""
-    trainer_args = {k: v for k, v in plain(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS}
+    trainer_args = {
+        k: v for k, v in resolved_dict(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS
+    }
     device = cfg.device
     return pl.Trainer(
         accelerator=device.accelerator,

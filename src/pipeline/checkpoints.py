@@ -6,8 +6,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pipeline.callbacks.run_config import CHECKPOINT_KEY
 from pipeline.errors import ConfigError
+from pipeline.layout import CHECKPOINT_CONFIG_KEY, LAST_CHECKPOINT
+from pipeline.resources import resnet18_on_meta
 from pipeline.weights import load_file, state_dict_mismatch
 
 
@@ -16,14 +17,14 @@ def read_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
     ckpt = load_file(path, key)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
         raise ConfigError(
-            [f"{key}={path} is not a Lightning checkpoint; give a run's checkpoints/last.ckpt"]
+            [f"{key}={path} is not a Lightning checkpoint; give a run's {LAST_CHECKPOINT}"]
         )
     return ckpt
 
 
 def run_config_of(ckpt: dict[str, Any], path: str, key: str = "ckpt_path") -> dict[str, Any]:
     """The training config saved in a checkpoint by RunConfigInCheckpoint."""
-    config = ckpt.get(CHECKPOINT_KEY)
+    config = ckpt.get(CHECKPOINT_CONFIG_KEY)
     if not isinstance(config, dict):
         raise ConfigError(
             [f"{key}={path} was not written by pipeline.train (it has no saved config)"]
@@ -37,7 +38,6 @@ def checkpoint_fit_problems(
     """Whether training can continue from `ckpt` with `cfg`: the same model shapes, the same
     optimizer and the same precision. Found before anything runs, so a mismatch never gets as
     far as the run's files."""
-    from pipeline.resources import resnet18_on_meta
 
     problems = []
     net = resnet18_on_meta(cfg.model.num_classes)

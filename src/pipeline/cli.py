@@ -269,7 +269,10 @@ def unparsable(overrides: list[str]) -> list[str]:
                 if not value.isascii() or " " in value
                 else ""
             )
-            problems.append(f"cannot parse {line}: {_one_line(exc)}{hint}")
+            shown = line.replace(
+                "\n", "\\n"
+            )  # one line per problem, even for a value with a newline
+            problems.append(f"cannot parse {shown}: {_one_line(exc)}{hint}")
     return problems
 
 

@@ -11,11 +11,18 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import torch
+from hydra.utils import get_class
+from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config_limits
+from pipeline.checkpoints import checkpoint_fit_problems, read_checkpoint, run_config_of
+from pipeline.devices import is_cpu_run, is_cuda_run
+from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
+from pipeline.weights import is_torchvision_weights
 
 PRECISIONS = (
     "32-true",
@@ -24,9 +31,8 @@ PRECISIONS = (
     "16-true",
     "bf16-true",
     "64-true",
-    "transformer-engine",
 )
-BF16_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed becomes bf16-mixed on CPU
+BF16_ON_CPU_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed runs as bf16 on a CPU
 NONFINITE_MODES = ("raise", "warn", "off")
 SCHEDULERS = ("none", "cosine", "step")
 # Trainer arguments the pipeline sets from its own groups; trainer.X for these is refused.
@@ -71,8 +77,6 @@ def config_groups() -> list[str]:
 
 def trainer_arguments() -> set[str]:
     """The keyword arguments lightning.Trainer takes."""
-    from lightning.pytorch import Trainer
-
     return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
 
 
@@ -131,10 +135,6 @@ class _Checker:
 
 def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str]:
     """Every problem in a composed train config, one line each; empty when it can run."""
-    import torch
-
-    from pipeline.weights import is_torchvision_weights
-
     c = _Checker(cfg)
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -195,14 +195,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
             f"model.weights={weights} is not a file; give a state-dict path, DEFAULT, or model.weights=null"
         )
 
-    if c.one_of("precision", PRECISIONS, "32-true"):
-        precision = c.value("precision")
-        accel = c.value("device.accelerator")
-        on_cpu = accel == "cpu" or (accel == "auto" and not cuda_available)
-        if precision == "transformer-engine" and on_cpu:
-            c.problems.append(
-                "precision=transformer-engine needs an NVIDIA GPU; set precision=bf16-mixed"
-            )
+    c.one_of("precision", PRECISIONS, "32-true")
 
     c.int_at_least("callbacks.checkpoint.every_n_steps", 0, 0)
     c.int_at_least("callbacks.checkpoint.keep_last_k", 0, 0)
@@ -242,23 +235,17 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
         p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
     ]
     if not c.problems:  # the estimate needs sane sizes, a precision and a device
-        c.problems += config_limits.memory_problems(cfg, cuda=_uses_cuda(c, cuda_available))
+        c.problems += config_limits.memory_problems(
+            cfg, cuda=is_cuda_run(c.value("device.accelerator"), cuda_available)
+        )
     ckpt = c.value("ckpt_path")
     if ckpt is not None:
         c.problems += checkpoint_problems(str(ckpt), cfg)
     return c.problems
 
 
-def _uses_cuda(c: _Checker, cuda_available: bool) -> bool:
-    accel = c.value("device.accelerator")
-    return accel in ("gpu", "cuda") or (accel == "auto" and cuda_available)
-
-
 def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
     """Why `path` cannot be resumed from (with `cfg`) or evaluated, if it cannot."""
-    from pipeline.checkpoints import checkpoint_fit_problems, read_checkpoint, run_config_of
-    from pipeline.errors import ConfigError
-
     try:
         ckpt = read_checkpoint(path)
         saved = run_config_of(ckpt, path)
@@ -321,8 +308,6 @@ def _validate_fused(c: _Checker) -> None:
 def optimizer_arguments(target: str) -> set[str]:
     """The keyword arguments of the optimizer class `target` names (all accepted if unknown:
     an unknown _target_ fails where it is instantiated, with its own message)."""
-    from hydra.utils import get_class
-
     try:
         return set(inspect.signature(get_class(target)).parameters)
     except Exception:
@@ -427,13 +412,10 @@ def _validate_trainer(c: _Checker) -> None:
 
 def warnings_for(cfg: DictConfig) -> list[str]:
     """Things that will run, but not as the user likely hopes."""
-    import torch
-
     notes = []
     precision = OmegaConf.select(cfg, "precision")
-    accel = OmegaConf.select(cfg, "device.accelerator")
-    on_cpu = accel == "cpu" or (accel == "auto" and not torch.cuda.is_available())
-    if on_cpu and precision in BF16_PRECISIONS and not cpu_has_native_bf16():
+    on_cpu = is_cpu_run(OmegaConf.select(cfg, "device.accelerator"), torch.cuda.is_available())
+    if on_cpu and precision in BF16_ON_CPU_PRECISIONS and not cpu_has_native_bf16():
         notes.append(
             f"precision={precision} on this CPU: it has no native bf16 (no AVX512-BF16 or AMX), "
             "so bf16 is emulated and runs many times slower than precision=32-true"

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Trainer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import resources
@@ -56,7 +57,6 @@ def number_problems(cfg: DictConfig) -> list[str]:
 
 def _trainer_refusal(trainer_args: dict[str, Any]) -> str | None:
     """What a bare Trainer (CPU, no logger, no callbacks; ~12 ms) raises for these arguments."""
-    from lightning.pytorch import Trainer
 
     try:
         Trainer(

@@ -27,9 +27,8 @@ from typing import Any
 from torch import Tensor
 
 from pipeline.gradients import BLOCKS, norms_by_block
+from pipeline.layout import DIVERGENCE_FILE
 from pipeline.overrides import shell_word
-
-DIVERGENCE_FILE = "divergence.json"
 
 
 def finite_or_text(value: float) -> float | str:

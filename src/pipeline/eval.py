@@ -23,6 +23,7 @@ from pipeline import build, cli, report
 from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.config import CONFIG_DIR, checkpoint_problems, validate
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 
 report.silence_known_warnings()
 EVAL_GROUPS = (
@@ -70,7 +71,7 @@ def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
     makes must pass train's validation."""
     path = OmegaConf.select(cfg, "ckpt_path", throw_on_missing=False)
     if path is None:
-        return ["ckpt_path is required; set ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt"]
+        return [f"ckpt_path is required; set ckpt_path={OUTPUTS}/<date>/<time>/{LAST_CHECKPOINT}"]
     problems = checkpoint_problems(str(path))
     if problems:
         return problems
@@ -88,7 +89,7 @@ def evaluate(cfg: DictConfig) -> None:
         pl.seed_everything(run_cfg.seed, verbose=False)
         datamodule = build.build_datamodule(run_cfg)
         module = build.build_module(run_cfg)
-        trainer_args = build.plain(run_cfg.trainer) if "trainer" in run_cfg else {}
+        trainer_args = build.resolved_dict(run_cfg.trainer) if "trainer" in run_cfg else {}
         trainer = pl.Trainer(
             accelerator=run_cfg.device.accelerator,
             devices=1,

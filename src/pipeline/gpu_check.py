@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import CHECK_FAILED_EXIT_CODE
+
 WHEELS = Path("wheels")
 MISSING_ON_BARE_GPU = {"hydra": "hydra-core", "omegaconf": "omegaconf"}  # module: distribution
 BENCH = ["-m", "pipeline.bench", "device=gpu", "loss=mse", "bench.features=false",
@@ -107,7 +109,9 @@ def main() -> None:
         print(f"  {check.name}: {status} in {outcome['seconds']:.0f} s")
         if check.output is not None and outcome["exit"] == 0:
             print("    " + bench_summary(check.name, json.loads(check.output.read_text())))
-    sys.exit(0 if all(r["exit"] == 0 for r in results["checks"].values()) else 1)
+    sys.exit(
+        0 if all(r["exit"] == 0 for r in results["checks"].values()) else CHECK_FAILED_EXIT_CODE
+    )
 
 
 if __name__ == "__main__":

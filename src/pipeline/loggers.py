@@ -14,8 +14,8 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 
-TENSORBOARD_DIR = "tensorboard"
-CSV_DIR = "csv"
+from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
+
 # logger=mlflow needs these importable; the mlflow extra installs them (mlflow-skinny leaves
 # out the SQL store's own dependencies).
 MLFLOW_MODULES = ("mlflow", "sqlalchemy", "alembic")
@@ -65,6 +65,7 @@ def mlflow_logger(
     by default), one MLflow run per run directory, named after it and tagged `run_dir` with its
     absolute path (MLflow sets a run's artifact URI from its experiment, so the run directory
     cannot be the run's artifact location: the tag points there instead)."""
+    # Here, not at the top: mlflow is an optional extra, absent unless logger=mlflow is wanted.
     import mlflow  # configures its own console handler on import: Hydra's handlers instead
     from lightning.pytorch.loggers import MLFlowLogger
 

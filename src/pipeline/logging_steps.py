@@ -1,4 +1,5 @@
-"""Which training steps Lightning writes to the loggers (every trainer.log_every_n_steps), and the last."""
+"""Which training steps an instrument acts on: the ones Lightning writes to the loggers (every
+trainer.log_every_n_steps), every N-th step (the one way the pipeline counts it), and the last."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ def logs_this_step(trainer: pl.Trainer) -> bool:
     these steps alone. This is Lightning's own test (a private attribute; lightning is pinned
     to 2.6.x), so the steps cannot drift from the ones it logs."""
     return bool(trainer._logger_connector.should_update_logs)
+
+
+def is_due(step: int, every: int) -> bool:
+    """Whether 0-based optimizer step `step` completes a multiple of `every` steps: steps N−1,
+    2N−1, … (every ≤ 0: never). Lightning counts log_every_n_steps the same way, so an
+    instrument every N steps lands on logged steps when N is a multiple of the logging interval.
+    After the optimizer step (trainer.global_step already counts it) the step is global_step − 1."""
+    return every > 0 and (step + 1) % every == 0
 
 
 def is_last_step(trainer: pl.Trainer) -> bool:

@@ -20,7 +20,6 @@ from pipeline import report
 
 log = logging.getLogger(__name__)
 
-PROFILE_DIR = "profile"
 TRACE_FILE = (
     "trace.pt.trace.json"  # Chrome/Perfetto JSON; TensorBoard's profiler plugin reads the suffix
 )

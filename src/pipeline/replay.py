@@ -33,12 +33,11 @@ from torch import Tensor, nn
 from pipeline import build
 from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.data import make_batch
-from pipeline.divergence import DIVERGENCE_FILE, read_divergence
-from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from pipeline.divergence import read_divergence
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, NOT_REPRODUCED_EXIT_CODE, ConfigError
+from pipeline.layout import DIVERGENCE_FILE, LAST_CHECKPOINT
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier
-
-NOT_REPRODUCED_EXIT_CODE = 1
 
 
 def is_finite(t: Tensor) -> bool:
@@ -163,11 +162,9 @@ def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], str]:
                 f"{run_dir} has no {DIVERGENCE_FILE}: only a run the non-finite guard stopped can be replayed"
             ]
         )
-    ckpt_path = run_dir / build.CHECKPOINT_DIR / build.LAST_CHECKPOINT
+    ckpt_path = run_dir / LAST_CHECKPOINT
     if not ckpt_path.is_file():
-        raise ConfigError(
-            [f"{run_dir} has no {build.CHECKPOINT_DIR}/{build.LAST_CHECKPOINT} to replay from"]
-        )
+        raise ConfigError([f"{run_dir} has no {LAST_CHECKPOINT} to replay from"])
     record = read_divergence(run_dir)
     if record.get("checkpoint_global_step") is None:
         raise ConfigError(
@@ -228,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_dtype = torch.float64 if precision == "64-true" else torch.float32
     print(
         f"pipeline.replay: step {record['step']} of {run_dir} (loss {record['loss']}), samples "
-        f"{record['indices']}, from {build.CHECKPOINT_DIR}/{build.LAST_CHECKPOINT}, on the CPU"
+        f"{record['indices']}, from {LAST_CHECKPOINT}, on the CPU"
     )
     if precision not in ("32-true", "64-true"):
         print(f"  (the run used precision={precision}; replayed at float32 and float64)")

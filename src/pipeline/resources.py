@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models import resnet18
 
 GIB = 2**30
 # Bytes of one saved activation: the lower bound for each precision (mixed precisions keep
@@ -28,7 +29,6 @@ CHECKPOINT_OVERHEAD_BYTES = 1 * 2**20  # the pickle's structure, the config, the
 
 
 def resnet18_on_meta(num_classes: int) -> nn.Module:
-    from torchvision.models import resnet18
 
     return resnet18(num_classes=num_classes).to("meta").eval()  # shapes only: no memory, no compute
 

@@ -13,19 +13,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.build import CHECKPOINT_DIR
-from pipeline.build import LAST_CHECKPOINT as LAST_CHECKPOINT_NAME
+from pipeline.layout import LAST_CHECKPOINT, OUTPUTS, SAVED_OVERRIDES
 from pipeline.overrides import override
 
 RESUME_KEY = "resume="
-SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
-LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / LAST_CHECKPOINT_NAME  # build.py names them
 DEFER_HYDRA_FILES = "hydra.output_subdir=null"
 NOT_CARRIED = ("ckpt_path=",)  # set anew by every resume
 
 
 LATEST = "latest"
-OUTPUTS = "outputs"  # where runs land (hydra.run.dir and hydra.sweep.dir in conf/train.yaml)
 
 
 def latest_run(outputs: Path) -> Path | None:

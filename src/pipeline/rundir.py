@@ -15,6 +15,8 @@ from typing import Any
 
 import torch.distributed as dist
 
+from pipeline.layout import RUN_MARKERS
+
 MAX_SUFFIX = 1000
 RUN_DIR_HANDOVER_TIMEOUT_S = 120
 
@@ -96,7 +98,6 @@ def receive_run_dir(timeout_s: float) -> Path:
         ) from exc
 
 
-RUN_MARKERS = (".hydra", "checkpoints")  # what a run directory holds once a run has started
 LOCK_FILE = ".lock"
 _held_locks: list[
     Any

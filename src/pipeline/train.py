@@ -31,7 +31,9 @@ from pipeline.errors import (
     GradientCheckError,
     ResourceError,
     is_out_of_memory,
+    stopped_by_signal_exit_code,
 )
+from pipeline.layout import HYDRA_DIR, LAST_CHECKPOINT
 from pipeline.overrides import shell_word
 from pipeline.provenance import provenance
 from pipeline.rundir import is_launch_rank_zero
@@ -99,14 +101,14 @@ def train(cfg: DictConfig) -> None:
         sys.exit(PROCESS_FAILED_EXIT_CODE)
     if stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
-        checkpoint = run_dir / build.CHECKPOINT_DIR / build.LAST_CHECKPOINT
+        checkpoint = run_dir / LAST_CHECKPOINT
         message = (
             f"stopped by {name} after step {stopped.stopped_at_step}; saved {checkpoint}; "
             f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
         )
         report.log_to_file(message, with_traceback=False)
         report.show_error("pipeline.train", message)
-        sys.exit(128 + stopped.received)
+        sys.exit(stopped_by_signal_exit_code(stopped.received))
     report.show_run_dir(run_dir)
 
 
@@ -120,7 +122,7 @@ def deferred_hydra_files(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         "hydra.yaml": OmegaConf.to_yaml({"hydra": hydra_cfg}),
         "overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task)),
     }
-    return [HydraFilesAtStart(directory=run_dir / ".hydra", files=files)]
+    return [HydraFilesAtStart(directory=run_dir / HYDRA_DIR, files=files)]
 
 
 def out_of_memory_message(cfg: DictConfig) -> str:

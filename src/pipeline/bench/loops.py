@@ -1,6 +1,6 @@
 """The three loops the bench times, each one round of `warmup + steps` steps from the same init.
 
-`time_trainer`: the pipeline's Trainer (any variant's config). `time_plain`: the seed's loop by
+`time_trainer`: the pipeline's Trainer (any variant's config). `time_plain_pytorch`: the seed's loop by
 hand with the run's data, model settings, precision and CUDA flags. `time_naive`: the notebook
 as written. All three are timed by the same `StepClock`.
 """
@@ -45,7 +45,7 @@ def autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
     )
 
 
-def time_plain(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> Timing:
+def time_plain_pytorch(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> Timing:
     """The seed's loop by hand (zero_grad, forward, loss, backward, step) with the run's
     DataLoader and data path, memory format, precision, compile, optimizer and CUDA flags, as
     the module has them."""

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import build
 from pipeline.bench.clock import Timing
 from pipeline.bench.data_path import time_data
-from pipeline.bench.loops import time_naive, time_plain, time_trainer
+from pipeline.bench.loops import time_naive, time_plain_pytorch, time_trainer
 from pipeline.bench.memory import memory_mb
 from pipeline.bench.startup import time_startup
 from pipeline.bench.stats import Rounds, data_share, summarize
@@ -66,7 +66,7 @@ def variants_of(
         return lambda workdir: time_trainer(variant_cfg, b.warmup_steps, b.steps, workdir)
 
     variants: dict[str, Variant] = {
-        "plain": lambda _: time_plain(train_cfg, device, b.warmup_steps, b.steps),
+        "plain": lambda _: time_plain_pytorch(train_cfg, device, b.warmup_steps, b.steps),
         "pipeline": trainer(train_cfg),
         "naive": lambda _: time_naive(train_cfg, device, b.warmup_steps, b.steps),
     }

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY
+from pipeline.callbacks.provenance import STARTUP_KEY
+from pipeline.layout import RUN_JSON
 
 
 def time_startup(overrides: list[str], workdir: Path) -> float | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 # Skipped on a CPU: the flags do nothing there, and optimizer.fused is off there by default.
@@ -76,8 +77,6 @@ def instrument_frequencies(cfg: DictConfig) -> dict[str, int]:
 def parse_knob(knob: str) -> tuple[str, Any]:
     """'model.channels_last=true' → ('model.channels_last', True): read as Hydra reads a
     command-line override (so trainer.detect_nonfinite=off is the string 'off', as in training)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     key, sep, _ = knob.partition("=")
     if not sep or not key.strip():
         raise ValueError(

@@ -17,6 +17,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from pipeline.logging_steps import is_due
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DDP_CHECK_EVERY = 8  # optimizer steps between the ranks' agreement on the flag
 
@@ -46,7 +48,7 @@ class GracefulStop(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if trainer.world_size > 1 and trainer.global_step % DDP_CHECK_EVERY:
+        if trainer.world_size > 1 and not is_due(trainer.global_step - 1, DDP_CHECK_EVERY):
             return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
             return

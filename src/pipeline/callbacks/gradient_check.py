@@ -3,7 +3,8 @@
 Before training: the seed's Q = 3a³ − b² check (exact), then torch.autograd.gradcheck (float64,
 fast mode) on the configured loss and on a float64 copy of the model.
 
-During training, on the first step and every `every_n_steps`: a forward hook captures the head's
+During training, on the first step and every `every_n_steps` (steps N−1, 2N−1, …, counted as
+Lightning counts its logging steps): a forward hook captures the head's
 input h (N, 512) and output pred (N, C); with G = ∂L/∂pred in closed form for the loss, autograd
 must give ∂L/∂fc.bias = Σₙ Gₙ and ∂L/∂fc.weight = Gᵀh. G is divided by accumulate_grad_batches
 and summed over the window (Lightning divides the loss), and averaged over DDP ranks (DDP
@@ -32,6 +33,7 @@ from pipeline.gradients import (
     seed_q_check,
     tolerance_for,
 )
+from pipeline.logging_steps import is_due
 from pipeline.losses import Loss
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,19 @@ log = logging.getLogger(__name__)
 
 class AnalyticGradientCheck(pl.Callback):
     def __init__(
-        self, *, loss: Loss, precision: str, every_n_steps: int, on_fail: str, tf32: bool = False
+        self,
+        *,
+        loss: Loss,
+        precision: str,
+        every_n_steps: int,
+        on_fail: str,
+        seed: int,
+        tf32: bool = False,
     ) -> None:
+        """`seed`: the run's; the pre-training checks draw from a generator of their own seeded
+        with it, so enabling the check leaves the global torch RNG (and the run) as it was."""
         self.loss = loss
+        self.seed = seed
         self.tolerance = tolerance_for(precision, tf32)
         self.precision = precision
         self.every_n_steps = every_n_steps
@@ -60,7 +72,12 @@ class AnalyticGradientCheck(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         net = cast(nn.Module, pl_module.net)
-        target = torch.rand(3, 5) if self.loss.label_kind == "dense" else torch.tensor([0, 4, 2])
+        generator = torch.Generator().manual_seed(self.seed)
+        target = (
+            torch.rand(3, 5, generator=generator)  # (N, C) dense labels
+            if self.loss.label_kind == "dense"
+            else torch.tensor([0, 4, 2])  # (N,) class indices
+        )
         checks = {
             "the seed's Q = 3a³ − b² check": seed_q_check(),
             f"gradcheck of loss={self.loss.name}": gradcheck_loss(self.loss.fn, target),
@@ -87,7 +104,7 @@ class AnalyticGradientCheck(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        self._armed = step == 0 or (self.every_n_steps > 0 and step % self.every_n_steps == 0)
+        self._armed = step == 0 or is_due(step, self.every_n_steps)
         self._target = batch[1] if self._armed else None
 
     def _capture(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:

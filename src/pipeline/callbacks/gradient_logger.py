@@ -5,7 +5,7 @@ unscaled under 16-mixed (and not yet clipped). On logged steps it also copies th
 and in on_train_batch_end, after the optimizer step, measures the step the optimizer took.
 Rank 0 only: after DDP's all-reduce its gradients are the global ones, and other ranks skip
 the work. Tags:
-  every log_every_n_steps: grad_norm/total, grad_norm/<block>,
+  on the steps Lightning logs (trainer.log_every_n_steps): grad_norm/total, grad_norm/<block>,
                            update_ratio/total, update_ratio/<block> (‖w_after − w_before‖/‖w_before‖),
                            grad/nonfinite_count (parameters whose gradient holds inf or NaN)
   every histogram_every_n_steps, and the first and last step (0: never): grad/<param>, weight/<param> histograms
@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from pipeline.gradients import (
@@ -33,11 +34,7 @@ from pipeline.gradients import (
     tensor_norms,
     update_ratios,
 )
-
-
-def is_due(step: int, every: int) -> bool:
-    """Whether 0-based optimizer step `step` is one of every N (the same steps Lightning logs)."""
-    return every > 0 and (step + 1) % every == 0
+from pipeline.logging_steps import is_due, logs_this_step
 
 
 @dataclass
@@ -53,8 +50,7 @@ class _PendingStep:
 
 
 class GradientLogger(pl.Callback):
-    def __init__(self, *, log_every_n_steps: int, histogram_every_n_steps: int) -> None:
-        self.log_every_n_steps = log_every_n_steps
+    def __init__(self, *, histogram_every_n_steps: int) -> None:
         self.histogram_every_n_steps = histogram_every_n_steps
         self.skipped_histograms = 0
         self._pending: _PendingStep | None = None
@@ -65,7 +61,7 @@ class GradientLogger(pl.Callback):
         if not trainer.is_global_zero or not trainer.loggers:
             return
         step = trainer.global_step
-        log_scalars = is_due(step, self.log_every_n_steps)
+        log_scalars = logs_this_step(trainer)
         log_histograms = self.histogram_every_n_steps > 0 and (
             is_due(step, self.histogram_every_n_steps) or step in (0, trainer.max_steps - 1)
         )  # the first and last steps too: a short run's Histograms tab is never empty
@@ -124,8 +120,6 @@ class GradientLogger(pl.Callback):
         step: int,
         nonfinite: int,
     ) -> None:
-        from lightning.pytorch.loggers import TensorBoardLogger
-
         if nonfinite:
             self.skipped_histograms += 1
             rank_zero_warn(

@@ -20,7 +20,7 @@ because one step's estimate is noisy. The two batch sizes, by run:
   accumulated local gradient is then the small batch.
 Norms are read after the backward, before the GradScaler unscales: both batch sizes carry the
 same scale, which the ratio cancels. A step whose gradients overflow leaves the averages alone.
-Tags, every log_every_n_steps: grad_noise/b_simple, grad_noise/b_simple/<block>, and
+Tags, on the steps Lightning logs (trainer.log_every_n_steps): grad_noise/b_simple, grad_noise/b_simple/<block>, and
 grad_noise/batch_size (the global batch b_big, to read beside it). One host transfer a logged
 step. Rank 0 only.
 """
@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-from pipeline.callbacks.gradient_logger import is_due
 from pipeline.gradients import (
     BLOCKS,
     block_index,
@@ -45,6 +44,7 @@ from pipeline.gradients import (
     noise_scale_terms,
     tensor_norms,
 )
+from pipeline.logging_steps import logs_this_step
 
 
 def _trainable(pl_module: pl.LightningModule) -> tuple[list[str], list[torch.nn.Parameter]]:
@@ -53,8 +53,7 @@ def _trainable(pl_module: pl.LightningModule) -> tuple[list[str], list[torch.nn.
 
 
 class GradientNoiseScale(pl.Callback):
-    def __init__(self, *, log_every_n_steps: int, ema_decay: float, halves: bool = True) -> None:
-        self.log_every_n_steps = log_every_n_steps
+    def __init__(self, *, ema_decay: float, halves: bool = True) -> None:
         self.ema_decay = ema_decay
         self.halves = halves  # measure in one process without accumulation (a backward pass more)
         self.mode = "halves"  # set at the start of fit: halves | accumulation | ddp | off
@@ -129,7 +128,7 @@ class GradientNoiseScale(pl.Callback):
             self.mode != "off"
             and trainer.is_global_zero
             and bool(trainer.loggers)  # no logger (logger=none): nothing to measure for
-            and is_due(trainer.global_step, self.log_every_n_steps)
+            and logs_this_step(trainer)
         )
         # Lightning zeroes the gradients at batch_idx % k == 0 (batch_idx counts within the epoch).
         self._position = batch_idx % trainer.accumulate_grad_batches

@@ -37,7 +37,6 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from pipeline.callbacks.gradient_logger import is_due
 from pipeline.divergence import (
     block_norm_record,
     divergence_message,
@@ -48,6 +47,7 @@ from pipeline.divergence import (
 )
 from pipeline.errors import DivergenceError
 from pipeline.gradients import block_index, state_is_finite, tensor_norms
+from pipeline.logging_steps import is_due
 from pipeline.nonfinite_guard import DEFERRED_LAG, BufferSnapshot, Flagged, FlagRing
 
 # What a step's flag carries to the host: its per-tensor gradient norms (P,), read only if it was

@@ -16,8 +16,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from pipeline.callbacks.throughput import process_age_s
+from pipeline.layout import RUN_JSON
 
-RUN_JSON = "run.json"
 STARTUP_KEY = "startup_s"  # process start to training start, in run.json
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-CHECKPOINT_KEY = "pipeline_config"
+from pipeline.layout import CHECKPOINT_CONFIG_KEY
 
 
 class RunConfigInCheckpoint(pl.Callback):
@@ -18,4 +18,4 @@ class RunConfigInCheckpoint(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.config
+        checkpoint[CHECKPOINT_CONFIG_KEY] = self.config

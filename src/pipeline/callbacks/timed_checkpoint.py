@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from pipeline.callbacks.graceful_stop import DDP_CHECK_EVERY
+from pipeline.logging_steps import is_due
 
 
 class TimedCheckpoint(pl.Callback):
@@ -45,7 +46,7 @@ class TimedCheckpoint(pl.Callback):
         if step == self._last_step:  # inside an accumulation window: no optimizer step yet
             return
         self._last_step = step
-        if trainer.world_size > 1 and step % DDP_CHECK_EVERY:
+        if trainer.world_size > 1 and not is_due(step - 1, DDP_CHECK_EVERY):
             return
         due = time.monotonic() - self._last_save >= self.every_s
         if trainer.world_size > 1:
