@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
@@ -22,6 +23,7 @@ from conftest import TINY, cli_env, run_cli, scalars
 from pipeline.config import group_options
 from pipeline.search import make_plan
 from pipeline.search_run import open_study
+from pipeline.search_space import Plan, parse_space
 from pipeline.search_study import counted
 
 # Two validations a trial (steps 2 and 4) where pruning is tested; one elsewhere.
@@ -216,3 +218,30 @@ def test_a_far_worse_trial_is_pruned(
     assert pruned.state == TrialState.PRUNED
     assert pruned.user_attrs["outcome"] == "pruned at step 2"
     assert list(pruned.intermediate_values) == [2]  # it stopped before step 4's validation
+
+
+def test_a_different_command_on_an_existing_study_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    space, _ = parse_space({"optimizer.lr": "tag(log, interval(1e-5, 1e-1))"})
+    plan = Plan(
+        study="same",
+        storage="sqlite:///outputs/search/same.db",
+        metric="val/loss",
+        direction="minimize",
+        n_trials=4,
+        sampler="tpe",
+        pruner={"name": "none", "n_startup_trials": 0, "n_warmup_steps": 0},
+        space=space,
+        fixed=["loss=mse"],
+    )
+    assert open_study(plan)[1] == []
+    assert open_study(replace(plan, n_trials=8))[1] == []  # a bigger budget is the same search
+    study, problems = open_study(replace(plan, fixed=["loss=sum_diff"], direction="maximize"))
+    assert study is None
+    assert problems == [
+        "study same in sqlite:///outputs/search/same.db was searched with another fixed, direction "
+        "(fixed: ['loss=mse']; direction: minimize); run that command again, or start a new "
+        "study: search.study=same_2"
+    ]

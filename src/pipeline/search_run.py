@@ -20,6 +20,7 @@ import hydra
 import lightning.pytorch as pl
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline import cli, report
 from pipeline.callbacks.trial_reports import TrialReports
@@ -72,7 +73,14 @@ def open_study(plan: Plan) -> tuple[optuna.Study | None, list[str]]:
     """The plan's study, created if new: (study, problems). An existing study must have been
     run with the same metric, direction, space and fixed overrides."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this command's own lines say what happened
-    storage = open_storage(plan.storage)
+    try:
+        storage = open_storage(plan.storage)
+    except (OSError, ImportError, SQLAlchemyError) as exc:
+        reason = next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
+        return None, [
+            f"cannot open search.storage={plan.storage} ({reason}); "
+            "set search.storage=sqlite:///a/writable/path.db"
+        ]
     sampler = (
         optuna.samplers.TPESampler() if plan.sampler == "tpe" else optuna.samplers.RandomSampler()
     )
@@ -93,9 +101,9 @@ def open_study(plan: Plan) -> tuple[optuna.Study | None, list[str]]:
         direction=plan.direction,
         load_if_exists=True,
     )
-    record = plan.record() | {"direction": plan.direction}
-    if existed:
-        kept = study.user_attrs | {"direction": study.direction.name.lower()}
+    if existed:  # Optuna keeps the study's first direction whatever create_study is given
+        record = plan.record() | {"direction": plan.direction}
+        kept = (study.user_attrs or plan.record()) | {"direction": study.direction.name.lower()}
         differ = [k for k, v in record.items() if kept.get(k) != v]
         if differ:
             return None, [
