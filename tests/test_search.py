@@ -34,6 +34,16 @@ def study_at(root: Path, name: str) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/outputs/search/{name}.db")
 
 
+def completed(root: Path, name: str) -> int:
+    """Complete trials of the study so far; 0 before the search has created it."""
+    if not (root / "outputs" / "search" / f"{name}.db").exists():
+        return 0
+    try:
+        return tally(study_at(root, name))["complete"]
+    except KeyError:  # the database is there, the study not yet
+        return 0
+
+
 def tally(study: optuna.Study) -> dict[str, int]:
     trials = study.get_trials(deepcopy=False)
     return {
@@ -107,8 +117,7 @@ def test_killed_search_continues_to_n_trials_and_names_the_best_command(
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and first.poll() is None:
-            db = tmp_path / "outputs" / "search" / "resume.db"
-            if db.exists() and tally(study_at(tmp_path, "resume"))["complete"] >= 2:
+            if completed(tmp_path, "resume") >= 2:
                 break
             time.sleep(0.5)
     finally:

@@ -194,7 +194,7 @@ class Plan:
         return {
             "metric": self.metric,
             "space": [f"{p.key}={p.describe()}" for p in self.space],
-            "fixed": self.fixed,
+            "fixed": sorted(self.fixed),  # their order does not matter to Hydra
         }
 
     def train_overrides(self, values: dict[str, Value]) -> list[str]:
