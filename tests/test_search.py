@@ -23,7 +23,7 @@ from conftest import TINY, cli_env, run_cli, scalars
 from pipeline.config import group_options
 from pipeline.search import make_plan
 from pipeline.search_run import open_study
-from pipeline.search_space import Plan, parse_space
+from pipeline.search_space import Plan, corners, parse_space
 from pipeline.search_study import counted
 
 # Two validations a trial (steps 2 and 4) where pruning is tested; one elsewhere.
@@ -253,4 +253,39 @@ def test_a_different_command_on_an_existing_study_is_refused(
         "study same in sqlite:///outputs/search/same.db was searched with another fixed, direction "
         "(fixed: ['loss=mse']; direction: minimize); run that command again, or start a new "
         "study: search.study=same_2"
+    ]
+
+
+def test_a_space_reads_hydras_sweep_syntax_and_lists_its_edges() -> None:
+    space, problems = parse_space(
+        {
+            "optimizer": "choice(sgd, adam)",
+            "optimizer.lr": "tag(log, interval(1e-5, 1e-1))",
+            "data.batch_size": "range(16, 65, 16)",
+            "trainer.max_steps": "tag(int, interval(50, 200))",
+        }
+    )
+    assert problems == []
+    assert [p.describe() for p in space] == [
+        "choice(sgd, adam)",
+        "tag(log, interval(1e-05, 0.1))",
+        "choice(16, 32, 48, 64)",
+        "tag(int, interval(50, 200))",
+    ]
+    points = corners(space)
+    assert len(points) == 2 * 4 * 2  # every choice combination, intervals all low then all high
+    assert points[:2] == [
+        {"optimizer": "sgd", "data.batch_size": 16, "optimizer.lr": 1e-5, "trainer.max_steps": 50},
+        {"optimizer": "sgd", "data.batch_size": 16, "optimizer.lr": 0.1, "trainer.max_steps": 200},
+    ]
+
+
+def test_a_space_that_cannot_be_drawn_from_is_one_line_a_key() -> None:
+    _, problems = parse_space(
+        {"optimizer.lr": "tag(log, interval(0, 1))", "seed": "7", "loss": "choice(mse"}
+    )
+    assert problems == [
+        "search.params.optimizer.lr: a log-scale interval needs low > 0 (got 0.0); set it to e.g. 1e-6",
+        "search.params.seed=7 is not a range to draw from; use one of: choice(a, b), range(start, stop, step), interval(low, high), tag(log, interval(low, high))",
+        "search.params.loss: cannot parse 'choice(mse' (no viable alternative at input 'choice(mse'); write one of: choice(a, b), range(start, stop, step), interval(low, high), tag(log, interval(low, high))",
     ]
