@@ -71,16 +71,27 @@ class SearchStopped(Exception):
 
 def open_study(plan: Plan) -> tuple[optuna.Study | None, list[str]]:
     """The plan's study, created if new: (study, problems). An existing study must have been
-    run with the same metric, direction, space and fixed overrides."""
+    run with the same metric, direction, space and fixed overrides. Under the StudyLock: two
+    commands that create one SQLite database at once collide in Optuna's table setup."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # this command's own lines say what happened
+    lock = StudyLock(sqlite_path(plan.storage))
     try:
-        storage = open_storage(plan.storage)
+        lock.acquire()
+        return load_or_create(plan, open_storage(plan.storage))
     except (OSError, ImportError, SQLAlchemyError) as exc:
         reason = next((s.strip() for s in str(exc).splitlines() if s.strip()), type(exc).__name__)
         return None, [
             f"cannot open search.storage={plan.storage} ({reason}); "
             "set search.storage=sqlite:///a/writable/path.db"
         ]
+    finally:
+        lock.release()
+
+
+def load_or_create(
+    plan: Plan, storage: optuna.storages.RDBStorage
+) -> tuple[optuna.Study | None, list[str]]:
+    """The plan's study in `storage`, checked against its record if it exists: (study, problems)."""
     sampler = (
         optuna.samplers.TPESampler() if plan.sampler == "tpe" else optuna.samplers.RandomSampler()
     )

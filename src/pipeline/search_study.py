@@ -69,10 +69,9 @@ def is_alive_here(worker: str) -> bool | None:
 
 
 def open_storage(storage: str) -> optuna.storages.RDBStorage:
-    """The study's storage, created if new (with its SQLite file's folder)."""
+    """The study's storage, its tables created if new (a new SQLite file's folder must exist:
+    the StudyLock makes it)."""
     db = sqlite_path(storage)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
     engine_kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if db is not None else {}
     )
@@ -120,6 +119,7 @@ class StudyLock:
     def acquire(self) -> None:
         if self.path is None or self._handle is not None:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "a")  # noqa: SIM115 (released by release())
         fcntl.flock(self._handle, fcntl.LOCK_EX)
 
