@@ -70,9 +70,14 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+SEARCH_GROUP = (
+    "search"  # pipeline.search's spaces (conf/search.yaml): not a group of a run's config
+)
+
+
 def config_groups() -> list[str]:
-    """The config groups: the folders of conf/."""
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir())
+    """The config groups of a run (train, eval): the folders of conf/ but search/."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != SEARCH_GROUP)
 
 
 def trainer_arguments() -> set[str]:

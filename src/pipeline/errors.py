@@ -60,3 +60,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and (
         "can't allocate memory" in text or "not enough memory" in text
     )
+
+
+NO_COMPLETED_TRIAL_EXIT_CODE = 7  # a search's study holds no completed trial to report

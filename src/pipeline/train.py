@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import hydra
@@ -45,6 +46,13 @@ report.silence_known_warnings()
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def train(cfg: DictConfig) -> None:
     """One run of a config that cli.preflight has validated (main() always runs it first)."""
+    run(cfg)
+
+
+def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
+    """The body of `train`, inside Hydra's job (its run directory and logging); pipeline.search
+    runs each trial through it with its pruning callback in `extra_callbacks`. Ends with
+    sys.exit(code) when the run does not train to the end."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     report.route_lightning_logs_to_hydra()
     report.show_config(cfg)
@@ -61,6 +69,7 @@ def train(cfg: DictConfig) -> None:
             extra_callbacks=[
                 *deferred_hydra_files(cfg, run_dir),
                 Provenance(run_dir=run_dir, info=provenance(cli.command_line(), Path.cwd())),
+                *extra_callbacks,
             ],
             in_sweep=in_sweep,
             overrides=list(HydraConfig.get().overrides.task),

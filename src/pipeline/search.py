@@ -1,0 +1,240 @@
+"""`python -m pipeline.search`: hyperparameter search with Optuna, each trial a pipeline.train run.
+
+    python -m pipeline.search search=lr_wd search.n_trials=20 loss=mse trainer.max_steps=200
+
+search.* (conf/search.yaml, and the space from conf/search/<name>.yaml) configures the search;
+every other KEY=VALUE is pipeline.train's, the same for every trial, and a `KEY=choice(…)` or
+`'KEY=interval(…)'` among them searches KEY too. Before the first trial the whole space is
+validated: the train config at every edge of the space passes pipeline.train's pre-flight.
+
+The study lives in search.storage (SQLite by default, outputs/search/<study>.db): running the
+same command again continues it, and several commands at once share it (search_study.py). The
+trials run one after another in this process, each a normal run directory
+outputs/search/<study>/trial-NNNN/ (compare them on TensorBoard's HParams tab). A trial that
+diverges or fails its gradient check is recorded as failed and the search goes on; a trial
+whose validation reports are worse than the median at the same step is pruned. At the end: the
+best value and the `python -m pipeline.train …` command that reproduces the best trial.
+
+Exit codes: 0 a best trial exists; 2 a bad command line, space or study (nothing written);
+7 no trial completed; 128+N stopped by signal N (run the same command again to continue).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import cli, report
+from pipeline.config import SEARCH_GROUP, _Checker, group_options, validate
+from pipeline.errors import (
+    CONFIG_ERROR_EXIT_CODE,
+)
+from pipeline.search_space import Param, Plan, as_overrides, corners, param_of, parse_space
+
+PROGRAM = "pipeline.search"
+METRICS = ("val/loss", "train/loss")
+REFUSED = {  # train overrides a search sets itself, or cannot take
+    "hydra.run.dir": "each trial's run directory is outputs/search/<study>/trial-NNNN",
+    "hydra.sweep.dir": "a search runs no Hydra sweep",
+    "resume": "a search continues when the same command runs again",
+}
+
+
+def split_command_line(argv: list[str]) -> tuple[list[str], list[str], list[Param], list[str]]:
+    """(search overrides, fixed train overrides, params searched from the command line, problems)."""
+    problems = cli.stray_words(argv) or cli.unparsable(argv)
+    if problems:
+        return [], [], [], problems
+    search, fixed, params = [], [], []
+    for line, o in zip(argv, OverridesParser.create().parse_overrides(argv), strict=True):
+        key = o.key_or_group
+        if key.startswith(f"{SEARCH_GROUP}.params."):
+            searched = key.removeprefix(f"{SEARCH_GROUP}.params.")
+            problems.append(
+                f"{line}: a searched key's range goes on the command line as {searched}=choice(…) "
+                f"or '{searched}=interval(…)' (it replaces the space's)"
+            )
+        elif key == SEARCH_GROUP or key.startswith(f"{SEARCH_GROUP}."):
+            search.append(line)
+        elif key in REFUSED:
+            problems.append(f"{line}: {PROGRAM} takes no {key}= ({REFUSED[key]}); drop it")
+        elif o.is_sweep_override():
+            param, problem = param_of(o)
+            problems += [problem] if problem else []
+            params += [param] if param else []
+        else:
+            fixed.append(line)
+    return search, fixed, params, problems
+
+
+def compose_search(search: list[str]) -> tuple[DictConfig | None, list[str]]:
+    """conf/search.yaml with the search.* overrides: (config, problems)."""
+    parsed = OverridesParser.create().parse_overrides(search)
+    spaces = group_options(SEARCH_GROUP)
+    problems = [
+        f"{SEARCH_GROUP}={o.get_value_element_as_str()} is not a search space; choose one of: "
+        f"{', '.join(spaces)} (or add conf/{SEARCH_GROUP}/<name>.yaml)"
+        for o in parsed
+        if o.key_or_group == SEARCH_GROUP and o.get_value_element_as_str() not in spaces
+    ]
+    if problems:
+        return None, problems
+    try:
+        base = cli._compose(
+            "search",
+            [
+                line
+                for line, o in zip(search, parsed, strict=True)
+                if o.key_or_group == SEARCH_GROUP
+            ],
+        )
+        rewritten, problems = cli.resolve_keys(parsed, base)
+        return (None, problems) if problems else (cli._compose("search", rewritten), [])
+    except HydraException as exc:
+        return None, [cli._one_line(exc)]
+
+
+def settings_problems(cfg: DictConfig) -> list[str]:
+    """Every problem with the search.* values, one line each."""
+    c = _Checker(cfg)
+    study = c.value("search.study")
+    if not (isinstance(study, str) and study and all(ch.isalnum() or ch in "_.-" for ch in study)):
+        c.problems.append(
+            f"search.study must be a name of letters, digits, _ . - (got {study!r}); set search.study=lr_wd"
+        )
+    c.one_of("search.metric", METRICS, "val/loss")
+    c.one_of("search.direction", ("minimize", "maximize"), "minimize")
+    c.int_at_least("search.n_trials", 1, 20)
+    c.one_of("search.sampler", ("tpe", "random"), "tpe")
+    c.one_of("search.pruner.name", ("median", "none"), "median")
+    c.int_at_least("search.pruner.n_startup_trials", 0, 5)
+    c.int_at_least("search.pruner.n_warmup_steps", 0, 0)
+    if not c.problems:
+        from pipeline.search_study import storage_problems  # Optuna's SQLAlchemy
+
+        c.problems += storage_problems(str(c.value("search.storage")))
+    return c.problems
+
+
+def trial_problems(cfg: DictConfig) -> list[str]:
+    """pipeline.train's validation, and what a search trial cannot be."""
+    problems = validate(cfg)
+    if cfg.device.strategy == "ddp":
+        problems.append(
+            f"device={cfg.device.name} runs DDP, and {PROGRAM} runs its trials in one process; "
+            f"search on several GPUs with one command per GPU: CUDA_VISIBLE_DEVICES=0 python -m {PROGRAM} … "
+            "(the same command with CUDA_VISIBLE_DEVICES=1 in another shell, and so on)"
+        )
+    return problems
+
+
+def space_problems(plan: Plan) -> list[str]:
+    """pipeline.train's pre-flight at every edge of the space. The first edge gets the whole
+    pre-flight (keys, groups, values); the others differ from it in values only, so each is one
+    compose and validate (a compose costs ~0.3 s)."""
+    first, *others = corners(plan.space)
+    given = [*plan.fixed, *as_overrides(first)]
+    rewritten, problems = cli.preflight("train", given, False, trial_problems)
+    if problems:
+        return problems
+    fixed, searched = rewritten[: len(plan.fixed)], rewritten[len(plan.fixed) :]
+    added = {key for key, line in zip(first, searched, strict=True) if line.startswith("+")}
+    for point in others:
+        lines = [
+            ("+" if key in added else "") + line
+            for key, line in zip(point, as_overrides(point), strict=True)
+        ]
+        found = cli.check_group_choices(OverridesParser.create().parse_overrides(lines))
+        if not found:
+            try:
+                cfg = cli._compose("train", [*fixed, *lines])
+                found = cli.unresolvable(cfg) or trial_problems(cfg)
+            except HydraException as exc:
+                found = [cli._one_line(exc)]
+        where = " ".join(as_overrides(point))
+        problems += [f"at {where}: {p}" for p in found if not any(p in q for q in problems)]
+    return problems
+
+
+def make_plan(argv: list[str]) -> tuple[Plan | None, list[str]]:
+    """The search a command line asks for, validated whole: (plan, problems)."""
+    search, fixed, cli_params, problems = split_command_line(argv)
+    if problems and not search:
+        return None, problems
+    cfg, found = compose_search(search)
+    if cfg is None:
+        return None, problems + found
+    problems += cli.unresolvable(cfg) or settings_problems(cfg)
+    if problems:
+        return None, problems
+    yaml_space, problems = parse_space(OmegaConf.to_container(cfg.search.params) or {})  # type: ignore[arg-type]
+    replaced = {p.key for p in cli_params}
+    space = [p for p in yaml_space if p.key not in replaced] + cli_params
+    fixed_keys = {o.key_or_group for o in OverridesParser.create().parse_overrides(fixed)}
+    problems += [
+        f"{p.key} is searched ({p.key}={p.describe()}) and fixed on the command line; drop one"
+        for p in space
+        if p.key in fixed_keys
+    ]
+    if problems:
+        return None, problems
+    s = cfg.search
+    plan = Plan(
+        study=s.study,
+        storage=s.storage,
+        metric=s.metric,
+        direction=s.direction,
+        n_trials=s.n_trials,
+        sampler=s.sampler,
+        pruner=OmegaConf.to_container(s.pruner),  # type: ignore[arg-type]
+        space=space,
+        fixed=fixed,
+    )
+    problems = space_problems(plan)
+    return (None, problems) if problems else (plan, [])
+
+
+def main() -> None:
+    """Console entry point `pipeline-search`."""
+    argv = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        return
+    if importlib.util.find_spec("optuna") is None:
+        report.show_error(PROGRAM, "needs Optuna; install it with: pip install -e '.[search]'")
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    from pipeline.search_run import SearchStopped, open_study, run_trials, show_result
+
+    plan, problems = make_plan(argv)
+    if plan is None:
+        cli.report_problems(problems, PROGRAM)
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    study, problems = open_study(plan)
+    if study is None:
+        cli.report_problems(problems, PROGRAM)
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    try:
+        run_trials(study, plan)
+    except SearchStopped as exc:
+        stopped(exc.code, plan)
+    except KeyboardInterrupt:
+        stopped(128 + signal.SIGINT, plan)
+    sys.exit(show_result(study, plan))
+
+
+def stopped(code: int, plan: Plan) -> None:
+    report.show_error(
+        PROGRAM,
+        f"stopped (exit code {code}) during a trial; run the same command again to continue "
+        f"study {plan.study} in {plan.storage}",
+    )
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
