@@ -19,7 +19,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import TINY, cli_env, run_cli, scalars
+from helpers import TINY, cli_env, run_cli, scalars
 from pipeline.config import group_options
 from pipeline.search import make_plan
 from pipeline.search_run import open_study
