@@ -75,7 +75,9 @@ def test_a_diverged_run_writes_divergence_json_and_replay_names_the_first_bad_mo
     record = json.loads((run_dir / "divergence.json").read_text())
     step = record["step"]
     assert 0 < step < 59
-    assert isinstance(record["loss"], str) or abs(record["loss"]) > 1e30
+    # The loss is inf/NaN, or (when a gradient overflowed first) finite but exploded: its
+    # last finite value depends on the summation order, so on the thread count (5e29 on one).
+    assert isinstance(record["loss"], str) or abs(record["loss"]) > 1e20
     start = (step % 2) * 4  # 8 samples in batches of 4, in index order
     assert record["indices"] == list(range(start, start + 4))
     assert record["grad_norm"]["last_finite"]["step"] == step - 1  # every step is logged
