@@ -31,7 +31,7 @@ test: lint
 	$(PY) -m pytest -n auto
 
 test-fast: install
-	$(PY) -m pytest -m "not e2e" -q
+	$(PY) -m pytest tests/unit -q -n auto
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs --host 127.0.0.1

@@ -30,28 +30,6 @@ def _saved(tmp_path: Path, obj: object, name: str = "w.pt") -> str:
     return str(path)
 
 
-def test_default_reads_the_hub_cache(
-    fake_hub_weights: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(fake_hub_weights.parents[2]))
-    net = build_resnet18(weights="DEFAULT", num_classes=1000)
-    expected = torch.load(fake_hub_weights, weights_only=True)
-    assert all(torch.equal(v, expected[k]) for k, v in net.state_dict().items())
-
-
-def test_offline_default_names_the_file_to_place(
-    torch_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(torch_home))
-    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # a closed port: offline, at once
-    with pytest.raises(ConfigError) as info:
-        build_resnet18(weights="DEFAULT", num_classes=1000)
-    (line,) = info.value.problems
-    assert "model.weights=DEFAULT could not be downloaded" in line
-    assert str(torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in line
-    assert "model.weights=null" in line
-
-
 def test_file_weights_load_and_a_new_head_replaces_the_old(tmp_path: Path) -> None:
     source = resnet18()
     path = _saved(tmp_path, source.state_dict())

@@ -6,14 +6,10 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import run_cli
-from pipeline.bench.clock import StepTimer, synced_points
+from pipeline.bench.clock import synced_points
 from pipeline.bench.config import validate_bench
 from pipeline.bench.data_path import numpy_reference_images
 from pipeline.bench.modes import measure
@@ -122,31 +118,6 @@ def test_a_run_records_its_startup_in_run_json(tmp_path: Path) -> None:
     assert 0 < record[STARTUP_KEY] < 24 * 3600  # this process started before the test
 
 
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(3, 1)
-
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self.layer(batch[0]).sum()
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def test_step_timer_skips_warmup_and_times_each_step(tmp_path: Path) -> None:
-    timer = StepTimer(warmup_steps=2, total_steps=7, device=torch.device("cpu"))
-    trainer = pl.Trainer(max_steps=7, callbacks=[timer], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
-    trainer.fit(_Tiny(), DataLoader(TensorDataset(torch.rand(20, 3)), batch_size=2))
-    assert len(timer.steps) == 7 - 2  # steps 2…6, each from the end of the one before
-    assert timer.first_step_s is not None and timer.first_step_s > 0
-    # The window from the end of step 1 to the end of step 6, per timed step: on a CPU, where
-    # nothing runs ahead, the same as the mean of the steps.
-    assert timer.mean_step_s == pytest.approx(sum(timer.steps) / 5, rel=1e-6)
-    assert all(0 <= w <= s for w, s in zip(timer.waits, timer.steps, strict=True))
-
-
 def test_the_device_is_synchronized_only_at_the_ends_of_the_timed_window() -> None:
     assert synced_points(warmup=3, total=23) == (2, 22)  # timed: steps 3…22
     assert synced_points(warmup=1, total=5) == (0, 4)
@@ -185,30 +156,6 @@ def test_histograms_of_many_tensors_match_numpy_each() -> None:
         assert h["bucket_limits"] == pytest.approx(edges[1:].tolist(), rel=1e-6)
 
 
-def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) -> None:
-    """The one run of the real command: every mode of the default bench (variants, a knob, the
-    data path, a real `python -m pipeline.train` for the start-up) and bench.output."""
-    args = ["debug=fast", "bench.rounds=1", "bench.steps=2", "bench.warmup_steps=1",
-            'bench.knobs=["model.channels_last=true","device.tf32=true"]',
-            f"bench.output={tmp_path / 'bench.json'}"]  # fmt: skip
-    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
-    assert result.returncode == 0, result.stderr
-    figures = json.loads((tmp_path / "bench.json").read_text())
-    assert set(figures["images_per_sec"]) >= {"plain", "pipeline", "naive", "bare", "+progress bar"}
-    assert all(v > 0 for v in figures["images_per_sec"].values())
-    assert "pipeline / plain" in result.stdout
-    assert list(figures["knob_effects"]) == ["pipeline model.channels_last=true"]
-    assert figures["knobs_skipped"] == ["device.tf32=true (CUDA only)"]
-    data = figures["data"]
-    assert (data["image_size"], data["batch_size"], data["device"]) == (32, 4, "cpu")
-    assert data["make_us_per_image"] > 0 and 0 < data["share_of_step"] < 1
-    speedup = data["numpy_us_per_image"] / data["make_us_per_image"]
-    assert data["make_over_numpy_speedup"] == pytest.approx(speedup)
-    # The start-up run: a process of its own, whose imports alone take seconds.
-    assert 1 < figures["startup_to_first_step_s"] < 240
-    assert "command to first training step" in result.stdout
-
-
 def test_the_data_path_alone_against_the_numpy_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,24 +171,6 @@ def test_the_data_path_alone_against_the_numpy_path(
     json.dumps(figures)  # bench.output writes it as JSON
 
 
-@pytest.mark.e2e  # fits a Trainer
-def test_the_soak_samples_resident_memory_along_one_run(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    cfg = _compose("bench", ["debug=fast", "data.num_samples=32", "callbacks=minimal", "loss=mse",
-                             "bench.soak_steps=4", "bench.soak_every=2"])  # fmt: skip
-    figures = measure(cfg, tmp_path, [])
-    assert figures["steps"] == 4
-    steps, mb = zip(*figures["resident_mb"], strict=True)
-    assert steps == (1, 2, 4)  # after the first step, then every bench.soak_every
-    assert all(50 < m < 64 * 1024 for m in mb)  # resident MB of a process that holds torch
-    assert figures["growth_after_first_sample_mb"] == pytest.approx(mb[2] - mb[1])
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # a real run, in the run directory
-    out = capsys.readouterr().out
-    assert "step       4:" in out and "growth from step 2 to the end" in out
-    json.dumps(figures)  # bench.output writes it as JSON
-
-
 def test_the_data_share_of_a_step() -> None:
     assert data_share(make_us_per_image=50.0, batch=256, step_s=0.0256) == pytest.approx(0.5)
 
@@ -254,16 +183,6 @@ def test_the_numpy_reference_is_the_old_data_path() -> None:
     assert images.shape == (2, 3, 8, 8) and images.dtype == torch.float32
     stream = np.random.Generator(np.random.PCG64(np.random.SeedSequence([7, 0, 3])))
     assert torch.equal(images[1], torch.from_numpy(stream.random((3, 8, 8), dtype=np.float32)))
-
-
-def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_home: Path) -> None:
-    """The seed's loss overflows sooner at a higher learning rate: the bench says so, exit 3."""
-    args = ["debug=fast", "optimizer.lr=10", "bench.rounds=1", "bench.steps=6", "bench.warmup_steps=1",
-            "bench.features=false", "bench.startup=false", "bench.knobs=[]"]  # fmt: skip
-    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
-    assert result.returncode == 3, result.stderr
-    assert "pipeline.bench: a timed run diverged" in result.stderr
-    assert "bench with loss=mse" in result.stderr
 
 
 def test_warmup_needs_a_step_before_the_timed_window() -> None:

@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 
 from helpers import TINY, only_run_dir, run_cli
-from pipeline.cli import preflight
-from pipeline.config import validate
 
 SHORT = [*TINY, "callbacks=minimal", "logger=none", "trainer.max_steps=6"]
 CONV_OPS = {
@@ -74,10 +72,3 @@ def test_a_schedule_longer_than_the_run_is_refused(tmp_path: Path, torch_home: P
     assert "profiler.skip_first + warmup + active = 9 steps, more than trainer.max_steps=6" in (
         result.stderr
     )
-
-
-def test_the_trainers_profiler_argument_belongs_to_the_group() -> None:
-    problems = preflight("train", ["trainer.profiler=simple"], False, validate)[1]
-    assert problems == [
-        "trainer.profiler is set by the pipeline; use profiler=torch|simple|none instead"
-    ]

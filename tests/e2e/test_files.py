@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from helpers import TINY, cli_env, run_cli
-from pipeline.rundir import claim_run_dir
 
 
 def test_an_output_location_that_cannot_be_created_is_reported_before_training(
@@ -28,15 +27,6 @@ def test_an_output_location_that_cannot_be_created_is_reported_before_training(
         and "(Not a directory)" in result.stderr
     )
     assert "Traceback" not in result.stderr
-
-
-def test_claims_are_distinct(tmp_path: Path) -> None:
-    wanted = tmp_path / "outputs" / "2026-01-01" / "12-00-00"
-    assert [claim_run_dir(wanted).name for _ in range(3)] == [
-        "12-00-00",
-        "12-00-00-1",
-        "12-00-00-2",
-    ]
 
 
 def test_two_runs_started_together_get_two_directories(tmp_path: Path, torch_home: Path) -> None:

@@ -160,19 +160,6 @@ def test_torchrun_two_nodes_agree_on_one_run_directory_without_a_shared_disk(
     assert "first training step" in (run1 / "train_rank1.log").read_text()
 
 
-def test_slurm_launcher_asks_one_task_per_gpu() -> None:
-    from pipeline.cli import _compose
-
-    cfg = _compose(
-        "train",
-        ["hydra/launcher=slurm", "device=ddp", "device.devices=4", "device.num_nodes=2"],
-        with_hydra=True,
-    )
-    launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
-
-
 def test_submitit_local_launcher_runs_a_job(tmp_path: Path, torch_home: Path) -> None:
     args = [
         "-m",

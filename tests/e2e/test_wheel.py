@@ -9,7 +9,7 @@ from pathlib import Path
 
 from helpers import cli_env, only_run_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_runs_from_an_unrelated_directory(tmp_path: Path, torch_home: Path) -> None:

@@ -4,20 +4,13 @@ logger stored, read back with its own reader."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from helpers import TINY, run_cli, scalars
-from pipeline import build
-from pipeline.cli import _compose, preflight
-from pipeline.config import validate
-from pipeline.hparams import compared_hparams
 from pipeline.loggers import MLFLOW_INSTALL, MLFLOW_MODULES, missing_modules
 
 HAS_MLFLOW = not missing_modules(MLFLOW_MODULES)
@@ -52,96 +45,7 @@ def _table(momentum: float) -> dict[str, Any]:
 # ---- the HParams table: one pure function -------------------------------------------------------
 
 
-def test_the_table_holds_the_compared_keys_and_what_the_command_line_set() -> None:
-    overrides = ["optimizer=adamw", "optimizer.lr=3e-4", "device=cpu", "trainer.max_steps=5",
-                 "callbacks.progress_bar=false", "callbacks.gradients.histogram_every_n_steps=0",
-                 "logger=[tensorboard,csv]", "profiler=simple", "+trainer.gradient_clip_val=1.0"]  # fmt: skip
-    config = build.resolved_dict(_compose("train", overrides))
-    overrides.append("~trainer.deterministic")  # a removed key is no column
-    assert compared_hparams(config, overrides) == {
-        "optimizer": "adamw",  # torch.optim.AdamW, named as the option is
-        "loss": "sum_diff",
-        "scheduler": "none",
-        "optimizer.lr": 3e-4,
-        "optimizer.weight_decay": 0.01,  # adamw's default, from its YAML
-        "data.batch_size": 32,
-        "data.image_size": 64,
-        "precision": "32-true",
-        "seed": 42,
-        "device": "cpu",  # a group the command line chose: the option's name
-        "trainer.max_steps": 5,
-        "trainer.gradient_clip_val": 1.0,
-    }
-
-
-def test_the_table_holds_scalars_only() -> None:
-    config = {"optimizer": {"_target_": "torch.optim.Adam", "lr": 0.1, "betas": [0.9, 0.99]},
-              "loss": {"name": "mse"}, "scheduler": {"name": "cosine"}, "seed": 1,
-              "precision": "bf16-mixed", "model": {"weights": None}}  # fmt: skip
-    table = compared_hparams(config, ["optimizer.betas=[0.9,0.99]", "model.weights=null"])
-    assert table["optimizer.betas"] == "[0.9, 0.99]" and table["model.weights"] == "None"
-    assert "data.batch_size" not in table  # absent from the config: no column rather than a guess
-    assert all(isinstance(v, bool | int | float | str) for v in table.values())
-
-
 # ---- choosing loggers ---------------------------------------------------------------------------
-
-
-def test_the_default_is_tensorboard_alone_and_a_list_composes_several(tmp_path: Path) -> None:
-    assert set(_compose("train", []).logger) == {"tensorboard"}
-    assert set(_compose("train", ["logger=none"]).logger) == set()
-    both = _compose("train", ["logger=[tensorboard,csv]", "logger.tensorboard.log_graph=true"])
-    assert preflight("train", ["logger=[tensorboard,csv]"], False, validate)[1] == []
-    built = build.build_loggers(both, tmp_path)
-    assert [type(lg) for lg in built] == [TensorBoardLogger, CSVLogger]
-    assert both.logger.tensorboard.log_graph is True
-    assert build.build_loggers(_compose("train", ["logger=none"]), tmp_path) == []
-
-
-@pytest.mark.parametrize(
-    ("override", "problem"),
-    [
-        (
-            "logger=[tensorboard,wandb]",
-            "logger=wandb is not an option of logger; choose one of: csv, mlflow, none, tensorboard",
-        ),
-        (
-            "logger=[]",
-            "logger=[] chooses no option; choose one or more of: csv, mlflow, none, tensorboard",
-        ),
-    ],
-)
-def test_a_list_with_an_unknown_logger_or_none_gets_its_line(override: str, problem: str) -> None:
-    assert preflight("train", [override], False, validate)[1] == [problem]
-
-
-def test_a_sweep_may_alternate_lists_of_loggers() -> None:
-    assert preflight("train", ["logger=[tensorboard,csv],none"], True, validate)[1] == []
-
-
-def test_mlflow_asked_for_but_not_installed_exits_2_with_the_pip_command_before_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """In-process, through the command line's own entry point, with mlflow hidden."""
-    from pipeline import train
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "mlflow" else real_find_spec(name, *a),
-    )
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["pipeline-train", "logger=[tensorboard,mlflow]", *TINY])
-    with pytest.raises(SystemExit) as exit_info:
-        train.main()
-    assert exit_info.value.code == 2
-    assert capsys.readouterr().err.splitlines() == [
-        "pipeline.train: 1 config problem:",
-        "  - logger=mlflow needs MLflow, which is not installed here (no module mlflow); "
-        "install it with: pip install -e '.[mlflow]'",
-    ]
-    assert not (tmp_path / "outputs").exists()  # nothing started
 
 
 # ---- one sweep of two jobs, every logger at once, read back ------------------------------------

@@ -158,7 +158,11 @@ def test_two_ddp_processes_agree_with_the_halves_on_the_same_samples(tmp_path: P
     all-reduced one is the first half against the batch, so the estimates are equal."""
     out = tmp_path / "ddp.json"
     result = subprocess.run(
-        [sys.executable, __file__, str(out)], capture_output=True, text=True, timeout=300
+        [sys.executable, __file__, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},  # tests/: helpers
     )
     assert result.returncode == 0, result.stderr
     ddp = json.loads(out.read_text())
@@ -170,7 +174,9 @@ def test_two_ddp_processes_agree_with_the_halves_on_the_same_samples(tmp_path: P
     )
 
 
-if __name__ == "__main__":  # the DDP test's processes: python tests/test_noise_scale.py OUT.json
+if (
+    __name__ == "__main__"
+):  # the DDP test's processes: python tests/e2e/test_noise_scale.py OUT.json
     recorder = fit(steps=20, accumulate=1, ema_decay=0.9, processes=2)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         tags = ("grad_noise/b_simple", "grad_noise/batch_size")
