@@ -20,18 +20,26 @@ import pytest
 from optuna.trial import TrialState
 
 from helpers import TINY, cli_env, run_cli, scalars
-from pipeline.config import group_options
+from pipeline.config_dir import group_options
 from pipeline.search import make_plan
 from pipeline.search_run import open_study
 from pipeline.search_space import Plan, corners, parse_space
-from pipeline.search_study import counted
+from pipeline.search_study import StudyLock, counted
 
 # Two validations a trial (steps 2 and 4) where pruning is tested; one elsewhere.
 SMALL = [*TINY, "loss=mse", "callbacks=minimal"]
 
 
 def study_at(root: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{root}/outputs/search/{name}.db")
+    """The study, opened under the searches' own lock: a reader that opens the database while a
+    search creates it races on Optuna's table setup (UNIQUE constraint on alembic_version)."""
+    db = root / "outputs" / "search" / f"{name}.db"
+    lock = StudyLock(db)
+    lock.acquire()
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+    finally:
+        lock.release()
 
 
 def completed(root: Path, name: str) -> int:
