@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config_limits
 from pipeline.checkpoints import checkpoint_fit_problems, read_checkpoint, run_config_of
-from pipeline.devices import is_cpu_run, is_cuda_run
+from pipeline.devices import cpu_has_native_bf16, is_cpu_run, is_cuda_run
 from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
@@ -53,45 +53,9 @@ OWNED_TRAINER_ARGS = {
 PIPELINE_TRAINER_KEYS = ("detect_nonfinite",)  # ours, popped before lightning.Trainer sees them
 
 
-def find_config_dir() -> Path:
-    """conf/ inside the installed package (a wheel), else the checkout's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"no conf/train.yaml beside {here} or in the checkout above it")
-
-
-CONFIG_DIR = find_config_dir()
-
-
-def group_options(group: str) -> list[str]:
-    """The options of a config group: its YAML files' names."""
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-
-
-SEARCH_GROUP = (
-    "search"  # pipeline.search's spaces (conf/search.yaml): not a group of a run's config
-)
-
-
-def config_groups() -> list[str]:
-    """The config groups of a run (train, eval): the folders of conf/ but search/."""
-    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != SEARCH_GROUP)
-
-
 def trainer_arguments() -> set[str]:
     """The keyword arguments lightning.Trainer takes."""
     return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
-
-
-def cpu_has_native_bf16() -> bool:
-    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: do not warn on a guess
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _is_int(v: Any) -> bool:
@@ -149,6 +113,35 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     _validate_fused(c)
     _validate_optimizer_keys(c)
 
+    _validate_data(c, cuda_available)
+    _validate_model(c)
+
+    c.one_of("precision", PRECISIONS, "32-true")
+
+    _validate_callbacks(c)
+    _validate_device(c, cuda_available)
+    _validate_scheduler(c)
+    _validate_trainer(c)
+    _validate_profiler(c)
+    loggers = c.value("logger") or {}
+    c.problems += logger_problems(
+        loggers, missing_modules(MLFLOW_MODULES) if "mlflow" in loggers else []
+    )
+    c.problems += [  # keys with no range of their own (seed has one)
+        p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
+    ]
+    if not c.problems:  # the estimate needs sane sizes, a precision and a device
+        c.problems += config_limits.memory_problems(
+            cfg, cuda=is_cuda_run(c.value("device.accelerator"), cuda_available)
+        )
+    ckpt = c.value("ckpt_path")
+    if ckpt is not None:
+        c.problems += checkpoint_problems(str(ckpt), cfg)
+    return c.problems
+
+
+def _validate_data(c: _Checker, cuda_available: bool) -> None:
+    """data.*: sizes and counts, and what they leave for BatchNorm and the last batch."""
     sizes_ok = c.int_at_least("data.image_size", 1, 64) & c.int_at_least("data.batch_size", 1, 32)
     c.int_at_least("data.channels", 1, 3)
     c.int_at_least("data.num_samples", 1, 512)
@@ -169,10 +162,13 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
                 batch_size=batch,
                 image_size=size,
                 world_size=config_limits.processes(
-                    cfg, torch.cuda.device_count() if cuda_available else 0
+                    c.cfg, torch.cuda.device_count() if cuda_available else 0
                 ),
             )
 
+
+def _validate_model(c: _Checker) -> None:
+    """model.*: classes (against the loss), memory format, compile, weights."""
     classes_ok = c.int_at_least("model.num_classes", 1, 1000)
     if classes_ok and c.value("loss.name") == "cross_entropy" and c.value("model.num_classes") < 2:
         c.problems.append(
@@ -200,8 +196,9 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
             f"model.weights={weights} is not a file; give a state-dict path, DEFAULT, or model.weights=null"
         )
 
-    c.one_of("precision", PRECISIONS, "32-true")
 
+def _validate_callbacks(c: _Checker) -> None:
+    """callbacks.*: checkpoint policy, gradient instruments, the analytic check."""
     c.int_at_least("callbacks.checkpoint.every_n_steps", 0, 0)
     c.int_at_least("callbacks.checkpoint.keep_last_k", 0, 0)
     minutes = c.value("callbacks.checkpoint.every_n_minutes")
@@ -228,25 +225,6 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
         )
     c.int_at_least("callbacks.gradient_check.every_n_steps", 0, 50)
     c.one_of("callbacks.gradient_check.on_fail", ("raise", "warn"), "raise")
-    _validate_device(c, cuda_available)
-    _validate_scheduler(c)
-    _validate_trainer(c)
-    _validate_profiler(c)
-    loggers = c.value("logger") or {}
-    c.problems += logger_problems(
-        loggers, missing_modules(MLFLOW_MODULES) if "mlflow" in loggers else []
-    )
-    c.problems += [  # keys with no range of their own (seed has one)
-        p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
-    ]
-    if not c.problems:  # the estimate needs sane sizes, a precision and a device
-        c.problems += config_limits.memory_problems(
-            cfg, cuda=is_cuda_run(c.value("device.accelerator"), cuda_available)
-        )
-    ckpt = c.value("ckpt_path")
-    if ckpt is not None:
-        c.problems += checkpoint_problems(str(ckpt), cfg)
-    return c.problems
 
 
 def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CUDA_ACCELERATORS = ("gpu", "cuda")  # Lightning's names for CUDA
 
 
@@ -15,3 +17,12 @@ def is_cuda_run(accelerator: str, cuda_available: bool) -> bool:
 def is_cpu_run(accelerator: str, cuda_available: bool) -> bool:
     """Whether `accelerator` resolves to the CPU: cpu always, auto where torch sees no GPU."""
     return accelerator in ("cpu", "auto") and not is_cuda_run(accelerator, cuda_available)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU has bf16 instructions (AVX512-BF16 or AMX); without them bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: do not warn on a guess
+    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -21,7 +21,8 @@ from rich.table import Table
 
 from pipeline import build, cli, report
 from pipeline.checkpoints import read_checkpoint, run_config_of
-from pipeline.config import CONFIG_DIR, checkpoint_problems, validate
+from pipeline.config import checkpoint_problems, validate
+from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 

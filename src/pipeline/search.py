@@ -29,8 +29,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import cli, report
-from pipeline.config import SEARCH_GROUP, _Checker, group_options, validate
+from pipeline import cli, override_checks, report
+from pipeline.config import _Checker, validate
+from pipeline.config_dir import SEARCH_GROUP, group_options
 from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
 )
@@ -47,7 +48,7 @@ REFUSED = {  # train overrides a search sets itself, or cannot take
 
 def split_command_line(argv: list[str]) -> tuple[list[str], list[str], list[Param], list[str]]:
     """(search overrides, fixed train overrides, params searched from the command line, problems)."""
-    problems = cli.stray_words(argv) or cli.unparsable(argv)
+    problems = override_checks.stray_words(argv) or override_checks.unparsable(argv)
     if problems:
         return [], [], [], problems
     search, fixed, params = [], [], []
@@ -85,7 +86,7 @@ def compose_search(search: list[str]) -> tuple[DictConfig | None, list[str]]:
     if problems:
         return None, problems
     try:
-        base = cli._compose(
+        base = cli.compose(
             "search",
             [
                 line
@@ -93,10 +94,10 @@ def compose_search(search: list[str]) -> tuple[DictConfig | None, list[str]]:
                 if o.key_or_group == SEARCH_GROUP
             ],
         )
-        rewritten, problems = cli.resolve_keys(parsed, base)
-        return (None, problems) if problems else (cli._compose("search", rewritten), [])
+        rewritten, problems = override_checks.resolve_keys(parsed, base)
+        return (None, problems) if problems else (cli.compose("search", rewritten), [])
     except HydraException as exc:
-        return None, [cli._one_line(exc)]
+        return None, [override_checks.one_line(exc)]
 
 
 def settings_problems(cfg: DictConfig) -> list[str]:
@@ -149,13 +150,13 @@ def space_problems(plan: Plan) -> list[str]:
             ("+" if key in added else "") + line
             for key, line in zip(point, as_overrides(point), strict=True)
         ]
-        found = cli.check_group_choices(OverridesParser.create().parse_overrides(lines))
+        found = override_checks.check_group_choices(OverridesParser.create().parse_overrides(lines))
         if not found:
             try:
-                cfg = cli._compose("train", [*fixed, *lines])
-                found = cli.unresolvable(cfg) or trial_problems(cfg)
+                cfg = cli.compose("train", [*fixed, *lines])
+                found = override_checks.unresolvable(cfg) or trial_problems(cfg)
             except HydraException as exc:
-                found = [cli._one_line(exc)]
+                found = [override_checks.one_line(exc)]
         where = " ".join(as_overrides(point))
         problems += [f"at {where}: {p}" for p in found if not any(p in q for q in problems)]
     return problems
@@ -169,7 +170,7 @@ def make_plan(argv: list[str]) -> tuple[Plan | None, list[str]]:
     cfg, found = compose_search(search)
     if cfg is None:
         return None, problems + found
-    problems += cli.unresolvable(cfg) or settings_problems(cfg)
+    problems += override_checks.unresolvable(cfg) or settings_problems(cfg)
     if problems:
         return None, problems
     yaml_space, problems = parse_space(OmegaConf.to_container(cfg.search.params) or {})  # type: ignore[arg-type]

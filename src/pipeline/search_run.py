@@ -24,7 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from pipeline import cli, report
 from pipeline.callbacks.trial_reports import TrialReports
-from pipeline.config import CONFIG_DIR, validate
+from pipeline.config import validate
+from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
     DIVERGED_EXIT_CODE,

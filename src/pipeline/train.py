@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import build, cli, report
 from pipeline.callbacks import GracefulStop, HydraFilesAtStart, Provenance
-from pipeline.config import CONFIG_DIR, validate, warnings_for
+from pipeline.config import validate, warnings_for
+from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import (
     CONFIG_ERROR_EXIT_CODE,
     DIVERGED_EXIT_CODE,

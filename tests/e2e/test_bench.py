@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from helpers import run_cli
 from pipeline.bench.clock import StepTimer
 from pipeline.bench.modes import measure
-from pipeline.cli import _compose
+from pipeline.cli import compose
 
 
 class _Tiny(pl.LightningModule):
@@ -70,7 +70,7 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
 def test_the_soak_samples_resident_memory_along_one_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = _compose("bench", ["debug=fast", "data.num_samples=32", "callbacks=minimal", "loss=mse",
+    cfg = compose("bench", ["debug=fast", "data.num_samples=32", "callbacks=minimal", "loss=mse",
                              "bench.soak_steps=4", "bench.soak_every=2"])  # fmt: skip
     figures = measure(cfg, tmp_path, [])
     assert figures["steps"] == 4

@@ -10,8 +10,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 
 from pipeline import build
-from pipeline.cli import _compose
-from pipeline.config import config_groups, group_options, validate
+from pipeline.cli import compose
+from pipeline.config import validate
+from pipeline.config_dir import config_groups, group_options
 from pipeline.loggers import MLFLOW_INSTALL, MLFLOW_MODULES, missing_modules
 
 GPU_ONLY = {("device", "gpu"), ("device", "ddp")}
@@ -25,7 +26,7 @@ def test_every_option_composes_and_instantiates(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(fake_hub_weights.parents[2]))
     monkeypatch.chdir(tmp_path)  # logger=mlflow opens its store under ./outputs at construction
-    cfg = _compose("train", [f"{group}={option}"])
+    cfg = compose("train", [f"{group}={option}"])
     assert isinstance(cfg, DictConfig)
     problems = validate(cfg)
     if (group, option) in GPU_ONLY and not torch.cuda.is_available():

@@ -19,10 +19,10 @@ def test_the_figures_reach_tensorboard_at_the_logging_steps(
 ) -> None:
     """On a CPU run with the allocator's statistics faked: the callback's path to the loggers."""
     from pipeline import build
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
 
     monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"num_alloc_retries": 3})
-    cfg = _compose("train", [*TINY, "trainer.max_steps=4", "trainer.log_every_n_steps=2"])
+    cfg = compose("train", [*TINY, "trainer.max_steps=4", "trainer.log_every_n_steps=2"])
     module = build.build_module(cfg)
     trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=[GpuMemory()])
     trainer.fit(module, datamodule=build.build_datamodule(cfg))

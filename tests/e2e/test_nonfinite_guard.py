@@ -38,11 +38,11 @@ def _diverge(
     tmp_path: Path, *, deferred: bool, extra: list[str]
 ) -> tuple[str, dict[str, Any], int]:
     from pipeline import build
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
     from pipeline.errors import DivergenceError
 
     # lr 1e20 overflows the seed's loss within a few steps, whatever the random init.
-    cfg = _compose(
+    cfg = compose(
         "train",
         [
             *TINY,
@@ -109,9 +109,9 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_deferred_warn_mode_warns_once_and_trains_on(tmp_path: Path, torch_home: Path) -> None:
     from pipeline import build
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
 
-    cfg = _compose(
+    cfg = compose(
         "train",
         [
             *TINY,

@@ -137,10 +137,10 @@ def test_a_finished_fit_leaves_the_signal_handlers_and_frees_its_model(tmp_path:
     import weakref
 
     from pipeline import build
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
 
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    cfg = _compose("train", [*TINY, "logger=tensorboard"])
+    cfg = compose("train", [*TINY, "logger=tensorboard"])
     module = build.build_module(cfg)
     build.build_trainer(cfg, tmp_path).fit(module, datamodule=build.build_datamodule(cfg))
     assert {s: signal.getsignal(s) for s in before} == before

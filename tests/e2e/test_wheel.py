@@ -40,7 +40,9 @@ def test_wheel_runs_from_an_unrelated_directory(tmp_path: Path, torch_home: Path
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     located = subprocess.check_output(
-        [python, "-c", "import pipeline.config as c; print(c.CONFIG_DIR)"], cwd=elsewhere, text=True
+        [python, "-c", "import pipeline.config_dir as c; print(c.CONFIG_DIR)"],
+        cwd=elsewhere,
+        text=True,
     )
     assert located.strip().startswith(str(site))  # the wheel's conf/, not the checkout's
     env = cli_env(torch_home)

@@ -17,7 +17,7 @@ from pipeline.bench.run import round_order
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
 from pipeline.bench.variants import instrument_frequencies, knob_configs, parse_knob
 from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
-from pipeline.cli import _compose
+from pipeline.cli import compose
 from pipeline.gradients import histograms
 
 
@@ -56,14 +56,14 @@ def test_knobs_parse_apply_alone_and_skip_cuda_ones_on_a_cpu() -> None:
     assert parse_knob(" data.num_workers=2") == ("data.num_workers", 2)
     with pytest.raises(ValueError, match="is not KEY=VALUE"):
         parse_knob("model.channels_last")
-    cfg = _compose("bench", ['bench.knobs=["model.channels_last=true","device.tf32=true"]'])
+    cfg = compose("bench", ['bench.knobs=["model.channels_last=true","device.tf32=true"]'])
     variants, skipped = knob_configs(cfg, torch.device("cpu"))
     (name,) = variants
     assert name == "pipeline model.channels_last=true"
     assert variants[name].model.channels_last is True and cfg.model.channels_last is False
     assert skipped == ["device.tf32=true (CUDA only)"]
     assert len(knob_configs(cfg, torch.device("cuda"))[0]) == 2
-    null = _compose("bench", ['bench.knobs=["device.tf32=null"]'])
+    null = compose("bench", ['bench.knobs=["device.tf32=null"]'])
     (tf32_null,) = knob_configs(null, torch.device("cuda"))[0].values()
     assert tf32_null.device.tf32 is None  # YAML's null, not the string "None"
 
@@ -77,7 +77,7 @@ def test_knobs_parse_apply_alone_and_skip_cuda_ones_on_a_cpu() -> None:
     ],
 )
 def test_bad_knobs_are_named(knob: str, expected: str) -> None:
-    problems = validate_bench(_compose("bench", [f'bench.knobs=["{knob}"]']))
+    problems = validate_bench(compose("bench", [f'bench.knobs=["{knob}"]']))
     assert any(expected in p for p in problems), problems
 
 
@@ -91,7 +91,7 @@ def test_costs_and_ratios() -> None:
     }
     rounds["+histograms (every step)"] = Rounds([3.0])
     rounds["+analytic check (every step)"] = Rounds([1.5])
-    frequencies = instrument_frequencies(_compose("bench", []))
+    frequencies = instrument_frequencies(compose("bench", []))
     assert frequencies == {"histograms": 100, "check": 50}  # the defaults amortized over
     out = summarize(rounds, 32, frequencies, 4.2, torch.device("cpu"))
     assert out["pipeline_over_plain"] == pytest.approx(0.8)
@@ -159,7 +159,7 @@ def test_histograms_of_many_tensors_match_numpy_each() -> None:
 def test_the_data_path_alone_against_the_numpy_path(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    cfg = _compose("bench", ["bench.data_only=true", "data.image_size=16", "data.batch_size=4",
+    cfg = compose("bench", ["bench.data_only=true", "data.image_size=16", "data.batch_size=4",
                              "bench.rounds=2"])  # fmt: skip
     figures = measure(cfg, tmp_path, [])
     assert set(figures) == {"image_size", "batch_size", "device", "make_us_per_image",
@@ -186,5 +186,5 @@ def test_the_numpy_reference_is_the_old_data_path() -> None:
 
 
 def test_warmup_needs_a_step_before_the_timed_window() -> None:
-    problems = validate_bench(_compose("bench", ["bench.warmup_steps=0"]))
+    problems = validate_bench(compose("bench", ["bench.warmup_steps=0"]))
     assert any("bench.warmup_steps must be an integer ≥ 1 (got 0)" in p for p in problems), problems

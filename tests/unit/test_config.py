@@ -6,8 +6,9 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
-from pipeline.cli import _compose, preflight
-from pipeline.config import config_groups, group_options, validate
+from pipeline.cli import compose, preflight
+from pipeline.config import validate
+from pipeline.config_dir import config_groups, group_options
 from pipeline.geometry import min_image_size
 
 
@@ -32,7 +33,7 @@ def test_every_group_has_options() -> None:
 
 
 def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
-    cfg = _compose("train", [])
+    cfg = compose("train", [])
     assert (cfg.loss.name, cfg.optimizer._target_, cfg.optimizer.lr, cfg.optimizer.momentum) == (
         "sum_diff",
         "torch.optim.SGD",
@@ -149,10 +150,10 @@ def test_min_image_size_matches_batchnorm() -> None:
 def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch) -> None:
     import pipeline.config as config
 
-    cfg = _compose("train", ["precision=bf16-mixed", "device=cpu"])
+    cfg = compose("train", ["precision=bf16-mixed", "device=cpu"])
     monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: False)
     (note,) = config.warnings_for(cfg)
     assert note.startswith("precision=bf16-mixed on this CPU: it has no native bf16")
     monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
     assert config.warnings_for(cfg) == []
-    assert config.warnings_for(_compose("train", ["device=cpu"])) == []
+    assert config.warnings_for(compose("train", ["device=cpu"])) == []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 
 def test_slurm_launcher_asks_one_task_per_gpu() -> None:
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
 
-    cfg = _compose(
+    cfg = compose(
         "train",
         ["hydra/launcher=slurm", "device=ddp", "device.devices=4", "device.num_nodes=2"],
         with_hydra=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.cli import _compose, preflight
+from pipeline.cli import compose, preflight
 from pipeline.config import validate
 
 KEYS = [
@@ -59,7 +59,7 @@ OVERRIDE = st.one_of(
 def test_preflight_answers_every_command_line_with_lines(overrides: list[str]) -> None:
     rewritten, problems = preflight("train", overrides, False, validate)
     if not problems:  # accepted: what it hands to Hydra composes into a config that validates
-        assert validate(_compose("train", rewritten)) == []
+        assert validate(compose("train", rewritten)) == []
     for problem in problems:
         assert isinstance(problem, str) and problem.strip()
         assert "\n" not in problem  # one line each

@@ -28,9 +28,9 @@ def test_figures_come_from_the_allocator_statistics_in_gb() -> None:
 
 def test_only_cuda_runs_log_gpu_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from pipeline import build
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
 
-    cfg = _compose("train", ["device=cpu"])
+    cfg = compose("train", ["device=cpu"])
     assert not any(isinstance(c, GpuMemory) for c in build.build_callbacks(cfg, tmp_path))
     monkeypatch.setattr(build, "uses_cuda", lambda cfg: True)
     assert sum(isinstance(c, GpuMemory) for c in build.build_callbacks(cfg, tmp_path)) == 1

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import TINY, Recorder
 from pipeline import build
-from pipeline.cli import _compose
+from pipeline.cli import compose
 from pipeline.errors import GradientCheckError
 from pipeline.gradients import TOLERANCES
 
@@ -26,7 +26,7 @@ class CorruptFcBiasGrad(pl.Callback):
 
 def _fit(tmp_path: Path, *overrides: str, corrupt: bool) -> Recorder:
     """A tiny run checked at every step; returns what the check logged."""
-    cfg = _compose(
+    cfg = compose(
         "train", [*TINY, "logger=none", "callbacks.gradient_check.every_n_steps=1", *overrides]
     )
     # The planted fault runs before the pipeline's callbacks, so before the check reads the gradients.

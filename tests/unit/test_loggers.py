@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from helpers import TINY
 from pipeline import build
-from pipeline.cli import _compose, preflight
+from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.hparams import compared_hparams
 
@@ -27,7 +27,7 @@ def test_the_table_holds_the_compared_keys_and_what_the_command_line_set() -> No
     overrides = ["optimizer=adamw", "optimizer.lr=3e-4", "device=cpu", "trainer.max_steps=5",
                  "callbacks.progress_bar=false", "callbacks.gradients.histogram_every_n_steps=0",
                  "logger=[tensorboard,csv]", "profiler=simple", "+trainer.gradient_clip_val=1.0"]  # fmt: skip
-    config = build.resolved_dict(_compose("train", overrides))
+    config = build.resolved_dict(compose("train", overrides))
     overrides.append("~trainer.deterministic")  # a removed key is no column
     assert compared_hparams(config, overrides) == {
         "optimizer": "adamw",  # torch.optim.AdamW, named as the option is
@@ -59,14 +59,14 @@ def test_the_table_holds_scalars_only() -> None:
 
 
 def test_the_default_is_tensorboard_alone_and_a_list_composes_several(tmp_path: Path) -> None:
-    assert set(_compose("train", []).logger) == {"tensorboard"}
-    assert set(_compose("train", ["logger=none"]).logger) == set()
-    both = _compose("train", ["logger=[tensorboard,csv]", "logger.tensorboard.log_graph=true"])
+    assert set(compose("train", []).logger) == {"tensorboard"}
+    assert set(compose("train", ["logger=none"]).logger) == set()
+    both = compose("train", ["logger=[tensorboard,csv]", "logger.tensorboard.log_graph=true"])
     assert preflight("train", ["logger=[tensorboard,csv]"], False, validate)[1] == []
     built = build.build_loggers(both, tmp_path)
     assert [type(lg) for lg in built] == [TensorBoardLogger, CSVLogger]
     assert both.logger.tensorboard.log_graph is True
-    assert build.build_loggers(_compose("train", ["logger=none"]), tmp_path) == []
+    assert build.build_loggers(compose("train", ["logger=none"]), tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -43,12 +43,12 @@ def test_auto_settings_resolve_by_device(monkeypatch: pytest.MonkeyPatch) -> Non
     """auto: channels_last (if asked) on for CUDA only; no DataLoader workers (the default) on
     either, since the loader carries sample indices only."""
     from pipeline import build
-    from pipeline.cli import _compose
+    from pipeline.cli import compose
 
-    cfg = _compose("train", ["device=cpu", "model.channels_last=auto"])
+    cfg = compose("train", ["device=cpu", "model.channels_last=auto"])
     assert cfg.data.num_workers == "auto"
     assert (build.channels_last(cfg), build.num_workers(cfg)) == (False, 0)
     monkeypatch.setattr(build, "uses_cuda", lambda cfg: True)
     assert (build.channels_last(cfg), build.num_workers(cfg)) == (True, 0)
-    explicit = _compose("train", ["model.channels_last=false", "data.num_workers=2"])
+    explicit = compose("train", ["model.channels_last=false", "data.num_workers=2"])
     assert (build.channels_last(explicit), build.num_workers(explicit)) == (False, 2)

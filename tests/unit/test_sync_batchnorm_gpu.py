@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from pipeline import build
-from pipeline.cli import _compose
+from pipeline.cli import compose
 
 pytestmark = [
     pytest.mark.gpu,
@@ -34,7 +34,7 @@ def _setup() -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor, torch.Tens
     """The pipeline's model (seeded init), optimizer, and the first 2B training samples: float64,
     on CUDA."""
     torch.backends.cudnn.deterministic = True
-    cfg = _compose("train", OVERRIDES)
+    cfg = compose("train", OVERRIDES)
     torch.manual_seed(cfg.seed)
     module = build.build_module(cfg)
     images, labels = build.build_datamodule(cfg).samples(

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from pipeline import cli, report
 from pipeline.bench.config import validate_bench
 from pipeline.bench.modes import measure
-from pipeline.config import CONFIG_DIR
+from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
 
 

@@ -1,0 +1,33 @@
+"""Where the configs live and what groups they have: conf/ inside an installed wheel, else the
+checkout's. Imports nothing heavy: the pre-flight, the wheel check and tests read it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def find_config_dir() -> Path:
+    """conf/ inside the installed package (a wheel), else the checkout's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"no conf/train.yaml beside {here} or in the checkout above it")
+
+
+CONFIG_DIR = find_config_dir()
+
+
+def group_options(group: str) -> list[str]:
+    """The options of a config group: its YAML files' names."""
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+SEARCH_GROUP = (
+    "search"  # pipeline.search's spaces (conf/search.yaml): not a group of a run's config
+)
+
+
+def config_groups() -> list[str]:
+    """The config groups of a run (train, eval): the folders of conf/ but search/."""
+    return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != SEARCH_GROUP)

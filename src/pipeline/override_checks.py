@@ -1,0 +1,205 @@
+"""What the pre-flight checks in the command line's overrides, before any job runs: globs, group
+options, removed groups, unknown keys (with `trainer.NAME=V` passed through), unresolvable
+${...} references, unparsable words. Each check returns one line a problem; `compose` is the
+one way the pre-flight (and tests) compose a config.
+"""
+
+from __future__ import annotations
+
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override, ValueType
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from pipeline.config import trainer_arguments
+from pipeline.config_dir import CONFIG_DIR, config_groups, group_options
+from pipeline.overrides import override, shell_word
+
+
+def as_typed(o: Override) -> str:
+    """The override as the user typed it."""
+    return o.input_line or ""
+
+
+def expand_globs(overrides: list[Override]) -> tuple[list[str], list[str]]:
+    """`group=glob(pattern)` → `group=a,b` with the options it matches: (overrides, problems).
+    Hydra's sweeper expands globs only with its config loader, which the pre-flight has not."""
+    groups = config_groups()
+    expanded, problems = [], []
+    for o in overrides:
+        if o.value_type != ValueType.GLOB_CHOICE_SWEEP:
+            expanded.append(as_typed(o))
+            continue
+        if o.key_or_group not in groups:
+            problems.append(
+                f"{as_typed(o)}: glob() chooses among a config group's options, and {o.key_or_group} "
+                f"is not a group (groups: {', '.join(groups)}); list the values: {o.key_or_group}=a,b"
+            )
+            continue
+        options = group_options(o.key_or_group)
+        glob = o.value()
+        assert isinstance(glob, Glob)  # GLOB_CHOICE_SWEEP's value
+        matched = glob.filter(options)
+        if not matched:
+            problems.append(
+                f"{as_typed(o)} matches no option of {o.key_or_group}; its options: {', '.join(options)}"
+            )
+            continue
+        expanded.append(f"{o.get_key_element()}={','.join(matched)}")
+    return expanded, problems
+
+
+def removed_groups(overrides: list[Override], config_name: str) -> list[str]:
+    """`~group` for a group every run needs (an optional group, like experiment, may go)."""
+    base = compose(config_name, [])
+    return [
+        f"{as_typed(o)} removes the {o.key_or_group} group, which every run needs; choose one of its "
+        f"options instead: {o.key_or_group}={'|'.join(group_options(o.key_or_group))}"
+        for o in overrides
+        if o.is_delete() and o.key_or_group in config_groups() and has_key(base, o.key_or_group)
+    ]
+
+
+def check_group_choices(overrides: list[Override]) -> list[str]:
+    """An unknown option of one of our groups, with the valid ones listed."""
+    groups = config_groups()
+    problems = []
+    for o in overrides:
+        group = o.key_or_group
+        if group not in groups or o.is_delete():
+            continue
+        typed = (
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]  # as typed: null, not None
+        )
+        options = group_options(group)
+        values = []
+        for v in typed:
+            if v.startswith("[") and v.endswith("]"):  # several at once: logger=[tensorboard,csv]
+                chosen = [x.strip() for x in v[1:-1].split(",") if x.strip()]
+                if not chosen:
+                    problems.append(
+                        f"{group}={v} chooses no option; choose one or more of: {', '.join(options)}"
+                    )
+                values += chosen
+            else:
+                values.append(v)
+        for v in values:
+            if v not in options:  # null too: Hydra fails on a group set to null, with a traceback
+                problems.append(
+                    f"{group}={v} is not an option of {group}; choose one of: {', '.join(options)}"
+                )
+    return problems
+
+
+def has_key(cfg: DictConfig, key: str) -> bool:
+    """Whether the dotted `key` exists in `cfg`, whatever its value (`???` included)."""
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return isinstance(node, DictConfig) and name in node.keys()  # noqa: SIM118 (`in node` is False for ???)
+
+
+def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str], list[str]]:
+    """Overrides as Hydra should see them, and the unknown keys as problems.
+
+    `trainer.NAME=V` for a lightning.Trainer argument missing from the config becomes
+    `+trainer.NAME=V`; any other unknown key is a problem naming the keys that exist there.
+    """
+    groups = config_groups()
+    rewritten, problems = [], []
+    for o in overrides:
+        key = o.key_or_group
+        passes = o.package is not None or o.is_delete() or key in groups or "/" in key
+        if passes or key.startswith("hydra") or has_key(base, key):
+            rewritten.append(as_typed(o))
+            continue
+        parent, _, name = key.rpartition(".")
+        added = o.is_add() or o.is_force_add()
+        if parent == "trainer" and name in trainer_arguments():
+            rewritten.append(as_typed(o) if added else "+" + as_typed(o))
+            continue
+        if added and parent in ("trainer", "optimizer"):
+            rewritten.append(as_typed(o))  # config.py checks that the class takes the argument
+            continue
+        node = OmegaConf.select(base, parent) if parent else base
+        keys = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+        where = (
+            f"{parent} has: {keys or 'no keys'}"
+            if parent and has_key(base, parent)
+            else f"top-level keys: {', '.join(str(k) for k in base)}"
+        )
+        problems.append(f"{key} is not a config key (got {as_typed(o)}); {where}; fix the spelling")
+    return rewritten, problems
+
+
+def compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
+    """The config `config_name` (train, eval, bench, search) of conf/ with `overrides`, composed by
+    Hydra as a run would be (with its `hydra` node when `with_hydra`); nothing validated."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message in one line (its first two non-empty lines joined)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def unresolvable(node: DictConfig, prefix: str = "") -> list[str]:
+    """Every value whose ${...} reference does not resolve, one line each (??? is left to validation)."""
+    problems = []
+    for name in node.keys():  # noqa: SIM118 (`for k in node` skips ??? values)
+        key = f"{prefix}{name!s}"
+        try:
+            value = node[name]
+        except MissingMandatoryValue:
+            continue
+        except OmegaConfBaseException as exc:
+            reason = str(exc).strip().splitlines()[0]
+            problems.append(f"{key}: {reason}; fix or remove the ${{...}} reference")
+            continue
+        if isinstance(value, DictConfig):
+            problems += unresolvable(value, f"{key}.")
+    return problems
+
+
+def unparsable(overrides: list[str]) -> list[str]:
+    """Each override Hydra's grammar refuses, with the quoting that makes a value one string."""
+    parser, problems = OverridesParser.create(), []
+    for line in overrides:
+        try:
+            parser.parse_override(line)
+        except HydraException as exc:
+            key, _, value = line.partition("=")
+            hint = (
+                f"; quote the value: {shell_word(override(key, value))}"
+                if not value.isascii() or " " in value
+                else ""
+            )
+            problem = f"cannot parse {line}: {one_line(exc)}{hint}"
+            problems.append(problem.replace("\n", "\\n"))  # one line, even for a value with \n
+    return problems
+
+
+def stray_words(overrides: list[str]) -> list[str]:
+    """Words that are not KEY=VALUE: mostly a path with spaces the shell split in two."""
+    problems = []
+    for before, word in zip(["", *overrides], overrides, strict=False):
+        if "=" in word or word.startswith("~"):
+            continue
+        hint = (
+            f"; a value with spaces must be quoted as one argument: '{before} {word}'"
+            if "=" in before
+            else ""
+        )
+        problems.append(f"'{word}' is not KEY=VALUE{hint}")
+    return problems

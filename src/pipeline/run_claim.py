@@ -1,0 +1,110 @@
+"""The pre-flight's last step: claim the run directory for this process (or receive it, as a
+torchrun rank or a DDP child), refuse one that holds another run or another live process, and
+check that its disk holds the checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from pipeline.config_limits import disk_problems
+from pipeline.override_checks import compose, has_key
+from pipeline.overrides import override, shell_word
+from pipeline.rundir import (
+    RUN_DIR_HANDOVER_TIMEOUT_S,
+    HandoverError,
+    RunDirInUse,
+    claim_run_dir,
+    hand_over_run_dir,
+    holds_run,
+    is_launch_rank_zero,
+    is_slurm_requeue,
+    lock_run_dir,
+    receive_run_dir,
+    release_run_dir,
+    torchrun_rank,
+)
+
+
+def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """Pin hydra.run.dir to a directory this run created: (overrides, problems).
+
+    Left to the user when they set it, and to Lightning in its DDP children (which get the
+    parent's directory). Under torchrun, rank 0 claims and hands it to the other ranks through
+    torch's store, on any node.
+    """
+    if any(o.startswith("hydra.run.dir=") for o in overrides):
+        return overrides, []
+    wanted = Path(
+        str(OmegaConf.select(compose(config_name, overrides, with_hydra=True), "hydra.run.dir"))
+    )
+    rank = torchrun_rank()
+    if rank:  # torchrun, not rank 0
+        try:
+            shared = receive_run_dir(RUN_DIR_HANDOVER_TIMEOUT_S)
+        except HandoverError as exc:
+            return overrides, [f"torchrun rank {rank}: {exc}"]
+        return [
+            *overrides,
+            override("hydra.run.dir", shared),
+            f"hydra.job.name=train_rank{rank}",
+            "hydra.output_subdir=null",
+        ], []
+    try:
+        claimed = claim_run_dir(wanted)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return overrides, [
+            f"cannot create the run directory {wanted} ({reason}); run from a writable directory "
+            "or set hydra.run.dir=/a/writable/path"
+        ]
+    if rank == 0:
+        try:
+            hand_over_run_dir(claimed, RUN_DIR_HANDOVER_TIMEOUT_S)
+        except HandoverError as exc:
+            return overrides, [f"torchrun rank 0: {exc}"]
+    return [*overrides, override("hydra.run.dir", claimed)], []
+
+
+def run_dir_of(overrides: list[str]) -> Path:
+    """The value of the last hydra.run.dir= override, unquoted as Hydra reads it."""
+    line = next(o for o in reversed(overrides) if o.startswith("hydra.run.dir="))
+    return Path(str(OverridesParser.create().parse_override(line).value()))
+
+
+def own_run_dir(
+    config_name: str, overrides: list[str], resuming: Path | None
+) -> tuple[list[str], list[str]]:
+    """Claim the run directory for this process: (overrides, problems). A directory that already
+    holds a run is refused unless this is a resume of it (or SLURM's requeue of its job), and a
+    directory another live process holds is refused; the disk must hold the checkpoints."""
+    explicit = any(o.startswith("hydra.run.dir=") for o in overrides)
+    existed = explicit and run_dir_of(overrides).exists()
+    overrides, problems = claim_planned_run_dir(config_name, overrides)
+    if problems or not is_launch_rank_zero():
+        return overrides, problems
+    run_dir = run_dir_of(overrides)
+    if explicit and resuming is None and holds_run(run_dir) and not is_slurm_requeue():
+        return overrides, [
+            f"hydra.run.dir={run_dir} already holds a run; continue it with "
+            f"{shell_word(f'resume={run_dir}')}, or choose a new directory"
+        ]
+    try:
+        lock_run_dir(run_dir)
+    except RunDirInUse as exc:
+        return overrides, [
+            f"the run directory {run_dir} is in use by another live process (pid {exc}); "
+            "wait for it to end, or choose another hydra.run.dir"
+        ]
+    except OSError as exc:
+        return overrides, [
+            f"cannot create the run directory {run_dir} ({exc.strerror or exc}); run from a "
+            "writable directory or set hydra.run.dir=/a/writable/path"
+        ]
+    cfg = compose(config_name, overrides)
+    problems = disk_problems(cfg, run_dir) if has_key(cfg, "optimizer") else []  # eval saves none
+    if problems and not existed:  # leave nothing behind
+        release_run_dir(run_dir)
+    return overrides, problems
