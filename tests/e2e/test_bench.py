@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -12,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from helpers import run_cli
-from pipeline.bench.clock import StepTimer
+from pipeline.bench.clock import StepClock, StepTimer
+from pipeline.bench.loops import BenchStopped, time_trainer
 from pipeline.bench.modes import measure
 from pipeline.cli import compose
 
@@ -92,3 +95,22 @@ def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_
     assert result.returncode == 3, result.stderr
     assert "pipeline.bench: a timed run diverged" in result.stderr
     assert "bench with loss=mse" in result.stderr
+
+
+def test_a_signal_during_a_timed_run_stops_the_bench_without_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (or Ctrl-C) in a round: the Trainer stops at the step, and the bench says so
+    instead of averaging a round that timed nothing."""
+    cfg = compose("bench", ["debug=fast", "data.num_samples=32", "callbacks=minimal", "loss=mse"])
+    step_end = StepClock.step_end
+
+    def signalled_step_end(clock: StepClock) -> bool:
+        if clock._seen == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step_end(clock)
+
+    monkeypatch.setattr(StepClock, "step_end", signalled_step_end)
+    with pytest.raises(BenchStopped) as stopped:
+        time_trainer(cfg, 1, 4, tmp_path)
+    assert stopped.value.signum == signal.SIGTERM

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from pipeline import cli, report
 from pipeline.bench.config import validate_bench
+from pipeline.bench.loops import BenchStopped
 from pipeline.bench.modes import measure
 from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
@@ -32,6 +34,12 @@ def bench(cfg: DictConfig) -> None:
             "bench with loss=mse, or a smaller data.batch_size",
         )
         sys.exit(DIVERGED_EXIT_CODE)
+    except BenchStopped as exc:
+        name = signal.Signals(exc.signum).name
+        report.show_error(
+            "pipeline.bench", f"stopped by {name} during a timed run; no figures made"
+        )
+        sys.exit(128 + exc.signum)
     if cfg.bench.output:
         Path(cfg.bench.output).write_text(json.dumps(figures, indent=2) + "\n")
         report.console.print(f"figures written to {cfg.bench.output}")
