@@ -32,9 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import cli, override_checks, report
 from pipeline.config import _Checker, validate
 from pipeline.config_dir import SEARCH_GROUP, group_options
-from pipeline.errors import (
-    CONFIG_ERROR_EXIT_CODE,
-)
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, stopped_by_signal_exit_code
 from pipeline.search_space import Param, Plan, as_overrides, corners, param_of, parse_space
 
 PROGRAM = "pipeline.search"
@@ -224,7 +222,7 @@ def main() -> None:
     except SearchStopped as exc:
         stopped(exc.code, plan)
     except KeyboardInterrupt:
-        stopped(128 + signal.SIGINT, plan)
+        stopped(stopped_by_signal_exit_code(signal.SIGINT), plan)
     sys.exit(show_result(study, plan))
 
 

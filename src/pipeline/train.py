@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import build, cli, report
-from pipeline.callbacks import GracefulStop, HydraFilesAtStart, Provenance
+from pipeline.callbacks import HydraFilesAtStart, Provenance, graceful_stop_of
 from pipeline.config import validate, warnings_for
 from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import (
@@ -82,7 +82,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             f"loss={cfg.loss.name}, precision={cfg.precision}"
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        stopped = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)  # type: ignore[attr-defined]
+        stopped = graceful_stop_of(trainer)
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.train")
         sys.exit(CONFIG_ERROR_EXIT_CODE)

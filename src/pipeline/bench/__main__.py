@@ -17,7 +17,7 @@ from pipeline.bench.config import validate_bench
 from pipeline.bench.loops import BenchStopped
 from pipeline.bench.modes import measure
 from pipeline.config_dir import CONFIG_DIR
-from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError
+from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError, stopped_by_signal_exit_code
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="bench", version_base="1.3")
@@ -39,7 +39,7 @@ def bench(cfg: DictConfig) -> None:
         report.show_error(
             "pipeline.bench", f"stopped by {name} during a timed run; no figures made"
         )
-        sys.exit(128 + exc.signum)
+        sys.exit(stopped_by_signal_exit_code(exc.signum))
     if cfg.bench.output:
         Path(cfg.bench.output).write_text(json.dumps(figures, indent=2) + "\n")
         report.console.print(f"figures written to {cfg.bench.output}")

@@ -13,15 +13,18 @@ _ABSENT = object()
 def validate_bench(cfg: DictConfig) -> list[str]:
     """Every problem of the config, the train's and the bench's: one line each, with the fix."""
     problems = validate(cfg)
-    for key in ("rounds", "steps"):
-        if not isinstance(cfg.bench[key], int) or cfg.bench[key] < 1:
+    for key, low, example in (
+        ("rounds", 1, 5),
+        ("steps", 1, 5),
+        ("warmup_steps", 1, 3),
+        ("soak_steps", 0, 0),
+        ("soak_every", 1, 1000),
+    ):
+        value = cfg.bench[key]
+        if not isinstance(value, int) or value < low:
             problems.append(
-                f"bench.{key} must be an integer ≥ 1 (got {cfg.bench[key]!r}); set bench.{key}=5"
+                f"bench.{key} must be an integer ≥ {low} (got {value!r}); set bench.{key}={example}"
             )
-    if not isinstance(cfg.bench.warmup_steps, int) or cfg.bench.warmup_steps < 1:
-        problems.append(
-            f"bench.warmup_steps must be an integer ≥ 1 (got {cfg.bench.warmup_steps!r}); set bench.warmup_steps=3"
-        )
     knobs = cfg.bench.knobs
     if not OmegaConf.is_list(knobs) or not all(isinstance(k, str) for k in knobs):
         problems.append(

@@ -20,7 +20,7 @@ from torchvision.models import ResNet
 from pipeline import build
 from pipeline.bench.clock import StepClock, StepTimer, Timing
 from pipeline.bench.variants import merged
-from pipeline.callbacks import GracefulStop
+from pipeline.callbacks import graceful_stop_of
 from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
 from pipeline.losses import LOSSES
 from pipeline.model import compiled_forward
@@ -32,7 +32,7 @@ def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Tim
     timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
     trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer])
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
-    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)  # type: ignore[attr-defined]
+    stop = graceful_stop_of(trainer)
     if stop is not None and stop.received is not None:  # Ctrl-C or SIGTERM ended the round
         raise BenchStopped(stop.received)
     return timer.clock.timing(timer.waits)

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from pipeline import build
 from pipeline.bench.memory import resident_mb
 from pipeline.bench.variants import merged
+from pipeline.logging_steps import is_due
 
 
 class MemorySampler(pl.Callback):
@@ -31,7 +32,7 @@ class MemorySampler(pl.Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step
-        if step == 1 or step % self.every == 0:
+        if step == 1 or is_due(step - 1, self.every):  # global_step already counts this step
             self.samples.append((step, resident_mb()))
 
 

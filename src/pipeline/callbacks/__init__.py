@@ -2,7 +2,7 @@
 
 from pipeline.callbacks.cuda_flags import CudaFlags
 from pipeline.callbacks.gpu_memory import GpuMemory
-from pipeline.callbacks.graceful_stop import GracefulStop
+from pipeline.callbacks.graceful_stop import GracefulStop, graceful_stop_of
 from pipeline.callbacks.gradient_check import AnalyticGradientCheck
 from pipeline.callbacks.gradient_logger import GradientLogger
 from pipeline.callbacks.hydra_files import HydraFilesAtStart
@@ -30,4 +30,5 @@ __all__ = [
     "RunSummary",
     "Throughput",
     "TimedCheckpoint",
+    "graceful_stop_of",
 ]

@@ -23,6 +23,13 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DDP_CHECK_EVERY = 8  # optimizer steps between the ranks' agreement on the flag
 
 
+def graceful_stop_of(trainer: pl.Trainer) -> GracefulStop | None:
+    """The Trainer's GracefulStop (build_trainer adds one to every run): after fit, whether and
+    by which signal the run was stopped."""
+    callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning
+    return next((c for c in callbacks if isinstance(c, GracefulStop)), None)
+
+
 class GracefulStop(pl.Callback):
     def __init__(self, *, checkpoint_path: Path) -> None:
         self.checkpoint_path = checkpoint_path
