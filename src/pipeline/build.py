@@ -100,7 +100,8 @@ def cuda_flag_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
     return SyntheticDataModule(
-        **(resolved_dict(cfg.data) | {"num_workers": num_workers(cfg)}),
+        # data.compile is absent in older runs' configs: those made their samples eagerly
+        **({"compile": False} | resolved_dict(cfg.data) | {"num_workers": num_workers(cfg)}),
         num_classes=cfg.model.num_classes,
         label_kind=LOSSES[cfg.loss.name].label_kind,
         seed=cfg.seed,

@@ -148,6 +148,11 @@ def _validate_data(c: _Checker, cuda_available: bool) -> None:
     c.int_at_least("data.num_val_samples", 1, 128)
     if c.value("data.num_workers") != "auto":
         c.int_at_least("data.num_workers", 0, 0)
+    if c.value("data.compile") not in (True, False, "auto", None):  # None: an older run's config
+        c.problems.append(
+            f"data.compile must be true, false or auto (got {c.value('data.compile')!r}); "
+            "set data.compile=auto"
+        )
     if sizes_ok:
         size, batch = c.value("data.image_size"), c.value("data.batch_size")
         if batch * resnet_final_size(size) ** 2 < 2:

@@ -10,74 +10,35 @@ any number of workers, in any order. No image bytes are made on the host or copi
 from __future__ import annotations
 
 import gc
+import logging
 import warnings
 from collections.abc import Iterator
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from pipeline.errors import ConfigError, is_out_of_memory
 from pipeline.losses import LabelKind
+from pipeline.sample_hash import (
+    SPLITS,
+    CompileMode,
+    compiles,
+    fused_batch,
+    mix32,
+    sample_keys,
+    uniform,
+    values,
+)
 
-SPLITS = ("train", "val")
+__all__ = ["SPLITS", "IndexBatch", "SyntheticDataModule", "make_batch", "mix32"]
+log = logging.getLogger(__name__)
+
 # Lightning suggests more DataLoader workers on a machine with more than 2 cores; these loaders
 # yield index tensors only, so a worker would have nothing to do.
 warnings.filterwarnings("ignore", message=r"The '\w+' does not have many workers")
-_MASK32 = 0xFFFFFFFF
-# A 32-bit integer hash (xorshift-multiply, from Wellons' hash-prospector): both multipliers are
-# below 2**31, so x·c < 2**63 for any 32-bit x and int64 never overflows, on any device.
-_MUL1, _MUL2 = 0x21F0AAAD, 0x735A2D97
-_POSITION_KEY = 0x9E3779B9  # keeps position 0 from hashing the zero word
-_UNIT = 2.0**-24  # 24 random bits a value: exact in float32, like torch.rand
-# int64 values a block holds on a CPU: 256 KB, within a core's L2, and at torch's grain size
-# (32,768), so each pass runs on the calling thread, with no wait for the pool's other threads.
-CPU_BLOCK_VALUES = 2**15
-
-Word = TypeVar("Word", int, Tensor)
-
-
-def mix32(x: Word) -> Word:
-    """A 32-bit hash of 32-bit words: a Python int, or an int64 tensor, which it overwrites in
-    place (the caller passes a tensor of its own) and returns. ~10 elementwise passes."""
-    x ^= x >> 16
-    x *= _MUL1
-    x &= _MASK32
-    x ^= x >> 15
-    x *= _MUL2
-    x &= _MASK32
-    x ^= x >> 15
-    return x
-
-
-def stream_key(seed: int, split: str) -> int:
-    """The 32-bit key of one split of one seed; every bit of a 64-bit seed counts."""
-    key = mix32((seed & _MASK32) ^ _POSITION_KEY)
-    key = mix32(key ^ ((seed >> 32) & _MASK32))
-    return mix32(key ^ SPLITS.index(split))
-
-
-def _values(sample_keys: Tensor, first: int, count: int) -> Tensor:
-    """Hashes of elements first…first+count−1 of each sample: (N, count) int64 in [0, 2**32)."""
-    positions = torch.arange(first, first + count, device=sample_keys.device, dtype=torch.int64)
-    position_words = mix32(positions ^ _POSITION_KEY)  # (count,): shared by every sample
-    return mix32(sample_keys[:, None] ^ position_words[None, :])  # (N, count)
-
-
-def _uniform(sample_keys: Tensor, first: int, count: int) -> Tensor:
-    """Elements first…first+count−1 of each sample as floats: (N, count) float32 in [0, 1), the
-    top 24 bits of each hash. On a CPU in blocks of positions whose int64 temporaries stay in
-    cache (over a whole batch at 224×224, every pass went to memory: several times slower
-    here); on CUDA in one block."""
-    n, device = len(sample_keys), sample_keys.device
-    out = torch.empty(n, count, device=device, dtype=torch.float32)
-    width = count if device.type != "cpu" else max(1, CPU_BLOCK_VALUES // max(n, 1))
-    for start in range(0, count, width):
-        block = _values(sample_keys, first + start, min(width, count - start))
-        block >>= 8  # below 2**24: exact in float32, as is the product with 2**-24
-        torch.mul(block, _UNIT, out=out[:, start : start + block.shape[1]])
-    return out
 
 
 def make_batch(
@@ -90,25 +51,28 @@ def make_batch(
     num_classes: int,
     label_kind: LabelKind,
     device: torch.device | str,
+    compiled: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Images (N, C, H, W) float32 uniform in [0, 1) and labels of samples `indices` (1-D int64),
     made on `device`. Labels are the elements after the image: (N, num_classes) uniform floats
     for label_kind "dense", (N,) class ids for "index". Pure: equal arguments give bitwise
-    equal tensors on any device. Cost: ~14 elementwise int64 passes over N·C·H·W values; on
-    CUDA one kernel each, with int64 temporaries of that size (~0.8 GB at batch 256 of
-    3×224×224); on a CPU in cache-sized blocks (2–3 ms an image at 224×224 here, about what
-    numpy's generator cost: docs/benchmarks.md)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
+    equal tensors on any device, compiled or not.
+    Cost: eager, ~14 elementwise int64 passes over N·C·H·W values (on CUDA one kernel each, with
+    int64 temporaries of that size, ~0.8 GB at batch 256 of 3×224×224; on a CPU in cache-sized
+    blocks); `compiled`, one kernel writing the float32 images (sample_hash.fused_batch: the
+    first call in a process compiles). Figures: docs/benchmarks.md."""
     indices = indices.to(device=device, dtype=torch.int64)
-    sample_keys = mix32((indices & _MASK32) ^ stream_key(seed, split))
-    sample_keys = mix32(sample_keys ^ (indices >> 32))  # (N,)
     numel = channels * image_size * image_size
-    images = _uniform(sample_keys, 0, numel).view(-1, channels, image_size, image_size)
+    if compiled:
+        images, labels = fused_batch(indices, seed, split, numel, num_classes,
+                                     dense_labels=label_kind == "dense")  # fmt: skip
+        return images.view(-1, channels, image_size, image_size), labels
+    keys = sample_keys(indices, seed, split)  # (N,)
+    images = uniform(keys, 0, numel).view(-1, channels, image_size, image_size)
     if label_kind == "dense":
-        labels = _uniform(sample_keys, numel, num_classes)
+        labels = uniform(keys, numel, num_classes)
     else:  # a class id: the top of value·num_classes, so each class has ~2**32/num_classes values
-        labels = (_values(sample_keys, numel, 1)[:, 0] * num_classes) >> 32
+        labels = (values(keys, numel, 1)[:, 0] * num_classes) >> 32
     return images, labels
 
 
@@ -172,8 +136,11 @@ class SyntheticDataModule(pl.LightningDataModule):
         num_classes: int,
         label_kind: LabelKind,
         seed: int,
+        compile: CompileMode,
     ) -> None:
         super().__init__()
+        self.compile: CompileMode = compile
+        self.compile_failed = False  # data.compile=auto could not compile: the eager hash runs
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.num_samples = {"train": num_samples, "val": num_val_samples}
@@ -186,10 +153,33 @@ class SyntheticDataModule(pl.LightningDataModule):
         self.last_train_indices: Tensor | None = None  # (B,) of the latest training batch
 
     def samples(self, indices: Tensor, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
-        """make_batch with this module's seed and shapes."""
+        """make_batch with this module's seed and shapes, compiled as data.compile says. Where
+        torch.compile cannot build the kernel, auto warns once and makes the same samples eagerly;
+        true stops the run (ConfigError)."""
+        compiled = not self.compile_failed and compiles(self.compile, device, self.image_size)
+        try:
+            return self._make(indices, split, device, compiled)
+        except Exception as exc:
+            if not compiled or is_out_of_memory(exc):
+                raise
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            if self.compile is True:
+                raise ConfigError([
+                    f"data.compile=true: torch.compile could not build the sample kernel on "
+                    f"{device.type} here ({reason}); set data.compile=false (the same samples, "
+                    "made eagerly)"
+                ]) from exc  # fmt: skip
+            log.warning("data.compile=auto: torch.compile could not build the sample kernel "
+                        "(%s); making the same samples eagerly", reason)  # fmt: skip
+            self.compile_failed = True
+            return self._make(indices, split, device, compiled=False)
+
+    def _make(
+        self, indices: Tensor, split: str, device: torch.device, compiled: bool
+    ) -> tuple[Tensor, Tensor]:
         return make_batch(indices, seed=self.seed, split=split, image_size=self.image_size,
                           channels=self.channels, num_classes=self.num_classes,
-                          label_kind=self.label_kind, device=device)  # fmt: skip
+                          label_kind=self.label_kind, device=device, compiled=compiled)  # fmt: skip
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Lightning's hook, after a batch reached the device: an IndexBatch's images and labels,

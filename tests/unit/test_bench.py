@@ -162,12 +162,13 @@ def test_the_data_path_alone_against_the_numpy_path(
     cfg = compose("bench", ["bench.data_only=true", "data.image_size=16", "data.batch_size=4",
                              "bench.rounds=2"])  # fmt: skip
     figures = measure(cfg, tmp_path, [])
-    assert set(figures) == {"image_size", "batch_size", "device", "make_us_per_image",
+    assert set(figures) == {"image_size", "batch_size", "device", "compiled", "make_us_per_image",
                             "numpy_us_per_image", "make_over_numpy_speedup"}  # fmt: skip
+    assert figures["compiled"] is False  # auto: a 16×16 image on a CPU is made eagerly
     assert (figures["image_size"], figures["batch_size"], figures["device"]) == (16, 4, "cpu")
     speedup = figures["numpy_us_per_image"] / figures["make_us_per_image"]
     assert figures["make_over_numpy_speedup"] == pytest.approx(speedup)
-    assert "µs an image (16×16, batch 4, cpu)" in capsys.readouterr().out.replace("\n", "")
+    assert "µs an image (eager, 16×16, batch 4, cpu)" in capsys.readouterr().out.replace("\n", "")
     json.dumps(figures)  # bench.output writes it as JSON
 
 
@@ -193,3 +194,12 @@ def test_warmup_needs_a_step_before_the_timed_window() -> None:
 def test_a_soak_that_samples_every_0_steps_is_refused() -> None:
     problems = validate_bench(compose("bench", ["bench.soak_steps=10", "bench.soak_every=0"]))
     assert "bench.soak_every must be an integer ≥ 1 (got 0); set bench.soak_every=1000" in problems
+
+
+def test_a_compiled_data_path_is_timed_against_the_eager_hash_too(tmp_path: Path) -> None:
+    cfg = compose("bench", ["bench.data_only=true", "data.image_size=16", "data.batch_size=4",
+                             "bench.rounds=2", "data.compile=true"])  # fmt: skip
+    figures = measure(cfg, tmp_path, [])
+    assert figures["compiled"] is True
+    speedup = figures["eager_us_per_image"] / figures["make_us_per_image"]
+    assert figures["make_over_eager_speedup"] == pytest.approx(speedup)

@@ -27,6 +27,7 @@ def _module(num_workers: int = 0, label_kind: str = "dense") -> SyntheticDataMod
         num_classes=10,
         label_kind=label_kind,  # type: ignore[arg-type]
         seed=7,
+        compile=False,
     )
 
 
@@ -139,10 +140,13 @@ def test_ddp_ranks_get_disjoint_samples_and_a_resume_skips_what_was_trained() ->
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("label_kind", ["dense", "index"])
-def test_cuda_makes_the_same_samples_as_the_cpu_bitwise(label_kind: str) -> None:
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_cuda_makes_the_same_samples_as_the_cpu_bitwise(label_kind: str, compiled: bool) -> None:
     indices = [0, 1, 2**31 + 5, 7, 2**40]
     on_cpu = _make(indices, image_size=224, label_kind=label_kind)
-    on_cuda = _make(indices, image_size=224, label_kind=label_kind, device="cuda")
+    on_cuda = _make(
+        indices, image_size=224, label_kind=label_kind, device="cuda", compiled=compiled
+    )
     assert on_cuda[0].device.type == "cuda"
     assert torch.equal(on_cuda[0].cpu(), on_cpu[0]) and torch.equal(on_cuda[1].cpu(), on_cpu[1])
 

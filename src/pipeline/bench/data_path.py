@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from pipeline.bench.clock import sync
-from pipeline.data import SyntheticDataModule
+from pipeline.data import SyntheticDataModule, make_batch
+from pipeline.sample_hash import compiles
 
 
 def numpy_reference_images(
@@ -33,28 +34,51 @@ def numpy_reference_images(
 
 
 def time_data(datamodule: SyntheticDataModule, device: torch.device, rounds: int) -> dict[str, Any]:
-    """µs per image of the run's batch: make_batch on the run's device (synchronized) and the
-    numpy path on this process's CPU, interleaved over `rounds`, medians."""
+    """µs per image of the run's batch: make_batch on the run's device as the run makes it
+    (synchronized; `compiled` says whether data.compile compiled it), the numpy path on this
+    process's CPU, and, where the run compiles, the eager hash too; interleaved over `rounds`,
+    medians. The compile happens in a warm-up call, outside the timing."""
     batch = datamodule.batch_size
     indices = torch.arange(batch)
-    make_s, numpy_s = [], []
-    datamodule.samples(indices, "train", device)  # warm-up: CUDA context, kernel caches
+    compiled = compiles(datamodule.compile, device, datamodule.image_size)
+
+    def run_path() -> object:
+        return datamodule.samples(indices, "train", device)
+
+    def eager() -> object:
+        return make_batch(indices, seed=datamodule.seed, split="train",
+                          image_size=datamodule.image_size, channels=datamodule.channels,
+                          num_classes=datamodule.num_classes, label_kind=datamodule.label_kind,
+                          device=device)  # fmt: skip
+
+    def numpy_path() -> object:
+        return numpy_reference_images(range(batch), seed=datamodule.seed,
+                                      image_size=datamodule.image_size, channels=datamodule.channels)  # fmt: skip
+
+    paths = {"make": run_path, "numpy": numpy_path} | ({"eager": eager} if compiled else {})
+    run_path()  # warm-up: the compile, the CUDA context, kernel caches
+    seconds: dict[str, list[float]] = {name: [] for name in paths}
     for _ in range(rounds):
-        sync(device)
-        start = time.perf_counter()
-        datamodule.samples(indices, "train", device)
-        sync(device)
-        make_s.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        numpy_reference_images(range(batch), seed=datamodule.seed,
-                               image_size=datamodule.image_size, channels=datamodule.channels)  # fmt: skip
-        numpy_s.append(time.perf_counter() - start)
-    make_us, numpy_us = (statistics.median(t) / batch * 1e6 for t in (make_s, numpy_s))
-    return {
+        for name, make in paths.items():
+            make()  # untimed: the allocator as a run's every step finds it, after the same call
+            sync(device)
+            start = time.perf_counter()
+            make()
+            sync(device)
+            seconds[name].append(time.perf_counter() - start)
+    us = {name: statistics.median(t) / batch * 1e6 for name, t in seconds.items()}
+    figures = {
         "image_size": datamodule.image_size,
         "batch_size": batch,
         "device": str(device),
-        "make_us_per_image": make_us,
-        "numpy_us_per_image": numpy_us,
-        "make_over_numpy_speedup": numpy_us / make_us,
+        "compiled": compiled and not datamodule.compile_failed,
+        "make_us_per_image": us["make"],
+        "numpy_us_per_image": us["numpy"],
+        "make_over_numpy_speedup": us["numpy"] / us["make"],
     }
+    if "eager" in us:
+        figures |= {
+            "eager_us_per_image": us["eager"],
+            "make_over_eager_speedup": us["eager"] / us["make"],
+        }
+    return figures

@@ -54,10 +54,16 @@ def show_data(data: dict[str, Any]) -> None:
         if "share_of_step" in data
         else ""
     )
+    eager = (
+        f", {data['make_over_eager_speedup']:.2f}× the eager hash ({data['eager_us_per_image']:.1f} µs)"
+        if "eager_us_per_image" in data
+        else ""
+    )
     report.console.print(
-        f"data: {data['make_us_per_image']:.1f} µs an image ({data['image_size']}×{data['image_size']}, batch "
+        f"data: {data['make_us_per_image']:.1f} µs an image "
+        f"({'compiled' if data['compiled'] else 'eager'}, {data['image_size']}×{data['image_size']}, batch "
         f"{data['batch_size']}, {data['device']}) against {data['numpy_us_per_image']:.1f} µs on the old numpy "
-        f"path: {data['make_over_numpy_speedup']:.2f}× faster{share}"
+        f"path: {data['make_over_numpy_speedup']:.2f}× faster{eager}{share}"
     )
 
 

@@ -1,0 +1,163 @@
+"""The counter-based hash behind the synthetic samples: element `position` of sample `index` of
+one (seed, split) is a pure function of those integers, in exact integer arithmetic, so it is
+bitwise the same on any device, alone or inside any batch.
+
+Two implementations of one function: `uniform` (eager torch, int64, ~14 elementwise passes; on a
+CPU in cache-sized blocks) and `fused_batch` (the same hash in int32 with wrapping multiplies,
+`torch.compile`d into a kernel or two: one write of float32 a value, nothing read). Their outputs are
+bitwise equal (tests/unit/test_sample_hash.py); which one runs is `data.compile`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+_MASK32 = 0xFFFFFFFF
+# A 32-bit integer hash (xorshift-multiply, from Wellons' hash-prospector): both multipliers are
+# below 2**31, so x·c < 2**63 for any 32-bit x and int64 never overflows, on any device.
+_MUL1, _MUL2 = 0x21F0AAAD, 0x735A2D97
+_POSITION_KEY = 0x9E3779B9  # keeps position 0 from hashing the zero word
+_UNIT = 2.0**-24  # 24 random bits a value: exact in float32, like torch.rand
+# int64 values a block holds on a CPU: 256 KB, within a core's L2, and at torch's grain size
+# (32,768), so each pass runs on the calling thread, with no wait for the pool's other threads.
+CPU_BLOCK_VALUES = 2**15
+# data.compile=auto compiles on a CPU from this image side up: there a batch's ~14 passes cost
+# more per step than the compile (seconds, once a process) amortizes over a run.
+CPU_COMPILE_MIN_IMAGE_SIZE = 128
+
+Word = TypeVar("Word", int, Tensor)
+CompileMode = Literal["auto"] | bool
+
+
+def mix32(x: Word) -> Word:
+    """A 32-bit hash of 32-bit words: a Python int, or an int64 tensor, which it overwrites in
+    place (the caller passes a tensor of its own) and returns. ~10 elementwise passes."""
+    x ^= x >> 16
+    x *= _MUL1
+    x &= _MASK32
+    x ^= x >> 15
+    x *= _MUL2
+    x &= _MASK32
+    x ^= x >> 15
+    return x
+
+
+def stream_key(seed: int, split: str) -> int:
+    """The 32-bit key of one split of one seed; every bit of a 64-bit seed counts."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} (got {split!r})")
+    key = mix32((seed & _MASK32) ^ _POSITION_KEY)
+    key = mix32(key ^ ((seed >> 32) & _MASK32))
+    return mix32(key ^ SPLITS.index(split))
+
+
+def sample_keys(indices: Tensor, seed: int, split: str) -> Tensor:
+    """The 32-bit key of each sample, (N,) int64 in [0, 2**32), from (N,) int64 indices; every
+    bit of a 64-bit index counts."""
+    keys = mix32((indices & _MASK32) ^ stream_key(seed, split))
+    return mix32(keys ^ (indices >> 32))
+
+
+def values(keys: Tensor, first: int, count: int) -> Tensor:
+    """Hashes of elements first…first+count−1 of each sample: (N, count) int64 in [0, 2**32)."""
+    positions = torch.arange(first, first + count, device=keys.device, dtype=torch.int64)
+    position_words = mix32(positions ^ _POSITION_KEY)  # (count,): shared by every sample
+    return mix32(keys[:, None] ^ position_words[None, :])  # (N, count)
+
+
+def uniform(keys: Tensor, first: int, count: int) -> Tensor:
+    """Elements first…first+count−1 of each sample as floats: (N, count) float32 in [0, 1), the
+    top 24 bits of each hash. Eager: on a CPU in blocks of positions whose int64 temporaries stay
+    in cache (over a whole batch at 224×224, every pass went to memory: several times slower
+    here); on CUDA in one block."""
+    n, device = len(keys), keys.device
+    out = torch.empty(n, count, device=device, dtype=torch.float32)
+    width = count if device.type != "cpu" else max(1, CPU_BLOCK_VALUES // max(n, 1))
+    for start in range(0, count, width):
+        block = values(keys, first + start, min(width, count - start))
+        block >>= 8  # below 2**24: exact in float32, as is the product with 2**-24
+        torch.mul(block, _UNIT, out=out[:, start : start + block.shape[1]])
+    return out
+
+
+def _signed32(word: int) -> int:
+    """A 32-bit word as the int32 with the same bits."""
+    return word - (1 << 32) if word >= 1 << 31 else word
+
+
+def _mix32_wrapping(x: Tensor) -> Tensor:
+    """mix32 on int32 tensors: multiplies wrap modulo 2**32 (as in C, CUDA and Triton), and each
+    right shift is masked to act on the unsigned word. Bitwise the int64 mix32's low 32 bits."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _signed32(_MUL1)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _signed32(_MUL2)
+    return x ^ ((x >> 15) & 0x1FFFF)
+
+
+def _hashes_int32(keys32: Tensor, first: int, count: int) -> Tensor:
+    """`values` in int32 (the same bits, signed): (N, count)."""
+    positions = torch.arange(first, first + count, device=keys32.device, dtype=torch.int32)
+    position_words = _mix32_wrapping(positions ^ _signed32(_POSITION_KEY))  # (count,)
+    return _mix32_wrapping(keys32[:, None] ^ position_words[None, :])
+
+
+def _batch_int32(
+    indices: Tensor, stream: Tensor, numel: int, num_classes: int, dense_labels: bool
+) -> tuple[Tensor, Tensor]:
+    """A whole batch, written for torch.compile to fuse: the keys (int64, as `sample_keys`; N
+    values), the images (N, numel) float32 and the labels, as make_batch makes them."""
+    keys = mix32((indices & _MASK32) ^ stream)
+    keys = mix32(keys ^ (indices >> 32))
+    keys32 = (keys - ((keys >> 31) << 32)).to(torch.int32)  # the same bits, as signed words
+    images = ((_hashes_int32(keys32, 0, numel) >> 8) & 0xFFFFFF).to(torch.float32) * _UNIT
+    if dense_labels:
+        labels = ((_hashes_int32(keys32, numel, num_classes) >> 8) & 0xFFFFFF).to(torch.float32)
+        return images, labels * _UNIT
+    word = _hashes_int32(keys32, numel, 1)[:, 0].to(torch.int64) & _MASK32  # unsigned again
+    return images, (word * num_classes) >> 32
+
+
+_compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
+_streams: dict[tuple[int, str, torch.device], Tensor] = {}
+
+
+def fused_batch(
+    indices: Tensor, seed: int, split: str, numel: int, num_classes: int, dense_labels: bool
+) -> tuple[Tensor, Tensor]:
+    """make_batch's (images (N, numel), labels) from (N,) int64 indices on their device, bitwise
+    as the eager hash makes them, in one compiled call (a kernel or two). The first call in a
+    process compiles (seconds; inductor's cache on disk makes later processes quicker); shapes
+    are dynamic, so other batch and image sizes, and training and validation, run the same
+    kernels. Raises what torch.compile raises when it cannot build them here (e.g. no C++
+    compiler for a CPU)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = torch.compile(_batch_int32, dynamic=True, fullgraph=True)
+    key = (seed, split, indices.device)
+    # Plain tensors, also under validation's inference mode (an inference tensor would be a
+    # second graph); a lone sample goes twice (a batch of 1 would be a graph of its own).
+    with torch.inference_mode(False), torch.no_grad():
+        if key not in _streams:  # made once: a tensor made each call is a copy to the device
+            _streams[key] = torch.tensor(stream_key(seed, split), device=indices.device)
+        lone = len(indices) == 1
+        images, labels = _compiled(indices.repeat(2) if lone else indices.clone(),
+                                   _streams[key], numel, num_classes, dense_labels)  # fmt: skip
+    return (images[:1], labels[:1]) if lone else (images, labels)
+
+
+def compiles(mode: CompileMode, device: torch.device, image_size: int) -> bool:
+    """Whether data.compile=`mode` makes samples with `fused_batch` on `device`: auto on CUDA,
+    and on a CPU for images of CPU_COMPILE_MIN_IMAGE_SIZE and up (smaller ones cost a CPU step
+    little, and a short run would spend more on compiling)."""
+    if mode != "auto":
+        return bool(mode)
+    return device.type == "cuda" or image_size >= CPU_COMPILE_MIN_IMAGE_SIZE

@@ -1,0 +1,103 @@
+"""The compiled sample kernel makes the eager hash's samples bitwise, and data.compile picks it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from pipeline import sample_hash
+from pipeline.data import SyntheticDataModule, make_batch
+from pipeline.errors import ConfigError
+
+
+def _batch(indices: list[int], compiled: bool, **kw: object) -> tuple[torch.Tensor, torch.Tensor]:
+    args = dict(seed=7, split="train", image_size=16, channels=3, num_classes=10,
+                label_kind="dense", device="cpu") | kw  # fmt: skip
+    return make_batch(torch.tensor(indices), compiled=compiled, **args)  # type: ignore[arg-type]
+
+
+# Indices whose words cross the int32 sign bit and the 32-bit boundary of the index.
+EDGE_INDICES = [0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 3, 2**62 + 11]
+
+
+@pytest.mark.parametrize(
+    ("seed", "split", "image_size", "label_kind"),
+    [
+        (7, "train", 16, "dense"),
+        (2**63 - 1, "val", 7, "dense"),  # odd sizes: no multiple of a vector width
+        (0, "train", 33, "index"),
+    ],
+)
+def test_the_compiled_kernel_makes_the_eager_samples_bitwise(
+    seed: int, split: str, image_size: int, label_kind: str
+) -> None:
+    kw = dict(seed=seed, split=split, image_size=image_size, label_kind=label_kind)
+    eager = _batch(EDGE_INDICES, compiled=False, **kw)
+    compiled = _batch(EDGE_INDICES, compiled=True, **kw)
+    assert torch.equal(compiled[0], eager[0]) and torch.equal(compiled[1], eager[1])
+    alone = _batch([2**32], compiled=True, **kw)  # another batch size: no second compile needed
+    assert torch.equal(alone[0][0], eager[0][5])
+
+
+def test_the_compiled_kernel_compiles_once_for_every_shape() -> None:
+    from torch._dynamo.utils import counters
+
+    _batch([1, 2], compiled=True)  # compiled here or by an earlier test
+    before = counters["stats"]["unique_graphs"]
+    for n, size in ((3, 16), (5, 9), (1, 40)):
+        _batch(list(range(n)), compiled=True, image_size=size)
+    with torch.inference_mode():  # how Lightning validates
+        _batch([4], compiled=True, split="val")
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_auto_compiles_on_cuda_and_for_big_images_on_a_cpu() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    big = sample_hash.CPU_COMPILE_MIN_IMAGE_SIZE
+    assert sample_hash.compiles("auto", cuda, 32)
+    assert sample_hash.compiles("auto", cpu, big) and not sample_hash.compiles("auto", cpu, big - 1)
+    assert sample_hash.compiles(True, cpu, 8) and not sample_hash.compiles(False, cuda, 224)
+
+
+def _module(compile: sample_hash.CompileMode) -> SyntheticDataModule:
+    return SyntheticDataModule(image_size=16, channels=3, batch_size=4, num_samples=8,
+                               num_val_samples=4, num_workers=0, num_classes=10,
+                               label_kind="dense", seed=7, compile=compile)  # fmt: skip
+
+
+@pytest.fixture
+def no_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A machine where inductor finds no C++ compiler: a real compile, that really fails."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(sample_hash, "_compiled", None)
+    torch._dynamo.reset()
+    with inductor.patch({"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}):
+        yield
+    torch._dynamo.reset()
+
+
+def test_without_a_compiler_auto_warns_once_and_makes_the_same_samples(
+    no_cxx_compiler: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    module = _module("auto")
+    module.image_size = sample_hash.CPU_COMPILE_MIN_IMAGE_SIZE  # where auto compiles on a CPU
+    indices = torch.arange(2)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data"):
+        first = module.samples(indices, "train", torch.device("cpu"))
+        second = module.samples(indices, "train", torch.device("cpu"))
+    expected = _batch([0, 1], compiled=False, image_size=sample_hash.CPU_COMPILE_MIN_IMAGE_SIZE)
+    assert torch.equal(first[0], expected[0]) and torch.equal(second[0], expected[0])
+    warnings = [r.getMessage() for r in caplog.records if "data.compile=auto" in r.getMessage()]
+    assert len(warnings) == 1 and "making the same samples eagerly" in warnings[0]
+
+
+def test_without_a_compiler_true_is_a_config_error_naming_the_fix(no_cxx_compiler: None) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _module(True).samples(torch.arange(2), "train", torch.device("cpu"))
+    (problem,) = raised.value.problems
+    assert problem.startswith("data.compile=true: torch.compile could not build")
+    assert problem.endswith("set data.compile=false (the same samples, made eagerly)")
