@@ -13,7 +13,7 @@ from pipeline.bench.clock import synced_points
 from pipeline.bench.config import validate_bench
 from pipeline.bench.data_path import numpy_reference_images
 from pipeline.bench.modes import measure
-from pipeline.bench.run import round_order
+from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
 from pipeline.bench.variants import instrument_frequencies, knob_configs, parse_knob
 from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
@@ -203,3 +203,19 @@ def test_a_compiled_data_path_is_timed_against_the_eager_hash_too(tmp_path: Path
     assert figures["compiled"] is True
     speedup = figures["eager_us_per_image"] / figures["make_us_per_image"]
     assert figures["make_over_eager_speedup"] == pytest.approx(speedup)
+
+
+def test_bench_features_may_list_the_instruments_to_time() -> None:
+    cfg = compose("bench", ["bench.features=[norms,check]"])
+    assert validate_bench(cfg) == []
+    variants, _ = variants_of(round_config(cfg), torch.device("cpu"))
+    names = [n for n in variants if n.startswith(("+", "bare"))]
+    assert names == ["bare", "+norms and update ratios (every 4)", "+analytic check (every step)"]
+    everything, _ = variants_of(round_config(compose("bench", [])), torch.device("cpu"))
+    assert len([n for n in everything if n.startswith("+")]) == 7
+    problems = validate_bench(compose("bench", ["bench.features=[norms,grads]"]))
+    assert problems == [
+        "bench.features must be true, false or a list of norms, norms_every_step, noise_scale, "
+        "histograms, check, progress_bar, tensorboard (got ['norms', 'grads']); "
+        "set 'bench.features=[norms]'"
+    ]

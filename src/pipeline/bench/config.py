@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.bench.variants import parse_knob, with_knob
+from pipeline.bench.variants import feature_variants, parse_knob, with_knob
 from pipeline.config import validate
 
 _ABSENT = object()
@@ -25,6 +25,15 @@ def validate_bench(cfg: DictConfig) -> list[str]:
             problems.append(
                 f"bench.{key} must be an integer ≥ {low} (got {value!r}); set bench.{key}={example}"
             )
+    features, known_features = cfg.bench.features, list(feature_variants(cfg))
+    if not isinstance(features, bool) and not (
+        OmegaConf.is_list(features) and all(f in known_features for f in features)
+    ):
+        problems.append(
+            f"bench.features must be true, false or a list of {', '.join(known_features)} "
+            f"(got {OmegaConf.to_container(features) if OmegaConf.is_list(features) else features!r}); "
+            "set 'bench.features=[norms]'"
+        )
     knobs = cfg.bench.knobs
     if not OmegaConf.is_list(knobs) or not all(isinstance(k, str) for k in knobs):
         problems.append(

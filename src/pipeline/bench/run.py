@@ -27,6 +27,7 @@ from pipeline.bench.startup import time_startup
 from pipeline.bench.stats import Rounds, data_share, summarize
 from pipeline.bench.variants import (
     bare_config,
+    chosen_features,
     feature_variants,
     instrument_frequencies,
     knob_configs,
@@ -58,7 +59,7 @@ def round_config(cfg: DictConfig) -> DictConfig:
 def variants_of(
     train_cfg: DictConfig, device: torch.device
 ) -> tuple[dict[str, Variant], list[str]]:
-    """plain, pipeline and naive; with bench.features, bare and bare plus each instrument; the
+    """plain, pipeline and naive; with bench.features, bare and bare plus each instrument asked for; the
     pipeline with each knob. Also the knobs skipped on this device."""
     b = train_cfg.bench
 
@@ -70,10 +71,12 @@ def variants_of(
         "pipeline": trainer(train_cfg),
         "naive": lambda _: time_naive(train_cfg, device, b.warmup_steps, b.steps),
     }
-    if b.features:
+    features = feature_variants(train_cfg)
+    if chosen := chosen_features(train_cfg):
         bare = bare_config(train_cfg)
         variants["bare"] = trainer(bare)
-        for name, change in feature_variants(train_cfg).items():
+        for key in chosen:
+            name, change = features[key]
             variants[name] = trainer(merged(bare, change))
     knobs, skipped = knob_configs(train_cfg, device)
     variants |= {name: trainer(knob_cfg) for name, knob_cfg in knobs.items()}

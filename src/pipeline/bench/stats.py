@@ -94,10 +94,13 @@ def summarize(
         }
         out["instrument_costs"] = costs
         out["pipeline_over_bare_cost"] = relative_cost(med["pipeline"], med["bare"])
+        every_step = {  # name → (the variant at every step, its frequency's key)
+            "histograms": ("+histograms (every step)", "histograms"),
+            "analytic check": ("+analytic check (every step)", "check"),
+        }
         out["amortized_default_costs"] = {
-            "histograms": amortized(costs["+histograms (every step)"], frequencies["histograms"]),
-            "analytic check": amortized(
-                costs["+analytic check (every step)"], frequencies["check"]
-            ),
+            name: amortized(costs[variant], frequencies[key])
+            for name, (variant, key) in every_step.items()
+            if variant in costs
         }
     return out

@@ -39,30 +39,51 @@ def bare_config(cfg: DictConfig) -> DictConfig:
     return out
 
 
-def feature_variants(cfg: DictConfig) -> dict[str, dict[str, Any]]:
-    """Bare plus one instrument, at its configured frequency and at every step: name → change."""
+def feature_variants(cfg: DictConfig) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Bare plus one instrument, at its configured frequency or at every step: the key
+    bench.features names it by → (its name in the figures, the change to bare)."""
     every = cfg.trainer.log_every_n_steps
     norms = {"enabled": True, "histogram_every_n_steps": 0, "noise_scale": "off"}
     return {
-        f"+norms and update ratios (every {every})": {"callbacks": {"gradients": norms}},
-        "+norms and update ratios (every step)": {
-            "callbacks": {"gradients": norms},
-            "trainer": {"log_every_n_steps": 1},
-        },
-        f"+norms, noise scale=on (every {every})": {
-            "callbacks": {"gradients": {**norms, "noise_scale": "on"}}
-        },
-        "+histograms (every step)": {
-            "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},
-            "trainer": {"log_every_n_steps": 10**9},
-            "logger": {"tensorboard": {"log_graph": False}},
-        },
-        "+analytic check (every step)": {
-            "callbacks": {"gradient_check": {"enabled": True, "every_n_steps": 1}}
-        },
-        "+progress bar": {"callbacks": {"progress_bar": True}},
-        f"+tensorboard writes (every {every})": {"logger": {"tensorboard": {"log_graph": False}}},
+        "norms": (
+            f"+norms and update ratios (every {every})",
+            {"callbacks": {"gradients": norms}},
+        ),
+        "norms_every_step": (
+            "+norms and update ratios (every step)",
+            {"callbacks": {"gradients": norms}, "trainer": {"log_every_n_steps": 1}},
+        ),
+        "noise_scale": (
+            f"+norms, noise scale=on (every {every})",
+            {"callbacks": {"gradients": {**norms, "noise_scale": "on"}}},
+        ),
+        "histograms": (
+            "+histograms (every step)",
+            {
+                "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},
+                "trainer": {"log_every_n_steps": 10**9},
+                "logger": {"tensorboard": {"log_graph": False}},
+            },
+        ),
+        "check": (
+            "+analytic check (every step)",
+            {"callbacks": {"gradient_check": {"enabled": True, "every_n_steps": 1}}},
+        ),
+        "progress_bar": ("+progress bar", {"callbacks": {"progress_bar": True}}),
+        "tensorboard": (
+            f"+tensorboard writes (every {every})",
+            {"logger": {"tensorboard": {"log_graph": False}}},
+        ),
     }
+
+
+def chosen_features(cfg: DictConfig) -> list[str]:
+    """The feature variants bench.features asks for: every one (true), none (false), or the
+    keys listed."""
+    features = cfg.bench.features
+    if isinstance(features, bool):
+        return list(feature_variants(cfg)) if features else []
+    return list(features)
 
 
 def instrument_frequencies(cfg: DictConfig) -> dict[str, int]:
