@@ -28,7 +28,7 @@ lint: install
 
 # Two workers (one a core here): most of a CLI test is single-threaded start-up.
 test: lint
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --dist worksteal
 
 test-fast: install
 	$(PY) -m pytest tests/unit -q -n auto

@@ -33,8 +33,28 @@ def fake_hub_weights(torch_home: Path) -> Iterator[Path]:
     yield path
 
 
+# The longest tests (--durations, two cores), started first: under `pytest -n 2` a long one left
+# for last would run alone on one core at the end.
+LONGEST_FIRST = (
+    "e2e/test_speed_knobs.py::test_compiled_run",
+    "e2e/test_bench.py::test_bench_command",
+    "e2e/test_ddp.py",
+    "e2e/test_search.py",
+    "e2e/test_wheel.py",
+    "e2e/test_resume.py",
+    "e2e/test_mistakes.py",
+)
+
+
+def _start_order(item: pytest.Item) -> int:
+    node = item.nodeid.removeprefix("tests/")
+    return next((i for i, p in enumerate(LONGEST_FIRST) if node.startswith(p)), len(LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test under tests/e2e/ `e2e` (make test-fast runs tests/unit/ alone)."""
+    """Mark every test under tests/e2e/ `e2e` (make test-fast runs tests/unit/ alone); the
+    longest start first."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.e2e)
+    items.sort(key=_start_order)

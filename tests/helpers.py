@@ -7,12 +7,15 @@ import atexit
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+import weakref
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from lightning.pytorch.loggers import Logger
 
@@ -52,26 +55,99 @@ def run_cli(
     env: dict[str, str] | None = None,
     fresh_interpreter: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """`python -m <module> <args>` as its own process in `cwd`; stdout and stderr captured as text.
+    """`python -m <module> <args>` as its own process in `cwd`, run to its end; stdout and
+    stderr captured as text. Forked from a warm server that has the pipeline imported
+    (tests/zygote.py); `fresh_interpreter=True` starts a new interpreter instead (the start-up
+    itself under test)."""
+    proc = start_cli(module, args, cwd, torch_home, env=env, fresh_interpreter=fresh_interpreter)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise subprocess.TimeoutExpired(proc.args, timeout, err) from None
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    The process is forked from a warm server that has the pipeline imported (tests/zygote.py);
-    `fresh_interpreter=True` starts a new interpreter instead (the start-up itself under test).
-    """
+
+class CliProcess(Protocol):
+    """What tests use of a started command: subprocess.Popen's, or a WarmProcess's."""
+
+    args: Any
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
+def start_cli(
+    module: str,
+    args: list[str],
+    cwd: Path,
+    torch_home: Path,
+    *,
+    env: dict[str, str] | None = None,
+    fresh_interpreter: bool = False,
+) -> CliProcess:
+    """`python -m <module> <args>` started in `cwd` and left running, used as subprocess.Popen
+    with text stdout and stderr (poll, wait, send_signal, kill, communicate). Forked from the
+    warm server unless `fresh_interpreter` (or PIPELINE_TESTS_COLD=1)."""
     env = env if env is not None else cli_env(torch_home)
     if fresh_interpreter or os.environ.get("PIPELINE_TESTS_COLD") == "1":
-        return subprocess.run(
+        return subprocess.Popen(
             [sys.executable, "-m", module, *args],
             cwd=cwd,
             env=env,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
         )
-    return _warm_server().run(module, args, cwd, env, timeout)
+    return _warm_server().start(module, args, cwd, env)
+
+
+class WarmProcess:
+    """A command forked by the warm server: its pid is a real process's, which a test may
+    signal; its stdout and stderr go to files, read once it has ended."""
+
+    def __init__(self, server: _WarmServer, args: list[str], pid: int, outputs: Path) -> None:
+        self.server, self.args, self.pid, self.outputs = server, args, pid, outputs
+        self.returncode: int | None = None
+        weakref.finalize(self, shutil.rmtree, outputs, True)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            status = self.server.status(self.pid, 0)
+            if status is not None:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            status = self.server.status(self.pid, timeout)
+            if status is None:
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        return (self.outputs / "stdout").read_text(), (self.outputs / "stderr").read_text()
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
 
 
 class _WarmServer:
-    """The client of tests/zygote.py: one server per pytest process, started on first use."""
+    """The client of tests/zygote.py: one server per pytest process, started on first use.
+    Replies are filed as they come: which pid each request got, each ended child's status."""
 
     def __init__(self) -> None:
         server_env = cli_env(Path(tempfile.gettempdir()))
@@ -80,42 +156,54 @@ class _WarmServer:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=server_env,
-            text=True,
+            bufsize=0,
         )
         atexit.register(self.process.kill)
+        self.requests = 0
+        self.pids: dict[int, int] = {}  # request id → pid
+        self.statuses: dict[int, int] = {}  # pid → wait status
+        self.unread = b""
 
-    def _reply(self, timeout: float | None) -> dict[str, Any] | None:
+    def _read(self, timeout: float | None) -> None:
+        """Files every reply that arrives within `timeout` (None: waits for one)."""
         out = self.process.stdout
         assert out is not None
-        if timeout is not None and not select.select([out], [], [], timeout)[0]:
-            return None
-        line = out.readline()
-        if not line:
+        if not select.select([out], [], [], timeout)[0]:
+            return
+        chunk = os.read(out.fileno(), 1 << 16)
+        if not chunk:
             raise RuntimeError(f"the test server died (exit {self.process.poll()})")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
+        self.unread += chunk
+        while b"\n" in self.unread:
+            line, self.unread = self.unread.split(b"\n", 1)
+            reply = json.loads(line)
+            if "status" in reply:
+                self.statuses[reply["pid"]] = reply["status"]
+            else:
+                self.pids[reply["id"]] = reply["pid"]
 
-    def run(
-        self, module: str, args: list[str], cwd: Path, env: dict[str, str], timeout: float
-    ) -> subprocess.CompletedProcess[str]:
-        with tempfile.TemporaryDirectory() as tmp:
-            out, err = Path(tmp, "stdout"), Path(tmp, "stderr")
-            request = {"module": module, "args": args, "cwd": str(cwd), "env": env}
-            request |= {"stdout": str(out), "stderr": str(err)}
-            stdin: IO[str] | None = self.process.stdin
-            assert stdin is not None
-            stdin.write(json.dumps(request) + "\n")
-            stdin.flush()
-            started = self._reply(None)
-            assert started is not None
-            finished = self._reply(timeout)
-            command = [sys.executable, "-m", module, *args]
-            if finished is None:
-                os.kill(started["pid"], signal.SIGKILL)
-                self._reply(None)
-                raise subprocess.TimeoutExpired(command, timeout, err.read_text())
-            code = os.waitstatus_to_exitcode(finished["status"])
-            return subprocess.CompletedProcess(command, code, out.read_text(), err.read_text())
+    def start(self, module: str, args: list[str], cwd: Path, env: dict[str, str]) -> WarmProcess:
+        outputs = Path(tempfile.mkdtemp(prefix="warm-cli-"))
+        request_id, self.requests = self.requests, self.requests + 1
+        request = {"id": request_id, "module": module, "args": args, "cwd": str(cwd), "env": env}
+        request |= {"stdout": str(outputs / "stdout"), "stderr": str(outputs / "stderr")}
+        stdin = self.process.stdin
+        assert stdin is not None
+        stdin.write((json.dumps(request) + "\n").encode())
+        while request_id not in self.pids:
+            self._read(None)
+        pid = self.pids.pop(request_id)
+        return WarmProcess(self, [sys.executable, "-m", module, *args], pid, outputs)
+
+    def status(self, pid: int, timeout: float | None) -> int | None:
+        """The wait status of child `pid`, once it has ended; None if it runs past `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pid not in self.statuses:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return None
+            self._read(left)
+        return self.statuses.pop(pid)
 
 
 _server: list[_WarmServer] = []

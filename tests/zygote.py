@@ -8,9 +8,10 @@ process, cwd, environment, argv, stdin/stdout/stderr and exit status, the module
 interpreter's own start-up (the wheel's console script, Lightning's DDP children, torchrun)
 still start real interpreters.
 
-Protocol, one JSON object a line on stdin/stdout: a request {module, args, cwd, env, stdout,
-stderr} (the last two file paths); the reply {"pid": N} once forked, then {"status": S} with
-the child's wait status.
+Protocol, one JSON object a line on stdin/stdout: a request {id, module, args, cwd, env, stdout,
+stderr} (the last two file paths); the reply {"id": I, "pid": N} once forked, and later, when
+that child has ended, {"pid": N, "status": S} with its wait status. Children run side by side:
+a test may start several and signal them (tests/helpers.py's `start_cli`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import contextlib
 import json
 import os
 import runpy
+import select
 import sys
 import traceback
 from typing import Any
 
-PRELOAD = ("pipeline.train", "pipeline.eval", "pipeline.replay", "tensorboard")
+PRELOAD = ("pipeline.train", "pipeline.eval", "pipeline.replay", "pipeline.search", "tensorboard")
 
 
 def run_child(request: dict[str, Any]) -> int:
@@ -56,27 +58,50 @@ def run_child(request: dict[str, Any]) -> int:
     return 0
 
 
+def _fork_child(request: dict[str, Any]) -> int:
+    """Fork a child that runs the request and exits; in the server, return its pid."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = run_child(request)
+        finally:
+            atexit._run_exitfuncs()
+            for stream in (sys.__stdout__, sys.__stderr__):
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    stream.flush()  # type: ignore[union-attr]
+            os._exit(code)
+    return pid
+
+
 def serve() -> None:
     for name in PRELOAD:
         __import__(name)
     replies = sys.stdout
     sys.stdout = sys.stderr  # nothing but replies on the protocol's pipe
-    for line in sys.stdin:
-        request = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            code = 1
+
+    def reply(message: dict[str, Any]) -> None:
+        print(json.dumps(message), file=replies, flush=True)
+
+    pending = b""
+    while True:
+        if select.select([0], [], [], 0.05)[0]:  # requests, read raw: no buffer hides a line
+            chunk = os.read(0, 1 << 16)
+            if not chunk:
+                return  # the tests' process has gone
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                request = json.loads(line)
+                reply({"id": request["id"], "pid": _fork_child(request)})
+        while True:  # every child that has ended
             try:
-                code = run_child(request)
-            finally:
-                atexit._run_exitfuncs()
-                for stream in (sys.__stdout__, sys.__stderr__):
-                    with contextlib.suppress(OSError, ValueError, AttributeError):
-                        stream.flush()  # type: ignore[union-attr]
-                os._exit(code)
-        print(json.dumps({"pid": pid}), file=replies, flush=True)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps({"status": status}), file=replies, flush=True)
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            reply({"pid": pid, "status": status})
 
 
 if __name__ == "__main__":

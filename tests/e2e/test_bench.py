@@ -46,15 +46,19 @@ def test_step_timer_skips_warmup_and_times_each_step(tmp_path: Path) -> None:
 
 
 def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) -> None:
-    """The one run of the real command: every mode of the default bench (variants, a knob, the
-    data path, a real `python -m pipeline.train` for the start-up) and bench.output."""
+    """The one run of the real command: every mode of the default bench (variants, an
+    instrument, a knob, the data path, a real `python -m pipeline.train` for the start-up) and
+    bench.output."""
     args = ["debug=fast", "bench.rounds=1", "bench.steps=2", "bench.warmup_steps=1",
+            "bench.features=[progress_bar]",  # every instrument: tests/unit/test_bench.py
             'bench.knobs=["model.channels_last=true","device.tf32=true"]',
             f"bench.output={tmp_path / 'bench.json'}"]  # fmt: skip
     result = run_cli("pipeline.bench", args, tmp_path, torch_home)
     assert result.returncode == 0, result.stderr
     figures = json.loads((tmp_path / "bench.json").read_text())
-    assert set(figures["images_per_sec"]) >= {"plain", "pipeline", "naive", "bare", "+progress bar"}
+    assert set(figures["images_per_sec"]) == {"plain", "pipeline", "naive", "bare", "+progress bar",
+                                              "pipeline model.channels_last=true"}  # fmt: skip
+    assert list(figures["instrument_costs"]) == ["+progress bar"]
     assert all(v > 0 for v in figures["images_per_sec"].values())
     assert "pipeline / plain" in result.stdout
     assert list(figures["knob_effects"]) == ["pipeline model.channels_last=true"]

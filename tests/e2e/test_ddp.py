@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, cli_env, only_run_dir, run_cli, scalars
+from helpers import TINY, cli_env, only_run_dir, run_cli, scalars, start_cli
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
@@ -68,10 +68,7 @@ def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
 ) -> None:
     args = ["device=ddp_cpu", "device.timeout_s=30", "loss=mse", "data.image_size=32", "data.batch_size=4",
             "data.num_samples=8000", "trainer.max_steps=1000", "callbacks.progress_bar=false"]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", *args], cwd=tmp_path, env=cli_env(torch_home),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc = start_cli("pipeline.train", args, tmp_path, torch_home)
     deadline = time.monotonic() + 120
     while (
         not list(tmp_path.glob("outputs/*/*/train.log"))

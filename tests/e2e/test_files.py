@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, cli_env, run_cli
+from helpers import TINY, cli_env, run_cli, start_cli
 
 
 def test_an_output_location_that_cannot_be_created_is_reported_before_training(
@@ -30,13 +30,8 @@ def test_an_output_location_that_cannot_be_created_is_reported_before_training(
 
 
 def test_two_runs_started_together_get_two_directories(tmp_path: Path, torch_home: Path) -> None:
-    command = [sys.executable, "-m", "pipeline.train", *TINY, "trainer.max_steps=1", "logger=none"]
-    procs = [
-        subprocess.Popen(
-            command, cwd=tmp_path, env=cli_env(torch_home), stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
+    args = [*TINY, "trainer.max_steps=1", "logger=none"]
+    procs = [start_cli("pipeline.train", args, tmp_path, torch_home) for _ in range(2)]
     outs = [p.communicate(timeout=240)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     runs = sorted(p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, cli_env, only_run_dir, run_cli
+from helpers import TINY, cli_env, only_run_dir, run_cli, start_cli
 
 pytestmark = pytest.mark.e2e
 SHORT = [*TINY, "callbacks=minimal", "logger=none"]
@@ -94,10 +94,7 @@ def test_slurm_requeue_reuses_its_pinned_run_directory(tmp_path: Path, torch_hom
     args = [*SHORT, f"hydra.run.dir={pinned}"]
     assert run_cli("pipeline.train", args, tmp_path, torch_home).returncode == 0
     env = cli_env(torch_home) | {"SLURM_RESTART_COUNT": "1", "SLURM_PROCID": "0"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.train", *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
+    result = run_cli("pipeline.train", args, tmp_path, torch_home, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -110,10 +107,7 @@ def test_a_kill_mid_epoch_loses_at_most_the_timed_checkpoint_interval(
         "trainer.max_steps=1000", "callbacks=minimal", "logger=none",
         "callbacks.checkpoint.every_n_minutes=0.02",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", *args],
-        cwd=tmp_path, env=cli_env(torch_home), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_cli("pipeline.train", args, tmp_path, torch_home)
     try:
         deadline = time.monotonic() + 180
         while not list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt")):

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TINY, cli_env, run_cli, scalars
+from helpers import TINY, CliProcess, run_cli, scalars, start_cli
 
 # 6 batches an epoch: a resume after 4 steps lands mid-epoch, and the run crosses an epoch end.
 RUN = ["data.image_size=32", "data.batch_size=4", "data.num_samples=24", "data.num_val_samples=4",
@@ -73,23 +71,13 @@ def test_2k_steps_equal_k_steps_plus_a_resume_for_k(tmp_path: Path, torch_home: 
     assert not list(tmp_path.glob("outputs/*/*"))  # no new run directory
 
 
-def _start(tmp_path: Path, torch_home: Path, run: Path) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.train",
+def _start(tmp_path: Path, torch_home: Path, run: Path) -> CliProcess:
+    args = [
         *(o for o in RUN if not o.startswith("scheduler")),  # a constant lr: any number of steps
         "trainer.max_steps=500",
         f"hydra.run.dir={run}",
     ]
-    proc = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=cli_env(torch_home),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli("pipeline.train", args, tmp_path, torch_home)
     deadline = time.monotonic() + 120
     log = run / "train.log"
     while not (log.is_file() and "first training step" in log.read_text()):  # training has begun

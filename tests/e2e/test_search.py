@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -19,7 +18,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import TINY, cli_env, run_cli, scalars
+from helpers import TINY, run_cli, scalars, start_cli
 from pipeline.config_dir import group_options
 from pipeline.search import make_plan
 from pipeline.search_run import open_study
@@ -115,13 +114,7 @@ def test_killed_search_continues_to_n_trials_and_names_the_best_command(
     tmp_path: Path, torch_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ["search.study=resume", "search.n_trials=4", *SMALL]
-    first = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.search", *args],
-        cwd=tmp_path,
-        env=cli_env(torch_home),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    first = start_cli("pipeline.search", args, tmp_path, torch_home)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline and first.poll() is None:
@@ -159,19 +152,7 @@ def test_killed_search_continues_to_n_trials_and_names_the_best_command(
 
 def test_two_processes_share_one_study(tmp_path: Path, torch_home: Path) -> None:
     args = ["search.study=shared", "search.n_trials=3", *SMALL]
-    command = [sys.executable, "-m", "pipeline.search", *args]
-    env = cli_env(torch_home)
-    both = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    both = [start_cli("pipeline.search", args, tmp_path, torch_home) for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in both]
     assert [p.returncode for p in both] == [0, 0], [err[-2000:] for _, err in outputs]
     study = study_at(tmp_path, "shared")

@@ -14,15 +14,20 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_wheel_runs_from_an_unrelated_directory(tmp_path: Path, torch_home: Path) -> None:
     dist = tmp_path / "dist"
+    # The build backend from the dev install (pyproject's dev extra), not a fresh isolated one.
+    pip = [sys.executable, "-m", "pip"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(dist), str(REPO)],
+        [*pip, "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)],
         check=True,
         capture_output=True,
         timeout=300,
     )
     (wheel,) = dist.glob("pipeline-*.whl")
     venv = tmp_path / "fresh"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # No pip of its own: this pip installs into it (--python), as it would with its own.
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
     site = Path(
         subprocess.check_output(
@@ -32,7 +37,16 @@ def test_wheel_runs_from_an_unrelated_directory(tmp_path: Path, torch_home: Path
     # torch & co. come from the test's own environment (read-only); the package only from the wheel.
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
+        [
+            *pip,
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
         check=True,
         timeout=120,
     )

@@ -80,7 +80,7 @@ def no_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     torch._dynamo.reset()
 
 
-def test_without_a_compiler_auto_warns_once_and_makes_the_same_samples(
+def test_without_a_compiler_auto_warns_once_and_true_is_a_config_error(
     no_cxx_compiler: None, caplog: pytest.LogCaptureFixture
 ) -> None:
     module = _module("auto")
@@ -93,11 +93,8 @@ def test_without_a_compiler_auto_warns_once_and_makes_the_same_samples(
     assert torch.equal(first[0], expected[0]) and torch.equal(second[0], expected[0])
     warnings = [r.getMessage() for r in caplog.records if "data.compile=auto" in r.getMessage()]
     assert len(warnings) == 1 and "making the same samples eagerly" in warnings[0]
-
-
-def test_without_a_compiler_true_is_a_config_error_naming_the_fix(no_cxx_compiler: None) -> None:
     with pytest.raises(ConfigError) as raised:
-        _module(True).samples(torch.arange(2), "train", torch.device("cpu"))
+        _module(True).samples(indices, "train", torch.device("cpu"))
     (problem,) = raised.value.problems
     assert problem.startswith("data.compile=true: torch.compile could not build")
     assert problem.endswith("set data.compile=false (the same samples, made eagerly)")
