@@ -59,6 +59,11 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
     assert set(figures["images_per_sec"]) == {"plain", "pipeline", "naive", "bare", "+progress bar",
                                               "pipeline model.channels_last=true"}  # fmt: skip
     assert list(figures["instrument_costs"]) == ["+progress bar"]
+    hooks = figures["hook_us_per_step"]  # each Trainer variant's callbacks, µs a step
+    assert {"GradientLogger", "AnalyticGradientCheck", "NonFiniteGuard"} <= set(hooks["pipeline"])
+    assert "GradientLogger" not in hooks["bare"] and "ProgressBar" in hooks["+progress bar"]
+    assert all(us > 0 for us in hooks["pipeline"].values())
+    assert "pipeline callbacks' per-step hooks, a step: " in result.stdout
     assert all(v > 0 for v in figures["images_per_sec"].values())
     assert "pipeline / plain" in result.stdout
     assert list(figures["knob_effects"]) == ["pipeline model.channels_last=true"]

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline.bench.clock import synced_points
+from pipeline.bench.clock import StepClock, synced_points
 from pipeline.bench.config import validate_bench
 from pipeline.bench.data_path import numpy_reference_images
 from pipeline.bench.modes import measure
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
-from pipeline.bench.variants import instrument_frequencies, knob_configs, parse_knob
+from pipeline.bench.variants import bare_config, instrument_frequencies, knob_configs, parse_knob
 from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
 from pipeline.cli import compose
 from pipeline.gradients import histograms
@@ -91,15 +91,16 @@ def test_costs_and_ratios() -> None:
     }
     rounds["+histograms (every step)"] = Rounds([3.0])
     rounds["+analytic check (every step)"] = Rounds([1.5])
+    rounds["+norms and update ratios (every step)"] = Rounds([1.2])
     frequencies = instrument_frequencies(compose("bench", []))
-    assert frequencies == {"histograms": 100, "check": 50}  # the defaults amortized over
+    assert frequencies == {"norms": 4, "histograms": 100, "check": 50}  # the defaults
     out = summarize(rounds, 32, frequencies, 4.2, torch.device("cpu"))
     assert out["pipeline_over_plain"] == pytest.approx(0.8)
     assert out["pipeline_over_naive"] == pytest.approx(1.6)
     assert out["images_per_sec"]["pipeline"] == pytest.approx(25.6)
     assert out["instrument_costs"]["+histograms (every step)"] == pytest.approx(2.0)
     assert out["amortized_default_costs"] == pytest.approx(
-        {"histograms": 0.02, "analytic check": 0.01}
+        {"norms and update ratios": 0.05, "histograms": 0.02, "analytic check": 0.01}
     )
     assert out["data_wait_share"] == pytest.approx(0.01)
     assert out["knob_effects"] == {}
@@ -212,10 +213,62 @@ def test_bench_features_may_list_the_instruments_to_time() -> None:
     names = [n for n in variants if n.startswith(("+", "bare"))]
     assert names == ["bare", "+norms and update ratios (every 4)", "+analytic check (every step)"]
     everything, _ = variants_of(round_config(compose("bench", [])), torch.device("cpu"))
-    assert len([n for n in everything if n.startswith("+")]) == 7
+    assert len([n for n in everything if n.startswith("+")]) == 6
     problems = validate_bench(compose("bench", ["bench.features=[norms,grads]"]))
     assert problems == [
         "bench.features must be true, false or a list of norms, norms_every_step, noise_scale, "
-        "histograms, check, progress_bar, tensorboard (got ['norms', 'grads']); "
+        "histograms, check, progress_bar (got ['norms', 'grads']); "
         "set 'bench.features=[norms]'"
     ]
+
+
+def test_the_hook_clock_times_the_pipelines_per_step_hooks_in_the_timed_steps_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from lightning.pytorch import Callback
+
+    from pipeline.bench import hook_clock
+
+    now = [0.0]  # a clock that only the hooks move
+    monkeypatch.setattr(hook_clock, "time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    class Slow(Callback):
+        """A pipeline callback whose batch-end hook takes 1 s a call."""
+
+        def on_train_batch_end(self, *args: object) -> None:
+            now[0] += 1.0
+
+    Slow.__module__ = "pipeline.callbacks.slow"  # a pipeline callback, as is_timed tells them
+
+    class Other(Callback):  # not the pipeline's: left alone
+        def on_train_batch_end(self, *args: object) -> None:
+            now[0] += 100.0
+
+    total = SimpleNamespace(ready=0)
+    trainer = SimpleNamespace(callbacks=[Slow(), Other()],
+                              fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(
+                                  batch_progress=SimpleNamespace(total=total))))  # fmt: skip
+    clock = hook_clock.HookClock(first_timed=2, steps=3)
+    clock.on_fit_start(trainer, None)  # type: ignore[arg-type]
+    for batch in range(8):  # batches 2, 3 and 4 are timed; each calls the hook twice
+        total.ready = batch + 1  # as Lightning counts a batch ready before its hooks
+        for callback in trainer.callbacks:
+            callback.on_train_batch_end(trainer, None, None, None, batch)
+            callback.on_train_batch_end(trainer, None, None, None, batch)
+    assert clock.per_step() == {"Slow": 2.0}  # 2 calls of 1 s a timed step, of 3 timed steps
+
+
+def test_bare_keeps_the_runs_logger_so_the_instruments_measure_what_they_cost() -> None:
+    cfg = round_config(compose("bench", []))
+    bare = bare_config(cfg)
+    assert list(bare.logger) == list(cfg.logger) == ["tensorboard"]
+    assert bare.logger.tensorboard.log_graph is False
+    assert bare.callbacks.gradients.enabled is False and bare.callbacks.progress_bar is False
+    # One untimed step after the window: a run's last step writes histograms.
+    assert cfg.trainer.max_steps == cfg.bench.warmup_steps + cfg.bench.steps + 1
+
+
+def test_the_step_clock_times_no_step_after_its_window() -> None:
+    clock = StepClock(warmup=1, total=3, device=torch.device("cpu"))
+    timed = [clock.step_end() for _ in range(5)]  # steps 0…4 of a run one step longer
+    assert timed == [False, True, True, False, False] and len(clock.steps) == 2

@@ -4,7 +4,7 @@ In one process, after warm-up, interleaved round by round: (a) `plain`, the seed
 (zero_grad, forward, loss, backward, step) with the run's model settings and DataLoader;
 (b) `pipeline`, the Trainer with the run's callbacks and logger; (c) `naive`, the notebook as
 written (torch.rand batches, NCHW, 32-true); with bench.features, `bare` (no instruments,
-no logger, no progress bar) plus bare with one instrument at a time; and, for each of
+no progress bar; the run's loggers) plus bare with one instrument at a time; and, for each of
 bench.knobs, the pipeline with that one setting changed. Each round times bench.steps steps per
 variant after bench.warmup_steps; a round's figure is its mean step time (so instruments that
 fire every N steps are counted), with the device synchronized only at the two ends of the timed

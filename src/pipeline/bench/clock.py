@@ -24,6 +24,7 @@ class Timing:
     waits: list[float] = field(default_factory=list)  # of each timed step, the wait for its batch
     first_step_s: float | None = None  # batch start to end of the run's first step
     mean_step_s: float | None = None  # the timed window, synchronized at its ends, per step
+    hook_s: dict[str, float] = field(default_factory=dict)  # a Trainer's: hook_clock.HookClock
 
 
 def sync(device: torch.device) -> None:
@@ -47,7 +48,7 @@ class StepClock:
     timed apart, from `begin` (where compiling happens)."""
 
     def __init__(self, warmup: int, total: int, device: torch.device) -> None:
-        self.warmup, self.device = warmup, device
+        self.warmup, self.total, self.device = warmup, total, device
         self.sync_at = synced_points(warmup, total)
         self.steps: list[float] = []
         self.first_step_s: float | None = None
@@ -63,7 +64,7 @@ class StepClock:
         if i in self.sync_at:
             sync(self.device)
         now = time.perf_counter()
-        timed = self.end is not None and i >= self.warmup
+        timed = self.end is not None and self.warmup <= i < self.total  # none after the window
         if self.end is None:
             self.first_step_s = now - self.begin
         elif timed:

@@ -19,6 +19,7 @@ from torchvision.models import ResNet
 
 from pipeline import build
 from pipeline.bench.clock import StepClock, StepTimer, Timing
+from pipeline.bench.hook_clock import HookClock
 from pipeline.bench.variants import merged
 from pipeline.callbacks import graceful_stop_of
 from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
@@ -30,12 +31,15 @@ def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Tim
     """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
     pl.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
-    trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer])
+    hooks = HookClock(first_timed=warmup, steps=steps)  # the StepClock's timed steps
+    trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer, hooks])
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     stop = graceful_stop_of(trainer)
     if stop is not None and stop.received is not None:  # Ctrl-C or SIGTERM ended the round
         raise BenchStopped(stop.received)
-    return timer.clock.timing(timer.waits)
+    timing = timer.clock.timing(timer.waits)
+    timing.hook_s = hooks.per_step()
+    return timing
 
 
 class BenchStopped(Exception):

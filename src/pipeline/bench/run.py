@@ -47,8 +47,9 @@ def round_order(names: list[str], round_index: int) -> list[str]:
 
 def round_config(cfg: DictConfig) -> DictConfig:
     """The run's config for one round: enough samples for `warmup_steps + steps` uninterrupted
-    (no epoch boundary, and no validation, inside it), no model summary."""
-    total = cfg.bench.warmup_steps + cfg.bench.steps
+    (no epoch boundary, and no validation, inside it) and one untimed step after them (a run's
+    last step writes histograms, once a run: not a cost of every step), no model summary."""
+    total = cfg.bench.warmup_steps + cfg.bench.steps + 1
     out = merged(cfg, {"data": {"num_samples": cfg.data.batch_size * total},
                        "trainer": {"max_steps": total}})  # fmt: skip
     OmegaConf.set_struct(out, False)
@@ -100,6 +101,8 @@ def run_rounds(
                 figures[name].add(
                     timing.steps, timing.waits, timing.first_step_s, timing.mean_step_s
                 )
+                for callback, seconds in timing.hook_s.items():
+                    figures[name].hook_s.setdefault(callback, []).append(seconds)
                 figures[name].peak_mb = max(figures[name].peak_mb, memory_mb(device))
     return figures
 

@@ -34,6 +34,8 @@ def show(figures: dict[str, Any]) -> None:
         f"pipeline / plain = {figures['pipeline_over_plain']:.3f}   pipeline / naive = {figures['pipeline_over_naive']:.3f}   "
         f"data wait = {figures['data_wait_share']:.2%} of step time"
     )
+    show_hooks(figures["hook_us_per_step"].get("pipeline", {}), figures["images_per_sec"]["pipeline"],
+               figures["batch_size"])  # fmt: skip
     show_data(figures["data"])
     if "pipeline_over_bare_cost" in figures:
         report.console.print(
@@ -45,6 +47,17 @@ def show(figures: dict[str, Any]) -> None:
         report.console.print(
             f"command to first training step: {figures['startup_to_first_step_s']:.2f} s"
         )
+
+
+def show_hooks(hook_us: dict[str, float], images_per_sec: float, batch: int) -> None:
+    """The pipeline variant's time in each callback's per-step hooks, µs a step and share of it."""
+    step_us = batch / images_per_sec * 1e6
+    parts = [f"{name} {us:.0f} µs ({us / step_us:.2%})"
+             for name, us in sorted(hook_us.items(), key=lambda item: -item[1])]  # fmt: skip
+    report.console.print(
+        f"pipeline callbacks' per-step hooks, a step: {', '.join(parts)}; "
+        f"all {sum(hook_us.values()):.0f} µs ({sum(hook_us.values()) / step_us:.2%})"
+    )
 
 
 def show_data(data: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ class Rounds:
     wait_share: list[float] = field(default_factory=list)  # time waiting for data / step time
     peak_mb: float = 0.0
     first_step_s: float | None = None  # the first round's first step: compiling, caches warming
+    hook_s: dict[str, list[float]] = field(default_factory=dict)  # callback → each round's s a step
 
     def add(
         self,
@@ -85,6 +86,11 @@ def summarize(
         "first_step_s": {name: r.first_step_s for name, r in rounds.items()},
         "round_spread": {name: r.spread() for name, r in rounds.items()},
         "per_round_step_s": {name: r.step_s for name, r in rounds.items()},
+        "hook_us_per_step": {  # the pipeline's callbacks' per-step hooks (bench/hook_clock.py)
+            name: {cb: statistics.median(s) * 1e6 for cb, s in r.hook_s.items()}
+            for name, r in rounds.items()
+            if r.hook_s
+        },
     }
     knobs = [name for name in med if name.startswith("pipeline ")]
     out["knob_effects"] = {name: relative_cost(med[name], med["pipeline"]) for name in knobs}
@@ -95,6 +101,7 @@ def summarize(
         out["instrument_costs"] = costs
         out["pipeline_over_bare_cost"] = relative_cost(med["pipeline"], med["bare"])
         every_step = {  # name → (the variant at every step, its frequency's key)
+            "norms and update ratios": ("+norms and update ratios (every step)", "norms"),
             "histograms": ("+histograms (every step)", "histograms"),
             "analytic check": ("+analytic check (every step)", "check"),
         }

@@ -1,6 +1,6 @@
 """The Trainer variants the bench times against the pipeline, each a config.
 
-`bare`: the Trainer without instruments, logger or progress bar; the feature variants: bare plus
+`bare`: the Trainer without instruments or progress bar (with the run's loggers); the feature variants: bare plus
 one instrument, at its configured frequency and at every step; the knob variants: the pipeline
 with one of bench.knobs applied alone (read as Hydra reads a command-line override).
 """
@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Skipped on a CPU: the flags do nothing there, and optimizer.fused is off there by default.
 CUDA_ONLY_KNOBS = ("device.cudnn_benchmark", "device.tf32", "optimizer.fused")
-BARE = {  # and no logger: bare_config
+BARE = {  # and the run's loggers without the graph: bare_config
     "callbacks": {
         "progress_bar": False,
         "gradients": {"enabled": False},
@@ -32,10 +32,12 @@ def merged(*configs: Any) -> DictConfig:
 
 
 def bare_config(cfg: DictConfig) -> DictConfig:
-    """cfg without instruments, progress bar or logger (the logger group replaced, not merged)."""
+    """cfg without instruments or progress bar. It keeps the run's loggers (the instruments
+    measure only for a logger: without one they return at once, and would look free), but not
+    TensorBoard's graph, which is written once at the start."""
     out = merged(cfg, BARE)
-    out.logger = {}
-    OmegaConf.set_struct(out.logger, False)  # open: a variant adds a logger to it
+    if "tensorboard" in out.logger:
+        out.logger.tensorboard.log_graph = False
     return out
 
 
@@ -62,7 +64,6 @@ def feature_variants(cfg: DictConfig) -> dict[str, tuple[str, dict[str, Any]]]:
             {
                 "callbacks": {"gradients": {"enabled": True, "histogram_every_n_steps": 1}},
                 "trainer": {"log_every_n_steps": 10**9},
-                "logger": {"tensorboard": {"log_graph": False}},
             },
         ),
         "check": (
@@ -70,10 +71,6 @@ def feature_variants(cfg: DictConfig) -> dict[str, tuple[str, dict[str, Any]]]:
             {"callbacks": {"gradient_check": {"enabled": True, "every_n_steps": 1}}},
         ),
         "progress_bar": ("+progress bar", {"callbacks": {"progress_bar": True}}),
-        "tensorboard": (
-            f"+tensorboard writes (every {every})",
-            {"logger": {"tensorboard": {"log_graph": False}}},
-        ),
     }
 
 
@@ -90,6 +87,7 @@ def instrument_frequencies(cfg: DictConfig) -> dict[str, int]:
     """How often the instruments timed at every step fire by default: what their cost is
     amortized over (`stats.amortized`)."""
     return {
+        "norms": cfg.trainer.log_every_n_steps,
         "histograms": cfg.callbacks.gradients.histogram_every_n_steps,
         "check": cfg.callbacks.gradient_check.every_n_steps,
     }
