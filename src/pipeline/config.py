@@ -22,7 +22,10 @@ from pipeline.devices import cpu_has_native_bf16, is_cpu_run, is_cuda_run
 from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
+from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.weights import is_torchvision_weights
+
+_ABSENT = object()
 
 PRECISIONS = (
     "32-true",
@@ -148,11 +151,7 @@ def _validate_data(c: _Checker, cuda_available: bool) -> None:
     c.int_at_least("data.num_val_samples", 1, 128)
     if c.value("data.num_workers") != "auto":
         c.int_at_least("data.num_workers", 0, 0)
-    if c.value("data.compile") not in (True, False, "auto", None):  # None: an older run's config
-        c.problems.append(
-            f"data.compile must be true, false or auto (got {c.value('data.compile')!r}); "
-            "set data.compile=auto"
-        )
+    _validate_data_compile(c)
     if sizes_ok:
         size, batch = c.value("data.image_size"), c.value("data.batch_size")
         if batch * resnet_final_size(size) ** 2 < 2:
@@ -169,6 +168,25 @@ def _validate_data(c: _Checker, cuda_available: bool) -> None:
                 world_size=config_limits.processes(
                     c.cfg, torch.cuda.device_count() if cuda_available else 0
                 ),
+            )
+
+
+def _validate_data_compile(c: _Checker) -> None:
+    """data.compile: auto, true or false (absent in an older run's config); true on a CPU needs
+    the C++ compiler torch.compile builds CPU kernels with."""
+    if OmegaConf.select(c.cfg, "data.compile", default=_ABSENT) is _ABSENT:
+        return
+    mode = c.value("data.compile")
+    if not (isinstance(mode, bool) or mode == "auto"):  # not 1 or 0, which equal True and False
+        c.problems.append(
+            f"data.compile must be true, false or auto (got {mode!r}); set data.compile=auto"
+        )
+    elif mode is True and is_cpu_run(c.value("device.accelerator"), torch.cuda.is_available()):
+        missing = missing_cpu_compiler()
+        if missing:
+            c.problems.append(
+                f"data.compile=true: torch.compile finds no C++ compiler on this machine "
+                f"({missing}); install one (g++) or set data.compile=false (the same samples, made eagerly)"
             )
 
 

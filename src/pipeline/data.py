@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -20,12 +21,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
+from pipeline import sample_hash
 from pipeline.errors import ConfigError, is_out_of_memory
 from pipeline.losses import LabelKind
 from pipeline.sample_hash import (
     SPLITS,
     CompileMode,
     compiles,
+    failure_reason,
     fused_batch,
     mix32,
     sample_keys,
@@ -140,7 +143,6 @@ class SyntheticDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         self.compile: CompileMode = compile
-        self.compile_failed = False  # data.compile=auto could not compile: the eager hash runs
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.num_samples = {"train": num_samples, "val": num_val_samples}
@@ -154,15 +156,20 @@ class SyntheticDataModule(pl.LightningDataModule):
 
     def samples(self, indices: Tensor, split: str, device: torch.device) -> tuple[Tensor, Tensor]:
         """make_batch with this module's seed and shapes, compiled as data.compile says. Where
-        torch.compile cannot build the kernel, auto warns once and makes the same samples eagerly;
-        true stops the run (ConfigError)."""
-        compiled = not self.compile_failed and compiles(self.compile, device, self.image_size)
+        torch.compile cannot build the kernel, auto warns once a process and makes the same
+        samples eagerly from then on; true stops the run (ConfigError)."""
+        compiled = self.compiles(device)
+        first = compiled and not sample_hash.compiled_once
+        if first:
+            log.info("data.compile: compiling the sample kernel (once a process: 15-30 s on a "
+                     "CPU when inductor's cache is cold, a few seconds from it)")  # fmt: skip
+        start = time.perf_counter()
         try:
-            return self._make(indices, split, device, compiled)
+            made = self._make(indices, split, device, compiled)
         except Exception as exc:
             if not compiled or is_out_of_memory(exc):
                 raise
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            reason = failure_reason(exc)
             if self.compile is True:
                 raise ConfigError([
                     f"data.compile=true: torch.compile could not build the sample kernel on "
@@ -171,8 +178,18 @@ class SyntheticDataModule(pl.LightningDataModule):
                 ]) from exc  # fmt: skip
             log.warning("data.compile=auto: torch.compile could not build the sample kernel "
                         "(%s); making the same samples eagerly", reason)  # fmt: skip
-            self.compile_failed = True
+            sample_hash.compile_failed = True
             return self._make(indices, split, device, compiled=False)
+        if first:
+            sample_hash.compiled_once = True
+            log.info("data.compile: compiled in %.1f s", time.perf_counter() - start)
+        return made
+
+    def compiles(self, device: torch.device) -> bool:
+        """Whether this module makes samples on `device` with the compiled kernel."""
+        if self.compile == "auto" and sample_hash.compile_failed:
+            return False  # it failed earlier in this process: no second try, no second warning
+        return compiles(self.compile, device, self.image_size)
 
     def _make(
         self, indices: Tensor, split: str, device: torch.device, compiled: bool

@@ -127,6 +127,8 @@ def _batch_int32(
 
 
 _compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
+compiled_once = False  # this process has built the kernel (data.SyntheticDataModule logs it)
+compile_failed = False  # this process could not: data.compile=auto stays eager from then on
 _streams: dict[tuple[int, str, torch.device], Tensor] = {}
 
 
@@ -152,6 +154,25 @@ def fused_batch(
         images, labels = _compiled(indices.repeat(2) if lone else indices.clone(),
                                    _streams[key], numel, num_classes, dense_labels)  # fmt: skip
     return (images[:1], labels[:1]) if lone else (images, labels)
+
+
+def missing_cpu_compiler() -> str | None:
+    """Why torch.compile cannot build CPU kernels here (no working C++ compiler), or None."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as exc:  # InvalidCxxCompiler, or the like
+        return failure_reason(exc)
+    return None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The cause of a failed compile, in one line: torch.compile wraps it (BackendCompilerFailed)
+    in a message whose last lines are hints about logging."""
+    inner = getattr(exc, "inner_exception", None) or exc
+    first = (str(inner).strip().splitlines() or [""])[0]
+    return f"{type(inner).__name__}: {first}"[:300]
 
 
 def compiles(mode: CompileMode, device: torch.device, image_size: int) -> bool:

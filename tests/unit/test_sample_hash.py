@@ -74,6 +74,8 @@ def no_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import torch._inductor.config as inductor
 
     monkeypatch.setattr(sample_hash, "_compiled", None)
+    monkeypatch.setattr(sample_hash, "compiled_once", False)
+    monkeypatch.setattr(sample_hash, "compile_failed", False)
     torch._dynamo.reset()
     with inductor.patch({"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}):
         yield
@@ -96,5 +98,28 @@ def test_without_a_compiler_auto_warns_once_and_true_is_a_config_error(
     with pytest.raises(ConfigError) as raised:
         _module(True).samples(indices, "train", torch.device("cpu"))
     (problem,) = raised.value.problems
-    assert problem.startswith("data.compile=true: torch.compile could not build")
+    assert problem.startswith("data.compile=true: torch.compile could not build the sample kernel "
+                              "on cpu here (InvalidCxxCompiler: No working C++ compiler")  # fmt: skip
     assert problem.endswith("set data.compile=false (the same samples, made eagerly)")
+    # A second module of the same process (a sweep's next job, the bench) does not try again.
+    assert not _module("auto").compiles(torch.device("cpu"))
+    assert "InvalidCxxCompiler: No working C++ compiler" in warnings[0]
+
+
+def test_data_compile_is_auto_true_or_false_and_true_needs_a_compiler_on_a_cpu() -> None:
+    import torch._inductor.config as inductor
+
+    from pipeline.cli import compose
+    from pipeline.config import validate
+
+    for bad in ("1", "0", "null", "yes"):
+        problems = validate(compose("train", [f"data.compile={bad}"]))
+        assert any(p.startswith("data.compile must be true, false or auto") for p in problems), bad
+    assert validate(compose("train", ["data.compile=true"])) == []
+    with inductor.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        (problem,) = validate(compose("train", ["data.compile=true"]))
+        assert validate(compose("train", ["data.compile=auto"])) == []  # auto falls back
+    assert problem.startswith("data.compile=true: torch.compile finds no C++ compiler on this "
+                              "machine (InvalidCxxCompiler: ")  # fmt: skip
+    assert problem.endswith("install one (g++) or set data.compile=false (the same samples, "
+                            "made eagerly)")  # fmt: skip
