@@ -165,7 +165,7 @@ class SyntheticDataModule(pl.LightningDataModule):
                      "CPU when inductor's cache is cold, a few seconds from it)")  # fmt: skip
         start = time.perf_counter()
         try:
-            made = self._make(indices, split, device, compiled)
+            made = self.make(indices, split, device, compiled)
         except Exception as exc:
             if not compiled or is_out_of_memory(exc):
                 raise
@@ -179,7 +179,7 @@ class SyntheticDataModule(pl.LightningDataModule):
             log.warning("data.compile=auto: torch.compile could not build the sample kernel "
                         "(%s); making the same samples eagerly", reason)  # fmt: skip
             sample_hash.compile_failed = True
-            return self._make(indices, split, device, compiled=False)
+            return self.make(indices, split, device, compiled=False)
         if first:
             sample_hash.compiled_once = True
             log.info("data.compile: compiled in %.1f s", time.perf_counter() - start)
@@ -191,9 +191,10 @@ class SyntheticDataModule(pl.LightningDataModule):
             return False  # it failed earlier in this process: no second try, no second warning
         return compiles(self.compile, device, self.image_size)
 
-    def _make(
+    def make(
         self, indices: Tensor, split: str, device: torch.device, compiled: bool
     ) -> tuple[Tensor, Tensor]:
+        """make_batch with this module's seed and shapes, compiled or not as asked."""
         return make_batch(indices, seed=self.seed, split=split, image_size=self.image_size,
                           channels=self.channels, num_classes=self.num_classes,
                           label_kind=self.label_kind, device=device, compiled=compiled)  # fmt: skip

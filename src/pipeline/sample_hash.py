@@ -10,14 +10,11 @@ bitwise equal (tests/unit/test_sample_hash.py); which one runs is `data.compile`
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
-
-log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 _MASK32 = 0xFFFFFFFF
@@ -62,7 +59,12 @@ def stream_key(seed: int, split: str) -> int:
 def sample_keys(indices: Tensor, seed: int, split: str) -> Tensor:
     """The 32-bit key of each sample, (N,) int64 in [0, 2**32), from (N,) int64 indices; every
     bit of a 64-bit index counts."""
-    keys = mix32((indices & _MASK32) ^ stream_key(seed, split))
+    return _keys(indices, stream_key(seed, split))
+
+
+def _keys(indices: Tensor, stream: int | Tensor) -> Tensor:
+    """`sample_keys` from the stream's key (an int, or a 0-dim tensor inside a compiled graph)."""
+    keys = mix32((indices & _MASK32) ^ stream)
     return mix32(keys ^ (indices >> 32))
 
 
@@ -110,18 +112,21 @@ def _hashes_int32(keys32: Tensor, first: int, count: int) -> Tensor:
     return _mix32_wrapping(keys32[:, None] ^ position_words[None, :])
 
 
+def _uniform_int32(keys32: Tensor, first: int, count: int) -> Tensor:
+    """`uniform` from the int32 hashes: their top 24 bits as float32 in [0, 1), (N, count)."""
+    return ((_hashes_int32(keys32, first, count) >> 8) & 0xFFFFFF).to(torch.float32) * _UNIT
+
+
 def _batch_int32(
     indices: Tensor, stream: Tensor, numel: int, num_classes: int, dense_labels: bool
 ) -> tuple[Tensor, Tensor]:
     """A whole batch, written for torch.compile to fuse: the keys (int64, as `sample_keys`; N
     values), the images (N, numel) float32 and the labels, as make_batch makes them."""
-    keys = mix32((indices & _MASK32) ^ stream)
-    keys = mix32(keys ^ (indices >> 32))
+    keys = _keys(indices, stream)
     keys32 = (keys - ((keys >> 31) << 32)).to(torch.int32)  # the same bits, as signed words
-    images = ((_hashes_int32(keys32, 0, numel) >> 8) & 0xFFFFFF).to(torch.float32) * _UNIT
+    images = _uniform_int32(keys32, 0, numel)
     if dense_labels:
-        labels = ((_hashes_int32(keys32, numel, num_classes) >> 8) & 0xFFFFFF).to(torch.float32)
-        return images, labels * _UNIT
+        return images, _uniform_int32(keys32, numel, num_classes)
     word = _hashes_int32(keys32, numel, 1)[:, 0].to(torch.int64) & _MASK32  # unsigned again
     return images, (word * num_classes) >> 32
 

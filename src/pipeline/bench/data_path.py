@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from pipeline.bench.clock import sync
-from pipeline.data import SyntheticDataModule, make_batch
+from pipeline.data import SyntheticDataModule
 
 
 def numpy_reference_images(
@@ -44,10 +44,7 @@ def time_data(datamodule: SyntheticDataModule, device: torch.device, rounds: int
         return datamodule.samples(indices, "train", device)
 
     def eager() -> object:
-        return make_batch(indices, seed=datamodule.seed, split="train",
-                          image_size=datamodule.image_size, channels=datamodule.channels,
-                          num_classes=datamodule.num_classes, label_kind=datamodule.label_kind,
-                          device=device)  # fmt: skip
+        return datamodule.make(indices, "train", device, compiled=False)
 
     def numpy_path() -> object:
         return numpy_reference_images(range(batch), seed=datamodule.seed,
