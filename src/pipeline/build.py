@@ -30,6 +30,7 @@ from pipeline.callbacks import (
     ProgressBar,
     RunConfigInCheckpoint,
     RunSummary,
+    StepGradNorms,
     Throughput,
     TimedCheckpoint,
 )
@@ -171,18 +172,21 @@ def build_callbacks(
     ]
     if uses_cuda(cfg):
         callbacks += [CudaFlags(**cuda_flag_settings(cfg)), GpuMemory()]
+    grad_norms = StepGradNorms()  # one pass over the gradients a step for the guard and logger
     if cfg.trainer.detect_nonfinite != "off":
         callbacks.append(
             NonFiniteGuard(
                 mode=cfg.trainer.detect_nonfinite,
                 loss_name=cfg.loss.name,
                 checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME,
+                grad_norms=grad_norms,
             )
         )
     if cfg.callbacks.gradients.enabled:
         callbacks.append(
             GradientLogger(
                 histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
+                grad_norms=grad_norms,
             )
         )
         if cfg.callbacks.gradients.noise_scale in ("auto", "on"):

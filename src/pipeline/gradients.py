@@ -82,20 +82,35 @@ def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Te
     return norms_by_block(tensor_norms(tensors), index, num_blocks)
 
 
-def copy_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:
-    """Copies of `tensors` in one fused pass (torch._foreach_*): the weights before a step."""
-    return list(torch._foreach_mul(list(tensors), 1.0))
+def copy_into(buffer: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Tensor]:
+    """`tensors` copied into `buffer` in one fused pass, and `buffer` returned; a new one when
+    there is none or it no longer matches (shape, dtype, device). Reusing it is the point: on a
+    CPU a fresh model-sized allocation costs more than the copy (its pages fault in on write)."""
+    tensors = list(tensors)
+    if (
+        buffer is None
+        or len(buffer) != len(tensors)
+        or any(
+            (b.shape, b.dtype, b.device) != (t.shape, t.dtype, t.device)
+            for b, t in zip(buffer, tensors, strict=True)
+        )
+    ):
+        buffer = [torch.empty_like(t) for t in tensors]
+    torch._foreach_copy_(buffer, tensors)
+    return buffer
 
 
-def update_ratios(
+def update_ratios_(
     before: Sequence[Tensor], after: Sequence[Tensor], index: Tensor, num_blocks: int
 ) -> Tensor:
     """(num_blocks + 1,) float32: ‖after − before‖ / ‖before‖ for each block's tensors together,
     then for all (0 where ‖before‖ = 0). The relative step the optimizer really took, whatever
     it did (momentum, Adam, weight decay, clipping); lr·‖g‖/‖w‖ is it only for plain SGD.
-    Three fused passes over the weights: the difference, its norms, the norms of `before`."""
-    steps = block_norms(torch._foreach_sub(list(after), list(before)), index, num_blocks)
+    In place: `before` ends holding before − after (no model-sized allocation). Three fused
+    passes over the weights: the norms of `before`, the difference, its norms."""
     weights = block_norms(before, index, num_blocks)
+    torch._foreach_sub_(list(before), list(after))
+    steps = block_norms(before, index, num_blocks)  # ‖before − after‖ = ‖after − before‖
     return torch.where(weights > 0, steps / weights, torch.zeros_like(steps))
 
 

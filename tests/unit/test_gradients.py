@@ -14,13 +14,13 @@ from pipeline.gradients import (
     all_finite,
     block_index,
     block_norms,
-    copy_tensors,
+    copy_into,
     gradcheck_loss,
     gradcheck_model,
     head_grads,
     max_relative_error,
     seed_q_check,
-    update_ratios,
+    update_ratios_,
 )
 from pipeline.losses import LOSSES
 
@@ -101,14 +101,14 @@ def controlled_grads(net: nn.Module, seed: int) -> list[Tensor]:
 
 
 def step_ratios(net: nn.Module, optimizer: torch.optim.Optimizer, grads: list[Tensor]) -> Tensor:
-    """One real optimizer step with `grads` planted; update_ratios of it."""
+    """One real optimizer step with `grads` planted; update_ratios_ of it."""
     named = list(net.named_parameters())
     for (_, p), g in zip(named, grads, strict=True):
         p.grad = g.clone()
     weights = [p.detach() for _, p in named]
-    before = copy_tensors(weights)
+    before = copy_into(None, weights)
     optimizer.step()
-    return update_ratios(before, weights, block_index([n for n, _ in named]), len(BLOCKS))
+    return update_ratios_(before, weights, block_index([n for n, _ in named]), len(BLOCKS))
 
 
 def ratios_by_hand(net: nn.Module, before: list[Tensor], steps: list[Tensor]) -> list[float]:
@@ -227,3 +227,37 @@ def test_gradcheck_catches_a_wrong_backward_in_the_model() -> None:
     assert gradcheck_model(net)
     net.layer4[1].relu = WrongReLU()
     assert not gradcheck_model(net)
+
+
+def test_copy_into_reuses_a_matching_buffer_and_replaces_one_that_no_longer_matches() -> None:
+    weights = [torch.randn(3, 4), torch.randn(5)]
+    buffer = copy_into(None, weights)
+    assert all(torch.equal(b, w) and b is not w for b, w in zip(buffer, weights, strict=True))
+    storage = [b.data_ptr() for b in buffer]
+    weights[0].add_(1.0)
+    again = copy_into(buffer, weights)
+    assert [b.data_ptr() for b in again] == storage  # no new allocation
+    assert torch.equal(again[0], weights[0])
+    grown = copy_into(buffer, [torch.randn(3, 5), weights[1]])
+    assert grown[0].shape == (3, 5) and grown[0].data_ptr() != storage[0]
+    assert copy_into(buffer, [w.double() for w in weights])[1].dtype == torch.float64
+
+
+def test_update_ratios_of_a_reused_buffer_follow_each_step() -> None:
+    """The logger keeps one buffer for the run: the second step's ratios are the second step's."""
+    net, lr = two_blocks(), 0.1
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    named = list(net.named_parameters())
+    index = block_index([n for n, _ in named])
+    weights = [p.detach() for _, p in named]
+    buffer = None
+    for seed in (1, 2):
+        grads = controlled_grads(net, seed)
+        for (_, p), g in zip(named, grads, strict=True):
+            p.grad = g.clone()
+        before = [w.clone() for w in weights]
+        buffer = copy_into(buffer, weights)
+        optimizer.step()
+        ratios = update_ratios_(buffer, weights, index, len(BLOCKS))
+        expected = ratios_by_hand(net, before, [lr * g for g in grads])
+        assert picked(ratios) == pytest.approx(expected, rel=1e-6), seed

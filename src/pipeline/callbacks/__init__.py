@@ -12,6 +12,7 @@ from pipeline.callbacks.progress import ProgressBar
 from pipeline.callbacks.provenance import Provenance
 from pipeline.callbacks.run_config import RunConfigInCheckpoint
 from pipeline.callbacks.run_summary import RunSummary
+from pipeline.callbacks.step_grad_norms import StepGradNorms
 from pipeline.callbacks.throughput import Throughput
 from pipeline.callbacks.timed_checkpoint import TimedCheckpoint
 
@@ -28,6 +29,7 @@ __all__ = [
     "Provenance",
     "RunConfigInCheckpoint",
     "RunSummary",
+    "StepGradNorms",
     "Throughput",
     "TimedCheckpoint",
     "graceful_stop_of",

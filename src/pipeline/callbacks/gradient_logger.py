@@ -9,9 +9,11 @@ the work. Tags:
                            update_ratio/total, update_ratio/<block> (‖w_after − w_before‖/‖w_before‖),
                            grad/nonfinite_count (parameters whose gradient holds inf or NaN)
   every histogram_every_n_steps, and the first and last step (0: never): grad/<param>, weight/<param> histograms
-Cost on logged steps only: a fused norm pass over the gradients, a fused copy of the weights
-(memory: one copy of the model until the step is done), three fused passes after the step
-(difference, its norms, the old weights' norms) and one host transfer. Nothing on other steps.
+Cost on logged steps only: a fused norm pass over the gradients (shared with the non-finite
+guard, which takes it every step: StepGradNorms), a fused copy of the weights into a buffer kept
+for the run (memory: one copy of the model's weights), three fused passes after the step (the
+old weights' norms, the difference in place, its norms) and one host transfer. Nothing on other
+steps.
 Histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
 
@@ -25,14 +27,14 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
+from pipeline.callbacks.step_grad_norms import StepGradNorms
 from pipeline.gradients import (
     BLOCKS,
     block_index,
-    copy_tensors,
+    copy_into,
     histograms,
     norms_by_block,
-    tensor_norms,
-    update_ratios,
+    update_ratios_,
 )
 from pipeline.logging_steps import is_due, logs_this_step
 
@@ -43,17 +45,31 @@ class _PendingStep:
 
     step: int
     weights: list[torch.Tensor]  # the parameters, in `index` order
-    before: list[torch.Tensor]  # their copies before the step
+    before: list[torch.Tensor]  # their copies before the step (the logger's buffer)
     index: torch.Tensor
     grad_norms: torch.Tensor  # (blocks + total,)
     nonfinite_count: torch.Tensor  # 0-dim
 
 
 class GradientLogger(pl.Callback):
-    def __init__(self, *, histogram_every_n_steps: int) -> None:
+    """`grad_norms`: the step's gradient norms, shared with the non-finite guard (default: its own)."""
+
+    def __init__(
+        self, *, histogram_every_n_steps: int, grad_norms: StepGradNorms | None = None
+    ) -> None:
         self.histogram_every_n_steps = histogram_every_n_steps
         self.skipped_histograms = 0
         self._pending: _PendingStep | None = None
+        self._grad_norms = grad_norms or StepGradNorms()
+        self._before: list[torch.Tensor] | None = None  # reused every logged step
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._before, self._pending = None, None  # the model-sized buffer goes with the fit
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._grad_norms.forget()
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
@@ -70,16 +86,17 @@ class GradientLogger(pl.Callback):
         named = [(n, p) for n, p in pl_module.named_parameters() if p.grad is not None]
         grads = [p.grad for _, p in named if p.grad is not None]
         index = block_index([n for n, _ in named])
-        each = tensor_norms(grads)  # one pass over the gradients serves both figures
+        each = self._grad_norms.of(grads)  # one pass over the gradients serves both figures
         count = (~torch.isfinite(each)).sum().float()
         if not log_scalars:
             self._histograms(trainer, named, grads, step, int(count))
             return
         weights = [p.detach() for _, p in named]
+        self._before = copy_into(self._before, weights)
         self._pending = _PendingStep(
             step=step,
             weights=weights,
-            before=copy_tensors(weights),
+            before=self._before,
             index=index,
             grad_norms=norms_by_block(each, index, len(BLOCKS)),  # (blocks + total,)
             nonfinite_count=count,
@@ -100,7 +117,7 @@ class GradientLogger(pl.Callback):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        ratios = update_ratios(pending.before, pending.weights, pending.index, len(BLOCKS))
+        ratios = update_ratios_(pending.before, pending.weights, pending.index, len(BLOCKS))
         values = torch.cat([pending.grad_norms, ratios, pending.nonfinite_count.view(1)]).tolist()
         names = (*BLOCKS, "total")
         metrics: dict[str, float] = {}

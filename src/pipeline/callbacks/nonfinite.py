@@ -37,6 +37,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from pipeline.callbacks.step_grad_norms import StepGradNorms
 from pipeline.divergence import (
     block_norm_record,
     divergence_message,
@@ -46,7 +47,7 @@ from pipeline.divergence import (
     write_divergence,
 )
 from pipeline.errors import DivergenceError
-from pipeline.gradients import block_index, state_is_finite, tensor_norms
+from pipeline.gradients import block_index, state_is_finite
 from pipeline.logging_steps import is_due
 from pipeline.nonfinite_guard import DEFERRED_LAG, BufferSnapshot, Flagged, FlagRing
 
@@ -71,7 +72,8 @@ class NonFiniteGuard(pl.Callback):
     """Checks the loss and the gradients of every optimizer step. mode 'raise': restore the
     buffers, save `checkpoint_path`, raise DivergenceError. 'warn': warn once and go on.
     `deferred` chooses the check (None: deferred where the optimizer can skip a step by itself);
-    `lag` is how many steps late the deferred check reads a step's flag."""
+    `lag` is how many steps late the deferred check reads a step's flag. `grad_norms`: the
+    step's gradient norms, shared with the gradient logger (default: its own)."""
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class NonFiniteGuard(pl.Callback):
         checkpoint_path: Path | None,
         deferred: bool | None = None,
         lag: int = DEFERRED_LAG,
+        grad_norms: StepGradNorms | None = None,
     ) -> None:
         self.mode = mode
         self.loss_name = loss_name
@@ -95,6 +98,7 @@ class NonFiniteGuard(pl.Callback):
         self._last_loss: Tensor | None = None
         self._ring: FlagRing[_StepRecord] | None = None  # deferred only
         self._saving = False
+        self._grad_norms = grad_norms or StepGradNorms()
         # for divergence.json
         self._index: Tensor | None = None  # (P,) each parameter's block
         self._window_indices: list[Tensor] = []  # the open window's micro-batches' indices
@@ -125,6 +129,7 @@ class NonFiniteGuard(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        self._grad_norms.forget()
         if self._ring is not None:
             self._stop_if_found(trainer, self._ring.read_due(trainer.global_step))
         if not self._window_open:
@@ -153,7 +158,7 @@ class NonFiniteGuard(pl.Callback):
         if not _uses_grad_scaler(trainer):
             grads = [p.grad for p in self._params if p.grad is not None]
             if grads:
-                norms = tensor_norms(grads)  # one fused pass
+                norms = self._grad_norms.of(grads)  # one fused pass
                 ok = ok & torch.isfinite(norms).all().to(ok.device)
             if len(grads) != len(self._params):
                 norms = None  # not aligned with the blocks' index
