@@ -96,6 +96,27 @@ def test_the_soak_samples_resident_memory_along_one_run(
     json.dumps(figures)  # bench.output writes it as JSON
 
 
+@pytest.mark.e2e  # fits Trainers
+def test_the_overhead_mode_times_three_loops_around_a_zero_cost_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = compose("bench", ["data.image_size=8", "data.batch_size=4", "loss=mse",
+                             "bench.overhead_steps=6", "bench.rounds=2"])  # fmt: skip
+    figures = measure(cfg, tmp_path, [])
+    us = figures["us_per_step"]
+    assert set(us) == {"plain", "lightning", "pipeline"}
+    assert all(len(v) == 2 for v in figures["per_round_step_us"].values())  # one per round
+    assert figures["lightning_over_plain_us"] == pytest.approx(us["lightning"] - us["plain"])
+    assert figures["pipeline_over_lightning_us"] == pytest.approx(us["pipeline"] - us["lightning"])
+    # The pipeline's loop ran its callbacks (the guard every step, the logger on logging steps)
+    # on the zero-cost model, whose blocks carry ResNet18's names.
+    assert {"NonFiniteGuard", "GradientLogger", "Throughput"} <= set(figures["hook_us_per_step"])
+    assert all(0 < v < 10**7 for v in us.values())  # µs a step: a step of this model, not seconds
+    out = " ".join(capsys.readouterr().out.split())  # the console wraps its lines
+    assert "Lightning's loop over the plain one" in out and "the pipeline over Lightning's" in out
+    json.dumps(figures)  # bench.output writes it as JSON
+
+
 def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_home: Path) -> None:
     """The seed's loss overflows sooner at a higher learning rate: the bench says so, exit 3."""
     args = ["debug=fast", "optimizer.lr=10", "bench.rounds=1", "bench.steps=6", "bench.warmup_steps=1",

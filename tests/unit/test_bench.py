@@ -13,12 +13,13 @@ from pipeline.bench.clock import StepClock, synced_points
 from pipeline.bench.config import validate_bench
 from pipeline.bench.data_path import numpy_reference_images
 from pipeline.bench.modes import measure
+from pipeline.bench.overhead import ZeroCostNet, overhead_figures
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
 from pipeline.bench.variants import bare_config, instrument_frequencies, knob_configs, parse_knob
 from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
 from pipeline.cli import compose
-from pipeline.gradients import histograms
+from pipeline.gradients import BLOCKS, block_index, histograms
 
 
 def test_rounds_report_mean_per_round_and_median_over_rounds() -> None:
@@ -272,3 +273,26 @@ def test_the_step_clock_times_no_step_after_its_window() -> None:
     clock = StepClock(warmup=1, total=3, device=torch.device("cpu"))
     timed = [clock.step_end() for _ in range(5)]  # steps 0…4 of a run one step longer
     assert timed == [False, True, True, False, False] and len(clock.steps) == 2
+
+
+def test_the_zero_cost_net_has_resnet18s_blocks_and_trains_every_parameter() -> None:
+    net = ZeroCostNet(num_classes=5)
+    names = [n for n, _ in net.named_parameters()]
+    index = block_index(names)  # raises for a name outside ResNet18's blocks
+    assert sorted(set(index.tolist())) == list(range(len(BLOCKS)))  # every block has parameters
+    out = net(torch.rand(3, 3, 8, 8))
+    assert out.shape == (3, 5)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+
+def test_overhead_figures_are_medians_and_their_differences() -> None:
+    step_s = {"plain": [1e-3, 3e-3, 2e-3], "lightning": [4e-3, 5e-3, 6e-3],
+              "pipeline": [6e-3, 6.5e-3, 7e-3]}  # fmt: skip
+    figures = overhead_figures(step_s, {"Guard": [1e-5, 3e-5, 2e-5]})
+    assert figures["us_per_step"] == pytest.approx(
+        {"plain": 2000, "lightning": 5000, "pipeline": 6500}
+    )
+    assert figures["lightning_over_plain_us"] == pytest.approx(3000)
+    assert figures["pipeline_over_lightning_us"] == pytest.approx(1500)
+    assert figures["hook_us_per_step"] == pytest.approx({"Guard": 20})

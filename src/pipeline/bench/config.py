@@ -19,6 +19,7 @@ def validate_bench(cfg: DictConfig) -> list[str]:
         ("warmup_steps", 1, 3),
         ("soak_steps", 0, 0),
         ("soak_every", 1, 1000),
+        ("overhead_steps", 0, 0),
     ):
         value = cfg.bench[key]
         if not isinstance(value, int) or value < low:

@@ -24,16 +24,22 @@ from pipeline.bench.variants import merged
 from pipeline.callbacks import graceful_stop_of
 from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
 from pipeline.losses import LOSSES
-from pipeline.model import compiled_forward
+from pipeline.model import ResNetClassifier, compiled_forward
 
 
-def time_trainer(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
+def time_trainer(
+    cfg: DictConfig,
+    warmup: int,
+    steps: int,
+    workdir: Path,
+    module: Callable[[DictConfig], ResNetClassifier] = build.build_module,
+) -> Timing:
     """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
     pl.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
     hooks = HookClock(first_timed=warmup, steps=steps)  # the StepClock's timed steps
     trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer, hooks])
-    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    trainer.fit(module(cfg), datamodule=build.build_datamodule(cfg))
     stop = graceful_stop_of(trainer)
     if stop is not None and stop.received is not None:  # Ctrl-C or SIGTERM ended the round
         raise BenchStopped(stop.received)
@@ -61,13 +67,19 @@ def autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:
     )
 
 
-def time_plain_pytorch(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> Timing:
+def time_plain_pytorch(
+    cfg: DictConfig,
+    device: torch.device,
+    warmup: int,
+    steps: int,
+    module: Callable[[DictConfig], ResNetClassifier] = build.build_module,
+) -> Timing:
     """The seed's loop by hand (zero_grad, forward, loss, backward, step) with the run's
     DataLoader and data path, memory format, precision, compile, optimizer and CUDA flags, as
-    the module has them."""
+    the module (default: the run's) has them."""
     pl.seed_everything(cfg.seed, verbose=False)
-    module = build.build_module(cfg)
-    net = module.net.to(device)
+    model = module(cfg)
+    net = model.net.to(device)
     nhwc = build.channels_last(cfg)  # resolved once, not in the timed loop
     double = cfg.precision == "64-true"
     if nhwc:
@@ -77,7 +89,7 @@ def time_plain_pytorch(cfg: DictConfig, device: torch.device, warmup: int, steps
     forward: Callable[[torch.Tensor], torch.Tensor] = net
     if cfg.model.compile:
         forward = compiled_forward(cast(ResNet, net))  # the module's compiled path
-    optimizer = module.optimizer_factory(net.parameters())
+    optimizer = model.optimizer_factory(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
     datamodule = build.build_datamodule(cfg)
     batches = iter(datamodule.train_dataloader())

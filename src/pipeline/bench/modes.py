@@ -1,5 +1,6 @@
-"""What one bench command measures and prints: the soak (bench.soak_steps > 0), the data path
-alone (bench.data_only), or else the interleaved benchmark."""
+"""What one bench command measures and prints: the soak (bench.soak_steps > 0), the loops' own
+cost (bench.overhead_steps > 0), the data path alone (bench.data_only), or else the interleaved
+benchmark."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from omegaconf import DictConfig
 
 from pipeline import build
 from pipeline.bench.data_path import time_data
+from pipeline.bench.overhead import run_overhead
 from pipeline.bench.run import run_benchmark
-from pipeline.bench.show import show, show_data, show_soak
+from pipeline.bench.show import show, show_data, show_overhead, show_soak
 from pipeline.bench.soak import run_soak
 
 
@@ -21,6 +23,9 @@ def measure(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
     if cfg.bench.soak_steps > 0:
         figures = run_soak(cfg, run_dir)
         show_soak(figures, cfg.bench.soak_every)
+    elif cfg.bench.overhead_steps > 0:
+        figures = run_overhead(cfg)
+        show_overhead(figures)
     elif cfg.bench.data_only:
         figures = time_data(build.build_datamodule(cfg), build.run_device(cfg), cfg.bench.rounds)
         show_data(figures)

@@ -87,3 +87,21 @@ def show_soak(figures: dict[str, Any], every: int) -> None:
     report.console.print(
         f"growth from step {every} to the end: {figures['growth_after_first_sample_mb']:+.1f} MB"
     )
+
+
+def show_overhead(figures: dict[str, Any]) -> None:
+    """The loops' own cost a step (`overhead.run_overhead`): each loop, then the differences."""
+    us = figures["us_per_step"]
+    report.console.print(
+        f"a step with a zero-cost model ({figures['image_size']}×{figures['image_size']}, batch "
+        f"{figures['batch_size']}, {figures['device']}, medians of {figures['rounds']} rounds of "
+        f"{figures['steps']} steps): plain {us['plain']:.0f} µs, lightning {us['lightning']:.0f} µs, "
+        f"pipeline {us['pipeline']:.0f} µs"
+    )
+    report.console.print(
+        f"Lightning's loop over the plain one: {figures['lightning_over_plain_us']:+.0f} µs a step; "
+        f"the pipeline over Lightning's: {figures['pipeline_over_lightning_us']:+.0f} µs a step"
+    )
+    parts = [f"{name} {v:.0f} µs"
+             for name, v in sorted(figures["hook_us_per_step"].items(), key=lambda item: -item[1])]  # fmt: skip
+    report.console.print(f"pipeline callbacks' per-step hooks, a step: {', '.join(parts)}")

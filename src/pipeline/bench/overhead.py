@@ -1,0 +1,119 @@
+"""bench.overhead_steps > 0: what the training loop itself costs a step, with a model whose
+forward costs nothing (ZeroCostNet), so the difference between loops is host work alone.
+
+Three loops around the same model, data path and optimizer, interleaved over bench.rounds:
+`plain` (the hand-written loop), `lightning` (a Trainer with no callbacks, logger, checkpoint or
+progress bar: Lightning's own loop) and `pipeline` (the run's Trainer, every callback and
+logger). Figures: µs a step of each, Lightning's cost over the plain loop, the pipeline's over
+Lightning, and each pipeline callback's own hooks (hook_clock). Small images keep the data
+path's share (the same in all three) and its noise small: data.image_size=8.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from pipeline import build
+from pipeline.bench.clock import StepTimer, Timing
+from pipeline.bench.loops import time_plain_pytorch, time_trainer
+from pipeline.bench.run import round_config, round_order
+from pipeline.bench.variants import merged
+from pipeline.gradients import BLOCKS
+from pipeline.model import ResNetClassifier
+
+LOOPS = ("plain", "lightning", "pipeline")
+
+
+class ZeroCostNet(nn.Module):
+    """ResNet18's top-level blocks by name (so every instrument finds its blocks), each a 1→1
+    linear map of the image's mean: a forward and backward of a few dozen scalar operations."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.inner = list(BLOCKS[:-1])
+        for name in self.inner:
+            self.add_module(name, nn.Linear(1, 1))
+        self.fc = nn.Linear(1, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        h = images.mean((1, 2, 3)).unsqueeze(1)  # (B, 1)
+        for name in self.inner:
+            h = self.get_submodule(name)(h)
+        return self.fc(h)  # (B, num_classes)
+
+
+def zero_cost_module(cfg: DictConfig) -> ResNetClassifier:
+    """The run's module (loss, optimizer, scheduler, memory format) around a ZeroCostNet."""
+    module = build.build_module(cfg)
+    module.net = ZeroCostNet(cfg.model.num_classes)
+    return module
+
+
+def time_lightning(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> Timing:
+    """One round of Lightning's own loop: the run's module and data, no callback of ours, no
+    logger, checkpoint, progress bar or model summary."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
+    trainer = pl.Trainer(
+        accelerator=cfg.device.accelerator, devices=1, precision=cfg.precision,
+        max_steps=cfg.trainer.max_steps, log_every_n_steps=cfg.trainer.log_every_n_steps,
+        callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=workdir,
+    )  # fmt: skip
+    trainer.fit(zero_cost_module(cfg), datamodule=build.build_datamodule(cfg))
+    return timer.clock.timing(timer.waits)
+
+
+def overhead_figures(
+    step_s: dict[str, list[float]], hook_s: dict[str, list[float]]
+) -> dict[str, Any]:
+    """From each loop's mean step time by round: medians in µs, and the differences of medians."""
+    us = {name: statistics.median(v) * 1e6 for name, v in step_s.items()}
+    return {
+        "us_per_step": us,
+        "lightning_over_plain_us": us["lightning"] - us["plain"],
+        "pipeline_over_lightning_us": us["pipeline"] - us["lightning"],
+        "hook_us_per_step": {k: statistics.median(v) * 1e6 for k, v in hook_s.items()},
+        "per_round_step_us": {k: [s * 1e6 for s in v] for k, v in step_s.items()},
+    }
+
+
+def run_overhead(cfg: DictConfig) -> dict[str, Any]:
+    """bench.rounds rounds of the three loops, bench.overhead_steps timed steps each."""
+    warmup = cfg.bench.warmup_steps
+    steps = cfg.bench.overhead_steps
+    # Not compiled: model.compile compiles ResNet18's feature path, which ZeroCostNet has not.
+    run_cfg = round_config(merged(cfg, {"bench": {"steps": steps}, "model": {"compile": False}}))
+    device = build.run_device(run_cfg)
+    loops = {
+        "plain": lambda _: time_plain_pytorch(
+            run_cfg, device, warmup, steps, module=zero_cost_module
+        ),
+        "lightning": lambda workdir: time_lightning(run_cfg, warmup, steps, workdir),
+        "pipeline": lambda workdir: time_trainer(
+            run_cfg, warmup, steps, workdir, module=zero_cost_module
+        ),
+    }
+    step_s: dict[str, list[float]] = {name: [] for name in LOOPS}
+    hook_s: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(cfg.bench.rounds):
+            for name in round_order(list(LOOPS), r):
+                timing = loops[name](Path(tmp) / f"{r}-{name}")
+                gc.collect()
+                assert timing.mean_step_s is not None
+                step_s[name].append(timing.mean_step_s)
+                for callback, seconds in timing.hook_s.items():
+                    hook_s.setdefault(callback, []).append(seconds)
+    figures = overhead_figures(step_s, hook_s)
+    figures |= {"steps": steps, "rounds": cfg.bench.rounds, "device": str(device),
+                "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size}  # fmt: skip
+    return figures
