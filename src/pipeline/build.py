@@ -1,10 +1,12 @@
 """The build step: a validated config becomes components, each given typed keyword arguments.
 
-Nothing after this module reads the config object.
+It reads the config through settings.settings_of (typed, frozen: a misspelt key is a mypy
+error); nothing after this module reads the config object.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -35,7 +37,6 @@ from pipeline.callbacks import (
     TimedCheckpoint,
 )
 from pipeline.checkpoint_io import AtomicCheckpointIO
-from pipeline.config import PIPELINE_TRAINER_KEYS
 from pipeline.data import SyntheticDataModule
 from pipeline.devices import is_cuda_run
 from pipeline.hparams import compared_hparams
@@ -43,18 +44,18 @@ from pipeline.layout import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, PROFILE_DIR
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
 from pipeline.profiling import TorchProfile, lightning_profiler
+from pipeline.settings import DeviceSettings, RunSettings, resolved, settings_of
 
 
 def resolved_dict(node: DictConfig) -> dict[str, Any]:
     """A config node as a dict of Python values, interpolations resolved: what components get."""
-    out = OmegaConf.to_container(node, resolve=True)
-    assert isinstance(out, dict)
-    return {str(k): v for k, v in out.items()}
+    return resolved(node)
 
 
-def uses_cuda(cfg: DictConfig) -> bool:
+def uses_cuda(cfg: DictConfig | RunSettings) -> bool:
     """Whether the run's accelerator resolves to CUDA on this machine (devices.is_cuda_run)."""
-    return is_cuda_run(cfg.device.accelerator, torch.cuda.is_available())
+    s = _settings(cfg)
+    return is_cuda_run(s.device.accelerator, torch.cuda.is_available())
 
 
 def run_device(cfg: DictConfig) -> torch.device:
@@ -62,164 +63,172 @@ def run_device(cfg: DictConfig) -> torch.device:
     return torch.device("cuda" if uses_cuda(cfg) else "cpu")
 
 
-def num_workers(cfg: DictConfig) -> int:
+def num_workers(cfg: DictConfig | RunSettings) -> int:
     """data.num_workers, with auto resolved to 0: the loader yields sample indices only, and the
     images are made on the run's device, so a worker process would have nothing to do."""
-    return 0 if cfg.data.num_workers == "auto" else int(cfg.data.num_workers)
+    workers = _settings(cfg).data.num_workers
+    return 0 if workers == "auto" else workers
 
 
-def channels_last(cfg: DictConfig) -> bool:
+def channels_last(cfg: DictConfig | RunSettings) -> bool:
     """model.channels_last, with auto resolved: on for CUDA (where NHWC usually wins with mixed
     precision), off on a CPU (no faster on this 2-core EPYC)."""
-    value = cfg.model.get("channels_last", False)  # absent in older runs' configs
-    return uses_cuda(cfg) if value == "auto" else bool(value)
+    s = _settings(cfg)
+    value = s.model.channels_last
+    return uses_cuda(s) if value == "auto" else value
 
 
-def optimizer_factory(cfg: DictConfig) -> Any:
+def optimizer_factory(cfg: DictConfig | RunSettings) -> Any:
     """cfg.optimizer as a partial awaiting the parameters, with optimizer.fused=auto resolved:
     fused on CUDA (one kernel updates every parameter, and the non-finite guard can skip a step
     on the device instead of waiting for it), torch's own choice elsewhere."""
-    options = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    assert isinstance(options, dict)
-    fused = options.pop("fused", None)
+    s = _settings(cfg)
+    options = dict(s.optimizer)
+    fused = options.pop("fused", None)  # absent: an optimizer without a fused implementation
     if fused == "auto":
-        fused = True if uses_cuda(cfg) else None
+        fused = True if uses_cuda(s) else None
     if fused is not None:
         options["fused"] = fused
     return instantiate(options)
 
 
-def cuda_flag_settings(cfg: DictConfig) -> dict[str, Any]:
+def cuda_flag_settings(cfg: DictConfig | RunSettings) -> dict[str, Any]:
     """The run's CUDA flags; trainer.deterministic=true wins over benchmarking (which picks
     convolution algorithms by speed)."""
+    s = _settings(cfg)
     return {
-        "cudnn_benchmark": bool(cfg.device.get("cudnn_benchmark", False))
-        and not cfg.trainer.deterministic,
-        "tf32": cfg.device.get("tf32"),
+        "cudnn_benchmark": s.device.cudnn_benchmark and not s.deterministic,
+        "tf32": s.device.tf32,
     }
 
 
 def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
+    s = settings_of(cfg)
     return SyntheticDataModule(
-        # data.compile is absent in older runs' configs: those made their samples eagerly
-        **({"compile": False} | resolved_dict(cfg.data) | {"num_workers": num_workers(cfg)}),
-        num_classes=cfg.model.num_classes,
-        label_kind=LOSSES[cfg.loss.name].label_kind,
-        seed=cfg.seed,
+        **(dataclasses.asdict(s.data) | {"num_workers": num_workers(s)}),
+        num_classes=s.model.num_classes,
+        label_kind=LOSSES[s.loss].label_kind,
+        seed=s.seed,
     )
 
 
 def build_module(cfg: DictConfig) -> ResNetClassifier:
-    scheduler = resolved_dict(cfg.scheduler)
+    s = settings_of(cfg)
     return ResNetClassifier(
-        net=build_resnet18(weights=cfg.model.weights, num_classes=cfg.model.num_classes),
-        loss_fn=LOSSES[cfg.loss.name].fn,
-        optimizer_factory=optimizer_factory(cfg),
-        scheduler_kwargs=scheduler,
-        channels_last=channels_last(cfg),
-        compile=bool(cfg.model.get("compile", False)),  # absent in older runs' configs
-        example_input_array=example_input(cfg)
-        if "tensorboard" in cfg.logger and cfg.logger.tensorboard.log_graph
+        net=build_resnet18(weights=s.model.weights, num_classes=s.model.num_classes),
+        loss_fn=LOSSES[s.loss].fn,
+        optimizer_factory=optimizer_factory(s),
+        scheduler_kwargs=s.scheduler,
+        channels_last=channels_last(s),
+        compile=s.model.compile,
+        example_input_array=example_input(s)
+        if "tensorboard" in s.logger and s.logger["tensorboard"]["log_graph"]
         else None,
     )
 
 
-def example_input(cfg: DictConfig) -> torch.Tensor:
+def example_input(s: RunSettings) -> torch.Tensor:
     """One image of the run's shape, (1, C, H, W): what the graph is traced with."""
-    return torch.zeros(1, cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    return torch.zeros(1, s.data.channels, s.data.image_size, s.data.image_size)
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     """The loggers the `logger` group chose (pipeline/loggers.py); none for logger=none."""
-    return loggers.build_loggers(resolved_dict(cfg.logger), run_dir)
+    return loggers.build_loggers(settings_of(cfg).logger, run_dir)
 
 
 def build_callbacks(
     cfg: DictConfig, run_dir: Path, overrides: Sequence[str] = ()
 ) -> list[Callback]:
     """The pipeline's callbacks; `overrides` (the command line's) add columns to the HParams table."""
+    s = settings_of(cfg)
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    policy = cfg.callbacks.checkpoint
-    every = policy.every_n_steps
-    resolved = resolved_dict(cfg)  # the whole run's config, for the checkpoint and TensorBoard
+    policy = s.callbacks.checkpoint
+    resolved_cfg = resolved(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
         ModelCheckpoint(
             dirpath=ckpt_dir,
             filename="last",
             save_last=False,
             save_top_k=1,
-            every_n_train_steps=every or None,
+            every_n_train_steps=policy.every_n_steps or None,
             save_on_train_epoch_end=True,
             enable_version_counter=False,
         ),
         *(
             [
                 TimedCheckpoint(
-                    checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME, every_n_minutes=minutes
+                    checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME,
+                    every_n_minutes=policy.every_n_minutes,
                 )
             ]
-            if (minutes := policy.every_n_minutes)
+            if policy.every_n_minutes
             else []
         ),
-        *kept_checkpoints(ckpt_dir, policy.keep_last_k, every),
-        RunConfigInCheckpoint(resolved),
+        *kept_checkpoints(ckpt_dir, policy.keep_last_k, policy.every_n_steps),
+        RunConfigInCheckpoint(resolved_cfg),
         GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME),
         RunSummary(
-            hparams=compared_hparams(resolved, overrides),
+            hparams=compared_hparams(resolved_cfg, overrides),
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         ),
-        Throughput(compile=bool(cfg.model.get("compile", False))),
+        Throughput(compile=s.model.compile),
     ]
-    if uses_cuda(cfg):
-        callbacks += [CudaFlags(**cuda_flag_settings(cfg)), GpuMemory()]
+    if uses_cuda(s):
+        callbacks += [CudaFlags(**cuda_flag_settings(s)), GpuMemory()]
+    return callbacks + instruments(s, ckpt_dir) + torch_profile(s, run_dir)
+
+
+def instruments(s: RunSettings, ckpt_dir: Path) -> list[Callback]:
+    """The guard, the gradient instruments, the analytic check and the progress bar."""
+    callbacks: list[Callback] = []
     grad_norms = StepGradNorms()  # one pass over the gradients a step for the guard and logger
-    if cfg.trainer.detect_nonfinite != "off":
+    if s.detect_nonfinite != "off":
         callbacks.append(
             NonFiniteGuard(
-                mode=cfg.trainer.detect_nonfinite,
-                loss_name=cfg.loss.name,
+                mode=s.detect_nonfinite,
+                loss_name=s.loss,
                 checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME,
                 grad_norms=grad_norms,
             )
         )
-    if cfg.callbacks.gradients.enabled:
+    gradients = s.callbacks.gradients
+    if gradients.enabled:
         callbacks.append(
             GradientLogger(
-                histogram_every_n_steps=cfg.callbacks.gradients.histogram_every_n_steps,
-                grad_norms=grad_norms,
+                histogram_every_n_steps=gradients.histogram_every_n_steps, grad_norms=grad_norms
             )
         )
-        if cfg.callbacks.gradients.noise_scale in ("auto", "on"):
+        if gradients.noise_scale in ("auto", "on"):
             callbacks.append(
                 GradientNoiseScale(
-                    ema_decay=cfg.callbacks.gradients.noise_scale_ema_decay,
-                    halves=cfg.callbacks.gradients.noise_scale == "on",
+                    ema_decay=gradients.noise_scale_ema_decay,
+                    halves=gradients.noise_scale == "on",
                 )
             )
-    check = cfg.callbacks.gradient_check
+    check = s.callbacks.gradient_check
     if check.enabled:
         callbacks.append(
             AnalyticGradientCheck(
-                loss=LOSSES[cfg.loss.name],
-                precision=cfg.precision,
+                loss=LOSSES[s.loss],
+                precision=s.precision,
                 every_n_steps=check.every_n_steps,
                 on_fail=check.on_fail,
-                seed=cfg.seed,
-                tf32=uses_cuda(cfg) and cuda_flag_settings(cfg)["tf32"] is True,
+                seed=s.seed,
+                tf32=uses_cuda(s) and s.device.tf32 is True,
             )
         )
-    if cfg.callbacks.progress_bar:
+    if s.callbacks.progress_bar:
         callbacks.append(ProgressBar(leave=True))
-    return callbacks + torch_profile(cfg, run_dir)
+    return callbacks
 
 
-def torch_profile(cfg: DictConfig, run_dir: Path) -> list[Callback]:
+def torch_profile(s: RunSettings, run_dir: Path) -> list[Callback]:
     """profiler=torch: torch.profiler over the scheduled optimizer steps, into <run>/profile/."""
-    if cfg.profiler.name != "torch":
+    if s.profiler["name"] != "torch":
         return []
-    keys = resolved_dict(cfg.profiler)
-    del keys["name"]
-    return [TorchProfile(profile_dir=run_dir / PROFILE_DIR, **keys, cuda=uses_cuda(cfg))]
+    keys = {k: v for k, v in s.profiler.items() if k != "name"}
+    return [TorchProfile(profile_dir=run_dir / PROFILE_DIR, **keys, cuda=uses_cuda(s))]
 
 
 def kept_checkpoints(ckpt_dir: Path, keep_last_k: int, every_n_steps: int) -> list[Callback]:
@@ -242,17 +251,21 @@ def kept_checkpoints(ckpt_dir: Path, keep_last_k: int, every_n_steps: int) -> li
     ]
 
 
-def build_strategy(device: DictConfig, in_sweep: bool) -> str | DDPStrategy:
+def build_strategy(device: DeviceSettings, in_sweep: bool) -> str | DDPStrategy:
     """Lightning's strategy. DDP gets the collective timeout; in a Hydra sweep it spawns its
     processes, because Lightning cannot re-launch the command of a multirun job."""
-    if device.strategy != "ddp":
-        return str(device.strategy)
+    if device.ddp is None:
+        return device.strategy
     return DDPStrategy(
         start_method="spawn" if in_sweep else "popen",
-        timeout=timedelta(seconds=device.timeout_s),
-        gradient_as_bucket_view=bool(device.get("gradient_as_bucket_view", False)),
-        static_graph=bool(device.get("static_graph", False)),
+        timeout=timedelta(seconds=device.ddp.timeout_s),
+        gradient_as_bucket_view=device.ddp.gradient_as_bucket_view,
+        static_graph=device.ddp.static_graph,
     )
+
+
+def _settings(cfg: DictConfig | RunSettings) -> RunSettings:
+    return cfg if isinstance(cfg, RunSettings) else settings_of(cfg)
 
 
 def build_trainer(
@@ -264,22 +277,20 @@ def build_trainer(
 ) -> pl.Trainer:
     """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests);
     `overrides`, the command line's, name the HParams table's extra columns."""
-    trainer_args = {
-        k: v for k, v in resolved_dict(cfg.trainer).items() if k not in PIPELINE_TRAINER_KEYS
-    }
-    device = cfg.device
+    s = settings_of(cfg)
+    device = s.device
     return pl.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
         strategy=build_strategy(device, in_sweep),
         num_nodes=device.num_nodes,
         sync_batchnorm=device.sync_batchnorm,
-        precision=cfg.precision,
+        precision=s.precision,  # type: ignore[arg-type]  # validated against Lightning's strings
         logger=build_loggers(cfg, run_dir) or False,
         callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir, overrides)],
-        enable_progress_bar=cfg.callbacks.progress_bar,
+        enable_progress_bar=s.callbacks.progress_bar,
         plugins=[AtomicCheckpointIO()],
-        profiler=lightning_profiler(cfg.profiler.name, run_dir / PROFILE_DIR),
+        profiler=lightning_profiler(s.profiler["name"], run_dir / PROFILE_DIR),
         default_root_dir=run_dir,
-        **trainer_args,
+        **s.trainer,
     )

@@ -1,19 +1,16 @@
 """Checks of a config against what the libraries and the machine allow: numbers every key can
-hold, Lightning's own Trainer validation, the last batch BatchNorm sees, memory and disk.
+hold, the last batch BatchNorm sees, memory and disk (trainer.* against Lightning: config_trainer.py).
 
 Each returns one line per problem, in config.py's style (key, value, what is allowed, the fix).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import resources
@@ -53,49 +50,6 @@ def number_problems(cfg: DictConfig) -> list[str]:
                 f"{key}={value} does not fit in 64 bits (at most {INT64_MAX}); give a smaller value"
             )
     return problems
-
-
-def _trainer_refusal(trainer_args: dict[str, Any]) -> str | None:
-    """What a bare Trainer (CPU, no logger, no callbacks; ~12 ms) raises for these arguments."""
-
-    try:
-        Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **trainer_args,
-        )
-    except Exception as exc:  # Lightning raises MisconfigurationException, ValueError, TypeError…
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
-
-
-def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
-    """Lightning's own validation of the trainer.* arguments, one line per refused argument
-    (each tried alone once the whole set is refused)."""
-    quiet = logging.getLogger("lightning.pytorch")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if _trainer_refusal(trainer_args) is None:
-                return []
-            problems = []
-            for key, value in trainer_args.items():
-                reason = _trainer_refusal({key: value})
-                if reason is not None:
-                    problems.append(
-                        f"trainer.{key}={value} is refused by lightning.Trainer: {reason}"
-                    )
-            together = ", ".join(f"trainer.{k}={v}" for k, v in trainer_args.items())
-            reason = _trainer_refusal(trainer_args)
-            return problems or [f"lightning.Trainer refuses {together} together: {reason}"]
-    finally:
-        quiet.setLevel(level)
 
 
 def processes(cfg: DictConfig, cuda_count: int) -> int:

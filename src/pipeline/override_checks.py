@@ -15,8 +15,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.config import trainer_arguments
 from pipeline.config_dir import CONFIG_DIR, config_groups, group_options
+from pipeline.config_trainer import trainer_arguments
 from pipeline.overrides import override, shell_word
 
 

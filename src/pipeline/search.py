@@ -30,8 +30,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import cli, override_checks, report
-from pipeline.config import _Checker, validate
+from pipeline.config import validate
 from pipeline.config_dir import SEARCH_GROUP, group_options
+from pipeline.config_rules import Rule, choice, integer, problems, value
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, stopped_by_signal_exit_code
 from pipeline.search_space import Param, Plan, as_overrides, corners, param_of, parse_space
 
@@ -98,26 +99,28 @@ def compose_search(search: list[str]) -> tuple[DictConfig | None, list[str]]:
         return None, [override_checks.one_line(exc)]
 
 
+SETTINGS_RULES = (
+    Rule("search.study", "a name of letters, digits, _ . -",
+         lambda v: isinstance(v, str) and bool(v) and all(ch.isalnum() or ch in "_.-" for ch in v),
+         "lr_wd"),
+    choice("search.metric", METRICS, "val/loss"),
+    choice("search.direction", ("minimize", "maximize"), "minimize"),
+    integer("search.n_trials", 1, 20),
+    choice("search.sampler", ("tpe", "random"), "tpe"),
+    choice("search.pruner.name", ("median", "none"), "median"),
+    integer("search.pruner.n_startup_trials", 0, 5),
+    integer("search.pruner.n_warmup_steps", 0, 0),
+)  # fmt: skip
+
+
 def settings_problems(cfg: DictConfig) -> list[str]:
     """Every problem with the search.* values, one line each."""
-    c = _Checker(cfg)
-    study = c.value("search.study")
-    if not (isinstance(study, str) and study and all(ch.isalnum() or ch in "_.-" for ch in study)):
-        c.problems.append(
-            f"search.study must be a name of letters, digits, _ . - (got {study!r}); set search.study=lr_wd"
-        )
-    c.one_of("search.metric", METRICS, "val/loss")
-    c.one_of("search.direction", ("minimize", "maximize"), "minimize")
-    c.int_at_least("search.n_trials", 1, 20)
-    c.one_of("search.sampler", ("tpe", "random"), "tpe")
-    c.one_of("search.pruner.name", ("median", "none"), "median")
-    c.int_at_least("search.pruner.n_startup_trials", 0, 5)
-    c.int_at_least("search.pruner.n_warmup_steps", 0, 0)
-    if not c.problems:
+    found = problems(cfg, SETTINGS_RULES)
+    if not found:
         from pipeline.search_study import storage_problems  # Optuna's SQLAlchemy
 
-        c.problems += storage_problems(str(c.value("search.storage")))
-    return c.problems
+        found += storage_problems(str(value(cfg, "search.storage")))
+    return found
 
 
 def trial_problems(cfg: DictConfig) -> list[str]:

@@ -6,26 +6,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.bench.variants import feature_variants, parse_knob, with_knob
 from pipeline.config import validate
+from pipeline.config_rules import integer
+from pipeline.config_rules import problems as rule_problems
 
 _ABSENT = object()
+BENCH_RULES = (
+    integer("bench.rounds", 1, 5),
+    integer("bench.steps", 1, 5),
+    integer("bench.warmup_steps", 1, 3),
+    integer("bench.soak_steps", 0, 0),
+    integer("bench.soak_every", 1, 1000),
+    integer("bench.overhead_steps", 0, 0),
+)
 
 
 def validate_bench(cfg: DictConfig) -> list[str]:
     """Every problem of the config, the train's and the bench's: one line each, with the fix."""
     problems = validate(cfg)
-    for key, low, example in (
-        ("rounds", 1, 5),
-        ("steps", 1, 5),
-        ("warmup_steps", 1, 3),
-        ("soak_steps", 0, 0),
-        ("soak_every", 1, 1000),
-        ("overhead_steps", 0, 0),
-    ):
-        value = cfg.bench[key]
-        if not isinstance(value, int) or value < low:
-            problems.append(
-                f"bench.{key} must be an integer ≥ {low} (got {value!r}); set bench.{key}={example}"
-            )
+    problems += rule_problems(cfg, BENCH_RULES)
     features, known_features = cfg.bench.features, list(feature_variants(cfg))
     if not isinstance(features, bool) and not (
         OmegaConf.is_list(features) and all(f in known_features for f in features)

@@ -1,0 +1,101 @@
+"""The config's keys as a table: one row a key — what it may hold, when it is checked, the fix.
+
+`problems(cfg, rules)` checks every row and words each problem one way: the key, what is
+allowed, the value given, the fix (`set key=fix`). Checks that involve several keys are named
+functions in config.py; the search's and the bench's own keys have their tables beside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def value(cfg: DictConfig, key: str) -> Any:
+    """cfg's value at a dotted key; None where a node on the way is absent."""
+    return OmegaConf.select(cfg, key, throw_on_missing=False)
+
+
+Condition = Callable[[DictConfig], bool]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One key: `ok` says whether a value is allowed, `allowed` says it in words (after "must
+    be"). Integers word a value of the right type out of range apart: "≥ 1 (got 0)"."""
+
+    key: str
+    allowed: str
+    ok: Callable[[Any], bool]
+    fix: str
+    when: Condition | None = None  # checked only where this holds
+    in_range: str | None = None  # integers: the wording for a value of the right type
+    note: str = ""  # inside the parentheses, after the value: "; 0: off"
+    hint: Callable[[Any], str] | None = None  # after them, from the value
+
+    def problem(self, cfg: DictConfig) -> str | None:
+        if self.when is not None and not self.when(cfg):
+            return None
+        v = value(cfg, self.key)
+        if self.ok(v):
+            return None
+        if self.in_range is not None and is_int(v):
+            return f"{self.key} must be {self.in_range} (got {v}); set {self.key}={self.fix}"
+        hint = self.hint(v) if self.hint is not None else ""
+        return f"{self.key} must be {self.allowed} (got {v!r}{self.note}){hint}; set {self.key}={self.fix}"
+
+
+def problems(cfg: DictConfig, rules: Iterable[Rule]) -> list[str]:
+    """Every row's problem with cfg, in the table's order."""
+    return [p for rule in rules if (p := rule.problem(cfg)) is not None]
+
+
+def integer(
+    key: str, low: int, fix: int | str, high: int | None = None, when: Condition | None = None
+) -> Rule:
+    """An integer ≥ low (and ≤ high)."""
+    bounds = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+    return Rule(
+        key, f"an integer {bounds}",
+        lambda v: is_int(v) and v >= low and (high is None or v <= high),
+        str(fix), when, in_range=bounds,
+    )  # fmt: skip
+
+
+def number(key: str, allowed: str, ok: Callable[[float], bool], fix: str, **kwargs: Any) -> Rule:
+    """A number (not a bool) for which `ok` holds."""
+    return Rule(key, allowed, lambda v: is_number(v) and ok(v), fix, **kwargs)
+
+
+def choice(
+    key: str, values: tuple[Any, ...], fix: str, allowed: str | None = None, **kwargs: Any
+) -> Rule:
+    """One of `values`, compared with `is` for bools (1 == True would let 1 through)."""
+
+    def ok(v: Any) -> bool:
+        return any(v is c if isinstance(c, bool) or c is None else v == c and not isinstance(v, bool)
+                   for c in values)  # fmt: skip
+
+    words = allowed or f"one of {', '.join(map(str, values))}"
+    return Rule(key, words, ok, fix, **kwargs)
+
+
+def flag(key: str, fix: str = "false", when: Condition | None = None) -> Rule:
+    """true or false."""
+    return choice(key, (True, False), fix, "true or false", when=when)
+
+
+def equals(key: str, *values: Any) -> Condition:
+    """A `when`: the key holds one of `values`."""
+    return lambda cfg: value(cfg, key) in values

@@ -1,0 +1,106 @@
+"""trainer.* against lightning.Trainer: names it takes, names the pipeline owns, and Lightning's
+own checks of the values (a bare Trainer built with them). One line per problem, config.py's style."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from typing import Any
+
+from lightning.pytorch import Trainer
+from omegaconf import DictConfig, OmegaConf
+
+# Trainer arguments the pipeline sets from its own groups; trainer.X for these is refused.
+OWNED_TRAINER_ARGS = {
+    "accelerator": "device=…",
+    "devices": "device.devices=N",
+    "strategy": "device=ddp or device=ddp_cpu",
+    "num_nodes": "device.num_nodes=N",
+    "sync_batchnorm": "device.sync_batchnorm=true",
+    "precision": "precision=…",
+    "logger": "logger=tensorboard|csv|mlflow|none, or a list: logger=[tensorboard,csv]",
+    "profiler": "profiler=torch|simple|none",
+    "callbacks": "the callbacks group",
+    "enable_checkpointing": "the callbacks group",
+    "enable_progress_bar": "callbacks.progress_bar=false",
+    "default_root_dir": "hydra.run.dir=…",
+}
+PIPELINE_TRAINER_KEYS = ("detect_nonfinite",)  # ours, popped before lightning.Trainer sees them
+
+
+def trainer_arguments() -> set[str]:
+    """The keyword arguments lightning.Trainer takes."""
+    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
+
+
+def trainer_problems(trainer: Any, already: list[str]) -> list[str]:
+    """Every trainer.X is a lightning.Trainer argument the pipeline does not own; then, if
+    nothing else is wrong with trainer.* (`already`: the problems found so far), Lightning's
+    own checks of them."""
+    if not isinstance(trainer, DictConfig):
+        return ["trainer must be a mapping of lightning.Trainer arguments"]
+    known, found = trainer_arguments(), []
+    for key in map(str, trainer):
+        if key in PIPELINE_TRAINER_KEYS:
+            continue
+        if key in OWNED_TRAINER_ARGS:
+            found.append(
+                f"trainer.{key} is set by the pipeline; use {OWNED_TRAINER_ARGS[key]} instead"
+            )
+        elif key not in known:
+            close = [k for k in sorted(known) if k.startswith(key[:4])][:4]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            found.append(
+                f"trainer.{key} is not a lightning.Trainer argument{hint}; remove it or fix the spelling"
+            )
+    if not found and not any(p.startswith("trainer.") for p in already):
+        args = OmegaConf.to_container(trainer, resolve=True)
+        assert isinstance(args, dict)
+        found += trainer_constructor_problems(
+            {str(k): v for k, v in args.items() if k not in PIPELINE_TRAINER_KEYS}
+        )
+    return found
+
+
+def _trainer_refusal(trainer_args: dict[str, Any]) -> str | None:
+    """What a bare Trainer (CPU, no logger, no callbacks; ~12 ms) raises for these arguments."""
+
+    try:
+        Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **trainer_args,
+        )
+    except Exception as exc:  # Lightning raises MisconfigurationException, ValueError, TypeError…
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
+    """Lightning's own validation of the trainer.* arguments, one line per refused argument
+    (each tried alone once the whole set is refused)."""
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if _trainer_refusal(trainer_args) is None:
+                return []
+            problems = []
+            for key, value in trainer_args.items():
+                reason = _trainer_refusal({key: value})
+                if reason is not None:
+                    problems.append(
+                        f"trainer.{key}={value} is refused by lightning.Trainer: {reason}"
+                    )
+            together = ", ".join(f"trainer.{k}={v}" for k, v in trainer_args.items())
+            reason = _trainer_refusal(trainer_args)
+            return problems or [f"lightning.Trainer refuses {together} together: {reason}"]
+    finally:
+        quiet.setLevel(level)

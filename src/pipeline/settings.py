@@ -1,0 +1,164 @@
+"""A validated config as typed, frozen settings: what build.py reads.
+
+`settings_of(cfg)` takes a config that config.validate passed and returns `RunSettings`, one
+frozen dataclass a group, so a misspelt key is a mypy error in build.py, not a KeyError at run
+time. The field names are the YAML keys; conf/ stays the one home of defaults. The groups whose
+keys are a library's arguments (optimizer, scheduler, logger, profiler, trainer) stay mappings,
+passed on whole. The one other source of values is OLDER_RUNS: keys added after some runs were
+saved (eval and resume read a run's saved config), with what those runs did without them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+
+OLDER_RUNS: dict[str, dict[str, Any]] = {
+    "data": {"compile": False},  # samples were made eagerly
+    "model": {"compile": False, "channels_last": False},
+    "device": {"cudnn_benchmark": False, "tf32": None},  # torch's defaults
+    "trainer": {"deterministic": False},
+}
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    image_size: int
+    channels: int
+    batch_size: int
+    num_samples: int
+    num_val_samples: int
+    num_workers: int | Literal["auto"]
+    compile: bool | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    weights: str | None
+    num_classes: int
+    channels_last: bool | Literal["auto"]
+    compile: bool
+
+
+@dataclass(frozen=True)
+class DDPSettings:
+    timeout_s: int
+    gradient_as_bucket_view: bool = False  # absent in older runs' configs
+    static_graph: bool = False
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    name: str
+    accelerator: str
+    devices: int
+    strategy: str
+    num_nodes: int
+    sync_batchnorm: bool
+    cudnn_benchmark: bool
+    tf32: bool | None
+    ddp: DDPSettings | None  # strategy ddp only
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    every_n_steps: int
+    every_n_minutes: float
+    keep_last_k: int
+
+
+@dataclass(frozen=True)
+class GradientSettings:
+    enabled: bool
+    histogram_every_n_steps: int
+    noise_scale: Literal["auto", "on", "off"]
+    noise_scale_ema_decay: float
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    enabled: bool
+    every_n_steps: int
+    on_fail: Literal["raise", "warn"]
+
+
+@dataclass(frozen=True)
+class CallbackSettings:
+    progress_bar: bool
+    checkpoint: CheckpointSettings
+    gradients: GradientSettings
+    gradient_check: CheckSettings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    seed: int
+    precision: str
+    loss: str  # the loss group's name
+    data: DataSettings
+    model: ModelSettings
+    device: DeviceSettings
+    callbacks: CallbackSettings
+    detect_nonfinite: Literal[
+        "raise", "warn", "off"
+    ]  # trainer.detect_nonfinite, the pipeline's own
+    deterministic: bool  # trainer.deterministic
+    trainer: dict[str, Any]  # lightning.Trainer's arguments, less the pipeline's own keys
+    optimizer: dict[str, Any]  # its _target_ and arguments (fused: auto|true|false|absent)
+    scheduler: dict[str, Any]
+    logger: dict[str, Any]  # one entry a logger: its settings
+    profiler: dict[str, Any]  # name and the profiler's settings
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], node: dict[str, Any]) -> T:
+    """`cls` from the mapping's keys of its field names; nested dataclasses from nested mappings."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]  # cls is a dataclass
+        if field.name not in node:
+            continue  # a field with a default (DDPSettings' older keys)
+        kind, raw = hints[field.name], node[field.name]
+        nested = isinstance(kind, type) and dataclasses.is_dataclass(kind)
+        values[field.name] = _section(kind, raw) if nested else raw
+    return cls(**values)
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The config as Python values, interpolations resolved."""
+    out = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(out, dict)
+    return {str(k): v for k, v in out.items()}
+
+
+def settings_of(cfg: DictConfig) -> RunSettings:
+    """The validated config `cfg` as RunSettings."""
+    raw = resolved(cfg)
+    for group, keys in OLDER_RUNS.items():
+        raw[group] = keys | raw[group]
+    trainer = dict(raw["trainer"])
+    device = raw["device"] | {
+        "ddp": _section(DDPSettings, raw["device"]) if raw["device"]["strategy"] == "ddp" else None
+    }
+    return RunSettings(
+        seed=raw["seed"],
+        precision=raw["precision"],
+        loss=raw["loss"]["name"],
+        data=_section(DataSettings, raw["data"]),
+        model=_section(ModelSettings, raw["model"]),
+        device=_section(DeviceSettings, device),
+        callbacks=_section(CallbackSettings, raw["callbacks"]),
+        detect_nonfinite=trainer.pop("detect_nonfinite"),
+        deterministic=trainer["deterministic"],
+        trainer=trainer,
+        optimizer=raw["optimizer"],
+        scheduler=raw["scheduler"],
+        logger=raw["logger"] or {},
+        profiler=raw["profiler"],
+    )
