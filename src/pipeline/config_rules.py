@@ -7,6 +7,7 @@ functions in config.py; the search's and the bench's own keys have their tables 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -74,8 +75,11 @@ def integer(
 
 
 def number(key: str, allowed: str, ok: Callable[[float], bool], fix: str, **kwargs: Any) -> Rule:
-    """A number (not a bool) for which `ok` holds."""
-    return Rule(key, allowed, lambda v: is_number(v) and ok(v), fix, **kwargs)
+    """A number (not a bool) for which `ok` holds. Not inf or nan: those are worded by
+    config_limits.number_problems, which checks every key (one line a key)."""
+    return Rule(
+        key, allowed, lambda v: is_number(v) and (not math.isfinite(v) or ok(v)), fix, **kwargs
+    )
 
 
 def choice(
