@@ -13,7 +13,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import run_cli
+from helpers import TINY, run_cli
+from pipeline.bench import outside
 from pipeline.bench.clock import StepClock, StepTimer
 from pipeline.bench.loops import BenchStopped, time_trainer
 from pipeline.bench.modes import measure
@@ -115,6 +116,23 @@ def test_the_overhead_mode_times_three_loops_around_a_zero_cost_model(
     out = " ".join(capsys.readouterr().out.split())  # the console wraps its lines
     assert "Lightning's loop over the plain one" in out and "the pipeline over Lightning's" in out
     json.dumps(figures)  # bench.output writes it as JSON
+
+
+@pytest.mark.e2e  # starts pipeline.train and the plain loop script as processes
+def test_the_outside_mode_times_real_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(outside, "SHORT", 1)
+    monkeypatch.setattr(outside, "LONG", 2)
+    overrides = [*TINY, "loss=mse", "logger=none", "bench.outside_rounds=1"]
+    figures = measure(compose("bench", overrides), tmp_path, overrides)
+    walls = figures["wall_s"]
+    assert set(walls) == {"pipeline", "plain"} and all(set(w) == {"1", "2"} for w in walls.values())
+    assert all(len(v) == 1 and 0 < v[0] < 600 for w in walls.values() for v in w.values())
+    step = figures["per_round_step_s"]["pipeline"][0]
+    assert step == pytest.approx(walls["pipeline"]["2"][0] - walls["pipeline"]["1"][0])
+    assert "pipeline / plain =" in capsys.readouterr().out
+    json.dumps(figures)
 
 
 def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_home: Path) -> None:

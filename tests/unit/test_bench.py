@@ -13,6 +13,7 @@ from pipeline.bench.clock import StepClock, synced_points
 from pipeline.bench.config import validate_bench
 from pipeline.bench.data_path import numpy_reference_images
 from pipeline.bench.modes import measure
+from pipeline.bench.outside import LONG, SHORT, commands, outside_figures
 from pipeline.bench.overhead import ZeroCostNet, overhead_figures
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
@@ -296,3 +297,33 @@ def test_overhead_figures_are_medians_and_their_differences() -> None:
     assert figures["lightning_over_plain_us"] == pytest.approx(3000)
     assert figures["pipeline_over_lightning_us"] == pytest.approx(1500)
     assert figures["hook_us_per_step"] == pytest.approx({"Guard": 20})
+
+
+def test_outside_step_times_are_differences_of_wall_clocks_over_the_steps_between() -> None:
+    walls = {"pipeline": {SHORT: [10.0, 11.0, 30.0], LONG: [50.0, 52.0, 60.0]},
+             "plain": {SHORT: [2.0, 2.0, 2.0], LONG: [40.0, 42.0, 41.0]}}  # fmt: skip
+    figures = outside_figures(walls)
+    steps = LONG - SHORT
+    assert figures["per_round_step_s"]["pipeline"] == pytest.approx(
+        [40 / steps, 41 / steps, 30 / steps]
+    )
+    assert figures["step_s"] == pytest.approx({"pipeline": 40 / steps, "plain": 39 / steps})
+    assert figures["pipeline_over_plain"] == pytest.approx(39 / 40)
+
+
+def test_outside_commands_take_the_runs_overrides_but_set_their_own_steps(tmp_path: Path) -> None:
+    overrides = ["loss=mse", "data.image_size=48", "trainer.max_steps=9", "bench.outside_rounds=2"]
+    cfg = compose("bench", overrides)
+    pipeline, plain = commands(cfg, overrides, 7, tmp_path).values()
+    assert pipeline[1:4] == ["-m", "pipeline.train", "loss=mse"]
+    assert "trainer.max_steps=9" not in pipeline and "bench.outside_rounds=2" not in pipeline
+    assert "trainer.max_steps=7" in pipeline and f"hydra.run.dir={tmp_path}" in pipeline
+    assert f"data.num_samples={(LONG + 1) * 32}" in pipeline  # no epoch's end, no validation
+    assert plain[1:4] == ["-m", "pipeline.bench.plain_script", "--steps=7"]
+    assert "--image-size=48" in plain and "--momentum=0.9" in plain
+
+
+def test_outside_mode_needs_mse_and_sgd() -> None:
+    problems = validate_bench(compose("bench", ["bench.outside_rounds=3", "optimizer=adam"]))
+    assert any(p.startswith("bench.outside_rounds times 44-step runs") for p in problems), problems
+    assert any("set optimizer=sgd (got torch.optim.Adam)" in p for p in problems), problems

@@ -17,7 +17,7 @@ only this). Writes a table, and bench.output as JSON.
 
 One concern a module:
     __main__.py   the command: validate, measure, write bench.output, exit 3 on divergence
-    modes.py      which measurement: soak, loop overhead, data path alone, or the interleaved benchmark
+    modes.py      which measurement: soak, loop overhead, outside, data path alone, or the interleaved benchmark
     config.py     the bench.* keys' validation
     variants.py   the Trainer variants (bare, one instrument each, knobs) as configs
     clock.py      the step clock, and the Trainer callback around it
@@ -28,6 +28,8 @@ One concern a module:
     data_path.py  make_batch against the numpy path it replaced
     memory.py     peak and resident memory
     soak.py       bench.soak_steps: one long run, resident memory along it
+    outside.py    bench.outside_rounds: real runs as processes against plain_script.py, a plain
+                  loop as a process; step times from a 44-step run minus a 4-step run
     overhead.py   bench.overhead_steps: the plain loop, bare Lightning and the pipeline around a
                   zero-cost model, µs a step
     startup.py    bench.startup: a real `python -m pipeline.train`, command to training

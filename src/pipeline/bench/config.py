@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.bench.outside import LONG
 from pipeline.bench.variants import feature_variants, parse_knob, with_knob
 from pipeline.config import validate
 from pipeline.config_rules import integer
@@ -17,6 +18,7 @@ BENCH_RULES = (
     integer("bench.soak_steps", 0, 0),
     integer("bench.soak_every", 1, 1000),
     integer("bench.overhead_steps", 0, 0),
+    integer("bench.outside_rounds", 0, 0),
 )
 
 
@@ -42,6 +44,16 @@ def validate_bench(cfg: DictConfig) -> list[str]:
     else:
         for knob in knobs:
             problems += knob_problems(cfg, knob, problems)
+    if cfg.bench.outside_rounds and cfg.loss.name != "mse":
+        problems.append(
+            f"bench.outside_rounds times {LONG}-step runs against a plain loop script that trains "
+            f"with mse (the seed's loss overflows by then); set loss=mse (got loss={cfg.loss.name})"
+        )
+    if cfg.bench.outside_rounds and cfg.optimizer._target_ != "torch.optim.SGD":
+        problems.append(
+            "bench.outside_rounds times a plain loop script that trains with SGD, as the notebook "
+            f"does; set optimizer=sgd (got {cfg.optimizer._target_})"
+        )
     if cfg.device.strategy == "ddp":
         problems.append(
             f"device={cfg.device.name}: the bench runs one process; set device=cpu or device=gpu"

@@ -105,3 +105,16 @@ def show_overhead(figures: dict[str, Any]) -> None:
     parts = [f"{name} {v:.0f} µs"
              for name, v in sorted(figures["hook_us_per_step"].items(), key=lambda item: -item[1])]  # fmt: skip
     report.console.print(f"pipeline callbacks' per-step hooks, a step: {', '.join(parts)}")
+
+
+def show_outside(figures: dict[str, Any]) -> None:
+    """Real runs timed from outside (`outside.run_outside`): each one's step time, and the ratio."""
+    short, long = figures["steps"]
+    step = figures["step_s"]
+    report.console.print(
+        f"timed from outside ({figures['image_size']}×{figures['image_size']}, batch "
+        f"{figures['batch_size']}, {long}-step run minus {short}-step run, medians of "
+        f"{figures['rounds']} rounds): pipeline.train {step['pipeline'] * 1e3:.1f} ms a step, "
+        f"the plain loop script {step['plain'] * 1e3:.1f} ms"
+    )
+    report.console.print(f"pipeline / plain = {figures['pipeline_over_plain']:.3f} (images/s)")

@@ -1,0 +1,94 @@
+"""bench.outside_rounds > 0: the pipeline as users run it, timed from outside, against a plain
+loop script (plain_script.py) timed the same way.
+
+Each is run as a process for `SHORT` and for `LONG` steps; its step time is the difference of
+the two wall clocks over the difference of steps, so start-up, imports, the checkpoint at the
+end and everything else paid once a run cancel out, and what remains is what a real run pays a
+step: the Trainer, its callbacks, logger and progress bar, threads competing for the cores, the
+allocator's state. The pipeline's runs hold more samples than they read, so neither reaches an
+epoch's end (no validation). Interleaved, the order turning every round; medians over rounds.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline.bench.run import round_order
+
+SHORT, LONG = 4, 44
+LOOPS = ("pipeline", "plain")
+
+
+def commands(
+    cfg: DictConfig, overrides: list[str], steps: int, run_dir: Path
+) -> dict[str, list[str]]:
+    """The two processes' command lines for a run of `steps` steps."""
+    ours = ("bench.", "trainer.max_steps=", "data.num_samples=", "hydra.run.dir=")
+    train_overrides = [o for o in overrides if not o.startswith(ours)]
+    optimizer = cfg.optimizer
+    return {
+        "pipeline": [
+            sys.executable, "-m", "pipeline.train", *train_overrides,
+            f"trainer.max_steps={steps}", f"data.num_samples={(LONG + 1) * cfg.data.batch_size}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        "plain": [
+            sys.executable, "-m", "pipeline.bench.plain_script", f"--steps={steps}",
+            f"--image-size={cfg.data.image_size}", f"--batch-size={cfg.data.batch_size}",
+            f"--num-classes={cfg.model.num_classes}", f"--lr={optimizer.lr}",
+            f"--momentum={optimizer.get('momentum', 0.0)}", f"--seed={cfg.seed}",
+        ],
+    }  # fmt: skip
+
+
+def wall_clock(command: list[str]) -> float:
+    """Seconds the process took, start to exit; raises with its last words if it failed."""
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{' '.join(command[1:4])} … exited {done.returncode}: {last}")
+    return seconds
+
+
+def outside_figures(walls: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
+    """From each loop's wall clocks by step count and round: its step time per round (the
+    difference over LONG − SHORT steps), their medians, and pipeline / plain in images/s."""
+    per_round = {
+        name: [
+            (long - short) / (LONG - SHORT) for short, long in zip(w[SHORT], w[LONG], strict=True)
+        ]
+        for name, w in walls.items()
+    }
+    step_s = {name: statistics.median(v) for name, v in per_round.items()}
+    return {
+        "step_s": step_s,
+        "pipeline_over_plain": step_s["plain"] / step_s["pipeline"],
+        "per_round_step_s": per_round,
+        "wall_s": {name: {str(k): v for k, v in w.items()} for name, w in walls.items()},
+    }
+
+
+def run_outside(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """bench.outside_rounds rounds: each loop as a process of SHORT and of LONG steps."""
+    walls: dict[str, dict[int, list[float]]] = {name: {SHORT: [], LONG: []} for name in LOOPS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(cfg.bench.outside_rounds):
+            for name in round_order(list(LOOPS), r):
+                for steps in (SHORT, LONG) if r % 2 == 0 else (LONG, SHORT):
+                    run_dir = Path(tmp) / f"{r}-{name}-{steps}"
+                    command = commands(cfg, overrides, steps, run_dir)[name]
+                    walls[name][steps].append(wall_clock(command))
+    figures = outside_figures(walls)
+    figures |= {"rounds": cfg.bench.outside_rounds, "steps": [SHORT, LONG],
+                "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size}  # fmt: skip
+    return figures
