@@ -9,15 +9,14 @@ errors (unknown group option, unknown key) are caught earlier, in cli.py, in the
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import torch
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config_limits
 from pipeline.checkpoints import checkpoint_fit_problems, read_checkpoint, run_config_of
+from pipeline.config_optimizer import optimizer_problems
 from pipeline.config_rules import (
     Condition,
     Rule,
@@ -26,6 +25,8 @@ from pipeline.config_rules import (
     flag,
     integer,
     is_int,
+    is_number,
+    key_of,
     number,
     problems,
     value,
@@ -103,6 +104,8 @@ RULES: tuple[Rule, ...] = (
     Rule("trainer.max_steps", "an integer ≥ 1, or -1 for epochs",
          lambda v: is_int(v) and (v >= 1 or v == -1), "16"),
     integer("trainer.accumulate_grad_batches", 1, 1),
+    Rule("trainer.gradient_clip_val", "null or a number ≥ 0",
+         lambda v: v is None or (is_number(v) and not v < 0), "null", note="; 0 or null: no clipping"),
     integer("trainer.log_every_n_steps", 1, 4),
     choice("trainer.detect_nonfinite", NONFINITE_MODES, "raise"),
     integer("profiler.skip_first", 0, 5, when=equals("profiler.name", "torch")),
@@ -117,7 +120,9 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     found = problems(cfg, RULES)
-    found += _optimizer_problems(cfg)
+    ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
+    found += [p for p in config_limits.number_problems(cfg) if key_of(p) not in ruled]
+    found += optimizer_problems(value(cfg, "optimizer"), already=found)
     found += _data_problems(cfg, cuda_available)
     found += _model_problems(cfg)
     found += _device_problems(cfg, cuda_available)
@@ -127,9 +132,6 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     found += logger_problems(
         loggers, missing_modules(MLFLOW_MODULES) if "mlflow" in loggers else []
     )
-    found += [  # keys with no range of their own (seed has one)
-        p for p in config_limits.number_problems(cfg) if not p.startswith("seed")
-    ]
     if not found:  # the estimate needs sane sizes, a precision and a device
         found += config_limits.memory_problems(
             cfg, cuda=is_cuda_run(value(cfg, "device.accelerator"), cuda_available)
@@ -138,38 +140,6 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     if ckpt is not None:
         found += checkpoint_problems(str(ckpt), cfg)
     return found
-
-
-def _optimizer_problems(cfg: DictConfig) -> list[str]:
-    """optimizer.fused names an implementation the class has; every other optimizer.X is an
-    argument of the optimizer class."""
-    target = str(value(cfg, "optimizer._target_"))
-    known = optimizer_arguments(target)
-    found = []
-    fused = value(cfg, "optimizer.fused")
-    if (fused == "auto" or isinstance(fused, bool)) and "fused" not in known:
-        found.append(
-            f"optimizer.fused={str(fused).lower()}: {target} has no fused implementation; "
-            "drop the key: ~optimizer.fused"
-        )
-    if known == {"fused"}:  # the class is unknown: it fails where it is instantiated
-        return found
-    for key in value(cfg, "optimizer") or {}:
-        if str(key) not in (*known, "_target_", "_partial_", "fused"):
-            found.append(
-                f"optimizer.{key}: {target} takes no argument {key} (it takes: "
-                f"{', '.join(sorted(known - {'params'}))}); drop it: ~optimizer.{key}"
-            )
-    return found
-
-
-def optimizer_arguments(target: str) -> set[str]:
-    """The keyword arguments of the optimizer class `target` names (all accepted if unknown:
-    an unknown _target_ fails where it is instantiated, with its own message)."""
-    try:
-        return set(inspect.signature(get_class(target)).parameters)
-    except Exception:
-        return {"fused"}
 
 
 def _data_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:

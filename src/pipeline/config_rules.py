@@ -23,6 +23,11 @@ def is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def key_of(problem: str) -> str:
+    """The key a problem line is about: its first word, up to a space or '='."""
+    return problem.split(" ", 1)[0].split("=", 1)[0]
+
+
 def value(cfg: DictConfig, key: str) -> Any:
     """cfg's value at a dotted key; None where a node on the way is absent."""
     return OmegaConf.select(cfg, key, throw_on_missing=False)

@@ -125,6 +125,26 @@ def test_gpu_without_gpu_is_refused() -> None:
     assert problem.startswith("device=gpu needs a CUDA GPU") and "set device=cpu" in problem
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("data.batch_size=nan", "data.batch_size must be an integer ≥ 1 (got nan)"),
+        ("trainer.limit_val_batches=nan", "trainer.limit_val_batches must be a finite number"),
+        (
+            "optimizer.momentum=-1",
+            "optimizer.momentum=-1 is refused by SGD: Invalid momentum value",
+        ),
+        ("optimizer.weight_decay=abc", "optimizer.weight_decay=abc is refused by SGD"),
+        ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be null or a number ≥ 0"),
+    ],
+)
+def test_one_line_a_key_whatever_else_would_check_it(override: str, expected: str) -> None:
+    """The rows, the finiteness check, and the optimizer's and Trainer's own checks each
+    could name the key: it gets one line, the most telling."""
+    (problem,) = _problems(override)
+    assert problem.startswith(expected), problem
+
+
 def test_all_problems_are_reported_together() -> None:
     problems = _problems("data.batch_size=0", "optimizer.lr=0", "precision=x")
     assert len(problems) == 3

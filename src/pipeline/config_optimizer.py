@@ -1,0 +1,75 @@
+"""optimizer.* against the optimizer class it names: its arguments, its fused implementation,
+and the class's own checks of the values (built once on a dummy parameter, as trainer.* is
+checked by building a bare Trainer). One line per problem, config.py's style."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|false: build.py)
+
+
+def optimizer_arguments(target: str) -> set[str]:
+    """The keyword arguments of the optimizer class `target` names (all accepted if unknown:
+    an unknown _target_ fails where it is instantiated, with its own message)."""
+    try:
+        return set(inspect.signature(get_class(target)).parameters)
+    except Exception:
+        return {"fused"}
+
+
+def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
+    """optimizer.fused names an implementation the class has; every other optimizer.X is an
+    argument of the class; then, if nothing else is wrong with optimizer.* (`already`: the
+    problems found so far), the class's own checks of the values (momentum=-1, a string…)."""
+    if not isinstance(optimizer, DictConfig):
+        return ["optimizer must be a mapping: _target_ and the optimizer's arguments"]
+    target = str(optimizer.get("_target_"))
+    known, found = optimizer_arguments(target), []
+    fused = optimizer.get("fused")
+    if (fused == "auto" or isinstance(fused, bool)) and "fused" not in known:
+        found.append(
+            f"optimizer.fused={str(fused).lower()}: {target} has no fused implementation; "
+            "drop the key: ~optimizer.fused"
+        )
+    if known == {"fused"}:  # the class is unknown: it fails where it is instantiated
+        return found
+    for key in map(str, optimizer):
+        if key not in (*known, *OURS):
+            found.append(
+                f"optimizer.{key}: {target} takes no argument {key} (it takes: "
+                f"{', '.join(sorted(known - {'params'}))}); drop it: ~optimizer.{key}"
+            )
+    if found or any(p.startswith("optimizer.") for p in already):
+        return found
+    args = OmegaConf.to_container(optimizer, resolve=True)
+    assert isinstance(args, dict)
+    return _constructor_problems(target, {str(k): v for k, v in args.items() if k not in OURS})
+
+
+def _refusal(target: str, args: dict[str, Any]) -> str | None:
+    """What the optimizer class raises for these arguments, on one dummy parameter."""
+    try:
+        get_class(target)([torch.zeros(1, requires_grad=True)], **args)
+    except Exception as exc:  # torch raises ValueError, TypeError, RuntimeError…
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+def _constructor_problems(target: str, args: dict[str, Any]) -> list[str]:
+    """One line per argument the class refuses (each tried alone once the set is refused)."""
+    if _refusal(target, args) is None:
+        return []
+    name = target.rsplit(".", 1)[-1]
+    alone = [
+        f"optimizer.{key}={value} is refused by {name}: {reason}"
+        for key, value in args.items()
+        if (reason := _refusal(target, {key: value})) is not None
+    ]
+    together = ", ".join(f"optimizer.{k}={v}" for k, v in args.items())
+    return alone or [f"{name} refuses {together} together: {_refusal(target, args)}"]
