@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
 
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
 
@@ -91,3 +92,18 @@ def run_name(run_dir: Path) -> str:
         return str(run_dir.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(run_dir)
+
+
+def log_scalars(loggers: Sequence[Logger], metrics: Mapping[str, float], step: int) -> None:
+    """`metrics` to every logger at `step` (rank 0's loggers). TensorBoard gets them as one
+    event, a Summary holding a value a tag: Lightning's log_metrics writes one event a scalar,
+    ~100 µs each on this CPU (a logging step of the gradient logger writes 16). The values are
+    float32 `simple_value`s, as add_scalar writes them."""
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            summary = Summary(
+                value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
+            )
+            logger.experiment._get_file_writer().add_summary(summary, step)  # torch's writer
+        else:
+            logger.log_metrics(dict(metrics), step=step)

@@ -116,3 +116,28 @@ def test_mlflow_asked_for_but_not_installed_exits_2_with_the_pip_command_before_
 
 
 # ---- one sweep of two jobs, every logger at once, read back ------------------------------------
+
+
+def test_log_scalars_writes_one_tensorboard_event_a_step_and_the_csv_rows(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    from pipeline.loggers import log_scalars
+
+    tensorboard = TensorBoardLogger(tmp_path / "tb", name="", version="")
+    csv = CSVLogger(tmp_path / "csv", name="", version="")
+    metrics = {"grad_norm/fc": 0.25, "update_ratio/fc": 1e-3, "grad/nonfinite_count": 0}
+    for step in (0, 3):
+        log_scalars([tensorboard, csv], {k: v * (step + 1) for k, v in metrics.items()}, step)
+    tensorboard.experiment.flush()
+    csv.save()
+    events = EventAccumulator(str(tmp_path / "tb")).Reload()
+    assert set(events.Tags()["scalars"]) == set(metrics)
+    for tag, value in metrics.items():
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert got == [(0, pytest.approx(value, rel=1e-7)), (3, pytest.approx(4 * value, rel=1e-7))]
+    (path,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+    summaries = [e for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+    assert [len(e.summary.value) for e in summaries] == [3, 3]  # one event a step
+    rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[0].split(",")[0] == "grad/nonfinite_count"

@@ -33,6 +33,7 @@ from pipeline.gradients import (
     seed_q_check,
     tolerance_for,
 )
+from pipeline.loggers import log_scalars
 from pipeline.logging_steps import is_due
 from pipeline.losses import Loss
 
@@ -148,8 +149,7 @@ class AnalyticGradientCheck(pl.Callback):
             "gradcheck/passed": float(passed),
         }
         if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=trainer.global_step)
+            log_scalars(trainer.loggers, metrics, trainer.global_step)
         if not passed:
             worst, err = (
                 ("fc.bias.grad", bias_err)

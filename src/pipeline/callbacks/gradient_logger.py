@@ -36,6 +36,7 @@ from pipeline.gradients import (
     norms_by_block,
     update_ratios_,
 )
+from pipeline.loggers import log_scalars
 from pipeline.logging_steps import is_due, logs_this_step
 
 
@@ -126,8 +127,7 @@ class GradientLogger(pl.Callback):
             f"update_ratio/{b}": v for b, v in zip(names, values[len(names) : -1], strict=True)
         }
         metrics["grad/nonfinite_count"] = int(values[-1])
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=pending.step)
+        log_scalars(trainer.loggers, metrics, pending.step)
 
     def _histograms(
         self,

@@ -44,6 +44,7 @@ from pipeline.gradients import (
     noise_scale_terms,
     tensor_norms,
 )
+from pipeline.loggers import log_scalars
 from pipeline.logging_steps import logs_this_step
 
 
@@ -197,5 +198,4 @@ class GradientNoiseScale(pl.Callback):
         values = noise_scale(self.averages[1], self.averages[0]).tolist()  # one transfer
         metrics = {"grad_noise/b_simple": values[-1], "grad_noise/batch_size": float(b_big)}
         metrics |= {f"grad_noise/b_simple/{BLOCKS[i]}": values[i] for i in self._present}
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_scalars(trainer.loggers, metrics, trainer.global_step)
