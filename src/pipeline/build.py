@@ -47,11 +47,6 @@ from pipeline.profiling import TorchProfile, lightning_profiler
 from pipeline.settings import DeviceSettings, RunSettings, resolved, settings_of
 
 
-def resolved_dict(node: DictConfig) -> dict[str, Any]:
-    """A config node as a dict of Python values, interpolations resolved: what components get."""
-    return resolved(node)
-
-
 def uses_cuda(cfg: DictConfig | RunSettings) -> bool:
     """Whether the run's accelerator resolves to CUDA on this machine (devices.is_cuda_run)."""
     s = _settings(cfg)
@@ -132,9 +127,9 @@ def example_input(s: RunSettings) -> torch.Tensor:
     return torch.zeros(1, s.data.channels, s.data.image_size, s.data.image_size)
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+def build_loggers(cfg: DictConfig | RunSettings, run_dir: Path) -> list[Logger]:
     """The loggers the `logger` group chose (pipeline/loggers.py); none for logger=none."""
-    return loggers.build_loggers(settings_of(cfg).logger, run_dir)
+    return loggers.build_loggers(_settings(cfg).logger, run_dir)
 
 
 def build_callbacks(
@@ -286,7 +281,7 @@ def build_trainer(
         num_nodes=device.num_nodes,
         sync_batchnorm=device.sync_batchnorm,
         precision=s.precision,  # type: ignore[arg-type]  # validated against Lightning's strings
-        logger=build_loggers(cfg, run_dir) or False,
+        logger=build_loggers(s, run_dir) or False,
         callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir, overrides)],
         enable_progress_bar=s.callbacks.progress_bar,
         plugins=[AtomicCheckpointIO()],

@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline import resources
+from pipeline.config_rules import is_int
 from pipeline.geometry import min_image_size, resnet_final_size
 
 INT64_MAX = 2**63 - 1
@@ -45,7 +46,7 @@ def number_problems(cfg: DictConfig) -> list[str]:
     for key, value in _leaves(cfg):
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"{key} must be a finite number (got {value}); give a finite value")
-        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        elif is_int(value) and abs(value) > INT64_MAX:
             problems.append(
                 f"{key}={value} does not fit in 64 bits (at most {INT64_MAX}); give a smaller value"
             )

@@ -11,6 +11,8 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config_rules import refused_arguments
+
 OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|false: build.py)
 
 
@@ -49,27 +51,10 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
         return found
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
-    return _constructor_problems(target, {str(k): v for k, v in args.items() if k not in OURS})
-
-
-def _refusal(target: str, args: dict[str, Any]) -> str | None:
-    """What the optimizer class raises for these arguments, on one dummy parameter."""
-    try:
-        get_class(target)([torch.zeros(1, requires_grad=True)], **args)
-    except Exception as exc:  # torch raises ValueError, TypeError, RuntimeError…
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
-
-
-def _constructor_problems(target: str, args: dict[str, Any]) -> list[str]:
-    """One line per argument the class refuses (each tried alone once the set is refused)."""
-    if _refusal(target, args) is None:
-        return []
     name = target.rsplit(".", 1)[-1]
-    alone = [
-        f"optimizer.{key}={value} is refused by {name}: {reason}"
-        for key, value in args.items()
-        if (reason := _refusal(target, {key: value})) is not None
-    ]
-    together = ", ".join(f"optimizer.{k}={v}" for k, v in args.items())
-    return alone or [f"{name} refuses {together} together: {_refusal(target, args)}"]
+    return refused_arguments(
+        "optimizer",
+        name,
+        lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
+        {str(k): v for k, v in args.items() if k not in OURS},
+    )

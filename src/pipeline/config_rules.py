@@ -108,3 +108,28 @@ def flag(key: str, fix: str = "false", when: Condition | None = None) -> Rule:
 def equals(key: str, *values: Any) -> Condition:
     """A `when`: the key holds one of `values`."""
     return lambda cfg: value(cfg, key) in values
+
+
+def refused_arguments(
+    group: str, name: str, build: Callable[..., object], args: dict[str, Any]
+) -> list[str]:
+    """What a class refuses among `args` (the `group`.* keys), by building it (`build(**args)`
+    raises to refuse): nothing when it takes them all; else a line for each argument it refuses
+    alone, or one line for the set when only the combination is refused."""
+
+    def refusal(some: dict[str, Any]) -> str | None:
+        try:
+            build(**some)
+        except Exception as exc:  # what libraries raise: ValueError, TypeError, their own…
+            return " ".join(str(exc).split()) or type(exc).__name__
+        return None
+
+    if refusal(args) is None:
+        return []
+    alone = [
+        f"{group}.{key}={v} is refused by {name}: {reason}"
+        for key, v in args.items()
+        if (reason := refusal({key: v})) is not None
+    ]
+    together = ", ".join(f"{group}.{k}={v}" for k, v in args.items())
+    return alone or [f"{name} refuses {together} together: {refusal(args)}"]

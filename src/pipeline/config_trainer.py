@@ -11,6 +11,8 @@ from typing import Any
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config_rules import refused_arguments
+
 # Trainer arguments the pipeline sets from its own groups; trainer.X for these is refused.
 OWNED_TRAINER_ARGS = {
     "accelerator": "device=…",
@@ -63,44 +65,28 @@ def trainer_problems(trainer: Any, already: list[str]) -> list[str]:
     return found
 
 
-def _trainer_refusal(trainer_args: dict[str, Any]) -> str | None:
-    """What a bare Trainer (CPU, no logger, no callbacks; ~12 ms) raises for these arguments."""
-
-    try:
-        Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            **trainer_args,
-        )
-    except Exception as exc:  # Lightning raises MisconfigurationException, ValueError, TypeError…
-        return " ".join(str(exc).split()) or type(exc).__name__
-    return None
+def _bare_trainer(**trainer_args: Any) -> Trainer:
+    """A bare Trainer (CPU, no logger, no callbacks; ~12 ms) with these arguments."""
+    return Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_args,
+    )
 
 
 def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
     """Lightning's own validation of the trainer.* arguments, one line per refused argument
-    (each tried alone once the whole set is refused)."""
+    (each tried alone once the whole set is refused), its logging and warnings silenced."""
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if _trainer_refusal(trainer_args) is None:
-                return []
-            problems = []
-            for key, value in trainer_args.items():
-                reason = _trainer_refusal({key: value})
-                if reason is not None:
-                    problems.append(
-                        f"trainer.{key}={value} is refused by lightning.Trainer: {reason}"
-                    )
-            together = ", ".join(f"trainer.{k}={v}" for k, v in trainer_args.items())
-            reason = _trainer_refusal(trainer_args)
-            return problems or [f"lightning.Trainer refuses {together} together: {reason}"]
+            return refused_arguments("trainer", "lightning.Trainer", _bare_trainer, trainer_args)
     finally:
         quiet.setLevel(level)

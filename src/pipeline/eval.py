@@ -25,6 +25,7 @@ from pipeline.config import checkpoint_problems, validate
 from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
+from pipeline.settings import resolved
 
 report.silence_known_warnings()
 EVAL_GROUPS = (
@@ -90,7 +91,7 @@ def evaluate(cfg: DictConfig) -> None:
         pl.seed_everything(run_cfg.seed, verbose=False)
         datamodule = build.build_datamodule(run_cfg)
         module = build.build_module(run_cfg)
-        trainer_args = build.resolved_dict(run_cfg.trainer) if "trainer" in run_cfg else {}
+        trainer_args = resolved(run_cfg.trainer) if "trainer" in run_cfg else {}
         trainer = pl.Trainer(
             accelerator=run_cfg.device.accelerator,
             devices=1,

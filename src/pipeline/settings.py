@@ -117,9 +117,19 @@ class RunSettings:
 T = TypeVar("T")
 
 
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """A class's field types, evaluated once a class (~1 ms each time otherwise)."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
 def _section(cls: type[T], node: dict[str, Any]) -> T:
     """`cls` from the mapping's keys of its field names; nested dataclasses from nested mappings."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     values = {}
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]  # cls is a dataclass
         if field.name not in node:

@@ -15,6 +15,7 @@ from pipeline import build
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.hparams import compared_hparams
+from pipeline.settings import resolved
 
 # What every job's table holds besides the swept key: the compared keys, then what TINY set.
 # callbacks.progress_bar and the logger list were set too, and are not hyperparameters.
@@ -27,7 +28,7 @@ def test_the_table_holds_the_compared_keys_and_what_the_command_line_set() -> No
     overrides = ["optimizer=adamw", "optimizer.lr=3e-4", "device=cpu", "trainer.max_steps=5",
                  "callbacks.progress_bar=false", "callbacks.gradients.histogram_every_n_steps=0",
                  "logger=[tensorboard,csv]", "profiler=simple", "+trainer.gradient_clip_val=1.0"]  # fmt: skip
-    config = build.resolved_dict(compose("train", overrides))
+    config = resolved(compose("train", overrides))
     overrides.append("~trainer.deterministic")  # a removed key is no column
     assert compared_hparams(config, overrides) == {
         "optimizer": "adamw",  # torch.optim.AdamW, named as the option is

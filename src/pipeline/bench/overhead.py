@@ -11,9 +11,7 @@ path's share (the same in all three) and its noise small: data.image_size=8.
 
 from __future__ import annotations
 
-import gc
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +22,10 @@ from torch import Tensor, nn
 from pipeline import build
 from pipeline.bench.clock import StepTimer, Timing
 from pipeline.bench.loops import time_plain_pytorch, time_trainer
-from pipeline.bench.run import round_config, round_order
+from pipeline.bench.run import Variant, round_config, run_rounds
 from pipeline.bench.variants import merged
 from pipeline.gradients import BLOCKS
 from pipeline.model import ResNetClassifier
-
-LOOPS = ("plain", "lightning", "pipeline")
 
 
 class ZeroCostNet(nn.Module):
@@ -93,7 +89,7 @@ def run_overhead(cfg: DictConfig) -> dict[str, Any]:
     # Not compiled: model.compile compiles ResNet18's feature path, which ZeroCostNet has not.
     run_cfg = round_config(merged(cfg, {"bench": {"steps": steps}, "model": {"compile": False}}))
     device = build.run_device(run_cfg)
-    loops = {
+    loops: dict[str, Variant] = {
         "plain": lambda _: time_plain_pytorch(
             run_cfg, device, warmup, steps, module=zero_cost_module
         ),
@@ -102,18 +98,10 @@ def run_overhead(cfg: DictConfig) -> dict[str, Any]:
             run_cfg, warmup, steps, workdir, module=zero_cost_module
         ),
     }
-    step_s: dict[str, list[float]] = {name: [] for name in LOOPS}
-    hook_s: dict[str, list[float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(cfg.bench.rounds):
-            for name in round_order(list(LOOPS), r):
-                timing = loops[name](Path(tmp) / f"{r}-{name}")
-                gc.collect()
-                assert timing.mean_step_s is not None
-                step_s[name].append(timing.mean_step_s)
-                for callback, seconds in timing.hook_s.items():
-                    hook_s.setdefault(callback, []).append(seconds)
-    figures = overhead_figures(step_s, hook_s)
+    rounds = run_rounds(loops, cfg.bench.rounds, device)
+    figures = overhead_figures(
+        {name: r.step_s for name, r in rounds.items()}, rounds["pipeline"].hook_s
+    )
     figures |= {"steps": steps, "rounds": cfg.bench.rounds, "device": str(device),
                 "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size}  # fmt: skip
     return figures
