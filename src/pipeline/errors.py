@@ -6,7 +6,7 @@
 2    a config problem (validation, or a bad resume=/ckpt_path=); nothing was trained
 3    a non-finite loss or gradient stopped the run; the last finite state was saved
 4    the analytic gradient check failed (callbacks.gradient_check.on_fail=raise)
-5    a process of a DDP run failed, died or timed out
+5    a process of a DDP run failed, died or timed out; bench.outside_rounds: a process it timed failed
 6    the machine ran out: memory for a step, or disk for a checkpoint
 128+N  train stopped by signal N (Ctrl-C: 130, SIGTERM: 143) after saving last.ckpt
 """

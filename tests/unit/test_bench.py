@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,8 +17,16 @@ import torch
 from pipeline.bench.clock import StepClock, synced_points
 from pipeline.bench.config import validate_bench
 from pipeline.bench.data_path import numpy_reference_images
+from pipeline.bench.loops import BenchStopped, stop_on_signals
 from pipeline.bench.modes import measure
-from pipeline.bench.outside import LONG, SHORT, commands, outside_figures
+from pipeline.bench.outside import (
+    LONG,
+    SHORT,
+    TimedProcessFailed,
+    commands,
+    outside_figures,
+    wall_clock,
+)
 from pipeline.bench.overhead import ZeroCostNet, overhead_figures
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
@@ -327,3 +340,27 @@ def test_outside_mode_needs_mse_and_sgd() -> None:
     problems = validate_bench(compose("bench", ["bench.outside_rounds=3", "optimizer=adam"]))
     assert any(p.startswith("bench.outside_rounds times 44-step runs") for p in problems), problems
     assert any("set optimizer=sgd (got torch.optim.Adam)" in p for p in problems), problems
+
+
+def test_a_signal_while_the_bench_measures_stops_it_and_kills_the_process_it_waits_for() -> None:
+    """SIGTERM during a process the outside mode times: BenchStopped (one line, exit 143 in
+    __main__), the child killed, the handlers put back."""
+    before = signal.getsignal(signal.SIGTERM)
+    child = [
+        sys.executable,
+        "-c",
+        "import os, time; print(os.getpid(), flush=True); time.sleep(60)",
+    ]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    started = time.monotonic()
+    with pytest.raises(BenchStopped) as stopped, stop_on_signals():
+        timer.start()
+        wall_clock(child)
+    assert stopped.value.signum == signal.SIGTERM and time.monotonic() - started < 30
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_timed_process_that_fails_is_named_with_its_last_words() -> None:
+    command = [sys.executable, "-c", "import sys; sys.exit('out of luck')"]
+    with pytest.raises(TimedProcessFailed, match="exited 1: out of luck"):
+        wall_clock(command)

@@ -16,8 +16,14 @@ from pipeline import cli, report
 from pipeline.bench.config import validate_bench
 from pipeline.bench.loops import BenchStopped
 from pipeline.bench.modes import measure
+from pipeline.bench.outside import TimedProcessFailed
 from pipeline.config_dir import CONFIG_DIR
-from pipeline.errors import DIVERGED_EXIT_CODE, DivergenceError, stopped_by_signal_exit_code
+from pipeline.errors import (
+    DIVERGED_EXIT_CODE,
+    PROCESS_FAILED_EXIT_CODE,
+    DivergenceError,
+    stopped_by_signal_exit_code,
+)
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="bench", version_base="1.3")
@@ -34,6 +40,9 @@ def bench(cfg: DictConfig) -> None:
             "bench with loss=mse, or a smaller data.batch_size",
         )
         sys.exit(DIVERGED_EXIT_CODE)
+    except TimedProcessFailed as exc:
+        report.show_error("pipeline.bench", f"{exc}; no figures made")
+        sys.exit(PROCESS_FAILED_EXIT_CODE)
     except BenchStopped as exc:
         name = signal.Signals(exc.signum).name
         report.show_error(

@@ -7,8 +7,9 @@ as written. All three are timed by the same `StepClock`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import cast
 
@@ -23,6 +24,7 @@ from pipeline.bench.hook_clock import HookClock
 from pipeline.bench.variants import merged
 from pipeline.callbacks import graceful_stop_of
 from pipeline.callbacks.cuda_flags import TORCH_DEFAULTS, flags_for, scoped_flags
+from pipeline.callbacks.graceful_stop import STOP_SIGNALS
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, compiled_forward
 
@@ -54,6 +56,23 @@ class BenchStopped(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """While the bench measures, SIGINT and SIGTERM raise BenchStopped wherever it is (a plain
+    loop's step, bare Lightning, a process it waits for); a pipeline Trainer's GracefulStop
+    takes them over for its fit, stops it between steps, and hands them back."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise BenchStopped(signum)
+
+    previous = {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def autocast(cfg: DictConfig, device: torch.device) -> torch.autocast:

@@ -49,14 +49,21 @@ def commands(
     }  # fmt: skip
 
 
+class TimedProcessFailed(Exception):
+    """A process the bench timed exited non-zero: its figures would be of another run."""
+
+
 def wall_clock(command: list[str]) -> float:
-    """Seconds the process took, start to exit; raises with its last words if it failed."""
+    """Seconds the process took, start to exit. Raises TimedProcessFailed with its last words
+    if it failed (an exception while it runs, a signal's BenchStopped, kills it: subprocess.run)."""
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"{' '.join(command[1:4])} … exited {done.returncode}: {last}")
+        raise TimedProcessFailed(
+            f"the timed process `{' '.join(command[1:4])} …` exited {done.returncode}: {last}"
+        )
     return seconds
 
 
