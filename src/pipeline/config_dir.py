@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from pipeline.layout import sweep_job_dirname
+
 
 def find_config_dir() -> Path:
     """conf/ inside the installed package (a wheel), else the checkout's top-level conf/."""
@@ -16,6 +20,8 @@ def find_config_dir() -> Path:
 
 
 CONFIG_DIR = find_config_dir()
+# conf/train.yaml's hydra.sweep.subdir: every entry point imports this module before Hydra runs.
+OmegaConf.register_new_resolver("pipeline.job_dirname", sweep_job_dirname, replace=True)
 
 
 def group_options(group: str) -> list[str]:

@@ -1,6 +1,6 @@
 """The run directory's names (a contract, DESIGN.md), in one place for every module that writes or
 reads a run: build and the callbacks write them; the pre-flight (resume, rundir), replay, eval
-and the bench read them. Imports nothing but pathlib, so the pre-flight stays light.
+and the bench read them. Imports nothing but the standard library, so the pre-flight stays light.
 
     outputs/YYYY-MM-DD/HH-MM-SS/
       .hydra/config.yaml, overrides.yaml
@@ -11,6 +11,7 @@ and the bench read them. Imports nothing but pathlib, so the pre-flight stays li
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 OUTPUTS = "outputs"  # where runs land (hydra.run.dir and hydra.sweep.dir in conf/train.yaml)
@@ -26,3 +27,21 @@ RUN_JSON = "run.json"
 DIVERGENCE_FILE = "divergence.json"
 PROFILE_DIR = "profile"
 RUN_MARKERS = (HYDRA_DIR, CHECKPOINT_DIR)  # what a run directory holds once a run has started
+
+NAME_BYTES = 255  # the longest file name ext4, XFS, btrfs and tmpfs take, in bytes
+NAME_HASH_CHARS = 12
+
+
+def sweep_job_dirname(job_num: int | str, override_dirname: str) -> str:
+    """A multirun job's directory name, `<n>_<its overrides>` (conf/train.yaml's
+    hydra.sweep.subdir), made a file name that any disk takes: `/` in a value becomes `%2F`, and
+    a name longer than NAME_BYTES keeps its first bytes and ends in `~` and a hash of the whole
+    (Hydra's own name failed with 'File name too long' and a traceback). The full overrides
+    are in the job's .hydra/overrides.yaml."""
+    name = f"{job_num}_{override_dirname}".replace("/", "%2F")
+    encoded = name.encode()
+    if len(encoded) <= NAME_BYTES:
+        return name
+    digest = hashlib.sha1(encoded).hexdigest()[:NAME_HASH_CHARS]
+    head = encoded[: NAME_BYTES - NAME_HASH_CHARS - 1].decode(errors="ignore")
+    return f"{head}~{digest}"
