@@ -6,6 +6,8 @@ one way the pre-flight (and tests) compose a config.
 
 from __future__ import annotations
 
+import copy
+
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -137,15 +139,37 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     return rewritten, problems
 
 
+_composed: dict[tuple[str, tuple[str, ...], bool], DictConfig] = {}
+COMPOSED_KEPT = 32  # a search composes a config a trial: keep the last few, not every one
+
+
 def compose(config_name: str, overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The config `config_name` (train, eval, bench, search) of conf/ with `overrides`, composed by
-    Hydra as a run would be (with its `hydra` node when `with_hydra`); nothing validated."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return hydra_compose(config_name, overrides=overrides, return_hydra_config=with_hydra)
-    finally:
+    Hydra as a run would be (with its `hydra` node when `with_hydra`); nothing validated.
+
+    A command's checks ask for the same config several times (~0.2 s a composition here), so
+    each is composed once a process and handed out as a copy. Without the `hydra` node, the
+    `hydra.*` overrides cannot change the result, and are left out of what it is filed under
+    (the pipeline adds hydra.run.dir once it has claimed the directory)."""
+    filed = overrides if with_hydra else [o for o in overrides if not _sets_hydra_key(o)]
+    key = (config_name, tuple(filed), with_hydra)
+    if key not in _composed:
+        if len(_composed) >= COMPOSED_KEPT:
+            del _composed[next(iter(_composed))]
         GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+                _composed[key] = hydra_compose(
+                    config_name, overrides=overrides, return_hydra_config=with_hydra
+                )
+        finally:
+            GlobalHydra.instance().clear()
+    return copy.deepcopy(_composed[key])
+
+
+def _sets_hydra_key(line: str) -> bool:
+    """`hydra.KEY=V` (or `+`/`++`): sets a key of the hydra node, and nothing outside it."""
+    return line.lstrip("+").startswith("hydra.")
 
 
 def one_line(exc: BaseException) -> str:
