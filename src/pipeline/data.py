@@ -26,10 +26,12 @@ from pipeline.errors import ConfigError, is_out_of_memory
 from pipeline.losses import LabelKind
 from pipeline.sample_hash import (
     SPLITS,
+    CannotCompile,
     CompileMode,
     compiles,
     failure_reason,
     fused_batch,
+    missing_cpu_compiler,
     mix32,
     sample_keys,
     uniform,
@@ -164,12 +166,16 @@ class SyntheticDataModule(pl.LightningDataModule):
             log.info("data.compile: compiling the sample kernel (once a process: 15-30 s on a "
                      "CPU when inductor's cache is cold, a few seconds from it)")  # fmt: skip
         start = time.perf_counter()
+        # Without a C++ compiler a CPU compile fails only after ~20 s of code generation.
+        missing = missing_cpu_compiler() if first and device.type == "cpu" else None
         try:
+            if missing:
+                raise CannotCompile(missing)
             made = self.make(indices, split, device, compiled)
         except Exception as exc:
             if not compiled or is_out_of_memory(exc):
                 raise
-            reason = failure_reason(exc)
+            reason = missing or failure_reason(exc)
             if self.compile is True:
                 raise ConfigError([
                     f"data.compile=true: torch.compile could not build the sample kernel on "

@@ -69,22 +69,47 @@ def _module(compile: sample_hash.CompileMode) -> SyntheticDataModule:
 
 
 @pytest.fixture
-def no_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A machine where inductor finds no C++ compiler: a real compile, that really fails."""
-    import torch._inductor.config as inductor
-
+def first_compile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process that has not compiled the sample kernel yet."""
     monkeypatch.setattr(sample_hash, "_compiled", None)
     monkeypatch.setattr(sample_hash, "compiled_once", False)
     monkeypatch.setattr(sample_hash, "compile_failed", False)
-    torch._dynamo.reset()
+
+
+@pytest.fixture
+def no_cxx_compiler(first_compile: None) -> Iterator[None]:
+    """A machine where inductor finds no C++ compiler (the pipeline asks before compiling)."""
+    import torch._inductor.config as inductor
+
     with inductor.patch({"cpp.cxx": ("/nonexistent/c++",), "force_disable_caches": True}):
         yield
-    torch._dynamo.reset()
 
 
-def test_without_a_compiler_auto_warns_once_and_true_is_a_config_error(
-    no_cxx_compiler: None, caplog: pytest.LogCaptureFixture
+def _fails_to_compile(*args: object) -> None:
+    raise RuntimeError("inductor lowered no kernel")
+
+
+@pytest.mark.parametrize(
+    ("machine", "reason"),
+    [
+        ("no compiler", "InvalidCxxCompiler: No working C++ compiler"),
+        ("a failing compile", "RuntimeError: inductor lowered no kernel"),
+    ],
+)
+def test_where_it_cannot_compile_auto_warns_once_and_true_is_a_config_error(
+    machine: str,
+    reason: str,
+    first_compile: None,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Found before compiling (no C++ compiler: a compile would fail after ~20 s), or a
+    compile that raises: the same warning, or the same config error, naming the reason."""
+    if machine == "no compiler":
+        request.getfixturevalue("no_cxx_compiler")
+    else:
+        monkeypatch.setattr(sample_hash, "_compiled", _fails_to_compile)
     module = _module("auto")
     module.image_size = sample_hash.CPU_COMPILE_MIN_IMAGE_SIZE  # where auto compiles on a CPU
     indices = torch.arange(2)
@@ -99,11 +124,11 @@ def test_without_a_compiler_auto_warns_once_and_true_is_a_config_error(
         _module(True).samples(indices, "train", torch.device("cpu"))
     (problem,) = raised.value.problems
     assert problem.startswith("data.compile=true: torch.compile could not build the sample kernel "
-                              "on cpu here (InvalidCxxCompiler: No working C++ compiler")  # fmt: skip
+                              f"on cpu here ({reason}")  # fmt: skip
     assert problem.endswith("set data.compile=false (the same samples, made eagerly)")
     # A second module of the same process (a sweep's next job, the bench) does not try again.
     assert not _module("auto").compiles(torch.device("cpu"))
-    assert "InvalidCxxCompiler: No working C++ compiler" in warnings[0]
+    assert reason in warnings[0]
 
 
 def test_data_compile_is_auto_true_or_false_and_true_needs_a_compiler_on_a_cpu() -> None:
