@@ -57,6 +57,8 @@ def expand_globs(overrides: list[Override]) -> tuple[list[str], list[str]]:
 
 def removed_groups(overrides: list[Override], config_name: str) -> list[str]:
     """`~group` for a group every run needs (an optional group, like experiment, may go)."""
+    if not any(o.is_delete() for o in overrides):
+        return []
     base = compose(config_name, [])
     return [
         f"{as_typed(o)} removes the {o.key_or_group} group, which every run needs; choose one of its "
