@@ -29,8 +29,10 @@ CHECKPOINT_OVERHEAD_BYTES = 1 * 2**20  # the pickle's structure, the config, the
 
 
 def resnet18_on_meta(num_classes: int) -> nn.Module:
-
-    return resnet18(num_classes=num_classes).to("meta").eval()  # shapes only: no memory, no compute
+    """ResNet18 built on the meta device: shapes only, no memory, no compute (built on the CPU
+    and moved, its random initialisation took 0.2 s of every command's pre-flight)."""
+    with torch.device("meta"):
+        return resnet18(num_classes=num_classes).eval()
 
 
 @lru_cache(maxsize=64)
