@@ -33,16 +33,26 @@ def fake_hub_weights(torch_home: Path) -> Iterator[Path]:
     yield path
 
 
-# The longest tests (--durations, two cores), started first: under `pytest -n 2` a long one left
-# for last would run alone on one core at the end.
+# The longest tests (--durations, two cores), longest first: started first, and dealt in turn
+# to the workers. pytest-xdist hands each worker a contiguous share of the list and steals from
+# the ends of those shares, so a long test left for last runs alone on one core at the end, and
+# long tests all in the first share would run one after another on one worker.
 LONGEST_FIRST = (
     "e2e/test_speed_knobs.py::test_compiled_run",
+    "e2e/test_ddp.py::test_multirun",
+    "e2e/test_bench.py::test_the_outside_mode",
+    "e2e/test_train_cli.py::test_default_run",
+    "e2e/test_ddp.py::test_torchrun",
+    "e2e/test_ddp.py::test_ddp_cpu_divergence",
+    "e2e/test_wheel.py",
     "e2e/test_bench.py::test_bench_command",
+    "e2e/test_noise_scale.py::test_two_ddp",
+    "e2e/test_search.py::test_killed",
+    "e2e/test_resume.py::test_2k",
     "e2e/test_ddp.py",
     "e2e/test_search.py",
-    "e2e/test_wheel.py",
-    "e2e/test_resume.py",
     "e2e/test_mistakes.py",
+    "e2e/test_resume.py",
 )
 
 
@@ -51,10 +61,27 @@ def _start_order(item: pytest.Item) -> int:
     return next((i for i, p in enumerate(LONGEST_FIRST) if node.startswith(p)), len(LONGEST_FIRST))
 
 
+def dealt(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
+    """`items` (longest first) reordered so each of `workers` contiguous shares, sized as xdist
+    sizes them, starts with every `workers`-th long test, the others filling it in order."""
+    long = [i for i in items if _start_order(i) < len(LONGEST_FIRST)]
+    rest = iter(i for i in items if _start_order(i) == len(LONGEST_FIRST))
+    shares, left = [], len(items)
+    for w in range(workers):
+        size = left // (workers - w)
+        left -= size
+        share = long[w::workers]
+        shares += [*share, *(next(rest) for _ in range(size - len(share)))]
+    return [*shares, *rest]  # none left, unless long tests outnumber a share
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test under tests/e2e/ `e2e` (make test-fast runs tests/unit/ alone); the
-    longest start first."""
+    longest start first, spread over the workers."""
     for item in items:
         if "e2e" in item.path.parts:
             item.add_marker(pytest.mark.e2e)
     items.sort(key=_start_order)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and len(items) >= workers:
+        items[:] = dealt(items, workers)
