@@ -40,7 +40,6 @@ def fake_hub_weights(torch_home: Path) -> Iterator[Path]:
 LONGEST_FIRST = (
     "e2e/test_speed_knobs.py::test_compiled_run",
     "e2e/test_ddp.py::test_multirun",
-    "e2e/test_bench.py::test_the_outside_mode",
     "e2e/test_train_cli.py::test_default_run",
     "e2e/test_ddp.py::test_torchrun",
     "e2e/test_ddp.py::test_ddp_cpu_divergence",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -118,21 +119,40 @@ def test_the_overhead_mode_times_three_loops_around_a_zero_cost_model(
     json.dumps(figures)  # bench.output writes it as JSON
 
 
-@pytest.mark.e2e  # starts pipeline.train and the plain loop script as processes
+@pytest.mark.e2e  # starts processes, and the real commands the mode times
 def test_the_outside_mode_times_real_processes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    torch_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The mode's loop times processes from outside (here ones that sleep 0.1 s a step, so the
+    subtraction has a known answer), and the two commands it builds run: each would be a fresh
+    interpreter when timed (~7 s of imports here), so they run as the suite's warm processes."""
     monkeypatch.setattr(outside, "SHORT", 1)
-    monkeypatch.setattr(outside, "LONG", 2)
-    overrides = [*TINY, "loss=mse", "logger=none", "bench.outside_rounds=1"]
-    figures = measure(compose("bench", overrides), tmp_path, overrides)
+    monkeypatch.setattr(outside, "LONG", 3)
+    overrides = [*TINY, "loss=mse", "logger=none", "bench.outside_rounds=2"]
+    cfg = compose("bench", overrides)
+    built = outside.commands(cfg, overrides, 2, tmp_path / "run")
+    sleeper = "import sys, time; time.sleep(0.1 * int(sys.argv[1]))"
+    monkeypatch.setattr(outside, "commands", lambda cfg, overrides, steps, run_dir: {
+        name: [sys.executable, "-c", sleeper, str(steps)] for name in outside.LOOPS
+    })  # fmt: skip
+    figures = measure(cfg, tmp_path, overrides)
     walls = figures["wall_s"]
-    assert set(walls) == {"pipeline", "plain"} and all(set(w) == {"1", "2"} for w in walls.values())
-    assert all(len(v) == 1 and 0 < v[0] < 600 for w in walls.values() for v in w.values())
+    assert set(walls) == {"pipeline", "plain"} and all(set(w) == {"1", "3"} for w in walls.values())
+    assert all(len(v) == 2 and 0.1 < v[0] < 600 for w in walls.values() for v in w.values())
     step = figures["per_round_step_s"]["pipeline"][0]
-    assert step == pytest.approx(walls["pipeline"]["2"][0] - walls["pipeline"]["1"][0])
+    assert step == pytest.approx((walls["pipeline"]["3"][0] - walls["pipeline"]["1"][0]) / 2)
+    assert all(0.05 < s < 0.5 for s in figures["step_s"].values())  # 0.1 s a step, and noise
     assert "pipeline / plain =" in capsys.readouterr().out
     json.dumps(figures)
+    for name, command in built.items():  # [python, -m, module, *args]
+        assert command[:2] == [sys.executable, "-m"], command
+        result = run_cli(command[2], command[3:], tmp_path, torch_home)
+        assert result.returncode == 0, f"{name}: {result.stderr[-2000:]}"
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert "loss " in result.stdout and "after 2 steps" in result.stdout  # the plain script's
 
 
 def test_a_diverging_bench_run_stops_with_a_clear_message(tmp_path: Path, torch_home: Path) -> None:
