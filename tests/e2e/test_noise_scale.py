@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 import pipeline.callbacks.noise_scale as noise_scale_module
-from helpers import TINY, Recorder, only_run_dir, run_cli, scalars
+from helpers import TINY, Recorder, cli_env, only_run_dir, run_cli, scalars
 from pipeline.callbacks.noise_scale import GradientNoiseScale
 from pipeline.gradients import BLOCKS
 
@@ -153,17 +152,16 @@ def test_cli_logs_the_noise_scale_under_accumulation(tmp_path: Path, torch_home:
         assert all(math.isfinite(v) for _, v in tags[tag]), tag
 
 
-def test_two_ddp_processes_agree_with_the_halves_on_the_same_samples(tmp_path: Path) -> None:
+def test_two_ddp_processes_agree_with_the_halves_on_the_same_samples(
+    tmp_path: Path, torch_home: Path
+) -> None:
     """2 gloo processes, each half of every step's samples: rank 0's own gradient against the
     all-reduced one is the first half against the batch, so the estimates are equal."""
     out = tmp_path / "ddp.json"
-    result = subprocess.run(
-        [sys.executable, __file__, str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])},  # tests/: helpers
-    )
+    tests = str(Path(__file__).parents[1])  # helpers, and this file as e2e.test_noise_scale
+    env = cli_env(torch_home) | {"PYTHONPATH": tests}
+    # `python -m e2e.test_noise_scale OUT`: rank 0 forked warm, rank 1 started by Lightning
+    result = run_cli("e2e.test_noise_scale", [str(out)], tmp_path, torch_home, 300, env=env)
     assert result.returncode == 0, result.stderr
     ddp = json.loads(out.read_text())
     assert {v for _, v in ddp["grad_noise/batch_size"]} == {BATCH}
@@ -174,9 +172,7 @@ def test_two_ddp_processes_agree_with_the_halves_on_the_same_samples(tmp_path: P
     )
 
 
-if (
-    __name__ == "__main__"
-):  # the DDP test's processes: python tests/e2e/test_noise_scale.py OUT.json
+if __name__ == "__main__":  # the DDP test's processes: python -m e2e.test_noise_scale OUT.json
     recorder = fit(steps=20, accumulate=1, ema_decay=0.9, processes=2)
     if int(os.environ.get("LOCAL_RANK", "0")) == 0:
         tags = ("grad_noise/b_simple", "grad_noise/batch_size")
