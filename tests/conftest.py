@@ -60,16 +60,31 @@ def _start_order(item: pytest.Item) -> int:
     return next((i for i, p in enumerate(LONGEST_FIRST) if node.startswith(p)), len(LONGEST_FIRST))
 
 
+# Modules whose tests share a module-scoped run: kept whole and early in one share (a worker
+# that runs some of them computes the run for itself; xdist steals from the ends of shares).
+SHARED_RUNS = ("e2e/test_loggers.py", "e2e/test_tensorboard.py")
+
+
+def _shares_a_run(item: pytest.Item) -> bool:
+    return item.nodeid.removeprefix("tests/").startswith(SHARED_RUNS)
+
+
 def dealt(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
     """`items` (longest first) reordered so each of `workers` contiguous shares, sized as xdist
-    sizes them, starts with every `workers`-th long test, the others filling it in order."""
+    sizes them, starts with every `workers`-th long test, then a whole module of SHARED_RUNS in
+    turn, the others filling it in order."""
     long = [i for i in items if _start_order(i) < len(LONGEST_FIRST)]
-    rest = iter(i for i in items if _start_order(i) == len(LONGEST_FIRST))
+    modules: dict[str, list[pytest.Item]] = {}
+    for i in items:
+        if _shares_a_run(i):
+            modules.setdefault(i.nodeid.split("::")[0], []).append(i)
+    grouped = list(modules.values())
+    rest = iter(i for i in items if _start_order(i) == len(LONGEST_FIRST) and not _shares_a_run(i))
     shares, left = [], len(items)
     for w in range(workers):
         size = left // (workers - w)
         left -= size
-        share = long[w::workers]
+        share = [*long[w::workers], *(i for group in grouped[w::workers] for i in group)]
         shares += [*share, *(next(rest) for _ in range(size - len(share)))]
     return [*shares, *rest]  # none left, unless long tests outnumber a share
 

@@ -94,10 +94,12 @@ def start_cli(
     *,
     env: dict[str, str] | None = None,
     fresh_interpreter: bool = False,
+    new_session: bool = False,
 ) -> CliProcess:
     """`python -m <module> <args>` started in `cwd` and left running, used as subprocess.Popen
     with text stdout and stderr (poll, wait, send_signal, kill, communicate). Forked from the
-    warm server unless `fresh_interpreter` (or PIPELINE_TESTS_COLD=1)."""
+    warm server unless `fresh_interpreter` (or PIPELINE_TESTS_COLD=1); `new_session`: a process
+    group of its own (os.killpg(pid, …) reaches what it started)."""
     env = env if env is not None else cli_env(torch_home)
     if fresh_interpreter or os.environ.get("PIPELINE_TESTS_COLD") == "1":
         return subprocess.Popen(
@@ -107,8 +109,9 @@ def start_cli(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=new_session,
         )
-    return _warm_server().start(module, args, cwd, env)
+    return _warm_server().start(module, args, cwd, env, new_session)
 
 
 class WarmProcess:
@@ -184,10 +187,13 @@ class _WarmServer:
             else:
                 self.pids[reply["id"]] = reply["pid"]
 
-    def start(self, module: str, args: list[str], cwd: Path, env: dict[str, str]) -> WarmProcess:
+    def start(
+        self, module: str, args: list[str], cwd: Path, env: dict[str, str], new_session: bool
+    ) -> WarmProcess:
         outputs = Path(tempfile.mkdtemp(prefix="warm-cli-"))
         request_id, self.requests = self.requests, self.requests + 1
         request = {"id": request_id, "module": module, "args": args, "cwd": str(cwd), "env": env}
+        request["new_session"] = new_session
         request |= {"stdout": str(outputs / "stdout"), "stderr": str(outputs / "stderr")}
         stdin = self.process.stdin
         assert stdin is not None

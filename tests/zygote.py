@@ -9,7 +9,7 @@ interpreter's own start-up (the wheel's console script, Lightning's DDP children
 still start real interpreters.
 
 Protocol, one JSON object a line on stdin/stdout: a request {id, module, args, cwd, env, stdout,
-stderr} (the last two file paths); the reply {"id": I, "pid": N} once forked, and later, when
+stderr, new_session} (stdout and stderr: file paths); the reply {"id": I, "pid": N} once forked, and later, when
 that child has ended, {"pid": N, "status": S} with its wait status. Children run side by side:
 a test may start several and signal them (tests/helpers.py's `start_cli`).
 """
@@ -31,6 +31,8 @@ PRELOAD = ("pipeline.train", "pipeline.eval", "pipeline.replay", "pipeline.searc
 
 def run_child(request: dict[str, Any]) -> int:
     """In the forked child: become `python -m module args`; return its exit code."""
+    if request.get("new_session"):  # a process group of its own, as Popen(start_new_session=True)
+        os.setsid()
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])

@@ -8,14 +8,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import TINY, cli_env, only_run_dir, run_cli, scalars, start_cli
+from helpers import TINY, only_run_dir, run_cli, scalars, start_cli
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
@@ -99,12 +98,10 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_home: Path) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               f"--master_port={_free_port()}", "-m", "pipeline.train",
-               "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false"]  # fmt: skip
-    result = subprocess.run(
-        command, cwd=tmp_path, env=cli_env(torch_home), capture_output=True, text=True, timeout=300
-    )
+    # torchrun's agent forked warm; it starts each worker as a fresh interpreter
+    args = ["--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "pipeline.train",
+            "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false"]  # fmt: skip
+    result = run_cli("torch.distributed.run", args, tmp_path, torch_home, timeout=300)
     assert result.returncode == 0, result.stderr
     run = only_run_dir(tmp_path)  # each process started Hydra itself, yet one directory
     assert {p.name for p in run.iterdir()} >= {
@@ -135,21 +132,22 @@ def test_torchrun_two_nodes_agree_on_one_run_directory_without_a_shared_disk(
     }[rendezvous]
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     agents = []
-    for node_rank, node in enumerate(nodes):
+    for node_rank, node in enumerate(nodes):  # each agent forked warm, in a session of its own
         node.mkdir()
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-                   f"--node_rank={node_rank}", *launch, "-m", "pipeline.train", "device=ddp_cpu",
-                   "device.devices=1", "device.num_nodes=2", "loss=mse", "callbacks=minimal", *TINY]  # fmt: skip
-        with (node / "agent.log").open("w") as log:
-            agents.append(subprocess.Popen(command, cwd=node, env=cli_env(torch_home), stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+        args = ["--nnodes=2", "--nproc_per_node=1", f"--node_rank={node_rank}", *launch, "-m",
+                "pipeline.train", "device=ddp_cpu", "device.devices=1", "device.num_nodes=2",
+                "loss=mse", "callbacks=minimal", *TINY]  # fmt: skip
+        agents.append(start_cli("torch.distributed.run", args, node, torch_home, new_session=True))
     try:
         codes = [agent.wait(timeout=120) for agent in agents]
     finally:
         for agent in agents:  # the agent and its workers, should any outlive it
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(agent.pid, signal.SIGKILL)
-    logs = "\n".join(f"--- {node.name}\n{(node / 'agent.log').read_text()}" for node in nodes)
+    outputs = [agent.communicate(timeout=10) for agent in agents]
+    logs = "\n".join(
+        f"--- {n.name}\n{out}{err}" for n, (out, err) in zip(nodes, outputs, strict=True)
+    )
     assert codes == [0, 0], logs
     run0, run1 = only_run_dir(nodes[0]), only_run_dir(nodes[1])
     assert run1.relative_to(nodes[1]) == run0.relative_to(nodes[0]), logs
