@@ -172,8 +172,14 @@ def _data_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
 
 
 def _model_problems(cfg: DictConfig) -> list[str]:
-    """The classes against the loss; the weights file."""
+    """The classes against the loss; the weights file; a C++ compiler for model.compile."""
     found = []
+    on_cpu = is_cpu_run(value(cfg, "device.accelerator"), torch.cuda.is_available())
+    if value(cfg, "model.compile") is True and on_cpu and (missing := missing_cpu_compiler()):
+        found.append(  # else the first step fails after ~20 s of compiling, with a traceback
+            f"model.compile=true: torch.compile finds no C++ compiler on this machine "
+            f"({missing}); install one (g++) or set model.compile=false"
+        )
     classes = value(cfg, "model.num_classes")
     if value(cfg, "loss.name") == "cross_entropy" and is_int(classes) and 1 <= classes < 2:
         found.append(

@@ -177,3 +177,16 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
     assert config.warnings_for(cfg) == []
     assert config.warnings_for(compose("train", ["device=cpu"])) == []
+
+
+def test_model_compile_on_a_cpu_needs_a_cxx_compiler() -> None:
+    import torch._inductor.config as inductor
+
+    overrides = ["model.compile=true", "device=cpu"]
+    assert validate(compose("train", overrides)) == []  # this machine has g++
+    with inductor.patch({"cpp.cxx": ("/nonexistent/c++",)}):
+        (problem,) = validate(compose("train", overrides))
+        assert validate(compose("train", ["device=cpu"])) == []  # only when asked to compile
+    assert problem.startswith("model.compile=true: torch.compile finds no C++ compiler on this "
+                              "machine (InvalidCxxCompiler: ")  # fmt: skip
+    assert problem.endswith("install one (g++) or set model.compile=false")
