@@ -167,7 +167,7 @@ def build_callbacks(
             hparams=compared_hparams(resolved_cfg, overrides),
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         ),
-        Throughput(compile=s.model.compile),
+        Throughput(compile=s.model.compile is not False),
     ]
     if uses_cuda(s):
         callbacks += [CudaFlags(**cuda_flag_settings(s)), GpuMemory()]

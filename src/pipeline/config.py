@@ -37,6 +37,7 @@ from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.sample_hash import missing_cpu_compiler
+from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
 from pipeline.weights import is_torchvision_weights
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -70,7 +71,7 @@ RULES: tuple[Rule, ...] = (
            when=_has("data.compile")),  # not 1 or 0, which equal True and False
     integer("model.num_classes", 1, 1000),
     choice("model.channels_last", (True, False, "auto"), "auto", "true, false or auto"),
-    flag("model.compile"),
+    choice("model.compile", COMPILE_MODES, "false", ", ".join(["true", "false", *COMPILE_MODE_NAMES])),
     choice("precision", PRECISIONS, "32-true"),
     integer("callbacks.checkpoint.every_n_steps", 0, 0),
     integer("callbacks.checkpoint.keep_last_k", 0, 0),
@@ -175,10 +176,12 @@ def _model_problems(cfg: DictConfig) -> list[str]:
     """The classes against the loss; the weights file; a C++ compiler for model.compile."""
     found = []
     on_cpu = is_cpu_run(value(cfg, "device.accelerator"), torch.cuda.is_available())
-    if value(cfg, "model.compile") is True and on_cpu and (missing := missing_cpu_compiler()):
+    compile_ = value(cfg, "model.compile")
+    compiles = compile_ is True or compile_ in COMPILE_MODE_NAMES
+    if compiles and on_cpu and (missing := missing_cpu_compiler()):
         found.append(  # else the first step fails after ~20 s of compiling, with a traceback
-            f"model.compile=true: torch.compile finds no C++ compiler on this machine "
-            f"({missing}); install one (g++) or set model.compile=false"
+            f"model.compile={str(compile_).lower()}: torch.compile finds no C++ compiler on this "
+            f"machine ({missing}); install one (g++) or set model.compile=false"
         )
     classes = value(cfg, "model.num_classes")
     if value(cfg, "loss.name") == "cross_entropy" and is_int(classes) and 1 <= classes < 2:
@@ -252,5 +255,10 @@ def warnings_for(cfg: DictConfig) -> list[str]:
         notes.append(
             f"precision={precision} on this CPU: it has no native bf16 (no AVX512-BF16 or AMX), "
             "so bf16 is emulated and runs many times slower than precision=32-true"
+        )
+    if on_cpu and value(cfg, "model.compile") == "reduce-overhead":
+        notes.append(
+            "model.compile=reduce-overhead on a CPU: CUDA graphs are CUDA's, so it compiles as "
+            "model.compile=true does"
         )
     return notes

@@ -17,6 +17,7 @@ from torchvision.models import ResNet, resnet18
 from pipeline.errors import ConfigError
 from pipeline.logging_steps import is_last_step, logs_this_step
 from pipeline.schedules import build_scheduler
+from pipeline.settings import CompileMode
 from pipeline.weights import (
     is_torchvision_weights,
     read_state_dict,
@@ -57,11 +58,12 @@ def resnet_features(net: ResNet, images: Tensor) -> Tensor:
     return torch.flatten(net.avgpool(x), 1)
 
 
-def compiled_forward(net: ResNet) -> Callable[[Tensor], Tensor]:
-    """`net`'s forward with `resnet_features` under torch.compile. The head stays eager, outside
-    the graph, so the live gradient check's forward hook on fc runs as plain Python (traced into
-    the graph, it made each step 4× slower here)."""
-    features = torch.compile(resnet_features)
+def compiled_forward(net: ResNet, mode: CompileMode = True) -> Callable[[Tensor], Tensor]:
+    """`net`'s forward with `resnet_features` under torch.compile (its default mode for True, or
+    the mode named). The head stays eager, outside the graph, so the live gradient check's
+    forward hook on fc runs as plain Python (traced into the graph, it made each step 4× slower
+    here)."""
+    features = torch.compile(resnet_features, mode=mode if isinstance(mode, str) else None)
 
     def forward(images: Tensor) -> Tensor:
         return cast(Tensor, net.fc(features(net, images)))
@@ -80,7 +82,7 @@ class ResNetClassifier(pl.LightningModule):
         optimizer_factory: OptimizerFactory,
         scheduler_kwargs: dict[str, Any],
         channels_last: bool,
-        compile: bool = False,
+        compile: CompileMode = False,
         example_input_array: Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -102,7 +104,7 @@ class ResNetClassifier(pl.LightningModule):
         if not self.compile_features:
             return self.net(images)  # (B, num_classes)
         if self._compiled_forward is None:
-            self._compiled_forward = compiled_forward(cast(ResNet, self.net))
+            self._compiled_forward = compiled_forward(cast(ResNet, self.net), self.compile_features)
         return self._compiled_forward(images)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:

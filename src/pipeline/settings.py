@@ -25,6 +25,13 @@ OLDER_RUNS: dict[str, dict[str, Any]] = {
 }
 
 
+# model.compile: off, torch.compile's default mode, or one of its modes by name (reduce-overhead
+# replays the step's kernels as CUDA graphs, on CUDA only).
+CompileMode = bool | Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+COMPILE_MODE_NAMES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES: tuple[CompileMode | str, ...] = (True, False, *COMPILE_MODE_NAMES)
+
+
 @dataclass(frozen=True)
 class DataSettings:
     image_size: int
@@ -41,7 +48,7 @@ class ModelSettings:
     weights: str | None
     num_classes: int
     channels_last: bool | Literal["auto"]
-    compile: bool
+    compile: CompileMode
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,10 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
         ),
         (["ckpt_path=/no/such.ckpt"], "ckpt_path=/no/such.ckpt is not a file"),
         (["-m", "data.batch_size=4,0"], "data.batch_size must be ≥ 1 (got 0)"),
-        (["model.compile=maybe"], "model.compile must be true or false (got 'maybe')"),
+        (
+            ["model.compile=maybe"],
+            "model.compile must be true, false, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (got 'maybe')",
+        ),
         (["device.tf32=fast"], "device.tf32 must be null, true or false (got 'fast')"),
         (["device.cudnn_benchmark=1"], "device.cudnn_benchmark must be true or false (got 1)"),
         (

@@ -6,14 +6,18 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from pipeline import model
 from pipeline.callbacks.cuda_flags import (
     TORCH_DEFAULTS,
     current_flags,
     flags_for,
     scoped_flags,
 )
+from pipeline.cli import compose
+from pipeline.config import validate, warnings_for
 from pipeline.gradients import TOLERANCES, tolerance_for
 from pipeline.model import resnet_features
+from pipeline.settings import settings_of
 
 
 def test_features_then_head_is_torchvisions_forward() -> None:
@@ -52,3 +56,36 @@ def test_auto_settings_resolve_by_device(monkeypatch: pytest.MonkeyPatch) -> Non
     assert (build.channels_last(cfg), build.num_workers(cfg)) == (True, 0)
     explicit = compose("train", ["model.channels_last=false", "data.num_workers=2"])
     assert (build.channels_last(explicit), build.num_workers(explicit)) == (False, 2)
+
+
+@pytest.mark.parametrize(("setting", "mode"), [(True, None), ("reduce-overhead", "reduce-overhead"),
+                                               ("max-autotune", "max-autotune")])  # fmt: skip
+def test_model_compile_names_torch_compiles_mode(
+    setting: model.CompileMode, mode: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What reaches torch.compile (compiling itself: tests/e2e/test_speed_knobs.py)."""
+    asked: list[str | None] = []
+
+    def compile_(fn: object, *, mode: str | None = None) -> object:
+        asked.append(mode)
+        return fn
+
+    monkeypatch.setattr(model.torch, "compile", compile_)
+    net = resnet18(num_classes=3).eval()
+    forward = model.compiled_forward(net, setting)
+    images = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(forward(images), net(images))
+    assert asked == [mode]
+
+
+def test_model_compile_takes_torch_compiles_modes_and_says_what_a_cpu_does_with_them() -> None:
+    cfg = compose("train", ["model.compile=reduce-overhead", "device=cpu"])
+    assert validate(cfg) == [] and settings_of(cfg).model.compile == "reduce-overhead"
+    assert warnings_for(cfg) == [
+        "model.compile=reduce-overhead on a CPU: CUDA graphs are CUDA's, so it compiles as "
+        "model.compile=true does"
+    ]
+    assert warnings_for(compose("train", ["model.compile=max-autotune", "device=cpu"])) == []
+    (problem,) = validate(compose("train", ["model.compile=fast"]))
+    assert problem.startswith("model.compile must be true, false, reduce-overhead, max-autotune, "
+                              "max-autotune-no-cudagraphs (got 'fast')")  # fmt: skip

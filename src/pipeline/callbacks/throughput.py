@@ -14,7 +14,7 @@ from pipeline.logging_steps import logs_this_step
 log = logging.getLogger(__name__)
 FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
 FIRST_STEP_TOOK = "first training batch took %.2f s%s"
-COMPILING = " (model.compile=true: compiling is part of it)"
+COMPILING = " (model.compile: compiling is part of it)"
 
 
 def process_age_s() -> float | None:
