@@ -163,26 +163,30 @@ def _data_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
                     cfg, torch.cuda.device_count() if cuda_available else 0
                 ),
             )
-    on_cpu = is_cpu_run(value(cfg, "device.accelerator"), torch.cuda.is_available())
-    if value(cfg, "data.compile") is True and on_cpu and (missing := missing_cpu_compiler()):
-        found.append(
-            f"data.compile=true: torch.compile finds no C++ compiler on this machine "
-            f"({missing}); install one (g++) or set data.compile=false (the same samples, made eagerly)"
-        )
+    if value(cfg, "data.compile") is True:
+        found += _cxx_problems(cfg, "data.compile=true", " (the same samples, made eagerly)")
     return found
+
+
+def _cxx_problems(cfg: DictConfig, asked: str, note: str = "") -> list[str]:
+    """torch.compile on a CPU needs a C++ compiler: without one, `asked` (data.compile=true,
+    model.compile=…) would fail only after ~20 s of compiling."""
+    on_cpu = is_cpu_run(value(cfg, "device.accelerator"), torch.cuda.is_available())
+    if not on_cpu or not (missing := missing_cpu_compiler()):
+        return []
+    key = asked.partition("=")[0]
+    return [
+        f"{asked}: torch.compile finds no C++ compiler on this machine ({missing}); install one "
+        f"(g++) or set {key}=false{note}"
+    ]
 
 
 def _model_problems(cfg: DictConfig) -> list[str]:
     """The classes against the loss; the weights file; a C++ compiler for model.compile."""
     found = []
-    on_cpu = is_cpu_run(value(cfg, "device.accelerator"), torch.cuda.is_available())
     compile_ = value(cfg, "model.compile")
-    compiles = compile_ is True or compile_ in COMPILE_MODE_NAMES
-    if compiles and on_cpu and (missing := missing_cpu_compiler()):
-        found.append(  # else the first step fails after ~20 s of compiling, with a traceback
-            f"model.compile={str(compile_).lower()}: torch.compile finds no C++ compiler on this "
-            f"machine ({missing}); install one (g++) or set model.compile=false"
-        )
+    if compile_ is True or compile_ in COMPILE_MODE_NAMES:  # else a traceback in step 1
+        found += _cxx_problems(cfg, f"model.compile={str(compile_).lower()}")
     classes = value(cfg, "model.num_classes")
     if value(cfg, "loss.name") == "cross_entropy" and is_int(classes) and 1 <= classes < 2:
         found.append(

@@ -26,7 +26,6 @@ from pipeline.errors import ConfigError, is_out_of_memory
 from pipeline.losses import LabelKind
 from pipeline.sample_hash import (
     SPLITS,
-    CannotCompile,
     CompileMode,
     compiles,
     failure_reason,
@@ -168,28 +167,39 @@ class SyntheticDataModule(pl.LightningDataModule):
         start = time.perf_counter()
         # Without a C++ compiler a CPU compile fails only after ~20 s of code generation.
         missing = missing_cpu_compiler() if first and device.type == "cpu" else None
+        if missing:
+            return self._eagerly_instead(missing, indices, split, device)
         try:
-            if missing:
-                raise CannotCompile(missing)
             made = self.make(indices, split, device, compiled)
         except Exception as exc:
             if not compiled or is_out_of_memory(exc):
                 raise
-            reason = missing or failure_reason(exc)
-            if self.compile is True:
-                raise ConfigError([
-                    f"data.compile=true: torch.compile could not build the sample kernel on "
-                    f"{device.type} here ({reason}); set data.compile=false (the same samples, "
-                    "made eagerly)"
-                ]) from exc  # fmt: skip
-            log.warning("data.compile=auto: torch.compile could not build the sample kernel "
-                        "(%s); making the same samples eagerly", reason)  # fmt: skip
-            sample_hash.compile_failed = True
-            return self.make(indices, split, device, compiled=False)
+            return self._eagerly_instead(failure_reason(exc), indices, split, device, exc)
         if first:
             sample_hash.compiled_once = True
             log.info("data.compile: compiled in %.1f s", time.perf_counter() - start)
         return made
+
+    def _eagerly_instead(
+        self,
+        reason: str,
+        indices: Tensor,
+        split: str,
+        device: torch.device,
+        cause: Exception | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The kernel cannot be built here (`reason`): data.compile=true stops the run with a
+        ConfigError; auto warns, stays eager for the rest of the process, and makes these."""
+        if self.compile is True:
+            raise ConfigError([
+                f"data.compile=true: torch.compile could not build the sample kernel on "
+                f"{device.type} here ({reason}); set data.compile=false (the same samples, "
+                "made eagerly)"
+            ]) from cause  # fmt: skip
+        log.warning("data.compile=auto: torch.compile could not build the sample kernel "
+                    "(%s); making the same samples eagerly", reason)  # fmt: skip
+        sample_hash.compile_failed = True
+        return self.make(indices, split, device, compiled=False)
 
     def compiles(self, device: torch.device) -> bool:
         """Whether this module makes samples on `device` with the compiled kernel."""

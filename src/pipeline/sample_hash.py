@@ -161,10 +161,6 @@ def fused_batch(
     return (images[:1], labels[:1]) if lone else (images, labels)
 
 
-class CannotCompile(RuntimeError):
-    """torch.compile cannot build the kernel here, found out before trying (no C++ compiler)."""
-
-
 def missing_cpu_compiler() -> str | None:
     """Why torch.compile cannot build CPU kernels here (no working C++ compiler), or None."""
     from torch._inductor.cpp_builder import get_cpp_compiler
