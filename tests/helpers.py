@@ -4,6 +4,7 @@ their TensorBoard scalars, an in-memory logger. Imported by tests as `from helpe
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -163,11 +164,21 @@ class _WarmServer:
             env=server_env,
             bufsize=0,
         )
-        atexit.register(self.process.kill)
+        atexit.register(self.stop)
         self.requests = 0
         self.pids: dict[int, int] = {}  # request id → pid
         self.statuses: dict[int, int] = {}  # pid → wait status
         self.unread = b""
+
+    def stop(self) -> None:
+        """End the server as the tests end: it removes its socket's folder on the way out."""
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
 
     def _read(self, timeout: float | None) -> None:
         """Files every reply that arrives within `timeout` (None: waits for one)."""
