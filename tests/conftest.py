@@ -39,18 +39,18 @@ def fake_hub_weights(torch_home: Path) -> Iterator[Path]:
 # long tests all in the first share would run one after another on one worker.
 LONGEST_FIRST = (
     "e2e/test_speed_knobs.py::test_compiled_run",
-    "e2e/test_ddp.py::test_multirun",
-    "e2e/test_train_cli.py::test_default_run",
-    "e2e/test_ddp.py::test_torchrun",
-    "e2e/test_ddp.py::test_ddp_cpu_divergence",
-    "e2e/test_wheel.py",
-    "e2e/test_bench.py::test_bench_command",
-    "e2e/test_noise_scale.py::test_two_ddp",
-    "e2e/test_search.py::test_killed",
     "e2e/test_resume.py::test_2k",
-    "e2e/test_ddp.py",
+    "e2e/test_train_cli.py::test_default_run",
+    "e2e/test_ddp.py::test_multirun",
+    "e2e/test_search.py::test_killed",
+    "e2e/test_bench.py::test_bench_command",
+    "e2e/test_wheel.py",
+    "e2e/test_train_cli.py::test_cpu_precisions",
+    "e2e/test_ddp.py::test_ddp_cpu_divergence",
+    "e2e/test_noise_scale.py::test_two_ddp",
     "e2e/test_search.py",
     "e2e/test_mistakes.py",
+    "e2e/test_ddp.py",
     "e2e/test_resume.py",
 )
 
