@@ -208,6 +208,28 @@ def serve() -> None:
         shutil.rmtree(server.folder, ignore_errors=True)
 
 
+def _ended_children() -> list[tuple[int, int]]:
+    """(pid, wait status) of every child that has ended since the last call."""
+    ended = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return ended
+        if pid == 0:
+            return ended
+        ended.append((pid, status))
+
+
+def _drop_killed_stand_ins(server: Server, ready: list[Any]) -> None:
+    """A stand-in's connection readable means it closed: it was killed, so is its child."""
+    for pid, conn in list(server.stand_ins.items()):
+        if conn in ready and not conn.recv(1):
+            os.kill(pid, signal.SIGKILL)  # not yet waited for: the pid is still this child's
+            conn.close()
+            server.stand_ins[pid] = None
+
+
 def _serve(server: Server) -> None:
     replies = sys.stdout
     sys.stdout = sys.stderr  # nothing but replies on the protocol's pipe
@@ -229,23 +251,11 @@ def _serve(server: Server) -> None:
                 reply({"id": request["id"], "pid": _fork_child(request)})
         if server.listener in ready:
             _stand_in(server)
-        for pid, conn in list(server.stand_ins.items()):
-            if conn in ready and not conn.recv(1):  # the stand-in was killed: so is its child
-                os.kill(pid, signal.SIGKILL)  # not yet waited for: the pid is still this child's
-                conn.close()
-                server.stand_ins[pid] = None
-        while True:  # every child that has ended
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
+        _drop_killed_stand_ins(server, ready)
+        for pid, status in _ended_children():
             if pid not in server.stand_ins:
                 reply({"pid": pid, "status": status})
-                continue
-            conn = server.stand_ins.pop(pid)
-            if conn is not None:
+            elif (conn := server.stand_ins.pop(pid)) is not None:
                 with contextlib.suppress(OSError):  # a stand-in that is gone needs no status
                     conn.sendall(json.dumps({"status": status}).encode() + b"\n")
                 conn.close()
