@@ -9,11 +9,13 @@ that command, with this process's argv, cwd, environment and open file descripto
 spawn pipe, shared tensors), and stands in for it: signals sent here go to the child, and this
 process ends as the child ended (its exit code, or the same signal). If this process is
 killed, the server kills the child. Anything else (another script, other interpreter options,
-no server) runs the real python. Only the imports are shared; the child is its own process.
+no server, PIPELINE_TESTS_COLD_CHILDREN=1) runs the real python. Only the imports are shared;
+the child is its own process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,6 +27,8 @@ WARM_MODULES = ("torch.distributed.run", "submitit.core._submit")
 SPAWN = "from multiprocessing.spawn import spawn_main"
 IGNORED_OPTIONS = ("-u", "-B", "-s", "-E")  # no meaning for a forked, already running process
 FDS_A_MESSAGE = 250  # as tests/zygote.py reads them: Linux takes at most 253 a message
+SERVER_ENV = "PIPELINE_TESTS_WARM_SERVER"  # the server's socket, set in every warm command
+COLD_ENV = "PIPELINE_TESTS_COLD_CHILDREN"  # "1": this command's children start real interpreters
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -57,45 +61,74 @@ def open_fds(keep_out: int) -> list[int]:
     return sorted(fds)
 
 
-def stand_in(conn: socket.socket, request: dict[str, object]) -> int:
+class Forwarder:
+    """Signals to this process, passed on to the child: queued until its pid is known (a
+    SIGTERM that comes first must not kill the stand-in and leave the child a SIGKILL), and
+    dropped once it has ended."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.queued: list[int] = []
+        for sig in FORWARDED:
+            signal.signal(sig, self.receive)
+
+    def receive(self, sig: int, _frame: object) -> None:
+        if self.pid is None:
+            self.queued.append(sig)
+        else:
+            with contextlib.suppress(ProcessLookupError):  # already ended (and reaped)
+                os.kill(self.pid, sig)
+
+    def start(self, pid: int) -> None:
+        self.pid = pid
+        for sig in self.queued:
+            self.receive(sig, None)
+
+
+def stand_in(conn: socket.socket, request: dict[str, object], forwarder: Forwarder) -> int:
     """Hand the command to the server; forward signals to the child; its wait status."""
     fds = open_fds(conn.fileno())
-    request |= {"cwd": os.getcwd(), "env": dict(os.environ), "fds": fds}
+    request |= {"fds": fds}
     # A DDP spawn passes a descriptor a shared tensor (~130 for ResNet18): sent in batches
     first, rest = fds[:FDS_A_MESSAGE], fds[FDS_A_MESSAGE:]
     socket.send_fds(conn, [json.dumps(request).encode() + b"\n"], first)
     for i in range(0, len(rest), FDS_A_MESSAGE):
         socket.send_fds(conn, [b"."], rest[i : i + FDS_A_MESSAGE])
     replies = conn.makefile("rb")
-    pid = json.loads(replies.readline())["pid"]
-    for sig in FORWARDED:
-        signal.signal(sig, lambda s, _frame: os.kill(pid, s))
-    line = replies.readline()
-    if not line:
+    reply = replies.readline()
+    if reply:
+        forwarder.start(json.loads(reply)["pid"])
+        reply = replies.readline()
+    if not reply:
         print("warm_python: the test server went away", file=sys.stderr)
         return 1 << 8
-    return int(json.loads(line)["status"])
+    return int(json.loads(reply)["status"])
 
 
 def main() -> None:
     argv = sys.argv[1:]
     request = request_for(argv)
-    address = os.environ.get("PIPELINE_TESTS_WARM_SERVER")
+    address = os.environ.get(SERVER_ENV)
     real = sys.executable  # this file runs under the real python (the launcher's `python -S`)
+    if os.environ.get(COLD_ENV) == "1":  # a test that times a real start-up
+        request = None
     conn = None
     if request is not None and address:
+        forwarder = Forwarder()
+        request |= {"cwd": os.getcwd(), "env": dict(os.environ)}
         conn = socket.socket(socket.AF_UNIX)
         try:
             conn.connect(address)
         except OSError:
             conn.close()
             conn = None
-    if conn is None:
+    if conn is None or request is None:
         os.execv(real, [real, *argv])
-    status = stand_in(conn, request)
-    if os.WIFSIGNALED(status):
+    status = stand_in(conn, request, forwarder)
+    if os.WIFSIGNALED(status):  # end as the child ended: by the same signal
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
     sys.exit(os.waitstatus_to_exitcode(status))
 

@@ -41,6 +41,8 @@ import types
 import warnings
 from typing import Any
 
+from lightning.fabric.utilities.rank_zero import _get_rank, rank_zero_only
+
 PRELOAD = ("pipeline.train", "pipeline.eval", "pipeline.replay", "pipeline.search", "tensorboard")
 SERVER_ENV = "PIPELINE_TESTS_WARM_SERVER"  # the socket's address, in every warm child's environment
 FDS_A_MESSAGE = 250  # Linux takes at most 253 descriptors a message (SCM_MAX_FD)
@@ -101,6 +103,15 @@ def _stdio_from_files(request: dict[str, Any]) -> None:
         os.close(fd)
 
 
+def _as_a_new_interpreter_would(request: dict[str, Any]) -> None:
+    """What a new interpreter reads from its environment at start-up and the server read at
+    import: the import path (the cwd for -m, then PYTHONPATH) and Lightning's rank (a DDP
+    child of rank 1 is rank 1 before its Trainer says so)."""
+    path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:1] = ["" if "code" in request else os.getcwd(), *path]
+    rank_zero_only.rank = _get_rank() or 0
+
+
 def run_child(request: dict[str, Any], received: list[int] | None = None) -> int:
     """In the forked child: become `python -m module args` (or `python -c code args`); return
     its exit code. `received`: a stand-in's file descriptors, to take under their numbers."""
@@ -121,6 +132,7 @@ def run_child(request: dict[str, Any], received: list[int] | None = None) -> int
         _install_fds(request["fds"], received)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115 (fd 0 lives as long as the process)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # the wrappers of fds 1 and 2
+    _as_a_new_interpreter_would(request)
     try:
         if "code" in request:  # `python -c code args`: the code runs in a new __main__
             sys.argv = ["-c", *request["args"]]
@@ -155,6 +167,8 @@ def _fork_child(request: dict[str, Any], received: list[int] | None = None) -> i
         code = 1
         try:
             code = run_child(request, received)
+        except BaseException:  # before the command ran (its cwd gone, a descriptor refused)
+            traceback.print_exc()
         finally:
             atexit._run_exitfuncs()
             for stream in (sys.__stdout__, sys.__stderr__):
@@ -168,33 +182,53 @@ def _read_stand_in(conn: socket.socket) -> tuple[dict[str, Any] | None, list[int
     """A stand-in's request and its file descriptors; None if it died before it asked. Each
     read takes the descriptors that came with its bytes (a plain recv would drop them)."""
     data, received, request = b"", [], None
-    while request is None or len(received) < len(request["fds"]):
-        chunk, fds, _, _ = socket.recv_fds(conn, 1 << 20, FDS_A_MESSAGE + 3)
-        received += fds
-        if not chunk:
-            for fd in received:
-                os.close(fd)
-            return None, []
-        data += chunk
-        if request is None and b"\n" in data:
-            request = json.loads(data.split(b"\n", 1)[0])
+    try:
+        while request is None or len(received) < len(request["fds"]):
+            chunk, fds, _, _ = socket.recv_fds(conn, 1 << 20, FDS_A_MESSAGE + 3)
+            received += fds
+            if not chunk:
+                raise EOFError
+            data += chunk
+            if request is None and b"\n" in data:
+                request = json.loads(data.split(b"\n", 1)[0])
+    except (OSError, ValueError, EOFError):
+        for fd in received:
+            os.close(fd)
+        return None, []
     return request, received
 
 
 def _stand_in(server: Server) -> None:
-    """A stand-in (tests/warm_python.py) connected: fork its command with its descriptors."""
+    """A stand-in (tests/warm_python.py) connected: fork its command with its descriptors. A
+    stand-in that stalls (10 s) or dies on the way is dropped, not the server with it."""
     conn, _ = server.listener.accept()
+    conn.settimeout(10)
     server.connecting = conn
-    request, received = _read_stand_in(conn)
+    try:
+        request, received = _read_stand_in(conn)
+    except (OSError, ValueError):
+        request, received = None, []
     if request is None:
         conn.close()
     else:
         pid = _fork_child(request, received)
         for fd in received:
             os.close(fd)
-        conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         server.stand_ins[pid] = conn
+        try:
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        except OSError:  # the stand-in is gone: so goes its child
+            _drop(server, pid)
     server.connecting = None
+
+
+def _drop(server: Server, pid: int) -> None:
+    """A stand-in has gone: kill its child (not yet waited for: the pid is still this one's)."""
+    os.kill(pid, signal.SIGKILL)
+    conn = server.stand_ins[pid]
+    if conn is not None:
+        conn.close()
+    server.stand_ins[pid] = None
 
 
 def serve() -> None:
@@ -205,6 +239,9 @@ def serve() -> None:
     try:
         _serve(server)
     finally:
+        for pid in server.stand_ins:  # no stand-in to answer to: its launcher is going
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(server.folder, ignore_errors=True)
 
 
@@ -224,10 +261,13 @@ def _ended_children() -> list[tuple[int, int]]:
 def _drop_killed_stand_ins(server: Server, ready: list[Any]) -> None:
     """A stand-in's connection readable means it closed: it was killed, so is its child."""
     for pid, conn in list(server.stand_ins.items()):
-        if conn in ready and not conn.recv(1):
-            os.kill(pid, signal.SIGKILL)  # not yet waited for: the pid is still this child's
-            conn.close()
-            server.stand_ins[pid] = None
+        if conn in ready:
+            try:
+                gone = not conn.recv(1)
+            except OSError:  # reset: it died with a reply unread
+                gone = True
+            if gone:
+                _drop(server, pid)
 
 
 def _serve(server: Server) -> None:

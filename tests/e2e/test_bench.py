@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from helpers import TINY, run_cli
+from helpers import TINY, cli_env, run_cli
 from pipeline.bench import outside
 from pipeline.bench.clock import StepClock, StepTimer
 from pipeline.bench.loops import BenchStopped, time_trainer
@@ -55,7 +55,9 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
             "bench.features=[progress_bar]",  # every instrument: tests/unit/test_bench.py
             'bench.knobs=["model.channels_last=true","device.tf32=true"]',
             f"bench.output={tmp_path / 'bench.json'}"]  # fmt: skip
-    result = run_cli("pipeline.bench", args, tmp_path, torch_home)
+    # The bench forked warm; its start-up run a real interpreter (tests/warm_python.py)
+    env = cli_env(torch_home) | {"PIPELINE_TESTS_COLD_CHILDREN": "1"}
+    result = run_cli("pipeline.bench", args, tmp_path, torch_home, env=env)
     assert result.returncode == 0, result.stderr
     figures = json.loads((tmp_path / "bench.json").read_text())
     assert set(figures["images_per_sec"]) == {"plain", "pipeline", "naive", "bare", "+progress bar",

@@ -98,7 +98,7 @@ def _free_port() -> int:
 
 
 def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_home: Path) -> None:
-    # torchrun's agent forked warm; it starts each worker as a fresh interpreter
+    # torchrun's agent forked warm; its workers too, through tests/warm_python.py
     args = ["--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "pipeline.train",
             "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false"]  # fmt: skip
     result = run_cli("torch.distributed.run", args, tmp_path, torch_home, timeout=300)
