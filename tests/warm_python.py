@@ -26,7 +26,7 @@ WARM_PACKAGES = ("pipeline.", "e2e.")  # the pipeline's entry points, the tests'
 WARM_MODULES = ("torch.distributed.run", "submitit.core._submit")
 SPAWN = "from multiprocessing.spawn import spawn_main"
 IGNORED_OPTIONS = ("-u", "-B", "-s", "-E")  # no meaning for a forked, already running process
-FDS_A_MESSAGE = 250  # as tests/zygote.py reads them: Linux takes at most 253 a message
+FDS_A_MESSAGE = 250  # a sendmsg's descriptors: Linux takes at most 253 (SCM_MAX_FD)
 SERVER_ENV = "PIPELINE_TESTS_WARM_SERVER"  # the server's socket, set in every warm command
 COLD_ENV = "PIPELINE_TESTS_COLD_CHILDREN"  # "1": this command's children start real interpreters
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -105,25 +105,28 @@ def stand_in(conn: socket.socket, request: dict[str, object], forwarder: Forward
     return int(json.loads(reply)["status"])
 
 
+def connected(address: str | None) -> socket.socket | None:
+    """A connection to the server at `address`, or None where there is none to reach."""
+    if not address:
+        return None
+    conn = socket.socket(socket.AF_UNIX)
+    try:
+        conn.connect(address)
+    except OSError:
+        conn.close()
+        return None
+    return conn
+
+
 def main() -> None:
     argv = sys.argv[1:]
-    request = request_for(argv)
-    address = os.environ.get(SERVER_ENV)
-    real = sys.executable  # this file runs under the real python (the launcher's `python -S`)
-    if os.environ.get(COLD_ENV) == "1":  # a test that times a real start-up
-        request = None
-    conn = None
-    if request is not None and address:
-        forwarder = Forwarder()
-        request |= {"cwd": os.getcwd(), "env": dict(os.environ)}
-        conn = socket.socket(socket.AF_UNIX)
-        try:
-            conn.connect(address)
-        except OSError:
-            conn.close()
-            conn = None
-    if conn is None or request is None:
+    request = None if os.environ.get(COLD_ENV) == "1" else request_for(argv)
+    forwarder = Forwarder()  # before the server hears of the command: no signal lost between
+    conn = connected(os.environ.get(SERVER_ENV)) if request is not None else None
+    if conn is None or request is None:  # exec resets the forwarder's handlers
+        real = sys.executable  # this file runs under the real python (the launcher's `python -S`)
         os.execv(real, [real, *argv])
+    request |= {"cwd": os.getcwd(), "env": dict(os.environ)}
     status = stand_in(conn, request, forwarder)
     if os.WIFSIGNALED(status):  # end as the child ended: by the same signal
         sig = os.WTERMSIG(status)

@@ -43,9 +43,9 @@ from typing import Any
 
 from lightning.fabric.utilities.rank_zero import _get_rank, rank_zero_only
 
+from warm_python import FDS_A_MESSAGE, SERVER_ENV
+
 PRELOAD = ("pipeline.train", "pipeline.eval", "pipeline.replay", "pipeline.search", "tensorboard")
-SERVER_ENV = "PIPELINE_TESTS_WARM_SERVER"  # the socket's address, in every warm child's environment
-FDS_A_MESSAGE = 250  # Linux takes at most 253 descriptors a message (SCM_MAX_FD)
 
 
 class Server:
@@ -204,10 +204,7 @@ def _stand_in(server: Server) -> None:
     conn, _ = server.listener.accept()
     conn.settimeout(10)
     server.connecting = conn
-    try:
-        request, received = _read_stand_in(conn)
-    except (OSError, ValueError):
-        request, received = None, []
+    request, received = _read_stand_in(conn)
     if request is None:
         conn.close()
     else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,8 +27,9 @@ OLDER_RUNS: dict[str, dict[str, Any]] = {
 
 # model.compile: off, torch.compile's default mode, or one of its modes by name (reduce-overhead
 # replays the step's kernels as CUDA graphs, on CUDA only).
-CompileMode = bool | Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
-COMPILE_MODE_NAMES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CompileModeName = Literal["reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+CompileMode = bool | CompileModeName
+COMPILE_MODE_NAMES: tuple[str, ...] = get_args(CompileModeName)
 COMPILE_MODES: tuple[CompileMode | str, ...] = (True, False, *COMPILE_MODE_NAMES)
 
 
