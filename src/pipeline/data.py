@@ -61,9 +61,9 @@ def make_batch(
     made on `device`. Labels are the elements after the image: (N, num_classes) uniform floats
     for label_kind "dense", (N,) class ids for "index". Pure: equal arguments give bitwise
     equal tensors on any device, compiled or not.
-    Cost: eager, ~14 elementwise int64 passes over N·C·H·W values (on CUDA one kernel each, with
-    int64 temporaries of that size, ~0.8 GB at batch 256 of 3×224×224; on a CPU in cache-sized
-    blocks); `compiled`, one kernel writing the float32 images (sample_hash.fused_batch: the
+    Cost: eager, ~12 elementwise int32 passes in place over N·C·H·W values (on CUDA one kernel
+    each, with two int32 buffers of that size, ~0.3 GB at batch 256 of 3×224×224; on a CPU in
+    cache-sized blocks); `compiled`, one kernel writing the float32 images (sample_hash.fused_batch: the
     first call in a process compiles). Figures: docs/benchmarks.md."""
     indices = indices.to(device=device, dtype=torch.int64)
     numel = channels * image_size * image_size

@@ -2,10 +2,13 @@
 one (seed, split) is a pure function of those integers, in exact integer arithmetic, so it is
 bitwise the same on any device, alone or inside any batch.
 
-Two implementations of one function: `uniform` (eager torch, int64, ~14 elementwise passes; on a
-CPU in cache-sized blocks) and `fused_batch` (the same hash in int32 with wrapping multiplies,
-`torch.compile`d into a kernel or two: one write of float32 a value, nothing read). Their outputs are
-bitwise equal (tests/unit/test_sample_hash.py); which one runs is `data.compile`.
+The hash is defined in int64 (`mix32`, `values`: exact, no overflow on any device), and made in
+int32 with wrapping multiplies, which keep the same low 32 bits at half the bytes and with the
+vector multiply an AVX2 CPU has for 32-bit lanes and lacks for 64-bit ones. Two ways to make a
+batch: `uniform` (eager torch, ~12 elementwise int32 passes, in place; on a CPU in cache-sized
+blocks) and `fused_batch` (the same, `torch.compile`d into a kernel or two: one write of float32 a
+value, nothing read). Their outputs are bitwise equal to each other and to the int64 definition
+(tests/unit/test_sample_hash.py); which one runs is `data.compile`.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ _MASK32 = 0xFFFFFFFF
 _MUL1, _MUL2 = 0x21F0AAAD, 0x735A2D97
 _POSITION_KEY = 0x9E3779B9  # keeps position 0 from hashing the zero word
 _UNIT = 2.0**-24  # 24 random bits a value: exact in float32, like torch.rand
-# int64 values a block holds on a CPU: 256 KB, within a core's L2, and at torch's grain size
-# (32,768), so each pass runs on the calling thread, with no wait for the pool's other threads.
-CPU_BLOCK_VALUES = 2**15
-# data.compile=auto compiles on a CPU from this image side up: there a batch's ~14 passes cost
+# int32 values a block holds on a CPU: 512 KB, half of it within each of two cores' L2 (a pass
+# over more than torch's grain size, 32,768, is split between the pool's threads). Measured at
+# 64×64 and 224×224, batch 32: 2**16 to 2**18 within the noise, 2**15 up to 2× slower, a whole
+# batch at 224×224 (every pass to memory) ~8× slower.
+CPU_BLOCK_VALUES = 2**17
+# data.compile=auto compiles on a CPU from this image side up: there a batch's ~12 eager passes cost
 # more per step than the compile (seconds, once a process) amortizes over a run.
 CPU_COMPILE_MIN_IMAGE_SIZE = 128
 
@@ -77,16 +82,22 @@ def values(keys: Tensor, first: int, count: int) -> Tensor:
 
 def uniform(keys: Tensor, first: int, count: int) -> Tensor:
     """Elements first…first+count−1 of each sample as floats: (N, count) float32 in [0, 1), the
-    top 24 bits of each hash. Eager: on a CPU in blocks of positions whose int64 temporaries stay
-    in cache (over a whole batch at 224×224, every pass went to memory: several times slower
-    here); on CUDA in one block."""
+    top 24 bits of each hash (`values`). Eager, in int32 and in place: on a CPU in blocks of
+    positions whose temporaries stay in cache (over a whole batch at 224×224, every pass went to
+    memory: several times slower here); on CUDA in one block."""
     n, device = len(keys), keys.device
+    keys32 = _as_int32(keys)
+    words = _position_words(first, count, device)  # (count,): shared by every sample
     out = torch.empty(n, count, device=device, dtype=torch.float32)
     width = count if device.type != "cpu" else max(1, CPU_BLOCK_VALUES // max(n, 1))
+    scratch = torch.empty(n, min(width, count), device=device, dtype=torch.int32)
     for start in range(0, count, width):
-        block = values(keys, first + start, min(width, count - start))
-        block >>= 8  # below 2**24: exact in float32, as is the product with 2**-24
-        torch.mul(block, _UNIT, out=out[:, start : start + block.shape[1]])
+        stop = min(start + width, count)
+        block = keys32[:, None] ^ words[None, start:stop]  # (N, stop − start), a new tensor
+        _mix32_wrapping(block, scratch=scratch[:, : stop - start])
+        block >>= 8  # the top 24 bits (arithmetic shift: the mask clears the sign's copies)
+        block &= 0xFFFFFF  # below 2**24: exact in float32, as is the product with 2**-24
+        torch.mul(block, _UNIT, out=out[:, start:stop])
     return out
 
 
@@ -95,21 +106,42 @@ def _signed32(word: int) -> int:
     return word - (1 << 32) if word >= 1 << 31 else word
 
 
-def _mix32_wrapping(x: Tensor) -> Tensor:
-    """mix32 on int32 tensors: multiplies wrap modulo 2**32 (as in C, CUDA and Triton), and each
-    right shift is masked to act on the unsigned word. Bitwise the int64 mix32's low 32 bits."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _signed32(_MUL1)
-    x = x ^ ((x >> 15) & 0x1FFFF)
-    x = x * _signed32(_MUL2)
-    return x ^ ((x >> 15) & 0x1FFFF)
+# mix32's three xorshifts, each followed by a multiply (but the last), on int32 words: a right
+# shift by `shift` masked to act on the unsigned word.
+_XORSHIFTS = ((16, 0xFFFF, _signed32(_MUL1)), (15, 0x1FFFF, _signed32(_MUL2)), (15, 0x1FFFF, None))
+
+
+def _mix32_wrapping(x: Tensor, scratch: Tensor | None = None) -> Tensor:
+    """mix32 on int32 tensors: multiplies wrap modulo 2**32 (as in C, CUDA and Triton), so the
+    result is bitwise the int64 mix32's low 32 bits. Functional (what torch.compile fuses), or
+    with `scratch` (int32, x's shape) in place in x, allocating nothing (eager)."""
+    for shift, mask, multiplier in _XORSHIFTS:
+        if scratch is None:
+            x = x ^ ((x >> shift) & mask)
+            x = x if multiplier is None else x * multiplier
+        else:
+            torch.bitwise_right_shift(x, shift, out=scratch)
+            scratch &= mask
+            x ^= scratch
+            if multiplier is not None:
+                x *= multiplier
+    return x
+
+
+def _as_int32(keys: Tensor) -> Tensor:
+    """32-bit words held in int64 ([0, 2**32)) as the int32 values with the same bits."""
+    return (keys - ((keys >> 31) << 32)).to(torch.int32)
+
+
+def _position_words(first: int, count: int, device: torch.device) -> Tensor:
+    """mix32 of positions first…first+count−1 (with the position key), int32: (count,)."""
+    positions = torch.arange(first, first + count, device=device, dtype=torch.int32)
+    return _mix32_wrapping(positions ^ _signed32(_POSITION_KEY))
 
 
 def _hashes_int32(keys32: Tensor, first: int, count: int) -> Tensor:
     """`values` in int32 (the same bits, signed): (N, count)."""
-    positions = torch.arange(first, first + count, device=keys32.device, dtype=torch.int32)
-    position_words = _mix32_wrapping(positions ^ _signed32(_POSITION_KEY))  # (count,)
-    return _mix32_wrapping(keys32[:, None] ^ position_words[None, :])
+    return _mix32_wrapping(keys32[:, None] ^ _position_words(first, count, keys32.device)[None, :])
 
 
 def _uniform_int32(keys32: Tensor, first: int, count: int) -> Tensor:
@@ -123,7 +155,7 @@ def _batch_int32(
     """A whole batch, written for torch.compile to fuse: the keys (int64, as `sample_keys`; N
     values), the images (N, numel) float32 and the labels, as make_batch makes them."""
     keys = _keys(indices, stream)
-    keys32 = (keys - ((keys >> 31) << 32)).to(torch.int32)  # the same bits, as signed words
+    keys32 = _as_int32(keys)
     images = _uniform_int32(keys32, 0, numel)
     if dense_labels:
         return images, _uniform_int32(keys32, numel, num_classes)

@@ -42,6 +42,21 @@ def test_the_compiled_kernel_makes_the_eager_samples_bitwise(
     assert torch.equal(alone[0][0], eager[0][5])
 
 
+def test_the_eager_int32_hash_is_the_int64_definition_in_every_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """uniform wraps int32 multiplies, in place, block by block: the same bits as the exact int64
+    hash (`values`), for keys across the int32 sign bit and blocks that do not divide the count."""
+    blocks_of_7_positions = 7 * len(EDGE_INDICES)
+    monkeypatch.setattr(sample_hash, "CPU_BLOCK_VALUES", blocks_of_7_positions)
+    keys = sample_hash.sample_keys(torch.tensor(EDGE_INDICES), 2**63 - 1, "val")
+    assert (keys >= 2**31).any() and (keys < 2**31).any()
+    for first, count in ((0, 3 * 5 * 5), (3 * 224 * 224, 1000), (2**31 - 9, 9)):
+        made = sample_hash.uniform(keys, first, count)
+        exact = (sample_hash.values(keys, first, count) >> 8).to(torch.float64) * 2.0**-24
+        assert made.dtype == torch.float32 and torch.equal(made.double(), exact)
+
+
 def test_the_compiled_kernel_compiles_once_for_every_shape() -> None:
     from torch._dynamo.utils import counters
 
