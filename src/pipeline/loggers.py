@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -92,6 +93,16 @@ def run_name(run_dir: Path) -> str:
         return str(run_dir.relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(run_dir)
+
+
+def log_step_scalars(trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
+    """This training step's `metrics` to rank 0's loggers, at the step Lightning writes the step's
+    self.log values at (its count of optimizer steps before this one), without self.log's
+    ~0.7–1.3 ms a call here: for values only the loggers read (not in callback_metrics or the
+    progress bar, not reduced over DDP processes). Call it on steps where logs_this_step holds."""
+    if trainer.is_global_zero and trainer.loggers:
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        log_scalars(trainer.loggers, metrics, step)
 
 
 def log_scalars(loggers: Sequence[Logger], metrics: Mapping[str, float], step: int) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
+from pipeline.loggers import log_step_scalars
 from pipeline.logging_steps import is_last_step, logs_this_step
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
@@ -114,10 +115,12 @@ class ResNetClassifier(pl.LightningModule):
         # on every step: DDP's mean is a collective, and reading a value on the host waits for
         # a GPU's queued work. Not prog_bar=True: Lightning would read it back on every batch
         # (the pipeline's ProgressBar shows it).
-        if logs_this_step(self.trainer) or is_last_step(self.trainer):
+        logs = logs_this_step(self.trainer)
+        if logs or is_last_step(self.trainer):
             self.log("train/loss", loss, on_step=True, on_epoch=False, sync_dist=True)
+        if logs:  # only the loggers read it: straight to them, without self.log's cost
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            self.log("train/lr", lr, on_step=True, on_epoch=False)
+            log_step_scalars(self.trainer, {"train/lr": lr})
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

@@ -1,0 +1,54 @@
+"""The progress bar redraws at most REDRAW_PER_SECOND times a second, and ends on the true count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import RichProgressBar
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from pipeline.callbacks import progress
+from pipeline.callbacks.progress import ProgressBar
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Linear(1, 1)
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        loss = self.w(batch).square().mean()
+        self.log("train/loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+
+def test_the_bar_redraws_on_the_clock_not_every_batch_and_ends_on_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ticks = iter(range(10**6))
+    # A clock 1/16 s further on each read: the bar's 1/10 s passes every second batch.
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(ticks) / 16)
+    drawn: list[int] = []
+    lightning_redraw = RichProgressBar.on_train_batch_end
+
+    def redraw(self: RichProgressBar, *args: Any) -> None:
+        drawn.append(args[-1])  # batch_idx
+        lightning_redraw(self, *args)
+
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end", redraw)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=14, callbacks=[ProgressBar(leave=True)], logger=False,
+        enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(_Tiny(), DataLoader(torch.ones(40, 1), batch_size=2))
+    assert drawn == [0, 2, 4, 6, 8, 10, 12]  # batch 13, the last, between two redraws
+    shown = capsys.readouterr().out  # not a terminal: the bar as it ended
+    assert "14/14" in shown and "train/loss" in shown  # caught up at the end
