@@ -76,7 +76,11 @@ def log_to_file(message: str, *, with_traceback: bool = True) -> None:
 
 @rank_zero_only
 def show_run_dir(run_dir: Path) -> None:
-    console.print(f"[bold]Run directory:[/] {escape(str(run_dir))}")
+    """The run directory and the command that opens it in TensorBoard, each on one line however
+    long (soft_wrap: rich would break them at 80 columns where stdout is not a terminal, and a
+    pasted path would be cut)."""
+    console.print(f"[bold]Run directory:[/] {escape(str(run_dir))}", soft_wrap=True)
     console.print(
-        f"[bold]TensorBoard:[/]   tensorboard --logdir {escape(shell_word(str(run_dir)))}"
+        f"[bold]TensorBoard:[/]   tensorboard --logdir {escape(shell_word(str(run_dir)))}",
+        soft_wrap=True,
     )

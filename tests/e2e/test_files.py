@@ -40,11 +40,15 @@ def test_two_runs_started_together_get_two_directories(tmp_path: Path, torch_hom
         assert (run / "checkpoints" / "last.ckpt").is_file() and (
             run / ".hydra" / "config.yaml"
         ).is_file()
+    # Each on a line of its own, whole, however long (not wrapped at 80 columns: not a terminal).
     printed = {
-        out.replace("\n", "").split("Run directory: ")[1].split("TensorBoard:")[0].strip()
+        line.removeprefix("Run directory: ")
         for out in outs
+        for line in out.splitlines()
+        if line.startswith("Run directory: ")
     }
-    assert printed == {str(run) for run in runs}
+    assert printed == {str(run) for run in runs} and len(str(runs[0])) > 80
+    assert all(f"tensorboard --logdir {run}" in outs[0] + outs[1] for run in runs)
 
 
 def _nobody_can_import_pipeline() -> bool:
