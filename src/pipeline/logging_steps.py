@@ -25,9 +25,22 @@ def is_due(step: int, every: int) -> bool:
 
 def is_last_step(trainer: pl.Trainer) -> bool:
     """Whether this batch belongs to the run's last optimizer step, by trainer.max_steps or as
-    the last batch of the last epoch (a run stopped early ends on another step)."""
+    the last batch of the last epoch (a run stopped early ends on another step). For use before
+    the optimizer step (training_step, its hooks); after it, `training_is_done`."""
     if trainer.max_steps > 0 and trainer.global_step + 1 >= trainer.max_steps:
         return True
+    return _last_batch_of_last_epoch(trainer)
+
+
+def training_is_done(trainer: pl.Trainer) -> bool:
+    """After a batch's optimizer step (on_train_batch_end): whether the run has taken its last,
+    by trainer.max_steps or as the last batch of the last epoch."""
+    if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return True
+    return _last_batch_of_last_epoch(trainer)
+
+
+def _last_batch_of_last_epoch(trainer: pl.Trainer) -> bool:
     max_epochs = trainer.max_epochs
     return (
         max_epochs is not None

@@ -136,3 +136,35 @@ def test_a_finished_fit_leaves_the_signal_handlers_and_frees_its_model(tmp_path:
     del module
     gc.collect()
     assert freed() is None
+
+
+def test_a_signal_in_the_last_step_stops_nothing_and_one_before_it_stops_the_run(
+    tmp_path: Path,
+) -> None:
+    """A SIGTERM during the run's last step finds a run that ends anyway: it is complete, not
+    stopped (train says so and exits 0, not 143 with advice to resume a finished run)."""
+    import os
+
+    import lightning.pytorch as pl
+
+    from pipeline import build
+    from pipeline.callbacks import graceful_stop_of
+    from pipeline.cli import compose
+
+    class SignalAtStep(pl.Callback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+            if trainer.global_step == self.step:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, on this thread
+
+    cfg = compose("train", [*TINY, "logger=none", "trainer.max_steps=3"])
+    for signalled, stopped_at, steps in ((0, 1, 1), (2, None, 3)):
+        run = tmp_path / f"signal-at-{signalled}"
+        trainer = build.build_trainer(cfg, run, extra_callbacks=[SignalAtStep(signalled)])
+        trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+        stop = graceful_stop_of(trainer)
+        assert stop is not None and stop.received == signal.SIGTERM
+        assert stop.stopped_at_step == stopped_at and trainer.global_step == steps
+        assert _ckpt(run)["global_step"] == steps

@@ -4,7 +4,8 @@ The handler only sets a flag; the step in flight finishes, the checkpoint is wri
 batch's end, and the Trainer stops normally (TensorBoard's writer closes cleanly). Under DDP the
 flag is reduced over ranks every DDP_CHECK_EVERY steps (a collective, and a wait for the GPU, on
 every step would cost), so one signalled process stops them all at the same step. A second
-Ctrl-C raises KeyboardInterrupt at once.
+Ctrl-C raises KeyboardInterrupt at once. A signal that arrives during the run's last step, or
+after it, stops nothing: the run ends as it would have (`received` is set, `stopped_at_step` not).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from pipeline.logging_steps import is_due
+from pipeline.logging_steps import is_due, training_is_done
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DDP_CHECK_EVERY = 8  # optimizer steps between the ranks' agreement on the flag
@@ -34,7 +35,7 @@ class GracefulStop(pl.Callback):
     def __init__(self, *, checkpoint_path: Path) -> None:
         self.checkpoint_path = checkpoint_path
         self.received: int | None = None  # the signal that asked to stop
-        self.stopped_at_step: int | None = None
+        self.stopped_at_step: int | None = None  # set only where the signal cut the run short
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -55,6 +56,8 @@ class GracefulStop(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        if training_is_done(trainer):  # the same on every rank: no collective skipped by one
+            return  # the run ends here anyway, and saves its own last checkpoint
         if trainer.world_size > 1 and not is_due(trainer.global_step - 1, DDP_CHECK_EVERY):
             return
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
