@@ -59,7 +59,8 @@ class Rule:
         if self.in_range is not None and is_int(v):
             return f"{self.key} must be {self.in_range} (got {v}); set {self.key}={self.fix}"
         hint = self.hint(v) if self.hint is not None else ""
-        return f"{self.key} must be {self.allowed} (got {v!r}{self.note}){hint}; set {self.key}={self.fix}"
+        got = "null" if v is None else repr(v)  # as the command line spells it: not Python's None
+        return f"{self.key} must be {self.allowed} (got {got}{self.note}){hint}; set {self.key}={self.fix}"
 
 
 def problems(cfg: DictConfig, rules: Iterable[Rule]) -> list[str]:

@@ -99,6 +99,10 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
             ["model.compile=maybe"],
             "model.compile must be true, false, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (got 'maybe')",
         ),
+        (
+            ["model.compile=null"],
+            "model.compile must be true, false, reduce-overhead, max-autotune, max-autotune-no-cudagraphs (got null)",
+        ),
         (["device.tf32=fast"], "device.tf32 must be null, true or false (got 'fast')"),
         (["device.cudnn_benchmark=1"], "device.cudnn_benchmark must be true or false (got 1)"),
         (
