@@ -95,6 +95,7 @@ class ResNetClassifier(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
+        self._step_lr = 0.0  # the lr of the step in flight, for train/lr
         # Compiled at the first forward, in the process that trains (DDP may spawn it), and kept
         # off the module's children: the checkpoint has torchvision's keys either way.
         self.compile_features = compile
@@ -115,13 +116,18 @@ class ResNetClassifier(pl.LightningModule):
         # on every step: DDP's mean is a collective, and reading a value on the host waits for
         # a GPU's queued work. Not prog_bar=True: Lightning would read it back on every batch
         # (the pipeline's ProgressBar shows it).
-        logs = logs_this_step(self.trainer)
-        if logs or is_last_step(self.trainer):
+        if logs_this_step(self.trainer) or is_last_step(self.trainer):
             self.log("train/loss", loss, on_step=True, on_epoch=False, sync_dist=True)
-        if logs:  # only the loggers read it: straight to them, without self.log's cost
-            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            log_step_scalars(self.trainer, {"train/lr": lr})
+        self._step_lr = self.trainer.optimizers[0].param_groups[0][
+            "lr"
+        ]  # before the scheduler's step
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """train/lr, where Lightning writes the step's logs (after the callbacks': a stop request
+        makes this step a logged one): straight to the loggers, the only readers of it."""
+        if logs_this_step(self.trainer):
+            log_step_scalars(self.trainer, {"train/lr": self._step_lr})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch

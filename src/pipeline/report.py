@@ -54,7 +54,7 @@ def show_config(cfg: DictConfig) -> None:
 
 @rank_zero_only
 def show_line(text: str) -> None:
-    console.print(text)
+    console.print(text, soft_wrap=True)  # one line, however long: not broken at 80 columns
 
 
 def show_error(program: str, message: str) -> None:

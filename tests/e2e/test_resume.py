@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -143,21 +145,9 @@ def test_a_signal_in_the_last_step_stops_nothing_and_one_before_it_stops_the_run
 ) -> None:
     """A SIGTERM during the run's last step finds a run that ends anyway: it is complete, not
     stopped (train says so and exits 0, not 143 with advice to resume a finished run)."""
-    import os
-
-    import lightning.pytorch as pl
-
     from pipeline import build
     from pipeline.callbacks import graceful_stop_of
     from pipeline.cli import compose
-
-    class SignalAtStep(pl.Callback):
-        def __init__(self, step: int) -> None:
-            self.step = step
-
-        def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
-            if trainer.global_step == self.step:
-                os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, on this thread
 
     cfg = compose("train", [*TINY, "logger=none", "trainer.max_steps=3"])
     for signalled, stopped_at, steps in ((0, 1, 1), (2, None, 3)):
@@ -168,3 +158,39 @@ def test_a_signal_in_the_last_step_stops_nothing_and_one_before_it_stops_the_run
         assert stop is not None and stop.received == signal.SIGTERM
         assert stop.stopped_at_step == stopped_at and trainer.global_step == steps
         assert _ckpt(run)["global_step"] == steps
+
+
+@pytest.mark.parametrize(
+    ("overrides", "signalled", "logged"),
+    [
+        (["trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1"], None, [0, 1, 2]),
+        (["trainer.max_steps=6", "trainer.log_every_n_steps=4"], 4, [3, 4]),  # the stop logs 4
+    ],
+    ids=["accumulation", "stopped"],
+)
+def test_every_step_scalar_lands_on_the_loss_steps_once(
+    overrides: list[str], signalled: int | None, logged: list[int], tmp_path: Path
+) -> None:
+    """train/lr and perf/images_per_sec go to the loggers without self.log, yet exactly where
+    Lightning writes train/loss: not on a batch that only accumulates, and on a stop's step."""
+    from pipeline import build
+    from pipeline.cli import compose
+
+    cfg = compose("train", [*TINY, "data.num_samples=32", "trainer.max_steps=3", *overrides])
+    extra = [] if signalled is None else [SignalAtStep(signalled)]
+    trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=extra)
+    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    tags = scalars(tmp_path / "tensorboard")
+    for tag in ("train/loss", "train/lr", "perf/images_per_sec"):
+        assert [s for s, _ in tags[tag]] == logged, tag
+
+
+class SignalAtStep(pl.Callback):
+    """Sends this process SIGTERM as optimizer step `step` (0-based) starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, on this thread

@@ -15,6 +15,7 @@ from pipeline import build
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.hparams import compared_hparams
+from pipeline.loggers import StepRowsCSVLogger
 from pipeline.settings import resolved
 
 # What every job's table holds besides the swept key: the compared keys, then what TINY set.
@@ -65,7 +66,7 @@ def test_the_default_is_tensorboard_alone_and_a_list_composes_several(tmp_path: 
     both = compose("train", ["logger=[tensorboard,csv]", "logger.tensorboard.log_graph=true"])
     assert preflight("train", ["logger=[tensorboard,csv]"], False, validate)[1] == []
     built = build.build_loggers(both, tmp_path)
-    assert [type(lg) for lg in built] == [TensorBoardLogger, CSVLogger]
+    assert [type(lg) for lg in built] == [TensorBoardLogger, StepRowsCSVLogger]
     assert both.logger.tensorboard.log_graph is True
     assert build.build_loggers(compose("train", ["logger=none"]), tmp_path) == []
 
@@ -142,3 +143,27 @@ def test_log_scalars_writes_one_tensorboard_event_a_step_and_the_csv_rows(tmp_pa
     assert [len(e.summary.value) for e in summaries] == [3, 3]  # one event a step
     rows = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 3 and rows[0].split(",")[0] == "grad/nonfinite_count"
+
+
+def test_the_csv_logger_writes_one_row_a_step_however_many_calls_log_it(tmp_path: Path) -> None:
+    import csv
+
+    logger = StepRowsCSVLogger(tmp_path, name="", version="", flush_logs_every_n_steps=2)
+    logger.log_metrics({"train/lr": 0.1}, step=0)
+    logger.log_metrics({"perf/images_per_sec": 50.0}, step=0)
+    logger.log_metrics({"train/loss": 2.5, "epoch": 0}, step=0)
+    logger.log_metrics({"train/lr": 0.1}, step=1)
+    logger.log_metrics({"train/loss": 2.0}, step=1)
+    logger.log_metrics({"train/lr": 0.05}, step=2)  # step 1 completes a flush interval: on disk
+    assert (tmp_path / "metrics.csv").is_file() and len(logger.experiment.metrics) == 1
+    logger.log_metrics({"train/lr": 0.01}, step=2)  # a key again: a row of its own
+    logger.save()
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+    assert rows == [
+        {"step": "0", "train/lr": "0.1", "perf/images_per_sec": "50.0", "train/loss": "2.5",
+         "epoch": "0"},
+        {"step": "1", "train/lr": "0.1", "train/loss": "2.0"},
+        {"step": "2", "train/lr": "0.05"},
+        {"step": "2", "train/lr": "0.01"},
+    ]  # fmt: skip
