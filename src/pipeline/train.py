@@ -110,10 +110,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
         )
         sys.exit(PROCESS_FAILED_EXIT_CODE)
     if stopped is not None and stopped.received is not None and stopped.stopped_at_step is None:
-        log.warning(
-            "%s arrived too late to stop the run before its end: it stopped nothing, the run is complete",
-            signal.Signals(stopped.received).name,
-        )
+        if is_launch_rank_zero():  # once a run, not once a process
+            log.warning(
+                "%s arrived too late to stop the run before its end: it stopped nothing, the run "
+                "is complete",
+                signal.Signals(stopped.received).name,
+            )
     elif stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
         checkpoint = run_dir / LAST_CHECKPOINT

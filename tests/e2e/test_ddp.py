@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import TINY, only_run_dir, run_cli, scalars, start_cli
+from helpers import TINY, CliProcess, only_run_dir, run_cli, scalars, start_cli
+from pipeline.callbacks.graceful_stop import DDP_CHECK_EVERY
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
@@ -67,6 +68,39 @@ def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
 ) -> None:
     args = ["device=ddp_cpu", "device.timeout_s=30", "loss=mse", "data.image_size=32", "data.batch_size=4",
             "data.num_samples=8000", "trainer.max_steps=1000", "callbacks.progress_bar=false"]  # fmt: skip
+    proc, rank1 = _training_with_rank1(args, tmp_path, torch_home)
+    os.kill(rank1, signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = proc.communicate(timeout=30 + 60)  # the collective timeout, plus teardown
+    assert time.monotonic() - killed < 90
+    assert proc.returncode == 5
+    assert "pipeline.train: a process of this DDP run failed, died or timed out" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_a_signal_to_one_rank_stops_every_rank_and_the_command_says_so(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """SIGTERM to rank 1 alone (a scheduler that signals one process): the ranks agree on it at
+    their next check, all stop at one step after saving, and the command, rank 0, reports the
+    stop and exits 143 (it printed its run directory and exited 0)."""
+    args = ["device=ddp_cpu", "loss=mse", "data.image_size=32", "data.batch_size=4",
+            "data.num_samples=8000", "trainer.max_steps=1000", "callbacks.progress_bar=false"]  # fmt: skip
+    proc, rank1 = _training_with_rank1(args, tmp_path, torch_home)
+    os.kill(rank1, signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    run = only_run_dir(tmp_path)
+    step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+    assert 0 < step < 1000 and step % DDP_CHECK_EVERY == 0  # the ranks' agreed check
+    assert f"stopped by SIGTERM after step {step}" in stderr.replace("\n", "")
+    assert "Traceback" not in stderr
+
+
+def _training_with_rank1(
+    args: list[str], tmp_path: Path, torch_home: Path
+) -> tuple[CliProcess, int]:
+    """A DDP run started in `tmp_path` once it trains, and its rank 1's pid."""
     proc = start_cli("pipeline.train", args, tmp_path, torch_home)
     deadline = time.monotonic() + 120
     while (
@@ -82,13 +116,7 @@ def test_a_killed_rank_ends_the_run_nonzero_within_the_timeout(
         ).split()
         if Path(f"/proc/{pid}/cwd").resolve() == tmp_path.resolve()
     ]
-    os.kill(int(rank1[0]), signal.SIGKILL)
-    killed = time.monotonic()
-    _, stderr = proc.communicate(timeout=30 + 60)  # the collective timeout, plus teardown
-    assert time.monotonic() - killed < 90
-    assert proc.returncode == 5
-    assert "pipeline.train: a process of this DDP run failed, died or timed out" in stderr
-    assert "Traceback" not in stderr
+    return proc, int(rank1[0])
 
 
 def _free_port() -> int:

@@ -17,6 +17,7 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from pipeline.logging_steps import is_due, training_is_done
 
@@ -60,11 +61,22 @@ class GracefulStop(pl.Callback):
             return  # the run ends here anyway, and saves its own last checkpoint
         if trainer.world_size > 1 and not is_due(trainer.global_step - 1, DDP_CHECK_EVERY):
             return
-        if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+        signum = self._agreed_signal(trainer)
+        if signum is None:
             return
+        self.received = signum  # also on a rank the signal did not reach: it reports the stop
         trainer.save_checkpoint(self.checkpoint_path)
         self.stopped_at_step = trainer.global_step
         trainer.should_stop = True
+
+    def _agreed_signal(self, trainer: pl.Trainer) -> int | None:
+        """The signal any rank received (the highest number, if they differ), or None: under DDP
+        one collective, so every rank stops, and knows why, at the same step."""
+        if trainer.world_size == 1:
+            return self.received
+        mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
+        highest = int(trainer.strategy.reduce(mine, reduce_op="max").item())
+        return highest or None
 
     def _restore(self) -> None:
         """Put back the handlers this callback replaced, where its own is still installed. Runs at
