@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,8 +86,8 @@ def dealt(items: list[pytest.Item], workers: int) -> list[pytest.Item]:
         size = left // (workers - w)
         left -= size
         share = [*long[w::workers], *(i for group in grouped[w::workers] for i in group)]
-        shares += [*share, *(next(rest) for _ in range(size - len(share)))]
-    return [*shares, *rest]  # none left, unless long tests outnumber a share
+        shares += [*share, *itertools.islice(rest, max(0, size - len(share)))]
+    return [*shares, *rest]  # a share may run short where an earlier one overflowed its size
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
