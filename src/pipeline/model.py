@@ -95,7 +95,10 @@ class ResNetClassifier(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self._step_lr = 0.0  # the lr of the step in flight, for train/lr
+        # The step in flight's loss and lr (read before the scheduler steps), for the loggers.
+        self._step_loss: Tensor | None = None
+        self._step_lr = 0.0
+        self._loss_logged = False
         # Compiled at the first forward, in the process that trains (DDP may spawn it), and kept
         # off the module's children: the checkpoint has torchvision's keys either way.
         self.compile_features = compile
@@ -116,17 +119,25 @@ class ResNetClassifier(pl.LightningModule):
         # on every step: DDP's mean is a collective, and reading a value on the host waits for
         # a GPU's queued work. Not prog_bar=True: Lightning would read it back on every batch
         # (the pipeline's ProgressBar shows it).
-        if logs_this_step(self.trainer) or is_last_step(self.trainer):
-            self.log("train/loss", loss, on_step=True, on_epoch=False, sync_dist=True)
-        self._step_lr = self.trainer.optimizers[0].param_groups[0][
-            "lr"
-        ]  # before the scheduler's step
+        self._step_loss = loss.detach()
+        self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self._loss_logged = logs_this_step(self.trainer) or is_last_step(self.trainer)
+        if self._loss_logged:
+            self._log_loss()
         return loss
 
+    def _log_loss(self) -> None:
+        assert self._step_loss is not None  # set by training_step
+        self.log("train/loss", self._step_loss, on_step=True, on_epoch=False, sync_dist=True)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """train/lr, where Lightning writes the step's logs (after the callbacks': a stop request
-        makes this step a logged one): straight to the loggers, the only readers of it."""
+        """Where Lightning writes the step's logs, decided after the callbacks' hooks (a stop
+        request makes this step a logged one): train/lr straight to the loggers, its only
+        readers; and train/loss if training_step did not log it, so the stop's step does not
+        get the last logged step's loss again (Lightning keeps that value and writes it)."""
         if logs_this_step(self.trainer):
+            if not self._loss_logged:  # every rank alike: the ranks agreed on the stop
+                self._log_loss()
             log_step_scalars(self.trainer, {"train/lr": self._step_lr})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:

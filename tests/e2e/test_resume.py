@@ -183,6 +183,8 @@ def test_every_step_scalar_lands_on_the_loss_steps_once(
     tags = scalars(tmp_path / "tensorboard")
     for tag in ("train/loss", "train/lr", "perf/images_per_sec"):
         assert [s for s, _ in tags[tag]] == logged, tag
+    losses = [v for _, v in tags["train/loss"]]
+    assert len(set(losses)) == len(losses)  # each step's own loss: not the last logged one again
 
 
 class SignalAtStep(pl.Callback):
