@@ -52,3 +52,17 @@ def test_the_bar_redraws_on_the_clock_not_every_batch_and_ends_on_the_last(
     assert drawn == [0, 2, 4, 6, 8, 10, 12]  # batch 13, the last, between two redraws
     shown = capsys.readouterr().out  # not a terminal: the bar as it ended
     assert "14/14" in shown and "train/loss" in shown  # caught up at the end
+
+
+def test_the_bar_counts_batches_to_the_last_step_under_accumulation(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """3 steps of 2 batches each: 6 batches, shown as 6/6 (Lightning's total was the steps left,
+    so its bar ended at 6/3)."""
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, accumulate_grad_batches=2, logger=False,
+        callbacks=[ProgressBar(leave=True)], enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(_Tiny(), DataLoader(torch.ones(40, 1), batch_size=2))
+    assert "6/6" in capsys.readouterr().out

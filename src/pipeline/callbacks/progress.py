@@ -29,6 +29,7 @@ class ProgressBar(RichProgressBar):
         self._value = 0.0
         self._drawn_at = -float("inf")  # time.monotonic() of the last redraw of the train bar
         self._undrawn: int | None = None  # batches done that the train bar does not show yet
+        self._sized_epoch: int | None = None  # the epoch whose train bar total is set
 
     def on_train_batch_end(
         self,
@@ -66,6 +67,28 @@ class ProgressBar(RichProgressBar):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._catch_up()  # a run stopped between redraws (a signal, a pruned trial)
         super().teardown(trainer, pl_module, stage)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sized_epoch, self._undrawn = None, None  # a fit of its own
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """At an epoch's first batch in this fit, the train bar's true total for a run bounded
+        by steps: the epoch's batches before this one (a resume mid-epoch counts on from them)
+        and the steps left, each accumulate_grad_batches batches. Lightning's counts the steps
+        left as batches: "6/3" under accumulation, "8/3" after a resume mid-epoch."""
+        if self._sized_epoch == trainer.current_epoch or self.is_disabled:
+            return
+        self._sized_epoch = trainer.current_epoch
+        if self.train_progress_bar_id is None:  # resumed mid-epoch: Lightning adds it at the end
+            self._initialize_train_progress_bar_id()
+        bar = self.train_progress_bar_id
+        if trainer.max_epochs == -1 and trainer.max_steps > 0 and self.progress and bar is not None:
+            left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+            total = min(trainer.num_training_batches, batch_idx + left)
+            self.progress.update(bar, total=total)
 
     def _get_train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
