@@ -136,7 +136,8 @@ class ResNetClassifier(pl.LightningModule):
         readers; and train/loss if training_step did not log it, so the stop's step does not
         get the last logged step's loss again (Lightning keeps that value and writes it)."""
         if logs_this_step(self.trainer):
-            if not self._loss_logged:  # every rank alike: the ranks agreed on the stop
+            # Every rank alike (the ranks agreed on the stop); not a batch that only accumulates.
+            if not self._loss_logged and not self.trainer.fit_loop._should_accumulate():
                 self._log_loss()
             log_step_scalars(self.trainer, {"train/lr": self._step_lr})
 

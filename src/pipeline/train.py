@@ -124,7 +124,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
         )
         report.log_to_file(message, with_traceback=False)
-        report.show_error("pipeline.train", message)
+        if is_launch_rank_zero():  # every rank stops and exits so; one says it
+            report.show_error("pipeline.train", message)
         sys.exit(stopped_by_signal_exit_code(stopped.received))
     report.show_run_dir(run_dir)
 

@@ -94,6 +94,7 @@ def test_a_signal_to_one_rank_stops_every_rank_and_the_command_says_so(
     step = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert 0 < step < 1000 and step % DDP_CHECK_EVERY == 0  # the ranks' agreed check
     assert f"stopped by SIGTERM after step {step}" in stderr.replace("\n", "")
+    assert stderr.count("stopped by SIGTERM") == 1  # said once, by rank 0
     assert "Traceback" not in stderr
 
 

@@ -165,8 +165,10 @@ def test_a_signal_in_the_last_step_stops_nothing_and_one_before_it_stops_the_run
     [
         (["trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1"], None, [0, 1, 2]),
         (["trainer.max_steps=6", "trainer.log_every_n_steps=4"], 4, [3, 4]),  # the stop logs 4
+        # Signalled in step 2's first batch: the stop waits for its second, and the step.
+        (["trainer.max_steps=6", "trainer.accumulate_grad_batches=2"], 2, [0, 1, 2]),
     ],
-    ids=["accumulation", "stopped"],
+    ids=["accumulation", "stopped", "stopped-mid-window"],
 )
 def test_every_step_scalar_lands_on_the_loss_steps_once(
     overrides: list[str], signalled: int | None, logged: list[int], tmp_path: Path
@@ -183,6 +185,7 @@ def test_every_step_scalar_lands_on_the_loss_steps_once(
     tags = scalars(tmp_path / "tensorboard")
     for tag in ("train/loss", "train/lr", "perf/images_per_sec"):
         assert [s for s, _ in tags[tag]] == logged, tag
+    assert trainer.global_step == logged[-1] + 1  # the last step logged is the last taken
     losses = [v for _, v in tags["train/loss"]]
     assert len(set(losses)) == len(losses)  # each step's own loss: not the last logged one again
 

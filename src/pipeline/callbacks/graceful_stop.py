@@ -4,8 +4,10 @@ The handler only sets a flag; the step in flight finishes, the checkpoint is wri
 batch's end, and the Trainer stops normally (TensorBoard's writer closes cleanly). Under DDP the
 flag is reduced over ranks every DDP_CHECK_EVERY steps (a collective, and a wait for the GPU, on
 every step would cost), so one signalled process stops them all at the same step. A second
-Ctrl-C raises KeyboardInterrupt at once. A signal that arrives during the run's last step, or
-after it, stops nothing: the run ends as it would have (`received` is set, `stopped_at_step` not).
+Ctrl-C raises KeyboardInterrupt at once. Under gradient accumulation the stop waits for the
+window's last batch (a checkpoint mid-window would lose the window's earlier batches on resume).
+A signal that arrives during the run's last step, or after it, stops nothing: the run ends as it
+would have (`received` is set, `stopped_at_step` not).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class GracefulStop(pl.Callback):
     ) -> None:
         if training_is_done(trainer):  # the same on every rank: no collective skipped by one
             return  # the run ends here anyway, and saves its own last checkpoint
+        if trainer.fit_loop._should_accumulate():  # mid-window: a resume would lose its batches
+            return  # stop after the window's last batch, its optimizer step
         if trainer.world_size > 1 and not is_due(trainer.global_step - 1, DDP_CHECK_EVERY):
             return
         signum = self._agreed_signal(trainer)
@@ -89,6 +93,10 @@ class GracefulStop(pl.Callback):
         self._previous = {}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1 and self.stopped_at_step is None:
+            # A signal to one rank after the ranks' last check: every rank learns it (one more
+            # collective, at an end every rank reaches), so rank 0 can say the run completed.
+            self.received = self._agreed_signal(trainer)
         self._restore()
 
     def on_exception(
