@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
+from pipeline.logging_steps import writes_step_logs
 
 # logger=mlflow needs these importable; the mlflow extra installs them (mlflow-skinny leaves
 # out the SQL store's own dependencies).
@@ -118,13 +119,11 @@ def run_name(run_dir: Path) -> str:
 
 
 def log_step_scalars(trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
-    """This training step's `metrics` to rank 0's loggers, where and when Lightning writes the
-    step's self.log values (after the batch that takes the optimizer step, not one that only
-    accumulates; at its count of optimizer steps before this one), without self.log's ~0.7–1.3 ms
-    a call here: for values only the loggers read (not in callback_metrics or the progress bar,
-    not reduced over DDP processes). Call it in on_train_batch_end where logs_this_step holds
-    (there it also holds on the step a stop request ends the run at, as Lightning's does)."""
-    if trainer.is_global_zero and trainer.loggers and not trainer.fit_loop._should_accumulate():
+    """In on_train_batch_end: this step's `metrics` to rank 0's loggers where and when Lightning
+    writes the step's self.log values (logging_steps.writes_step_logs; at its count of optimizer
+    steps before this one), without self.log's ~0.7–1.3 ms a call here: for values only the
+    loggers read (not in callback_metrics or the progress bar, not reduced over DDP processes)."""
+    if trainer.is_global_zero and trainer.loggers and writes_step_logs(trainer):
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         log_scalars(trainer.loggers, metrics, step)
 

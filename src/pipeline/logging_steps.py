@@ -15,6 +15,13 @@ def logs_this_step(trainer: pl.Trainer) -> bool:
     return bool(trainer._logger_connector.should_update_logs)
 
 
+def writes_step_logs(trainer: pl.Trainer) -> bool:
+    """In on_train_batch_end: whether Lightning writes this batch's step logs to the loggers,
+    as its own test does right after: a logging step (or one a stop request ends), on the batch
+    that takes the optimizer step, not one that only accumulates."""
+    return logs_this_step(trainer) and not trainer.fit_loop._should_accumulate()
+
+
 def is_due(step: int, every: int) -> bool:
     """Whether 0-based optimizer step `step` completes a multiple of `every` steps: steps N−1,
     2N−1, … (every ≤ 0: never). Lightning counts log_every_n_steps the same way, so an

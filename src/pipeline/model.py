@@ -16,7 +16,7 @@ from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
-from pipeline.logging_steps import is_last_step, logs_this_step
+from pipeline.logging_steps import is_last_step, logs_this_step, writes_step_logs
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
 from pipeline.weights import (
@@ -135,11 +135,9 @@ class ResNetClassifier(pl.LightningModule):
         request makes this step a logged one): train/lr straight to the loggers, its only
         readers; and train/loss if training_step did not log it, so the stop's step does not
         get the last logged step's loss again (Lightning keeps that value and writes it)."""
-        if logs_this_step(self.trainer):
-            # Every rank alike (the ranks agreed on the stop); not a batch that only accumulates.
-            if not self._loss_logged and not self.trainer.fit_loop._should_accumulate():
-                self._log_loss()
-            log_step_scalars(self.trainer, {"train/lr": self._step_lr})
+        if not self._loss_logged and writes_step_logs(self.trainer):
+            self._log_loss()  # every rank alike: the ranks agreed on the stop
+        log_step_scalars(self.trainer, {"train/lr": self._step_lr})
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch

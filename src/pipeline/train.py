@@ -109,24 +109,25 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             "pipeline.train", f"a process of this DDP run failed, died or timed out: {first}"
         )
         sys.exit(PROCESS_FAILED_EXIT_CODE)
-    if stopped is not None and stopped.received is not None and stopped.stopped_at_step is None:
-        if is_launch_rank_zero():  # once a run, not once a process
-            log.warning(
-                "%s arrived too late to stop the run before its end: it stopped nothing, the run "
-                "is complete",
-                signal.Signals(stopped.received).name,
-            )
-    elif stopped is not None and stopped.received is not None:
+    if stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
-        checkpoint = run_dir / LAST_CHECKPOINT
-        message = (
-            f"stopped by {name} after step {stopped.stopped_at_step}; saved {checkpoint}; "
-            f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
-        )
-        report.log_to_file(message, with_traceback=False)
-        if is_launch_rank_zero():  # every rank stops and exits so; one says it
-            report.show_error("pipeline.train", message)
-        sys.exit(stopped_by_signal_exit_code(stopped.received))
+        if stopped.stopped_at_step is None:
+            if is_launch_rank_zero():  # once a run, not once a process
+                log.warning(
+                    "%s arrived too late to stop the run before its end: it stopped nothing, "
+                    "the run is complete",
+                    name,
+                )
+        else:
+            checkpoint = run_dir / LAST_CHECKPOINT
+            message = (
+                f"stopped by {name} after step {stopped.stopped_at_step}; saved {checkpoint}; "
+                f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
+            )
+            report.log_to_file(message, with_traceback=False)
+            if is_launch_rank_zero():  # every rank stops and exits so; one says it
+                report.show_error("pipeline.train", message)
+            sys.exit(stopped_by_signal_exit_code(stopped.received))
     report.show_run_dir(run_dir)
 
 

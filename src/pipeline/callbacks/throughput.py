@@ -10,7 +10,6 @@ from typing import Any
 import lightning.pytorch as pl
 
 from pipeline.loggers import log_step_scalars
-from pipeline.logging_steps import logs_this_step
 
 log = logging.getLogger(__name__)
 FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
@@ -72,8 +71,7 @@ class Throughput(pl.Callback):
         if self._first_start is not None:  # this process's first batch
             log.info(FIRST_STEP_TOOK, now - self._first_start, COMPILING if self.compile else "")
             self._first_start = None
-        if logs_this_step(trainer):  # straight to the loggers: nothing else reads it
-            log_step_scalars(trainer, {"perf/images_per_sec": rate})
+        log_step_scalars(trainer, {"perf/images_per_sec": rate})  # nothing else reads it
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None  # validation time is not training throughput
