@@ -14,15 +14,18 @@ TAGS = {"perf/gpu_mem_allocated_gb", "perf/gpu_mem_peak_gb", "perf/gpu_mem_reser
         "perf/gpu_alloc_retries"}  # fmt: skip
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
 def test_the_figures_reach_tensorboard_at_the_logging_steps(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, accumulate: int
 ) -> None:
-    """On a CPU run with the allocator's statistics faked: the callback's path to the loggers."""
+    """On a CPU run with the allocator's statistics faked: the callback's path to the loggers,
+    once a logged step also when its batch is accumulated over micro-batches."""
     from pipeline import build
     from pipeline.cli import compose
 
     monkeypatch.setattr(torch.cuda, "memory_stats", lambda device: {"num_alloc_retries": 3})
-    cfg = compose("train", [*TINY, "trainer.max_steps=4", "trainer.log_every_n_steps=2"])
+    overrides = ["trainer.max_steps=4", "trainer.log_every_n_steps=2"]
+    cfg = compose("train", [*TINY, *overrides, f"trainer.accumulate_grad_batches={accumulate}"])
     module = build.build_module(cfg)
     trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=[GpuMemory()])
     trainer.fit(module, datamodule=build.build_datamodule(cfg))
@@ -30,6 +33,7 @@ def test_the_figures_reach_tensorboard_at_the_logging_steps(
     assert set(logged) >= TAGS
     retries = logged["perf/gpu_alloc_retries"]
     assert [step for step, _ in retries] == [step for step, _ in logged["perf/images_per_sec"]]
+    assert [step for step, _ in retries] == [1, 3]  # once a logged step (Lightning counts from 0)
     assert [value for _, value in retries] == [3.0, 3.0]
 
 

@@ -9,7 +9,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from pipeline.logging_steps import logs_this_step
+from pipeline.loggers import log_step_scalars
+from pipeline.logging_steps import writes_step_logs
 
 GB = 2**30
 PEAK_TAG = "perf/gpu_mem_peak_gb"
@@ -29,9 +30,10 @@ def gpu_memory_figures(stats: Mapping[str, Any]) -> dict[str, float]:
 
 
 class GpuMemory(pl.Callback):
-    """Writes gpu_memory_figures of rank 0's device on logging steps, straight to the loggers at
-    the step Lightning logs that batch's metrics at: no tensors, so no ~0.7 ms self.log call each
-    and no copy to the device. CUDA runs only (build adds it). Costs a dict read on those steps."""
+    """Writes gpu_memory_figures of rank 0's device where and when Lightning writes a step's
+    logs (loggers.log_step_scalars: a logging step's last micro-batch, not each one under
+    accumulation): no tensors, so no ~0.7 ms self.log call each and no copy to the device. CUDA
+    runs only (build adds it). Costs a dict read on those steps."""
 
     def on_train_batch_end(
         self,
@@ -41,9 +43,5 @@ class GpuMemory(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if trainer.is_global_zero and logs_this_step(trainer):
-            figures = gpu_memory_figures(torch.cuda.memory_stats(pl_module.device))
-            # Lightning's own path to the loggers, at the step it logs this batch's metrics at
-            # (both private; lightning is pinned to 2.6.x): global_step is one ahead here.
-            step = trainer.fit_loop.epoch_loop._batches_that_stepped
-            trainer._logger_connector.log_metrics(figures, step=step)  # type: ignore[arg-type]
+        if trainer.is_global_zero and writes_step_logs(trainer):
+            log_step_scalars(trainer, gpu_memory_figures(torch.cuda.memory_stats(pl_module.device)))
