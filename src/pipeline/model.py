@@ -11,12 +11,15 @@ from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LambdaLR
 from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
 from pipeline.logging_steps import is_last_step, logs_this_step, writes_step_logs
+from pipeline.restored_optimizer import apply_config_hyperparameters, changes_message
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
 from pipeline.weights import (
@@ -138,6 +141,19 @@ class ResNetClassifier(pl.LightningModule):
         if not self._loss_logged and writes_step_logs(self.trainer):
             self._log_loss()  # every rank alike: the ranks agreed on the stop
         log_step_scalars(self.trainer, {"train/lr": self._step_lr})
+
+    def on_train_start(self) -> None:
+        """A run continued from a checkpoint trains with its config's optimizer hyperparameters
+        (Lightning has just restored the checkpoint's): pipeline.restored_optimizer."""
+        if self.trainer.ckpt_path is None:
+            return
+        configs = self.trainer.lr_scheduler_configs
+        scheduler = configs[0].scheduler if configs else None
+        changes = apply_config_hyperparameters(
+            self.trainer.optimizers[0], scheduler if isinstance(scheduler, LambdaLR) else None
+        )
+        if changes:
+            rank_zero_info(changes_message(changes))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch

@@ -199,3 +199,32 @@ class SignalAtStep(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)  # handled between bytecodes, on this thread
+
+
+def test_a_resume_trains_on_with_the_optimizer_settings_given_on_its_command_line(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """`resume=<run> optimizer.lr=…`: the config says the new lr, and the run trains at it (the
+    optimizer's restored state used to keep the old one while config.yaml said the new)."""
+    from pipeline.schedules import cosine_factor
+
+    run = tmp_path / "run"
+    first = run_cli(
+        "pipeline.train",
+        [*RUN, "trainer.max_steps=4", f"hydra.run.dir={run}"],
+        tmp_path,
+        torch_home,
+    )
+    assert first.returncode == 0, first.stderr
+    args = [f"resume={run}", "trainer.max_steps=6", "optimizer.lr=0.01", "optimizer.weight_decay=0"]
+    resumed = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert resumed.returncode == 0, resumed.stderr
+    lr = dict(scalars(run / "tensorboard")["train/lr"])
+    factor = {s: cosine_factor(s, warmup_steps=2, total_steps=8, min_lr_ratio=0.0) for s in lr}
+    assert lr[3] == pytest.approx(1e-3 * factor[3])  # adamw's default, before the resume
+    assert [lr[4], lr[5]] == pytest.approx([0.01 * factor[4], 0.01 * factor[5]])
+    said = (run / "train.log").read_text()
+    assert "optimizer.lr=0.01 (the checkpoint had 0.001)" in said
+    assert "optimizer.weight_decay=0 (the checkpoint had 0.01)" in said
+    ckpt = _ckpt(run)
+    assert ckpt["optimizer_states"][0]["param_groups"][0]["weight_decay"] == 0
