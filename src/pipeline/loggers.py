@@ -6,6 +6,7 @@ options composes them side by side: cfg.logger == {"tensorboard": {...}, "csv": 
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 
@@ -66,12 +68,22 @@ class StepRowsCSVLogger(CSVLogger):
     """Lightning's CSV logger with one row a step: a step's metrics logged in several calls (its
     self.log values, the instruments' scalars) share one row of metrics.csv, where Lightning's
     starts a row a call, leaving gaps in every column. A step's row goes to disk when the next
-    step's first metrics arrive after it (every flush_logs_every_n_steps), and at the end."""
+    step's first metrics arrive after it (every flush_logs_every_n_steps), and at the end.
+
+    A resumed run keeps the rows already written: Lightning deletes metrics.csv when its writer
+    starts, so they are read first and written back before anything else is saved. (A run
+    killed after its last checkpoint may have rows for steps its resume logs again, as its
+    TensorBoard curves do.)"""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._carried = _read_rows(Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE)
 
     @rank_zero_only
     def log_metrics(  # type: ignore[override]  # as CSVLogger's
         self, metrics: Mapping[str, float], step: int | None = None
     ) -> None:
+        self._write_back_carried()
         rows = self.experiment.metrics
         last = rows[-1] if rows else None
         if last is not None and last["step"] == step and last.keys().isdisjoint(metrics):
@@ -81,6 +93,35 @@ class StepRowsCSVLogger(CSVLogger):
         if last is not None and (last["step"] + 1) % self._flush_logs_every_n_steps == 0:
             self.save()  # the finished step's row, before a new row starts
         self.experiment.log_metrics(dict(metrics), step if step is not None else len(rows))
+
+    @rank_zero_only
+    def save(self) -> None:
+        self._write_back_carried()
+        super().save()
+
+    def _write_back_carried(self) -> None:
+        """Once: the previous run's rows into a new metrics.csv (the writer, made here if not yet,
+        has deleted the old one), and its columns into the writer's."""
+        if self._carried is None:
+            return
+        header, rows = self._carried
+        self._carried = None
+        writer = self.experiment
+        with open(writer.metrics_file_path, "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=sorted(header))  # Lightning's order
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = sorted(header)
+
+
+def _read_rows(path: Path) -> tuple[list[str], list[dict[str, str]]] | None:
+    """A metrics.csv's header and rows, as text; None where there is none (or no header)."""
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return (list(reader.fieldnames), rows) if reader.fieldnames else None
 
 
 def mlflow_logger(
