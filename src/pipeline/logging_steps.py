@@ -55,3 +55,15 @@ def _last_batch_of_last_epoch(trainer: pl.Trainer) -> bool:
         and trainer.current_epoch + 1 >= max_epochs
         and bool(trainer.is_last_batch)
     )
+
+
+def realign_logging_step(trainer: pl.Trainer) -> None:
+    """At an epoch's start: Lightning's count of batches that stepped, the step its loggers write
+    at, made equal to trainer.global_step again, as it is before every batch (one optimizer).
+    Lightning 2.6 counts one too many when a run resumes from a checkpoint saved at an epoch's
+    end: its restarted epoch loop takes an empty turn, which ends in its count's increment. Every
+    tag after such a resume was one step late, and the instruments that read the count (logging
+    steps) measured other steps than train/loss (a private attribute; lightning is pinned)."""
+    loop = trainer.fit_loop.epoch_loop
+    if loop._batches_that_stepped != trainer.global_step:
+        loop._batches_that_stepped = trainer.global_step

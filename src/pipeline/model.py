@@ -18,7 +18,12 @@ from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
-from pipeline.logging_steps import is_last_step, logs_this_step, writes_step_logs
+from pipeline.logging_steps import (
+    is_last_step,
+    logs_this_step,
+    realign_logging_step,
+    writes_step_logs,
+)
 from pipeline.restored_optimizer import apply_config_hyperparameters, changes_message
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
@@ -114,6 +119,11 @@ class ResNetClassifier(pl.LightningModule):
         if self._compiled_forward is None:
             self._compiled_forward = compiled_forward(cast(ResNet, self.net), self.compile_features)
         return self._compiled_forward(images)
+
+    def on_train_epoch_start(self) -> None:
+        # Before the epoch's first batch and every callback's batch hooks: a resume at an epoch's
+        # end left Lightning's logging step one ahead (logging_steps.realign_logging_step).
+        realign_logging_step(self.trainer)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch  # (B, C, H, W), (B, num_classes) or (B,)

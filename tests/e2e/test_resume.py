@@ -228,3 +228,24 @@ def test_a_resume_trains_on_with_the_optimizer_settings_given_on_its_command_lin
     assert "optimizer.weight_decay=0 (the checkpoint had 0.01)" in said
     ckpt = _ckpt(run)
     assert ckpt["optimizer_states"][0]["param_groups"][0]["weight_decay"] == 0
+
+
+def test_a_resume_at_an_epochs_end_logs_every_tag_at_its_own_step(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """4 batches an epoch, 8 steps, then a resume to 12: Lightning restarted the finished epoch
+    with a turn that trained nothing yet counted a step, so every tag after the resume was one
+    step late (val/loss at 12, train/loss at 9 … 12), and the gradient tags, written at the
+    optimizer's step, fell on other steps than train/loss."""
+    run = tmp_path / "run"
+    args = [*RUN, "data.num_samples=16", "scheduler.total_steps=12", f"hydra.run.dir={run}"]
+    first = run_cli("pipeline.train", [*args, "trainer.max_steps=8"], tmp_path, torch_home)
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli(
+        "pipeline.train", [f"resume={run}", "trainer.max_steps=12"], tmp_path, torch_home
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    tags = scalars(run / "tensorboard")
+    for tag in ("train/loss", "train/lr", "grad_norm/total", "perf/images_per_sec"):
+        assert [s for s, _ in tags[tag]] == list(range(12)), tag
+    assert [s for s, _ in tags["val/loss"]] == [3, 7, 11]  # each epoch's end
