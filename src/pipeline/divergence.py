@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pipeline.errors import ConfigError
 from pipeline.gradients import BLOCKS, norms_by_block
 from pipeline.layout import DIVERGENCE_FILE
 from pipeline.overrides import shell_word
@@ -85,9 +86,48 @@ def write_divergence(run_dir: Path, record: dict[str, Any]) -> Path:
 
 
 def read_divergence(run_dir: Path) -> dict[str, Any]:
-    record = json.loads((run_dir / DIVERGENCE_FILE).read_text())
-    assert isinstance(record, dict)
-    return record
+    """`run_dir`'s divergence.json, with the fields replay reads checked; ConfigError (one line)
+    where it is not one the guard wrote (edited, cut short, emptied)."""
+    path = run_dir / DIVERGENCE_FILE
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError([_not_a_record(path, f"it cannot be read as JSON: {exc}")]) from None
+    problem = _record_problem(record)
+    if problem is not None:
+        raise ConfigError([_not_a_record(path, problem)])
+    return dict(record)
+
+
+def _record_problem(record: Any) -> str | None:
+    """Why `record` is not a divergence record replay can use, or None."""
+    if not isinstance(record, dict):
+        return f"it holds a {type(record).__name__}, not an object"
+    if not _is_int(record.get("step")):
+        return "its step is not an integer"
+    if not (
+        record.get("checkpoint_global_step") is None or _is_int(record["checkpoint_global_step"])
+    ):
+        return "its checkpoint_global_step is neither an integer nor null"
+    batches = record.get("micro_batches")
+    if not (
+        isinstance(batches, list)
+        and batches
+        and all(isinstance(b, list) and b and all(_is_int(i) for i in b) for b in batches)
+    ):
+        return "its micro_batches are not lists of sample indices"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _not_a_record(path: Path, why: str) -> str:
+    return (
+        f"{path} is not the record the non-finite guard writes ({why}); it cannot be replayed: "
+        "run the command that diverged again to write it anew"
+    )
 
 
 def divergence_message(

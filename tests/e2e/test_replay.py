@@ -66,6 +66,16 @@ def test_a_healthy_run_writes_no_divergence_json_and_replay_refuses_it(
         "stopped can be replayed"
     ]
 
+    (run_dir / "divergence.json").write_text('{"step": 9,')  # cut short: a traceback, exit 1
+    replay = run_cli("pipeline.replay", [str(run_dir)], tmp_path, torch_home)
+    assert replay.returncode == 2, replay.stderr
+    assert replay.stderr.strip().splitlines() == [
+        f"pipeline.replay: {run_dir / 'divergence.json'} is not the record the non-finite guard "
+        "writes (it cannot be read as JSON: Expecting property name enclosed in double quotes: "
+        "line 1 column 12 (char 11)); it cannot be replayed: run the command that diverged again "
+        "to write it anew"
+    ]
+
     (run_dir / "divergence.json").write_text("{}")
     (run_dir / "checkpoints" / "last.ckpt").unlink()
     replay = run_cli("pipeline.replay", [str(run_dir)], tmp_path, torch_home)

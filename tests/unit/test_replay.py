@@ -3,8 +3,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
+
+from pipeline.divergence import read_divergence
+from pipeline.errors import ConfigError
 
 
 def test_a_planted_overflow_in_layer3_is_named_and_float64_holds() -> None:
@@ -52,3 +59,36 @@ def test_the_first_nonfinite_block_is_the_first_in_forward_order() -> None:
     norms = {"conv1": 1.0, "bn1": 2.0, "layer1": 3.0, "layer2": "inf", "layer3": 1.0}
     assert first_nonfinite_block(norms | {"layer4": "nan", "fc": "inf"}) == "layer2"
     assert first_nonfinite_block({b: 1.0 for b in ("conv1", "fc")}) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "cannot be read as JSON"),
+        ("[1, 2]", "it holds a list, not an object"),
+        ('{"step": "9", "micro_batches": [[1]], "checkpoint_global_step": 9}', "its step"),
+        (
+            '{"step": 9, "micro_batches": [[1]], "checkpoint_global_step": "x"}',
+            "checkpoint_global_step",
+        ),
+        ('{"step": 9, "checkpoint_global_step": 9}', "its micro_batches"),
+        (
+            '{"step": 9, "micro_batches": [[1, 2.5]], "checkpoint_global_step": 9}',
+            "its micro_batches",
+        ),
+    ],
+)
+def test_a_divergence_json_that_is_not_the_guards_is_one_line(
+    tmp_path: Path, text: str, why: str
+) -> None:
+    (tmp_path / "divergence.json").write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        read_divergence(tmp_path)
+    (line,) = raised.value.problems
+    assert why in line and "not the record the non-finite guard writes" in line
+
+
+def test_the_guards_record_reads_back(tmp_path: Path) -> None:
+    record = {"step": 9, "micro_batches": [[3, 1], [2]], "checkpoint_global_step": None}
+    (tmp_path / "divergence.json").write_text(json.dumps(record))
+    assert read_divergence(tmp_path) == record
