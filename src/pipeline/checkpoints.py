@@ -36,8 +36,8 @@ def checkpoint_fit_problems(
     ckpt: dict[str, Any], saved: dict[str, Any], cfg: DictConfig, path: str
 ) -> list[str]:
     """Whether training can continue from `ckpt` with `cfg`: the same model shapes, the same
-    optimizer and the same precision. Found before anything runs, so a mismatch never gets as
-    far as the run's files."""
+    optimizer and the same precision, and steps left to take. Found before anything runs, so a
+    mismatch never gets as far as the run's files."""
 
     problems = []
     net = resnet18_on_meta(cfg.model.num_classes)
@@ -57,6 +57,12 @@ def checkpoint_fit_problems(
             f"ckpt_path={path} holds the state of {saved_optimizer}, not {cfg.optimizer._target_}; "
             "resume with the run's optimizer, or start a new run from its weights: "
             f"model.weights={path}"
+        )
+    step, max_steps = ckpt["global_step"], cfg.trainer.max_steps
+    if isinstance(max_steps, int) and 0 < max_steps <= step:
+        problems.append(
+            f"ckpt_path={path} is at step {step} and trainer.max_steps={max_steps}: there is nothing "
+            f"left to train; to train on, give the run more steps, e.g. trainer.max_steps={2 * step}"
         )
     saved_precision = saved.get("precision")
     if saved_precision is not None and saved_precision != cfg.precision:

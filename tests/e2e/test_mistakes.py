@@ -47,12 +47,17 @@ def test_a_resume_that_does_not_fit_is_refused_and_leaves_the_run_untouched(
     result = run_cli(
         "pipeline.train", [resume, "model.num_classes=1000", "optimizer=adam"], tmp_path, torch_home
     )
-    [shapes, optimizer] = problems_of(result)
+    [shapes, optimizer, finished] = problems_of(result)
     assert (
         "does not fit model.num_classes=1000" in shapes
         and "fc.weight (10, 512) vs (1000, 512)" in shapes
     )
     assert "torch.optim.SGD, not torch.optim.Adam" in optimizer
+    # The run took its 2 steps: a resume with no more to take trained nothing and said nothing.
+    assert finished.endswith(
+        "is at step 2 and trainer.max_steps=2: there is nothing left to train; to train on, give "
+        "the run more steps, e.g. trainer.max_steps=4"
+    )
     assert hydra_files(run_dir) == before
     result = run_cli("pipeline.train", [resume, "trainer.max_steps=3"], tmp_path, torch_home)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -78,14 +83,13 @@ def test_a_directory_that_holds_a_run_is_claimed_by_one_live_process(
     )  # fmt: skip
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-        [busy] = problems_of(run_cli("pipeline.train", [f"resume={pinned}"], tmp_path, torch_home))
+        more = [f"resume={pinned}", "trainer.max_steps=3"]
+        [busy] = problems_of(run_cli("pipeline.train", more, tmp_path, torch_home))
         assert f"is in use by another live process (pid {holder.pid})" in busy
     finally:
         holder.kill()
         holder.wait()
-    result = run_cli(
-        "pipeline.train", [f"resume={pinned}", "trainer.max_steps=3"], tmp_path, torch_home
-    )
+    result = run_cli("pipeline.train", more, tmp_path, torch_home)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
