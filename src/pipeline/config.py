@@ -15,7 +15,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import config_limits
-from pipeline.checkpoints import checkpoint_fit_problems, read_checkpoint, run_config_of
+from pipeline.checkpoints import (
+    checkpoint_fit_problems,
+    first_nonfinite_tensor,
+    read_checkpoint,
+    run_config_of,
+)
 from pipeline.config_optimizer import optimizer_problems
 from pipeline.config_rules import (
     Condition,
@@ -247,6 +252,12 @@ def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
         saved = run_config_of(ckpt, path)
     except ConfigError as exc:
         return exc.problems
+    damaged = first_nonfinite_tensor(ckpt["state_dict"])
+    if damaged is not None:  # the pipeline saves finite states only: the non-finite guard
+        return [
+            f"ckpt_path={path} holds inf or NaN in {damaged}: the file is damaged (the pipeline "
+            "saves finite weights only); use another checkpoint of the run"
+        ]
     return [] if cfg is None else checkpoint_fit_problems(ckpt, saved, cfg, path)
 
 

@@ -149,3 +149,25 @@ def test_a_truncated_checkpoint_is_a_clear_error(tmp_path: Path, torch_home: Pat
         reason
     )  # not cut mid-word
     assert "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_with_nonfinite_weights_is_refused_by_eval(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """A damaged file whose weights read as NaN: eval printed val/loss nan and exited 0."""
+    assert run_cli("pipeline.train", [*TINY, "logger=none"], tmp_path, torch_home).returncode == 0
+    (ckpt,) = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
+    state = torch.load(ckpt, weights_only=True)
+    state["state_dict"]["net.layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    damaged = tmp_path / "damaged.ckpt"
+    torch.save(state, damaged)
+    result = run_cli("pipeline.eval", [f"ckpt_path={damaged}"], tmp_path, torch_home)
+    assert result.returncode == 2, result.stderr
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            f"ckpt_path={damaged} holds inf or NaN in net.layer2.0.conv1.weight: the file is damaged "
+            "(the pipeline saves finite weights only); use another checkpoint of the run"
+        )
+    )
