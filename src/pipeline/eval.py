@@ -9,6 +9,7 @@ outputs/eval/YYYY-MM-DD/HH-MM-SS/.
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -28,6 +29,8 @@ from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 from pipeline.settings import resolved
 
 report.silence_known_warnings()
+# Eval restores the weights only: the training callbacks' state in the checkpoint is not needed.
+warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
 EVAL_GROUPS = (
     "data",
     "precision",
