@@ -66,9 +66,10 @@ def build_loggers(loggers: Mapping[str, Any], run_dir: Path) -> list[Logger]:
 
 class StepRowsCSVLogger(CSVLogger):
     """Lightning's CSV logger with one row a step: a step's metrics logged in several calls (its
-    self.log values, the instruments' scalars) share one row of metrics.csv, where Lightning's
-    starts a row a call, leaving gaps in every column. A step's row goes to disk when the next
-    step's first metrics arrive after it (every flush_logs_every_n_steps), and at the end.
+    self.log values, the instruments' scalars, validation's val/loss after them) share one row of
+    metrics.csv, where Lightning's starts a row a call, leaving gaps in every column. A step's
+    row goes to disk when the next step's first metrics arrive, and at the end (Lightning's
+    saves after each of its own calls write the finished rows only).
 
     A resumed run keeps the rows already written: Lightning deletes metrics.csv when its writer
     starts, so they are read first and written back before anything else is saved. (A run
@@ -83,21 +84,33 @@ class StepRowsCSVLogger(CSVLogger):
     def log_metrics(  # type: ignore[override]  # as CSVLogger's
         self, metrics: Mapping[str, float], step: int | None = None
     ) -> None:
-        self._write_back_carried()
         rows = self.experiment.metrics
         last = rows[-1] if rows else None
-        if last is not None and last["step"] == step and last.keys().isdisjoint(metrics):
+        if last is not None and last["step"] == step:
             self.experiment.log_metrics(dict(metrics), step)  # converts the values
-            last.update(rows.pop())  # the same step: into its row
+            if all(last.get(k, v) == v for k, v in rows[-1].items()):  # shared: step, epoch
+                last.update(rows.pop())  # the same step: into its row
             return
-        if last is not None and (last["step"] + 1) % self._flush_logs_every_n_steps == 0:
-            self.save()  # the finished step's row, before a new row starts
+        self._write(keep_last=False)  # every row before this one is finished
         self.experiment.log_metrics(dict(metrics), step if step is not None else len(rows))
 
     @rank_zero_only
     def save(self) -> None:
+        self._write(keep_last=True)  # the newest step may get more metrics
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        if self._experiment is not None:
+            self._write(keep_last=False)
+
+    def _write(self, keep_last: bool) -> None:
+        """The rows in memory to metrics.csv, but the newest if `keep_last`."""
         self._write_back_carried()
-        super().save()
+        writer = self.experiment
+        kept = writer.metrics[-1:] if keep_last else []
+        writer.metrics = writer.metrics[: len(writer.metrics) - len(kept)]
+        super().save()  # writes and empties writer.metrics
+        writer.metrics = kept
 
     def _write_back_carried(self) -> None:
         """Once: the previous run's rows into a new metrics.csv (the writer, made here if not yet,

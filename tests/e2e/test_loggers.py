@@ -165,3 +165,7 @@ def test_a_resumed_run_keeps_the_csv_rows_written_before_it(
         from_csv = _csv_column(run, tag)
         assert [s for s, _ in from_csv] == [s for s, _ in tags[tag]] == [1, 3, 5, 7], tag
         assert [v for _, v in from_csv] == pytest.approx([v for _, v in tags[tag]]), tag
+    assert [s for s, _ in _csv_column(run, "val/loss")] == [s for s, _ in tags["val/loss"]] == [5]
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        steps = [int(row["step"]) for row in csv.DictReader(f)]
+    assert steps == sorted(set(steps))  # one row a step: val/loss in its step's row, not its own

@@ -148,21 +148,26 @@ def test_log_scalars_writes_one_tensorboard_event_a_step_and_the_csv_rows(tmp_pa
 def test_the_csv_logger_writes_one_row_a_step_however_many_calls_log_it(tmp_path: Path) -> None:
     import csv
 
-    logger = StepRowsCSVLogger(tmp_path, name="", version="", flush_logs_every_n_steps=2)
+    def on_disk() -> list[dict[str, str]]:
+        with open(tmp_path / "metrics.csv", newline="") as f:
+            return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+    logger = StepRowsCSVLogger(tmp_path, name="", version="")
     logger.log_metrics({"train/lr": 0.1}, step=0)
     logger.log_metrics({"perf/images_per_sec": 50.0}, step=0)
     logger.log_metrics({"train/loss": 2.5, "epoch": 0}, step=0)
-    logger.log_metrics({"train/lr": 0.1}, step=1)
+    logger.save()  # as Lightning does after each of its calls: the newest row may get more
+    assert not (tmp_path / "metrics.csv").exists()
+    logger.log_metrics({"val/loss": 3.0, "epoch": 0}, step=0)  # validation's, after the step's
+    logger.log_metrics({"train/lr": 0.1}, step=1)  # step 0 is finished: on disk
+    assert len(on_disk()) == 1 and len(logger.experiment.metrics) == 1
     logger.log_metrics({"train/loss": 2.0}, step=1)
-    logger.log_metrics({"train/lr": 0.05}, step=2)  # step 1 completes a flush interval: on disk
-    assert (tmp_path / "metrics.csv").is_file() and len(logger.experiment.metrics) == 1
-    logger.log_metrics({"train/lr": 0.01}, step=2)  # a key again: a row of its own
-    logger.save()
-    with open(tmp_path / "metrics.csv", newline="") as f:
-        rows = [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
-    assert rows == [
+    logger.log_metrics({"train/lr": 0.05}, step=2)
+    logger.log_metrics({"train/lr": 0.01}, step=2)  # a value again: a row of its own
+    logger.finalize("success")
+    assert on_disk() == [
         {"step": "0", "train/lr": "0.1", "perf/images_per_sec": "50.0", "train/loss": "2.5",
-         "epoch": "0"},
+         "epoch": "0", "val/loss": "3.0"},
         {"step": "1", "train/lr": "0.1", "train/loss": "2.0"},
         {"step": "2", "train/lr": "0.05"},
         {"step": "2", "train/lr": "0.01"},
