@@ -35,6 +35,14 @@ def latest_run(outputs: Path) -> Path | None:
     return newest.parents[1] if newest is not None else None
 
 
+def _unquoted(value: str) -> str:
+    """A value in one pair of Hydra's quotes ('…' or "…"), as hydra.run.dir and ckpt_path take
+    paths with spaces or accents, without them."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
 @dataclass(frozen=True)
 class Resume:
     """A command line with `resume=` expanded."""
@@ -50,7 +58,7 @@ def expand_resume(overrides: list[str]) -> Resume:
     wanted = [o for o in overrides if o.startswith(RESUME_KEY)]
     if not wanted:
         return Resume(overrides, None, [])
-    given = wanted[-1][len(RESUME_KEY) :]
+    given = _unquoted(wanted[-1][len(RESUME_KEY) :])
     if given == LATEST:
         newest = latest_run(Path(OUTPUTS))
         if newest is None:

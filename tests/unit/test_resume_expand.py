@@ -1,0 +1,24 @@
+"""resume=<run dir>: the run's own overrides, its checkpoint and its directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.layout import LAST_CHECKPOINT, SAVED_OVERRIDES
+from pipeline.resume import expand_resume
+
+
+@pytest.mark.parametrize("quote", ["", "'", '"'])
+def test_a_run_directory_with_accents_and_spaces_resumes_bare_or_in_hydras_quotes(
+    tmp_path: Path, quote: str
+) -> None:
+    run = tmp_path / "première run"
+    (run / SAVED_OVERRIDES).parent.mkdir(parents=True)
+    (run / SAVED_OVERRIDES).write_text("- loss=mse\n")
+    (run / LAST_CHECKPOINT).parent.mkdir(parents=True)
+    (run / LAST_CHECKPOINT).write_bytes(b"")
+    expanded = expand_resume([f"resume={quote}{run}{quote}", "trainer.max_steps=8"])
+    assert expanded.problems == [] and expanded.run_dir == run
+    assert expanded.overrides[:2] == ["loss=mse", "trainer.max_steps=8"]
