@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 
+import yaml
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -164,9 +165,21 @@ def compose(config_name: str, overrides: list[str], with_hydra: bool = False) ->
                 _composed[key] = hydra_compose(
                     config_name, overrides=overrides, return_hydra_config=with_hydra
                 )
+        except yaml.MarkedYAMLError as exc:  # a config file of conf/ that is not YAML
+            raise HydraException(yaml_problem(exc)) from None
         finally:
             GlobalHydra.instance().clear()
     return copy.deepcopy(_composed[key])
+
+
+def yaml_problem(exc: yaml.MarkedYAMLError) -> str:
+    """Where a config file breaks YAML's syntax and what is wrong there, in one line."""
+    mark = exc.context_mark or exc.problem_mark  # where the broken construct starts
+    where = (
+        f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+    )
+    what = ": ".join(str(p) for p in (exc.context, exc.problem) if p)
+    return f"{where} is not valid YAML ({what}); fix the file"
 
 
 def _sets_hydra_key(line: str) -> bool:

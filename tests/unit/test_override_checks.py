@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from hydra.errors import HydraException
+
+from pipeline import override_checks
 from pipeline.override_checks import compose
 
 
@@ -22,3 +28,18 @@ def test_hydra_keys_shape_the_hydra_node_and_nothing_else() -> None:
         for d in ("/a", "/b")
     ]
     assert dirs == ["/a", "/b"]
+
+
+def test_a_config_file_that_is_not_yaml_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's own group option (conf/search/<name>.yaml, say) with a YAML syntax error: the
+    commands printed yaml's ParserError traceback and exited 1."""
+    (tmp_path / "broken.yaml").write_text("study: mine\nparams:\n  optimizer.lr: [1e-3, 1e-2\n")
+    monkeypatch.setattr(override_checks, "CONFIG_DIR", tmp_path)
+    with pytest.raises(HydraException) as raised:
+        override_checks.compose("broken", [])
+    assert str(raised.value) == (
+        f"{tmp_path / 'broken.yaml'}, line 3, column 17 is not valid YAML (while parsing a flow "
+        "sequence: expected ',' or ']', but got '<stream end>'); fix the file"
+    )
