@@ -117,7 +117,7 @@ def evaluate(cfg: DictConfig) -> None:
     for name, value in metrics.items():
         table.add_row(name, f"{value:.6g}")
     report.console.print(table)
-    report.show_run_dir(run_dir)
+    report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
 
 
 def main() -> None:

@@ -75,12 +75,13 @@ def log_to_file(message: str, *, with_traceback: bool = True) -> None:
 
 
 @rank_zero_only
-def show_run_dir(run_dir: Path) -> None:
-    """The run directory and the command that opens it in TensorBoard, each on one line however
-    long (soft_wrap: rich would break them at 80 columns where stdout is not a terminal, and a
-    pasted path would be cut)."""
+def show_run_dir(run_dir: Path, *, tensorboard: bool) -> None:
+    """The run directory and, where the run wrote TensorBoard's files, the command that opens it
+    there, each on one line however long (soft_wrap: rich would break them at 80 columns where
+    stdout is not a terminal, and a pasted path would be cut)."""
     console.print(f"[bold]Run directory:[/] {escape(str(run_dir))}", soft_wrap=True)
-    console.print(
-        f"[bold]TensorBoard:[/]   tensorboard --logdir {escape(shell_word(str(run_dir)))}",
-        soft_wrap=True,
-    )
+    if tensorboard:
+        console.print(
+            f"[bold]TensorBoard:[/]   tensorboard --logdir {escape(shell_word(str(run_dir)))}",
+            soft_wrap=True,
+        )

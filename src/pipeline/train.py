@@ -128,7 +128,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             if is_launch_rank_zero():  # every rank stops and exits so; one says it
                 report.show_error("pipeline.train", message)
             sys.exit(stopped_by_signal_exit_code(stopped.received))
-    report.show_run_dir(run_dir)
+    report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
 
 
 def deferred_hydra_files(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:

@@ -56,6 +56,8 @@ def test_a_healthy_run_writes_no_divergence_json_and_replay_refuses_it(
     train = run_cli("pipeline.train", [*TINY, "logger=none"], tmp_path, torch_home)
     assert train.returncode == 0, train.stderr[-2000:]
     run_dir = only_run_dir(tmp_path)
+    assert f"Run directory: {run_dir}" in train.stdout
+    assert "TensorBoard:" not in train.stdout  # logger=none: no event files to open
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert not (run_dir / "divergence.json").exists()
 
