@@ -250,11 +250,12 @@ def test_paths_with_spaces_and_accents_train_resume_and_print_quoted(
     tmp_path: Path, torch_home: Path
 ) -> None:
     run_dir = tmp_path / "my runs" / "première"
-    result = run_cli("pipeline.train", [*SHORT, f"hydra.run.dir='{run_dir}'"], tmp_path, torch_home)
+    args = [*SHORT, "logger=tensorboard", f"hydra.run.dir='{run_dir}'"]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f'tensorboard --logdir "{run_dir}"' in result.stdout.replace("\n", "")
-    result = run_cli(
-        "pipeline.train", [f"resume={run_dir}", "trainer.max_steps=3"], tmp_path, torch_home
+    result = run_cli(  # in Hydra's quotes, as hydra.run.dir takes it
+        "pipeline.train", [f"resume='{run_dir}'", "trainer.max_steps=3"], tmp_path, torch_home
     )
     assert result.returncode == 0, result.stderr[-2000:]
     unquoted = run_cli("pipeline.train", [*SHORT, f"hydra.run.dir={run_dir}"], tmp_path, torch_home)
