@@ -23,7 +23,7 @@ from rich.table import Table
 from pipeline import build, cli, report
 from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.config import checkpoint_problems, validate
-from pipeline.config_dir import CONFIG_DIR
+from pipeline.config_dir import CONFIG_DIR, config_groups
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 from pipeline.settings import resolved
@@ -57,10 +57,7 @@ def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, l
     problems = []
     for key in keys:
         if key.split(".")[0] not in EVAL_GROUPS:
-            problems.append(
-                f"{key} comes from the checkpoint; pipeline.eval takes only data.*, precision=, "
-                "trainer.*, device= and logger= (to change the model, train a new run)"
-            )
+            problems.append(_from_the_checkpoint(key))
         elif key not in ("device", "logger"):
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     run_cfg.device = cfg.device
@@ -69,6 +66,25 @@ def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, l
     run_cfg.model.compile = False  # one pass over the validation split: compiling would not pay
     run_cfg.ckpt_path = None  # the run's own resume point, not what eval reads
     return run_cfg, problems
+
+
+def _from_the_checkpoint(key: str) -> str:
+    return (
+        f"{key} comes from the checkpoint; pipeline.eval takes only data.*, precision=, "
+        "trainer.*, device= and logger= (to change the model, train a new run)"
+    )
+
+
+def training_keys_problems(keys: list[str]) -> list[str]:
+    """The keys of the training config that eval takes from the checkpoint (model.*, loss=,
+    optimizer=, …), before Hydra composes eval's config, where they are no keys or groups at all
+    (its message asked for `+optimizer=adam`, or called model.weights a misspelling)."""
+    training = set(cli.compose("train", [])) | set(config_groups())
+    return [
+        _from_the_checkpoint(key)
+        for key in keys
+        if key.split(".")[0] not in EVAL_GROUPS and key.split(".")[0] in training
+    ]
 
 
 def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
@@ -123,6 +139,10 @@ def evaluate(cfg: DictConfig) -> None:
 def main() -> None:
     """Console entry point `pipeline-eval`."""
     overrides = list(cli.parse_command_line().overrides)
+    problems = training_keys_problems(overridden_keys(overrides))
+    if problems:
+        cli.report_problems(problems, "pipeline.eval")
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
     cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
 
 

@@ -307,17 +307,17 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val/loss" in result.stdout
     assert "Warning" not in result.stderr, result.stderr
-    problems = problems_of(
-        run_cli(
-            "pipeline.eval",
-            [ckpt, "data.batch_size=0", "precision=bogus", "optimizer.lr=1"],
-            tmp_path,
-            torch_home,
-        )
-    )
-    assert any(
-        p.startswith("optimizer.lr is not a config key") and "data, device" in p for p in problems
-    )
+    # The training config's keys and groups: Hydra's own message asked for +optimizer=adam, or
+    # called model.weights a misspelling.
+    taken = ["optimizer.lr=1", "optimizer=adam", "loss=mse", "model.weights=DEFAULT"]
+    problems = problems_of(run_cli("pipeline.eval", [ckpt, *taken], tmp_path, torch_home))
+    assert problems == [
+        f"{key} comes from the checkpoint; pipeline.eval takes only data.*, precision=, trainer.*, "
+        "device= and logger= (to change the model, train a new run)"
+        for key in ("optimizer.lr", "optimizer", "loss", "model.weights")
+    ]
+    [typo] = problems_of(run_cli("pipeline.eval", [ckpt, "optimzer.lr=1"], tmp_path, torch_home))
+    assert typo.startswith("optimzer.lr is not a config key") and "data, device" in typo
     problems = problems_of(
         run_cli(
             "pipeline.eval", [ckpt, "data.batch_size=0", "precision=bogus"], tmp_path, torch_home
