@@ -32,7 +32,7 @@ def apply_config_hyperparameters(
     group's hyperparameters to the optimizer's `defaults` (the config's) where they differ, and
     return what changed, one entry a hyperparameter. The lr under a LambdaLR schedule: its base
     (group 'initial_lr', the scheduler's base_lrs) becomes the config's, and the current lr the
-    schedule's factor at its step times it, as the schedule would have made it."""
+    config's schedule's factor at its step times it, as the schedule would have made it."""
     changes: dict[str, Change] = {}
     for i, group in enumerate(optimizer.param_groups):
         for key, wanted in optimizer.defaults.items():
@@ -47,11 +47,15 @@ def apply_config_hyperparameters(
                 group["lr"] = wanted_lr
             continue
         base = scheduler.base_lrs[i]
-        if _same(base, wanted_lr):
-            continue
-        changes.setdefault("lr", ("lr", base, wanted_lr))
-        group["initial_lr"] = scheduler.base_lrs[i] = wanted_lr
-        group["lr"] = wanted_lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        if not _same(base, wanted_lr):
+            changes.setdefault("lr", ("lr", base, wanted_lr))
+            group["initial_lr"] = scheduler.base_lrs[i] = wanted_lr
+        # The config's schedule at its step, as LambdaLR computes it: unchanged, the same bits; a
+        # schedule changed on the command line (scheduler.total_steps, which follows
+        # trainer.max_steps) takes effect from the first step, not one step late.
+        now = wanted_lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+        if not _same(group["lr"], now):
+            group["lr"] = now
     if scheduler is not None:
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
     return list(changes.values())

@@ -97,3 +97,19 @@ def test_the_same_config_changes_nothing(schedule: bool) -> None:
     assert optimizer.state_dict()["param_groups"] == saved["param_groups"]
     if scheduler is not None:
         assert scheduler.state_dict() == saved_scheduler
+
+
+def test_a_schedule_changed_on_the_command_line_sets_the_lr_of_the_first_step() -> None:
+    """resume=<run> trainer.max_steps=<more> stretches a cosine (scheduler.total_steps follows
+    max_steps): the first resumed step took the old schedule's lr (0 at its end)."""
+    sgd = partial(torch.optim.SGD, lr=1e-3, momentum=0.9)
+    net, saved, saved_scheduler = _trained(sgd, schedule=True)
+    optimizer = sgd(net.parameters())
+    longer = {**SCHEDULE, "total_steps": 40}
+    scheduler = build_scheduler(optimizer, name="cosine", **longer)
+    optimizer.load_state_dict(saved)
+    assert scheduler is not None and saved_scheduler is not None
+    scheduler.load_state_dict(saved_scheduler)
+    assert apply_config_hyperparameters(optimizer, scheduler) == []  # no optimizer setting changed
+    assert optimizer.param_groups[0]["lr"] == 1e-3 * cosine_factor(4, **longer)
+    assert scheduler.get_last_lr() == [optimizer.param_groups[0]["lr"]]
