@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.layout import CHECKPOINT_CONFIG_KEY, LAST_CHECKPOINT
@@ -21,6 +21,14 @@ def read_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
             [f"{key}={path} is not a Lightning checkpoint; give a run's {LAST_CHECKPOINT}"]
         )
     return ckpt
+
+
+def finished_epochs(ckpt: dict[str, Any]) -> int:
+    """How many epochs a checkpoint's run had finished: its epoch, plus one where it was saved on
+    that epoch's last batch (at the epoch's end, or on the batch itself; Lightning then counts the
+    epoch done on restoring it)."""
+    progress = ckpt.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    return int(ckpt.get("epoch", 0)) + int(bool(progress.get("is_last_batch")))
 
 
 def first_nonfinite_tensor(state: dict[str, Any]) -> str | None:
@@ -79,6 +87,13 @@ def checkpoint_fit_problems(
         problems.append(
             f"ckpt_path={path} is at step {step} and trainer.max_steps={max_steps}: there is nothing "
             f"left to train; to train on, give the run more steps, e.g. trainer.max_steps={2 * step}"
+        )
+    epochs, max_epochs = finished_epochs(ckpt), OmegaConf.select(cfg, "trainer.max_epochs")
+    if isinstance(max_epochs, int) and 0 < max_epochs <= epochs:
+        problems.append(
+            f"ckpt_path={path} has finished epoch {epochs} and trainer.max_epochs={max_epochs}: "
+            "there is nothing left to train; to train on, give the run more epochs, e.g. "
+            f"trainer.max_epochs={2 * epochs}"
         )
     saved_precision = saved.get("precision")
     if saved_precision is not None and saved_precision != cfg.precision:

@@ -35,6 +35,12 @@ def latest_run(outputs: Path) -> Path | None:
     return newest.parents[1] if newest is not None else None
 
 
+def _key(line: str) -> str:
+    """The key an override sets: `+trainer.max_epochs=2` (the pipeline saves trainer.* so) and
+    `trainer.max_epochs=4` both set trainer.max_epochs, which Hydra refused to add twice."""
+    return line.lstrip("+~").split("=", 1)[0]
+
+
 def _unquoted(value: str) -> str:
     """A value in one pair of Hydra's quotes ('…' or "…"), as hydra.run.dir and ckpt_path take
     paths with spaces or accents, without them."""
@@ -78,8 +84,13 @@ def expand_resume(overrides: list[str]) -> Resume:
             f"resume={given}: the run saved no checkpoint yet ({LAST_CHECKPOINT} is missing), so there "
             "is nothing to continue from; start it again without resume="
         ])  # fmt: skip
-    previous = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(NOT_CARRIED)]
     rest = [o for o in overrides if not o.startswith(RESUME_KEY)]
+    given_again = {_key(o) for o in rest}  # the command line's win: not the saved ones beside them
+    previous = [
+        str(o)
+        for o in OmegaConf.load(saved)
+        if not str(o).startswith(NOT_CARRIED) and _key(str(o)) not in given_again
+    ]
     return Resume(
         [
             *previous,

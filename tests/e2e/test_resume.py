@@ -249,3 +249,29 @@ def test_a_resume_at_an_epochs_end_logs_every_tag_at_its_own_step(
     for tag in ("train/loss", "train/lr", "grad_norm/total", "perf/images_per_sec"):
         assert [s for s, _ in tags[tag]] == list(range(12)), tag
     assert [s for s, _ in tags["val/loss"]] == [3, 7, 11]  # each epoch's end
+
+
+def test_a_run_bounded_by_epochs_resumes_with_more_epochs_and_not_without(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """A finished max_epochs run: a resume with nothing left trained nothing and exited 0, and
+    `trainer.max_epochs=3` on the resume clashed with the saved `+trainer.max_epochs=2`."""
+    run = tmp_path / "run"
+    args = [*RUN, "data.num_samples=8", "trainer.max_steps=-1", "trainer.max_epochs=2"]
+    first = run_cli("pipeline.train", [*args, f"hydra.run.dir={run}"], tmp_path, torch_home)
+    assert first.returncode == 0, first.stderr
+    done = run_cli("pipeline.train", [f"resume={run}"], tmp_path, torch_home)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "has finished epoch 2 and trainer.max_epochs=2: there is nothing left to train; to train "
+            "on, give the run more epochs, e.g. trainer.max_epochs=4"
+        )
+    )
+    more = run_cli(
+        "pipeline.train", [f"resume={run}", "trainer.max_epochs=3"], tmp_path, torch_home
+    )
+    assert more.returncode == 0, more.stderr
+    assert _ckpt(run)["global_step"] == 6  # 2 batches an epoch, 3 epochs

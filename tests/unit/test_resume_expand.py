@@ -22,3 +22,14 @@ def test_a_run_directory_with_accents_and_spaces_resumes_bare_or_in_hydras_quote
     expanded = expand_resume([f"resume={quote}{run}{quote}", "trainer.max_steps=8"])
     assert expanded.problems == [] and expanded.run_dir == run
     assert expanded.overrides[:2] == ["loss=mse", "trainer.max_steps=8"]
+
+
+def test_a_key_given_again_replaces_the_saved_one(tmp_path: Path) -> None:
+    """The pipeline saves trainer.* as +trainer.max_epochs=2; Hydra refused a second add."""
+    run = tmp_path / "run"
+    (run / SAVED_OVERRIDES).parent.mkdir(parents=True)
+    (run / SAVED_OVERRIDES).write_text("- loss=mse\n- +trainer.max_epochs=2\n- optimizer=adamw\n")
+    (run / LAST_CHECKPOINT).parent.mkdir(parents=True)
+    (run / LAST_CHECKPOINT).write_bytes(b"")
+    expanded = expand_resume([f"resume={run}", "trainer.max_epochs=4", "optimizer=sgd"])
+    assert expanded.overrides[:3] == ["loss=mse", "trainer.max_epochs=4", "optimizer=sgd"]
