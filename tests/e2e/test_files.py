@@ -164,11 +164,24 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused_by_eval(
     torch.save(state, damaged)
     result = run_cli("pipeline.eval", [f"ckpt_path={damaged}"], tmp_path, torch_home)
     assert result.returncode == 2, result.stderr
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .endswith(
-            f"ckpt_path={damaged} holds inf or NaN in net.layer2.0.conv1.weight: the file is damaged "
-            "(the pipeline saves finite weights only); use another checkpoint of the run"
-        )
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("  - ")]
+    assert line == (
+        f"  - ckpt_path={damaged} holds inf or NaN in net.layer2.0.conv1.weight: the file is "
+        "damaged (with trainer.detect_nonfinite=raise the pipeline saves finite weights only); "
+        "use another checkpoint of the run"
     )
+
+
+def test_a_run_that_diverged_under_warn_saved_weights_eval_refuses_saying_so(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """trainer.detect_nonfinite=warn trains on past a divergence and saves what it has: eval of
+    that checkpoint names the cause, not a damaged file."""
+    args = [*TINY, "logger=none", "loss=sum_diff", "optimizer.lr=1e30", "trainer.max_steps=4",
+            "trainer.detect_nonfinite=warn"]  # fmt: skip
+    assert run_cli("pipeline.train", args, tmp_path, torch_home).returncode == 0
+    (ckpt,) = (tmp_path / "outputs").glob("*/*/checkpoints/last.ckpt")
+    result = run_cli("pipeline.eval", [f"ckpt_path={ckpt}"], tmp_path, torch_home)
+    assert result.returncode == 2, result.stderr
+    said = "its run diverged and, with trainer.detect_nonfinite=warn, saved the diverged weights"
+    assert said in result.stderr
