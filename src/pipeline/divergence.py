@@ -116,6 +116,10 @@ def _record_problem(record: Any) -> str | None:
         and all(isinstance(b, list) and b and all(_is_int(i) for i in b) for b in batches)
     ):
         return "its micro_batches are not lists of sample indices"
+    if not all(0 <= i < 2**63 for b in batches for i in b):
+        return "its micro_batches hold an index outside 0 … 2**63 − 1"
+    if "loss" not in record or not isinstance(record.get("indices"), list):
+        return "it has no loss or no indices"
     return None
 
 

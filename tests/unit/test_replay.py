@@ -76,6 +76,11 @@ def test_the_first_nonfinite_block_is_the_first_in_forward_order() -> None:
             '{"step": 9, "micro_batches": [[1, 2.5]], "checkpoint_global_step": 9}',
             "its micro_batches",
         ),
+        (
+            '{"step": 9, "micro_batches": [[5, 100000000000000000000]], "checkpoint_global_step": 9}',
+            "an index outside 0",
+        ),
+        ('{"step": 9, "micro_batches": [[5]], "checkpoint_global_step": 9}', "no loss"),
     ],
 )
 def test_a_divergence_json_that_is_not_the_guards_is_one_line(
@@ -89,6 +94,7 @@ def test_a_divergence_json_that_is_not_the_guards_is_one_line(
 
 
 def test_the_guards_record_reads_back(tmp_path: Path) -> None:
-    record = {"step": 9, "micro_batches": [[3, 1], [2]], "checkpoint_global_step": None}
+    record = {"step": 9, "loss": "nan", "indices": [3, 1, 2], "micro_batches": [[3, 1], [2]],
+              "checkpoint_global_step": None}  # fmt: skip
     (tmp_path / "divergence.json").write_text(json.dumps(record))
     assert read_divergence(tmp_path) == record
