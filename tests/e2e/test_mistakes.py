@@ -316,6 +316,8 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
         "device= and logger= (to change the model, train a new run)"
         for key in ("optimizer.lr", "optimizer", "loss", "model.weights")
     ]
+    [resume] = problems_of(run_cli("pipeline.eval", ["resume=latest"], tmp_path, torch_home))
+    assert resume.startswith("resume= continues a training run; pipeline.eval takes a checkpoint")
     [typo] = problems_of(run_cli("pipeline.eval", [ckpt, "optimzer.lr=1"], tmp_path, torch_home))
     assert typo.startswith("optimzer.lr is not a config key") and "data, device" in typo
     problems = problems_of(
