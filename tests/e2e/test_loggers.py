@@ -142,30 +142,3 @@ def test_mlflow_store_holds_each_job_as_a_run_with_params_metrics_and_its_direct
             from_csv = _csv_column(job, tag)
             assert [s for s, _ in history] == [s for s, _ in from_csv], tag
             assert [v for _, v in history] == pytest.approx([v for _, v in from_csv]), tag
-
-
-@pytest.mark.e2e
-def test_a_resumed_run_keeps_the_csv_rows_written_before_it(
-    tmp_path: Path, torch_home: Path
-) -> None:
-    """Lightning's CSV writer deleted metrics.csv when it started: a resume kept only its own
-    rows, while TensorBoard kept both halves."""
-    run = tmp_path / "run"
-    args = [*TINY, "logger=[tensorboard,csv]", "trainer.log_every_n_steps=2", "loss=mse",
-            "data.num_samples=24"]  # fmt: skip
-    first = run_cli("pipeline.train", [*args, "trainer.max_steps=4", f"hydra.run.dir={run}"],
-                    tmp_path, torch_home)  # fmt: skip
-    assert first.returncode == 0, first.stderr
-    resumed = run_cli(
-        "pipeline.train", [f"resume={run}", "trainer.max_steps=8"], tmp_path, torch_home
-    )
-    assert resumed.returncode == 0, resumed.stderr
-    tags = scalars(run / "tensorboard")
-    for tag in ("train/loss", "grad_norm/total", "train/lr"):
-        from_csv = _csv_column(run, tag)
-        assert [s for s, _ in from_csv] == [s for s, _ in tags[tag]] == [1, 3, 5, 7], tag
-        assert [v for _, v in from_csv] == pytest.approx([v for _, v in tags[tag]]), tag
-    assert [s for s, _ in _csv_column(run, "val/loss")] == [s for s, _ in tags["val/loss"]] == [5]
-    with open(run / "csv" / "metrics.csv", newline="") as f:
-        steps = [int(row["step"]) for row in csv.DictReader(f)]
-    assert steps == sorted(set(steps))  # one row a step: val/loss in its step's row, not its own

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import time
@@ -230,25 +231,44 @@ def test_a_resume_trains_on_with_the_optimizer_settings_given_on_its_command_lin
     assert ckpt["optimizer_states"][0]["param_groups"][0]["weight_decay"] == 0
 
 
-def test_a_resume_at_an_epochs_end_logs_every_tag_at_its_own_step(
+def test_a_run_extended_from_an_epochs_end_has_every_tag_and_csv_row_at_its_step(
     tmp_path: Path, torch_home: Path
 ) -> None:
-    """4 batches an epoch, 8 steps, then a resume to 12: Lightning restarted the finished epoch
-    with a turn that trained nothing yet counted a step, so every tag after the resume was one
-    step late (val/loss at 12, train/loss at 9 … 12), and the gradient tags, written at the
-    optimizer's step, fell on other steps than train/loss."""
+    """8 steps of 4-batch epochs, then a resume to 12. Before: Lightning restarted the finished
+    epoch with a turn that trained nothing yet counted a step, so every tag after the resume
+    was one step late (val/loss at 12, train/loss at 9 … 12) and the gradient tags measured
+    other steps than train/loss; Lightning's CSV writer deleted metrics.csv's earlier rows, and
+    wrote val/loss in a row of its own; a resume with no steps left trained nothing, exit 0."""
     run = tmp_path / "run"
-    args = [*RUN, "data.num_samples=16", "scheduler.total_steps=12", f"hydra.run.dir={run}"]
-    first = run_cli("pipeline.train", [*args, "trainer.max_steps=8"], tmp_path, torch_home)
+    args = [*RUN, "data.num_samples=16", "scheduler.total_steps=12", "trainer.max_steps=8",
+            "logger=[tensorboard,csv]", f"hydra.run.dir={run}"]  # fmt: skip
+    first = run_cli("pipeline.train", args, tmp_path, torch_home)
     assert first.returncode == 0, first.stderr
-    resumed = run_cli(
+    done = run_cli("pipeline.train", [f"resume={run}"], tmp_path, torch_home)
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .endswith(
+            "is at step 8 and trainer.max_steps=8: there is nothing left to train; to train on, give "
+            "the run more steps, e.g. trainer.max_steps=16"
+        )
+    )
+    more = run_cli(
         "pipeline.train", [f"resume={run}", "trainer.max_steps=12"], tmp_path, torch_home
     )
-    assert resumed.returncode == 0, resumed.stderr
+    assert more.returncode == 0, more.stderr
     tags = scalars(run / "tensorboard")
     for tag in ("train/loss", "train/lr", "grad_norm/total", "perf/images_per_sec"):
         assert [s for s, _ in tags[tag]] == list(range(12)), tag
     assert [s for s, _ in tags["val/loss"]] == [3, 7, 11]  # each epoch's end
+    with open(run / "csv" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == list(range(12))  # one row a step, both runs'
+    for tag in ("train/loss", "val/loss"):
+        from_csv = [(int(r["step"]), float(r[tag])) for r in rows if r[tag]]
+        assert [s for s, _ in from_csv] == [s for s, _ in tags[tag]], tag
+        assert [v for _, v in from_csv] == pytest.approx([v for _, v in tags[tag]]), tag
 
 
 def test_a_run_bounded_by_epochs_resumes_with_more_epochs_and_not_without(
