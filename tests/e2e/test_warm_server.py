@@ -20,13 +20,13 @@ TESTS = str(Path(__file__).parents[1])  # this file as e2e.test_warm_server, as 
 
 def _child(how: str) -> None:
     """A child of a warm command: says whether it is warm, then does `how`."""
+    if how == "sigterm":  # waits for the SIGTERM its parent sends once it has read the line below
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))  # before it: a race, else (-15)
     print(json.dumps({"warm": "pipeline.train" in sys.modules, "pid": os.getpid()}), flush=True)
     if how == "exit":
         sys.exit(7)
     if how == "sigkill":
         os.kill(os.getpid(), signal.SIGKILL)
-    if how == "sigterm":  # waits for the SIGTERM its parent sends to the stand-in
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(3))
     time.sleep(60)
 
 
