@@ -46,6 +46,28 @@ def first_nonfinite_tensor(state: dict[str, Any]) -> str | None:
     )
 
 
+def nonfinite_weights_problem(ckpt: dict[str, Any], saved: dict[str, Any], path: str) -> str | None:
+    """Why a checkpoint holding inf or NaN cannot be evaluated or continued from, or None: its
+    run diverged and saved on (trainer.detect_nonfinite warn or off), or the file is damaged
+    (with raise, the guard saves the last finite state only)."""
+    tensor = first_nonfinite_tensor(ckpt["state_dict"])
+    if tensor is None:
+        return None
+    detect_nonfinite = (saved.get("trainer") or {}).get("detect_nonfinite")
+    if detect_nonfinite in ("warn", "off"):
+        return (
+            f"ckpt_path={path} holds inf or NaN in {tensor}: its run diverged and, with "
+            f"trainer.detect_nonfinite={detect_nonfinite}, saved the diverged weights; use a "
+            "checkpoint from before (callbacks.checkpoint.keep_last_k keeps earlier ones), or train "
+            "again with trainer.detect_nonfinite=raise, which saves the last finite state"
+        )
+    return (
+        f"ckpt_path={path} holds inf or NaN in {tensor}: the file is damaged (with "
+        "trainer.detect_nonfinite=raise the pipeline saves finite weights only); use another "
+        "checkpoint of the run"
+    )
+
+
 def run_config_of(ckpt: dict[str, Any], path: str, key: str = "ckpt_path") -> dict[str, Any]:
     """The training config saved in a checkpoint by RunConfigInCheckpoint."""
     config = ckpt.get(CHECKPOINT_CONFIG_KEY)

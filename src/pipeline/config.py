@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import config_limits
 from pipeline.checkpoints import (
     checkpoint_fit_problems,
-    first_nonfinite_tensor,
+    nonfinite_weights_problem,
     read_checkpoint,
     run_config_of,
 )
@@ -252,32 +252,10 @@ def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
         saved = run_config_of(ckpt, path)
     except ConfigError as exc:
         return exc.problems
-    damaged = first_nonfinite_tensor(ckpt["state_dict"])
-    if damaged is not None:
-        return [
-            nonfinite_checkpoint_message(
-                path, damaged, (saved.get("trainer") or {}).get("detect_nonfinite")
-            )
-        ]
+    nonfinite = nonfinite_weights_problem(ckpt, saved, path)
+    if nonfinite is not None:
+        return [nonfinite]
     return [] if cfg is None else checkpoint_fit_problems(ckpt, saved, cfg, path)
-
-
-def nonfinite_checkpoint_message(path: str, tensor: str, detect_nonfinite: object) -> str:
-    """Why a checkpoint holding inf or NaN (in `tensor`) cannot be evaluated or continued from:
-    its run diverged and saved on (trainer.detect_nonfinite warn or off), or the file is damaged
-    (with raise, the guard saves the last finite state only)."""
-    if detect_nonfinite in ("warn", "off"):
-        return (
-            f"ckpt_path={path} holds inf or NaN in {tensor}: its run diverged and, with "
-            f"trainer.detect_nonfinite={detect_nonfinite}, saved the diverged weights; use a "
-            "checkpoint from before (callbacks.checkpoint.keep_last_k keeps earlier ones), or train "
-            "again with trainer.detect_nonfinite=raise, which saves the last finite state"
-        )
-    return (
-        f"ckpt_path={path} holds inf or NaN in {tensor}: the file is damaged (with "
-        "trainer.detect_nonfinite=raise the pipeline saves finite weights only); use another "
-        "checkpoint of the run"
-    )
 
 
 def warnings_for(cfg: DictConfig) -> list[str]:

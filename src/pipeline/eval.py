@@ -79,12 +79,9 @@ def training_keys_problems(keys: list[str]) -> list[str]:
     """The keys of the training config that eval takes from the checkpoint (model.*, loss=,
     optimizer=, …), before Hydra composes eval's config, where they are no keys or groups at all
     (its message asked for `+optimizer=adam`, or called model.weights a misspelling)."""
-    training = set(cli.compose("train", [])) | set(config_groups())
-    problems = [
-        _from_the_checkpoint(key)
-        for key in keys
-        if key.split(".")[0] not in EVAL_GROUPS and key.split(".")[0] in training
-    ]
+    outside = [key for key in keys if key.split(".")[0] not in EVAL_GROUPS]
+    training = set(cli.compose("train", [])) | set(config_groups()) if outside else set()
+    problems = [_from_the_checkpoint(key) for key in outside if key.split(".")[0] in training]
     if "resume" in keys:  # train's: it would expand into the run's training overrides
         problems.append(
             f"resume= continues a training run; pipeline.eval takes a checkpoint: "

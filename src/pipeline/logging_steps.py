@@ -64,6 +64,4 @@ def realign_logging_step(trainer: pl.Trainer) -> None:
     end: its restarted epoch loop takes an empty turn, which ends in its count's increment. Every
     tag after such a resume was one step late, and the instruments that read the count (logging
     steps) measured other steps than train/loss (a private attribute; lightning is pinned)."""
-    loop = trainer.fit_loop.epoch_loop
-    if loop._batches_that_stepped != trainer.global_step:
-        loop._batches_that_stepped = trainer.global_step
+    trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step

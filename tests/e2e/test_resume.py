@@ -231,6 +231,20 @@ def test_a_resume_trains_on_with_the_optimizer_settings_given_on_its_command_lin
     assert ckpt["optimizer_states"][0]["param_groups"][0]["weight_decay"] == 0
 
 
+def _finished_then_resumed(
+    run: Path, args: list[str], more: str, tmp_path: Path, torch_home: Path, *, refused: str
+) -> None:
+    """Train `args` into `run` to its end; a bare resume of it exits 2 with a last line ending in
+    `refused`; a resume with `more` trains on."""
+    first = run_cli("pipeline.train", [*args, f"hydra.run.dir={run}"], tmp_path, torch_home)
+    assert first.returncode == 0, first.stderr
+    done = run_cli("pipeline.train", [f"resume={run}"], tmp_path, torch_home)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].endswith(refused)
+    resumed = run_cli("pipeline.train", [f"resume={run}", more], tmp_path, torch_home)
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_a_run_extended_from_an_epochs_end_has_every_tag_and_csv_row_at_its_step(
     tmp_path: Path, torch_home: Path
 ) -> None:
@@ -241,23 +255,12 @@ def test_a_run_extended_from_an_epochs_end_has_every_tag_and_csv_row_at_its_step
     wrote val/loss in a row of its own; a resume with no steps left trained nothing, exit 0."""
     run = tmp_path / "run"
     args = [*RUN, "data.num_samples=16", "scheduler.total_steps=12", "trainer.max_steps=8",
-            "logger=[tensorboard,csv]", f"hydra.run.dir={run}"]  # fmt: skip
-    first = run_cli("pipeline.train", args, tmp_path, torch_home)
-    assert first.returncode == 0, first.stderr
-    done = run_cli("pipeline.train", [f"resume={run}"], tmp_path, torch_home)
-    assert done.returncode == 2
-    assert (
-        done.stderr.strip()
-        .splitlines()[-1]
-        .endswith(
-            "is at step 8 and trainer.max_steps=8: there is nothing left to train; to train on, give "
-            "the run more steps, e.g. trainer.max_steps=16"
-        )
-    )
-    more = run_cli(
-        "pipeline.train", [f"resume={run}", "trainer.max_steps=12"], tmp_path, torch_home
-    )
-    assert more.returncode == 0, more.stderr
+            "logger=[tensorboard,csv]"]  # fmt: skip
+    _finished_then_resumed(
+        run, args, "trainer.max_steps=12", tmp_path, torch_home,
+        refused="is at step 8 and trainer.max_steps=8: there is nothing left to train; to train "
+        "on, give the run more steps, e.g. trainer.max_steps=16",
+    )  # fmt: skip
     tags = scalars(run / "tensorboard")
     for tag in ("train/loss", "train/lr", "grad_norm/total", "perf/images_per_sec"):
         assert [s for s, _ in tags[tag]] == list(range(12)), tag
@@ -278,20 +281,9 @@ def test_a_run_bounded_by_epochs_resumes_with_more_epochs_and_not_without(
     `trainer.max_epochs=3` on the resume clashed with the saved `+trainer.max_epochs=2`."""
     run = tmp_path / "run"
     args = [*RUN, "data.num_samples=8", "trainer.max_steps=-1", "trainer.max_epochs=2"]
-    first = run_cli("pipeline.train", [*args, f"hydra.run.dir={run}"], tmp_path, torch_home)
-    assert first.returncode == 0, first.stderr
-    done = run_cli("pipeline.train", [f"resume={run}"], tmp_path, torch_home)
-    assert done.returncode == 2
-    assert (
-        done.stderr.strip()
-        .splitlines()[-1]
-        .endswith(
-            "has finished epoch 2 and trainer.max_epochs=2: there is nothing left to train; to train "
-            "on, give the run more epochs, e.g. trainer.max_epochs=4"
-        )
-    )
-    more = run_cli(
-        "pipeline.train", [f"resume={run}", "trainer.max_epochs=3"], tmp_path, torch_home
-    )
-    assert more.returncode == 0, more.stderr
+    _finished_then_resumed(
+        run, args, "trainer.max_epochs=3", tmp_path, torch_home,
+        refused="has finished epoch 2 and trainer.max_epochs=2: there is nothing left to train; "
+        "to train on, give the run more epochs, e.g. trainer.max_epochs=4",
+    )  # fmt: skip
     assert _ckpt(run)["global_step"] == 6  # 2 batches an epoch, 3 epochs
