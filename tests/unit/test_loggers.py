@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from helpers import TINY
+from helpers import TINY, scalars
 from pipeline import build
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.hparams import compared_hparams
-from pipeline.loggers import StepRowsCSVLogger
+from pipeline.loggers import PacedTensorBoardLogger, StepRowsCSVLogger
 from pipeline.settings import resolved
 
 # What every job's table holds besides the swept key: the compared keys, then what TINY set.
@@ -66,7 +66,7 @@ def test_the_default_is_tensorboard_alone_and_a_list_composes_several(tmp_path: 
     both = compose("train", ["logger=[tensorboard,csv]", "logger.tensorboard.log_graph=true"])
     assert preflight("train", ["logger=[tensorboard,csv]"], False, validate)[1] == []
     built = build.build_loggers(both, tmp_path)
-    assert [type(lg) for lg in built] == [TensorBoardLogger, StepRowsCSVLogger]
+    assert [type(lg) for lg in built] == [PacedTensorBoardLogger, StepRowsCSVLogger]
     assert both.logger.tensorboard.log_graph is True
     assert build.build_loggers(compose("train", ["logger=none"]), tmp_path) == []
 
@@ -172,3 +172,36 @@ def test_the_csv_logger_writes_one_row_a_step_however_many_calls_log_it(tmp_path
         {"step": "2", "train/lr": "0.05"},
         {"step": "2", "train/lr": "0.01"},
     ]  # fmt: skip
+
+
+def test_tensorboard_is_flushed_on_a_pace_and_its_events_reach_the_disk_unasked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning saves the loggers on every logging step, and a save flushed the event file,
+    waiting for its writer thread: the pipeline's flushes at most every TENSORBOARD_FLUSH_S, and
+    the writer thread flushes on its own that often, so nothing logged waits longer."""
+    import time
+
+    from pipeline import loggers
+
+    now = [1000.0]
+    monkeypatch.setattr(loggers.time, "monotonic", lambda: now[0])
+    logger = PacedTensorBoardLogger(save_dir=tmp_path, name="tb", version="")
+    flushes: list[float] = []
+    flush = logger.experiment.flush
+    monkeypatch.setattr(logger.experiment, "flush", lambda: (flushes.append(now[0]), flush()))
+    for step in range(6):  # saves at 1000, 1001, …, 1005: the first, then one a pace
+        logger.log_metrics({"train/loss": float(step)}, step=step)
+        logger.save()
+        now[0] += 1.0
+    assert flushes == [1000.0, 1002.0, 1004.0]
+    writer_thread = logger.experiment._get_file_writer().event_writer._async_writer._worker
+    assert writer_thread._flush_secs == loggers.TENSORBOARD_FLUSH_S
+
+    logger.log_metrics({"train/loss": 6.0}, step=6)  # no save: the writer thread flushes it
+    deadline = time.monotonic() + 10 * loggers.TENSORBOARD_FLUSH_S
+    while scalars(tmp_path / "tb").get("train/loss", [])[-1:] != [(6, 6.0)]:
+        assert time.monotonic() < deadline, "the event never reached the disk"
+        time.sleep(0.1)
+    logger.finalize("success")  # flushes, closes and saves, whatever the pace
+    assert flushes[-1] == now[0] and (tmp_path / "tb" / "hparams.yaml").exists()

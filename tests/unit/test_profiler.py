@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.cli import preflight
 from pipeline.config import validate
+from pipeline.profiling import NoProfiler, lightning_profiler
 
 
 def test_the_trainers_profiler_argument_belongs_to_the_group() -> None:
@@ -11,3 +14,19 @@ def test_the_trainers_profiler_argument_belongs_to_the_group() -> None:
     assert problems == [
         "trainer.profiler is set by the pipeline; use profiler=torch|simple|none instead"
     ]
+
+
+def test_without_a_profiler_the_trainer_gets_one_that_costs_nothing(tmp_path: Path) -> None:
+    """Lightning enters its profiler's profile() around every hook of every callback (~145 times a
+    step here); its pass-through one builds a context manager each time, the pipeline's hands back
+    one that does nothing."""
+    from lightning.pytorch.profilers import PassThroughProfiler, SimpleProfiler
+
+    none = lightning_profiler("none", tmp_path)
+    assert isinstance(none, PassThroughProfiler)
+    context = none.profile("[Callback]GracefulStop.on_train_batch_start")
+    assert context is none.profile("run_training_batch")  # nothing made a call
+    with context, context:
+        pass
+    assert isinstance(lightning_profiler("simple", tmp_path), SimpleProfiler)
+    assert isinstance(lightning_profiler("torch", tmp_path), NoProfiler)  # a callback does that
