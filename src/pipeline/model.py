@@ -35,6 +35,10 @@ from pipeline.weights import (
 )
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+# Attributes set on the module every step that are never a parameter, buffer or submodule:
+# Lightning's hook name (set around each of its ~45 hook calls a step) and the step's values.
+# nn.Module.__setattr__ looks each one up among those first (~4 µs here, 0.5 µs without).
+PLAIN_STEP_ATTRIBUTES = frozenset({"_current_fx_name", "_step_loss", "_step_lr", "_loss_logged"})
 
 
 def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
@@ -111,6 +115,12 @@ class ResNetClassifier(pl.LightningModule):
         # off the module's children: the checkpoint has torchvision's keys either way.
         self.compile_features = compile
         self._compiled_forward: Callable[[Tensor], Tensor] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in PLAIN_STEP_ATTRIBUTES:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def forward(self, images: Tensor) -> Tensor:
         images = images.contiguous(memory_format=self.memory_format)

@@ -26,6 +26,32 @@ def test_features_then_head_is_torchvisions_forward() -> None:
     assert torch.equal(net.fc(resnet_features(net, x)), net(x))
 
 
+def test_the_per_step_attributes_skip_nn_modules_lookup_and_the_rest_still_register() -> None:
+    """Lightning sets the module's hook name around each of its ~45 hook calls a step; the
+    module's per-step attributes are stored plainly, whatever else is assigned registers as
+    nn.Module registers it."""
+    import lightning.pytorch as pl
+    from torch import nn
+
+    assert "_current_fx_name" in vars(pl.LightningModule())  # Lightning still names it so
+    module = model.ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=torch.optim.SGD, scheduler_kwargs={}, channels_last=False,
+    )  # fmt: skip
+    loss = torch.tensor(1.5)
+    for name, value in [("_current_fx_name", "training_step"), ("_step_loss", loss),
+                        ("_step_lr", 0.1), ("_loss_logged", True)]:  # fmt: skip
+        setattr(module, name, value)
+        assert vars(module)[name] is value and name in model.PLAIN_STEP_ATTRIBUTES
+    module.head = nn.Linear(1, 2)
+    module.register_buffer("count", torch.zeros(()))
+    module.count = torch.ones(())
+    assert "head" in module._modules and "head" not in vars(module)
+    assert torch.equal(module._buffers["count"], torch.ones(()))
+    names = {n for n, _ in module.named_parameters()}
+    assert names == {"net.weight", "net.bias", "head.weight", "head.bias"}
+
+
 def test_cuda_flags_map_the_config_and_are_scoped_to_the_run() -> None:
     assert flags_for(cudnn_benchmark=True, tf32=True) == (True, True, True)
     assert flags_for(cudnn_benchmark=False, tf32=False) == (False, False, False)
