@@ -8,6 +8,7 @@ outputs/eval/YYYY-MM-DD/HH-MM-SS/.
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -28,6 +29,7 @@ from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 from pipeline.settings import resolved
 
+log = logging.getLogger(__name__)
 report.silence_known_warnings()
 # Eval restores the weights only: the training callbacks' state in the checkpoint is not needed.
 warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks")
@@ -66,6 +68,19 @@ def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, l
     run_cfg.model.compile = False  # one pass over the validation split: compiling would not pay
     run_cfg.ckpt_path = None  # the run's own resume point, not what eval reads
     return run_cfg, problems
+
+
+def one_process_note(device: DictConfig) -> str | None:
+    """What of the device group eval leaves unused, since it runs one process on one device
+    (device=ddp_cpu, device.devices=4, device.num_nodes=2); None when nothing is."""
+    unused = [f"device.{key}={device.get(key, 1)}" for key in ("devices", "num_nodes")
+              if device.get(key, 1) != 1]  # fmt: skip
+    if not unused:
+        return None
+    return (
+        f"pipeline.eval runs one process on one device: {' and '.join(unused)} "
+        f"{'is' if len(unused) == 1 else 'are'} not used"
+    )
 
 
 def _from_the_checkpoint(key: str) -> str:
@@ -110,6 +125,8 @@ def evaluate(cfg: DictConfig) -> None:
     try:
         keys = overridden_keys(list(HydraConfig.get().overrides.task))
         run_cfg, _ = run_config_for_eval(cfg, keys)
+        if note := one_process_note(run_cfg.device):
+            log.warning(note)
         pl.seed_everything(run_cfg.seed, verbose=False)
         datamodule = build.build_datamodule(run_cfg)
         module = build.build_module(run_cfg)

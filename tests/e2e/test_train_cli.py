@@ -111,11 +111,14 @@ def test_eval_reproduces_the_runs_val_loss(tmp_path: Path, torch_home: Path) -> 
     val_loss = scalars(run / "tensorboard")["val/loss"][-1][1]
     result = run_cli(
         "pipeline.eval",
-        [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "device=cpu"],
+        [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "device=ddp_cpu"],
         tmp_path,
         torch_home,
     )
     assert result.returncode == 0, result.stderr
+    # Eval runs one process: it says so of a device group for several, and scores the same.
+    note = "pipeline.eval runs one process on one device: device.devices=2 is not used"
+    assert result.stdout.count(f"[WARNING] - {note}") == 1, result.stdout
     assert "Be aware that when using `ckpt_path`" not in result.stderr  # Lightning's, for training
     printed = float(re.search(r"val/loss\s*│\s*([-\d.e+]+)", result.stdout).group(1))  # type: ignore[union-attr]
     assert printed == pytest.approx(val_loss, rel=1e-5)

@@ -197,3 +197,17 @@ def test_model_compile_on_a_cpu_needs_a_cxx_compiler() -> None:
     assert problem.startswith("model.compile=true: torch.compile finds no C++ compiler on this "
                               "machine (InvalidCxxCompiler: ")  # fmt: skip
     assert problem.endswith("install one (g++) or set model.compile=false")
+
+
+def test_eval_names_what_of_a_several_process_device_it_does_not_use() -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.eval import one_process_note
+
+    device = OmegaConf.create
+    assert one_process_note(device({"accelerator": "cpu", "devices": 1, "num_nodes": 1})) is None
+    assert one_process_note(device({"accelerator": "auto", "devices": 1})) is None
+    assert one_process_note(device({"devices": -1, "num_nodes": 2})) == (
+        "pipeline.eval runs one process on one device: device.devices=-1 and "
+        "device.num_nodes=2 are not used"
+    )
