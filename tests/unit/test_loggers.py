@@ -181,11 +181,12 @@ def test_tensorboard_is_flushed_on_a_pace_and_its_events_reach_the_disk_unasked(
     waiting for its writer thread: the pipeline's flushes at most every TENSORBOARD_FLUSH_S, and
     the writer thread flushes on its own that often, so nothing logged waits longer."""
     import time
+    from types import SimpleNamespace
 
     from pipeline import loggers
 
     now = [1000.0]
-    monkeypatch.setattr(loggers.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(loggers, "time", SimpleNamespace(monotonic=lambda: now[0]))  # its clock
     logger = PacedTensorBoardLogger(save_dir=tmp_path, name="tb", version="")
     flushes: list[float] = []
     flush = logger.experiment.flush
