@@ -10,11 +10,14 @@ import csv
 import importlib.util
 import logging
 import time
+from argparse import Namespace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogger
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
@@ -82,10 +85,21 @@ class PacedTensorBoardLogger(TensorBoardLogger):
 
     @rank_zero_only
     def save(self) -> None:
+        """Fabric's save, the flush. Not Lightning's, which also writes hparams.yaml if it is
+        missing, with the hyperparameters logged so far: `{}` in every run, whose come at its
+        end (callbacks/run_summary.py); log_hyperparams writes the file."""
         now = time.monotonic()
         if now >= self._next_save:
             self._next_save = now + TENSORBOARD_FLUSH_S
-            super().save()
+            FabricTensorBoardLogger.save(self)
+
+    @rank_zero_only
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, metrics: dict[str, Any] | None = None,
+        step: int | None = None,
+    ) -> None:  # fmt: skip
+        super().log_hyperparams(params, metrics, step)
+        save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, self.hparams)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

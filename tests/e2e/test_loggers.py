@@ -98,6 +98,10 @@ def test_csv_hparams_and_tensorboard_hparams_tab_hold_the_compared_table(sweep: 
 
     for job, momentum in zip(_jobs(sweep), MOMENTA, strict=True):
         assert yaml.safe_load((job / "csv" / "hparams.yaml").read_text()) == _table(momentum)
+        # TensorBoard's folder has them too (Lightning wrote `{}` there at the first save)
+        assert yaml.safe_load((job / "tensorboard" / "hparams.yaml").read_text()) == _table(
+            momentum
+        )
         acc = EventAccumulator(str(job / "tensorboard"))
         acc.Reload()
         content = acc.PluginTagToContent("hparams")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from helpers import TINY, scalars
@@ -204,5 +205,8 @@ def test_tensorboard_is_flushed_on_a_pace_and_its_events_reach_the_disk_unasked(
     while scalars(tmp_path / "tb").get("train/loss", [])[-1:] != [(6, 6.0)]:
         assert time.monotonic() < deadline, "the event never reached the disk"
         time.sleep(0.1)
+    assert not (tmp_path / "tb" / "hparams.yaml").exists()  # no hyperparameters, no `{}` file
+    logger.log_hyperparams({"optimizer.lr": 0.01}, metrics={"hparams/val_loss": 0.5})
+    assert yaml.safe_load((tmp_path / "tb" / "hparams.yaml").read_text()) == {"optimizer.lr": 0.01}
     logger.finalize("success")  # flushes, closes and saves, whatever the pace
-    assert flushes[-1] == now[0] and (tmp_path / "tb" / "hparams.yaml").exists()
+    assert flushes[-1] == now[0]
