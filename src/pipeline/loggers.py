@@ -87,7 +87,7 @@ class PacedTensorBoardLogger(TensorBoardLogger):
     def save(self) -> None:
         """Fabric's save, the flush. Not Lightning's, which also writes hparams.yaml if it is
         missing, with the hyperparameters logged so far: `{}` in every run, whose come at its
-        end (callbacks/run_summary.py); log_hyperparams writes the file."""
+        end (callbacks/run_summary.py); write_hparams_file writes the file."""
         now = time.monotonic()
         if now >= self._next_save:
             self._next_save = now + TENSORBOARD_FLUSH_S
@@ -99,7 +99,14 @@ class PacedTensorBoardLogger(TensorBoardLogger):
         step: int | None = None,
     ) -> None:  # fmt: skip
         super().log_hyperparams(params, metrics, step)
-        save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, self.hparams)
+        self.write_hparams_file(self.hparams)
+
+    @rank_zero_only
+    def write_hparams_file(self, params: dict[str, Any] | Namespace) -> None:
+        """hparams.yaml beside the event files, without TensorBoard's HParams (that wants the
+        final metrics: RunSummary logs it at fit end); at fit start, so a run that fails has it."""
+        self.experiment  # noqa: B018  # creates the folder
+        save_hparams_to_yaml(Path(self.log_dir) / self.NAME_HPARAMS_FILE, params)
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from helpers import TINY, only_run_dir, run_cli, scalars
 
@@ -171,3 +172,6 @@ def test_divergence_stops_with_the_step_and_a_finite_checkpoint(
     assert "use loss=mse or loss=cross_entropy for long runs" in result.stderr
     assert "Traceback" not in result.stderr
     assert _finite(only_run_dir(tmp_path) / "checkpoints" / "last.ckpt")
+    # A run that fails has its hyperparameters beside its events (written when training starts).
+    hparams = yaml.safe_load((only_run_dir(tmp_path) / "tensorboard" / "hparams.yaml").read_text())
+    assert hparams["optimizer.lr"] == 1e20

@@ -1,7 +1,7 @@
 """The run's config in the loggers: in TensorBoard the `config` text and the Custom Scalars
 layout at start, HParams with final metrics at end (on CUDA, the peak GPU memory too, also in
 train.log); the same hyperparameters to every other logger at start (MLflow's params, the CSV
-logger's hparams.yaml).
+logger's hparams.yaml) and to TensorBoard's folder's hparams.yaml.
 
 HParams lets a sweep's jobs be compared side by side in TensorBoard's HParams tab.
 Rank 0 only (Lightning's loggers write nothing on other ranks).
@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from pipeline.callbacks.gpu_memory import PEAK_TAG, gpu_memory_figures
+from pipeline.loggers import PacedTensorBoardLogger
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class RunSummary(pl.Callback):
             )  # markdown code
             tb.experiment.add_text("config", indented, global_step=0)
             tb.experiment.add_custom_scalars(CUSTOM_SCALARS)
+            if isinstance(tb, PacedTensorBoardLogger):
+                tb.write_hparams_file(self.hparams)  # the HParams tab's come at fit end
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(self.hparams)
