@@ -139,8 +139,10 @@ def command_line() -> list[str]:
 
 
 def parse_command_line() -> Any:
-    """sys.argv as Hydra's own parser reads it (flags, and the overrides)."""
-    return get_args_parser().parse_args(sys.argv[1:])
+    """sys.argv as Hydra's own parser reads it (flags, and the overrides), with flags anywhere:
+    `… optimizer.lr=0.1,1 -m seed=1` too, which Hydra's parse_args refuses ("unrecognized
+    arguments: seed=1") once overrides follow a flag."""
+    return get_args_parser().parse_intermixed_args(sys.argv[1:])
 
 
 def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
@@ -148,13 +150,12 @@ def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: 
     argv = sys.argv[1:]
     _typed[:] = argv
     args = parse_command_line()
+    overrides = list(args.overrides)
     if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
-        overrides, problems = prepare(
-            config_name, list(args.overrides), bool(args.multirun), validate
-        )
+        overrides, problems = prepare(config_name, overrides, bool(args.multirun), validate)
         if problems:
             report_problems(problems, program)
             sys.exit(CONFIG_ERROR_EXIT_CODE)
-        flags = [a for a in argv if a not in args.overrides]
-        sys.argv = [sys.argv[0], *flags, *overrides]
+    flags = [a for a in argv if a not in args.overrides]
+    sys.argv = [sys.argv[0], *flags, *overrides]  # flags first: Hydra parses them in that order
     hydra_app()

@@ -53,12 +53,13 @@ def _table(momentum: float) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`-m optimizer.momentum=0.0,0.9` with every logger: one process, two runs, one MLflow store."""
+    """`optimizer.momentum=0.0,0.9 -m` with every logger: one process, two runs, one MLflow
+    store. `-m` among the overrides, where Hydra's own parser refused the ones after it."""
     root = tmp_path_factory.mktemp("loggers")
     home = root / "torch_home"
     home.mkdir()
     momenta = ",".join(str(m) for m in MOMENTA)
-    result = run_cli("pipeline.train", ["-m", f"optimizer.momentum={momenta}", LOGGERS, *TINY],
+    result = run_cli("pipeline.train", [f"optimizer.momentum={momenta}", "-m", LOGGERS, *TINY],
                      root, home)  # fmt: skip
     assert result.returncode == 0, result.stderr
     return root
