@@ -133,6 +133,15 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     found += _model_problems(cfg)
     found += _device_problems(cfg, cuda_available)
     found += trainer_problems(value(cfg, "trainer"), already=found)
+    if not any(key_of(p).startswith(("trainer.", "data.", "device")) for p in found):
+        found += config_limits.epoch_problems(
+            cfg.trainer,
+            num_samples=cfg.data.num_samples,
+            batch_size=cfg.data.batch_size,
+            world_size=config_limits.processes(
+                cfg, torch.cuda.device_count() if cuda_available else 0
+            ),
+        )
     found += _profiler_problems(cfg)
     loggers = value(cfg, "logger") or {}
     found += logger_problems(

@@ -72,13 +72,59 @@ def last_batch_problems(
     last = per_process % batch_size
     if last == 0 or last * resnet_final_size(image_size) ** 2 >= 2:
         return []
-    fix = per_process - last
+    fix = max(per_process - last, batch_size)  # at least one full batch a process
     return [
         f"data.num_samples={num_samples} leaves a last batch of {last} sample(s) per process "
         f"(data.batch_size={batch_size}, {world_size} process(es)), too few for ResNet18's last "
         f"BatchNorm at data.image_size={image_size}; set data.num_samples={fix * world_size} "
         f"(a multiple of the global batch) or data.image_size={min_image_size(last)} or more"
     ]
+
+
+def epoch_problems(
+    trainer: DictConfig, *, num_samples: int, batch_size: int, world_size: int
+) -> list[str]:
+    """What Lightning takes when it builds the Trainer and refuses only once training starts (a
+    traceback, a half-made run directory), or what trains nothing: trainer.val_check_interval
+    and check_val_every_n_epoch against a process's training batches an epoch, max_epochs=0,
+    limit_train_batches that leaves no batch."""
+    found = []
+    every = OmegaConf.select(trainer, "check_val_every_n_epoch", default=1)
+    if is_int(every) and every < 1:
+        found.append(
+            f"trainer.check_val_every_n_epoch must be ≥ 1 or null (got {every}); "
+            "set trainer.check_val_every_n_epoch=1"
+        )
+    if OmegaConf.select(trainer, "max_epochs") == 0:
+        found.append(
+            "trainer.max_epochs=0 trains nothing; set trainer.max_epochs=1 or more, or -1 to "
+            "leave the bound to trainer.max_steps"
+        )
+    per_process = (num_samples + world_size - 1) // world_size  # the sampler pads
+    epoch = (per_process + batch_size - 1) // batch_size  # a process's batches, the last one short
+    batches, limit = epoch, OmegaConf.select(trainer, "limit_train_batches")
+    if is_int(limit):
+        batches = min(epoch, limit)
+    elif isinstance(limit, float):
+        batches = int(epoch * limit)  # as Lightning counts a fraction of the epoch
+    if limit is not None and batches < 1:
+        found.append(
+            f"trainer.limit_train_batches={limit} leaves none of an epoch's {epoch} training "
+            "batches; set trainer.limit_train_batches=1.0"
+        )
+    interval = OmegaConf.select(trainer, "val_check_interval")
+    if is_int(interval) and interval < 1:
+        found.append(
+            f"trainer.val_check_interval must be a number of training batches ≥ 1 or a fraction "
+            f"of an epoch in (0, 1] (got {interval}); set trainer.val_check_interval=1.0"
+        )
+    elif is_int(interval) and every is not None and batches >= 1 and interval > batches:
+        found.append(
+            f"trainer.val_check_interval={interval} is more than an epoch's {batches} training "
+            f"batches (a process's); set trainer.val_check_interval={batches} or less, or "
+            "trainer.check_val_every_n_epoch=null to count batches across epochs"
+        )
+    return found
 
 
 def memory_problems(cfg: DictConfig, cuda: bool) -> list[str]:

@@ -114,8 +114,27 @@ def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
     problems = checkpoint_problems(str(path))
     if problems:
         return problems
-    run_cfg, problems = run_config_for_eval(cfg, overridden_keys(overrides))
-    return problems + validate(run_cfg)
+    keys = overridden_keys(overrides)
+    run_cfg, problems = run_config_for_eval(cfg, keys)
+    problems += validate(run_cfg)
+    if "trainer.limit_val_batches" in keys and not problems:
+        problems += scores_nothing_problems(run_cfg)
+    return problems
+
+
+def scores_nothing_problems(run_cfg: DictConfig) -> list[str]:
+    """trainer.limit_val_batches that leaves none of the validation split's batches: Lightning
+    validates nothing and returns no metrics."""
+    limit = run_cfg.trainer.limit_val_batches
+    samples, batch = run_cfg.data.num_val_samples, run_cfg.data.batch_size
+    batches = (samples + batch - 1) // batch
+    kept = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    if kept >= 1:
+        return []
+    return [
+        f"trainer.limit_val_batches={limit} leaves none of the validation split's {batches} "
+        "batch(es): eval would score nothing; set trainer.limit_val_batches=1.0"
+    ]
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="eval", version_base="1.3")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torchvision.models import resnet18
@@ -211,3 +213,77 @@ def test_eval_names_what_of_a_several_process_device_it_does_not_use() -> None:
         "pipeline.eval runs one process on one device: device.devices=-1 and "
         "device.num_nodes=2 are not used"
     )
+
+
+def test_what_lightning_refuses_only_once_training_starts_is_refused_before_it() -> None:
+    """Values Lightning's Trainer takes when built and refuses at fit start (a traceback, a
+    half-made run directory) or that train nothing: one line each, before anything is written."""
+    small = ("data.num_samples=32", "data.batch_size=4", "data.image_size=32")  # 8 batches
+    assert _problems(*small, "trainer.val_check_interval=0") == [
+        "trainer.val_check_interval must be a number of training batches ≥ 1 or a fraction of an "
+        "epoch in (0, 1] (got 0); set trainer.val_check_interval=1.0"
+    ]
+    assert _problems(*small, "trainer.val_check_interval=9") == [
+        "trainer.val_check_interval=9 is more than an epoch's 8 training batches (a process's); "
+        "set trainer.val_check_interval=8 or less, or trainer.check_val_every_n_epoch=null to "
+        "count batches across epochs"
+    ]
+    assert _problems(*small, "trainer.val_check_interval=8") == []
+    assert (
+        _problems(*small, "trainer.val_check_interval=9", "trainer.check_val_every_n_epoch=null")
+        == []
+    )
+    assert _problems(*small, "trainer.check_val_every_n_epoch=0", "trainer.max_epochs=0") == [
+        "trainer.check_val_every_n_epoch must be ≥ 1 or null (got 0); "
+        "set trainer.check_val_every_n_epoch=1",
+        "trainer.max_epochs=0 trains nothing; set trainer.max_epochs=1 or more, or -1 to leave "
+        "the bound to trainer.max_steps",
+    ]
+    for limit in ("0", "0.1"):  # 0.1 of 8 batches is none, as Lightning counts it
+        assert _problems(*small, f"trainer.limit_train_batches={limit}") == [
+            f"trainer.limit_train_batches={limit} leaves none of an epoch's 8 training batches; "
+            "set trainer.limit_train_batches=1.0"
+        ]
+    assert _problems(*small, "trainer.limit_train_batches=0.125") == []
+    # Two processes: each reads 16 samples, 4 batches.
+    assert (
+        "an epoch's 4 training batches"
+        in _problems(*small, "device=ddp_cpu", "trainer.val_check_interval=5")[0]
+    )
+
+
+def test_a_short_last_batchs_fix_is_a_whole_batch_when_there_is_less() -> None:
+    [problem] = _problems("data.num_samples=1", "data.batch_size=4", "data.image_size=32")
+    assert "set data.num_samples=4 (a multiple of the global batch)" in problem
+    assert _problems("data.num_samples=4", "data.batch_size=4", "data.image_size=32") == []
+
+
+def test_eval_refuses_a_limit_that_leaves_no_validation_batch() -> None:
+    from omegaconf import OmegaConf
+
+    from pipeline.eval import scores_nothing_problems
+
+    def run(limit: float) -> list[str]:
+        data = {"num_val_samples": 10, "batch_size": 4}  # 3 batches
+        return scores_nothing_problems(
+            OmegaConf.create({"data": data, "trainer": {"limit_val_batches": limit}})
+        )
+
+    assert run(0) == [
+        "trainer.limit_val_batches=0 leaves none of the validation split's 3 batch(es): eval "
+        "would score nothing; set trainer.limit_val_batches=1.0"
+    ]
+    assert len(run(0.2)) == 1 and run(0.34) == run(1) == run(1.0) == []
+
+
+def test_the_bench_checks_where_it_will_write_before_it_measures(tmp_path: Path) -> None:
+    from pipeline.bench.config import output_file_problems
+
+    assert output_file_problems("bench.output", str(tmp_path / "b.json")) == []
+    assert output_file_problems("bench.output", str(tmp_path)) == [
+        f"bench.output={tmp_path} is a folder; name a file, e.g. bench.output={tmp_path / 'bench.json'}"
+    ]
+    missing = tmp_path / "no" / "b.json"
+    assert output_file_problems("bench.output", str(missing)) == [
+        f"bench.output={missing}: the folder {missing.parent} does not exist; create it first"
+    ]

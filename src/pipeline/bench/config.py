@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.bench.outside import LONG
@@ -54,6 +57,8 @@ def validate_bench(cfg: DictConfig) -> list[str]:
             "bench.outside_rounds times a plain loop script that trains with SGD, as the notebook "
             f"does; set optimizer=sgd (got {cfg.optimizer._target_})"
         )
+    if cfg.bench.output is not None:
+        problems += output_file_problems("bench.output", str(cfg.bench.output))
     if cfg.device.strategy == "ddp":
         problems.append(
             f"device={cfg.device.name}: the bench runs one process; set device=cpu or device=gpu"
@@ -73,3 +78,18 @@ def knob_problems(cfg: DictConfig, knob: str, known: list[str]) -> list[str]:
     return [
         f"bench.knobs entry {knob!r}: {p}" for p in validate(with_knob(cfg, knob)) if p not in known
     ]
+
+
+def output_file_problems(key: str, path: str) -> list[str]:
+    """A file the figures are written to once measured: checked before, so a bench does not run
+    for minutes and then fail on its path."""
+    target = Path(path)
+    if target.is_dir():
+        return [f"{key}={path} is a folder; name a file, e.g. {key}={target / 'bench.json'}"]
+    if not target.parent.is_dir():
+        return [f"{key}={path}: the folder {target.parent} does not exist; create it first"]
+    if not os.access(target.parent, os.W_OK) or (
+        target.exists() and not os.access(target, os.W_OK)
+    ):
+        return [f"{key}={path} cannot be written here (permissions); name a file you can write"]
+    return []
