@@ -42,6 +42,7 @@ from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.sample_hash import missing_cpu_compiler
+from pipeline.schedules import warmup_factor
 from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
 from pipeline.weights import is_torchvision_weights
 
@@ -267,6 +268,21 @@ def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
     return [] if cfg is None else checkpoint_fit_problems(ckpt, saved, cfg, path)
 
 
+def warmup_notes(cfg: DictConfig) -> list[str]:
+    """A schedule's warmup as long as the run: its lr only ramps up and never decays."""
+    warmup, steps = value(cfg, "scheduler.warmup_steps"), value(cfg, "trainer.max_steps")
+    if value(cfg, "scheduler.name") not in ("cosine", "step") or not (
+        is_int(warmup) and is_int(steps) and 1 <= steps <= warmup
+    ):
+        return []
+    reached = warmup_factor(steps - 1, warmup)
+    return [
+        f"scheduler.warmup_steps={warmup} is not shorter than the run (trainer.max_steps={steps}): "
+        f"the learning rate only ramps up, to {reached:.0%} of optimizer.lr at the last step, and "
+        "never decays; set a shorter warmup or more steps"
+    ]
+
+
 def warnings_for(cfg: DictConfig) -> list[str]:
     """Things that will run, but not as the user likely hopes."""
     notes = []
@@ -277,6 +293,7 @@ def warnings_for(cfg: DictConfig) -> list[str]:
             f"precision={precision} on this CPU: it has no native bf16 (no AVX512-BF16 or AMX), "
             "so bf16 is emulated and runs many times slower than precision=32-true"
         )
+    notes += warmup_notes(cfg)
     if on_cpu and value(cfg, "model.compile") == "reduce-overhead":
         notes.append(
             "model.compile=reduce-overhead on a CPU: CUDA graphs are CUDA's, so it compiles as "

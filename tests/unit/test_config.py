@@ -287,3 +287,17 @@ def test_the_bench_checks_where_it_will_write_before_it_measures(tmp_path: Path)
     assert output_file_problems("bench.output", str(missing)) == [
         f"bench.output={missing}: the folder {missing.parent} does not exist; create it first"
     ]
+
+
+def test_a_warmup_as_long_as_the_run_is_warned_of() -> None:
+    from pipeline.config import warnings_for
+
+    short = ["trainer.max_steps=4", "scheduler.warmup_steps=100"]
+    assert warnings_for(compose("train", ["scheduler=cosine", *short])) == [
+        "scheduler.warmup_steps=100 is not shorter than the run (trainer.max_steps=4): the "
+        "learning rate only ramps up, to 4% of optimizer.lr at the last step, and never decays; "
+        "set a shorter warmup or more steps"
+    ]
+    assert len(warnings_for(compose("train", ["scheduler=step", *short]))) == 1
+    assert warnings_for(compose("train", ["scheduler=cosine", "scheduler.warmup_steps=3"])) == []
+    assert warnings_for(compose("train", ["scheduler=none", *short[:1]])) == []
