@@ -41,6 +41,7 @@ from pipeline.devices import cpu_has_native_bf16, is_cpu_run, is_cuda_run
 from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
+from pipeline.model import weights_file_problems
 from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.schedules import warmup_factor
 from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
@@ -219,6 +220,8 @@ def _model_problems(cfg: DictConfig) -> list[str]:
         found.append(
             f"model.weights={weights} is not a file; give a state-dict path, DEFAULT, or model.weights=null"
         )
+    elif isinstance(weights, str) and not is_torchvision_weights(weights):
+        found += weights_file_problems(weights)  # its contents, before a run directory is made
     return found
 
 

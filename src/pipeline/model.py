@@ -52,16 +52,41 @@ def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
         state = torchvision_state_dict(weights)
     else:
         state = read_state_dict(weights)
-    head = state.get("fc.weight")
-    file_classes = head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
-    net = resnet18(weights=None, num_classes=file_classes)
-    problems = state_dict_mismatch(net, state)
+    net = _resnet18_for(state, num_classes)
+    problems = _fit_problems(weights, net, state)
     if problems:
-        raise ConfigError([f"model.weights={weights} does not fit ResNet18: {p}" for p in problems])
+        raise ConfigError(problems)
     net.load_state_dict(state)
-    if file_classes != num_classes:
+    if net.fc.out_features != num_classes:
         net.fc = nn.Linear(net.fc.in_features, num_classes)
     return net
+
+
+def _resnet18_for(state: dict[str, Tensor], num_classes: int) -> ResNet:
+    """ResNet18 with the head `state` has (else `num_classes`), on the current default device."""
+    head = state.get("fc.weight")
+    file_classes = head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
+    return resnet18(weights=None, num_classes=file_classes)
+
+
+def _fit_problems(weights: str, net: nn.Module, state: dict[str, Tensor]) -> list[str]:
+    return [
+        f"model.weights={weights} does not fit ResNet18: {p}"
+        for p in state_dict_mismatch(net, state)
+    ]
+
+
+def weights_file_problems(path: str) -> list[str]:
+    """What build_resnet18 would refuse in a state-dict file (not loadable, not a state dict,
+    keys or shapes that do not fit ResNet18), found before a run starts: one read of the file,
+    matched against a ResNet18 on the meta device (no memory, no init)."""
+    try:
+        state = read_state_dict(path)
+    except ConfigError as exc:
+        return exc.problems
+    with torch.device("meta"):
+        net = _resnet18_for(state, num_classes=1000)
+    return _fit_problems(path, net, state)
 
 
 def resnet_features(net: ResNet, images: Tensor) -> Tensor:

@@ -66,3 +66,29 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     (problem,) = checkpoint_problems(path)
     assert "is not a loadable torch file" in problem
     assert not marker.exists()
+
+
+def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path) -> None:
+    """The pre-flight reads the file: a bad one is a config problem before the run directory is
+    made (it was found when the model was built, after the config was printed and the run's
+    folder, log and lock were written)."""
+    from pipeline.cli import preflight
+    from pipeline.config import validate
+
+    def problems(path: Path) -> list[str]:
+        return preflight("train", [f"model.weights={path}"], False, validate)[1]
+
+    (text := tmp_path / "text.pth").write_text("hello")
+    torch.save([1, 2, 3], listed := tmp_path / "list.pth")
+    torch.save({"a": torch.zeros(2)}, wrong := tmp_path / "wrong.pth")
+    torch.save(resnet18(num_classes=10).state_dict(), other_head := tmp_path / "ten.pth")
+    assert problems(text)[0].startswith(f"model.weights={text} is not a loadable torch file")
+    assert problems(listed) == [
+        f"model.weights={listed} holds a list, not a state dict of tensors; "
+        "save it with torch.save(model.state_dict(), path)"
+    ]
+    assert [p.split(": ", 1)[1].split(":")[0] for p in problems(wrong)] == [
+        "missing keys",
+        "unexpected keys",
+    ]
+    assert problems(other_head) == []  # a new head replaces a head of another size
