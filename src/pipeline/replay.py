@@ -156,6 +156,12 @@ def replay(step: Step, dtype: torch.dtype) -> Finding | None:
 def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], str]:
     """The failing step of `run_dir`, its divergence.json and the run's precision.
     ConfigError (one line) where the directory cannot be replayed."""
+    if not run_dir.is_dir():
+        raise ConfigError(
+            [
+                f"{run_dir} is not a run directory ({'a file' if run_dir.exists() else 'no such folder'}); give the folder of the run that stopped"
+            ]
+        )
     if not (run_dir / DIVERGENCE_FILE).is_file():
         raise ConfigError(
             [

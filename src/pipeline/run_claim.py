@@ -74,6 +74,12 @@ def run_dir_of(overrides: list[str]) -> Path:
     return Path(str(OverridesParser.create().parse_override(line).value()))
 
 
+def empty_run_dir(overrides: list[str]) -> bool:
+    """Whether the command line's last hydra.run.dir= is empty (bare, or empty quotes)."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    return bool(given) and given[-1].strip().strip("'\"").strip() == ""
+
+
 def own_run_dir(
     config_name: str, overrides: list[str], resuming: Path | None
 ) -> tuple[list[str], list[str]]:
@@ -81,6 +87,11 @@ def own_run_dir(
     holds a run is refused unless this is a resume of it (or SLURM's requeue of its job), and a
     directory another live process holds is refused; the disk must hold the checkpoints."""
     explicit = any(o.startswith("hydra.run.dir=") for o in overrides)
+    if explicit and empty_run_dir(overrides):  # else the working directory itself
+        return overrides, [
+            "hydra.run.dir is empty, which would write the run into the working directory; "
+            "name a folder, e.g. hydra.run.dir=outputs/my-run"
+        ]
     existed = explicit and run_dir_of(overrides).exists()
     overrides, problems = claim_planned_run_dir(config_name, overrides)
     if problems or not is_launch_rank_zero():

@@ -98,3 +98,15 @@ def test_the_guards_record_reads_back(tmp_path: Path) -> None:
               "checkpoint_global_step": None}  # fmt: skip
     (tmp_path / "divergence.json").write_text(json.dumps(record))
     assert read_divergence(tmp_path) == record
+
+
+def test_a_path_that_is_no_run_directory_says_so(tmp_path: Path) -> None:
+    from pipeline.replay import load_step
+
+    (plain := tmp_path / "notes.txt").write_text("x")
+    for path, what in ((tmp_path / "nowhere", "no such folder"), (plain, "a file")):
+        with pytest.raises(ConfigError) as info:
+            load_step(path)
+        assert info.value.problems == [
+            f"{path} is not a run directory ({what}); give the folder of the run that stopped"
+        ]
