@@ -109,6 +109,15 @@ def has_key(cfg: DictConfig, key: str) -> bool:
     return isinstance(node, DictConfig) and name in node.keys()  # noqa: SIM118 (`in node` is False for ???)
 
 
+def options_with_key(group: str, name: str) -> list[str]:
+    """The options of a config group whose YAML has top-level key `name`."""
+    return [
+        option
+        for option in group_options(group)
+        if name in (yaml.safe_load((CONFIG_DIR / group / f"{option}.yaml").read_text()) or {})
+    ]
+
+
 def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str], list[str]]:
     """Overrides as Hydra should see them, and the unknown keys as problems.
 
@@ -133,6 +142,15 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
             continue
         node = OmegaConf.select(base, parent) if parent else base
         keys = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
+        having = options_with_key(parent, name) if parent in groups else []
+        if having:  # a key of another option of the group: not a misspelling
+            problems.append(
+                f"{key} is not a key of the chosen {parent} (got {as_typed(o)}; it has: {keys}); "
+                f"{' and '.join(f'{parent}={h}' for h in having)} "
+                f"{'has' if len(having) == 1 else 'have'} it: choose "
+                f"{'that' if len(having) == 1 else 'one'} or drop {key}"
+            )
+            continue
         where = (
             f"{parent} has: {keys or 'no keys'}"
             if parent and has_key(base, parent)

@@ -156,8 +156,9 @@ def space_problems(plan: Plan) -> list[str]:
             try:
                 cfg = cli.compose("train", [*fixed, *lines])
                 found = override_checks.unresolvable(cfg) or trial_problems(cfg)
-            except HydraException as exc:
-                found = [override_checks.one_line(exc)]
+            except HydraException as exc:  # the pre-flight's lines say more (a key another
+                found = cli.preflight("train", [*fixed, *lines], False, trial_problems)[1]
+                found = found or [override_checks.one_line(exc)]  # option has, say)
         where = " ".join(as_overrides(point))
         problems += [f"at {where}: {p}" for p in found if not any(p in q for q in problems)]
     return problems

@@ -301,3 +301,14 @@ def test_a_warmup_as_long_as_the_run_is_warned_of() -> None:
     assert len(warnings_for(compose("train", ["scheduler=step", *short]))) == 1
     assert warnings_for(compose("train", ["scheduler=cosine", "scheduler.warmup_steps=3"])) == []
     assert warnings_for(compose("train", ["scheduler=none", *short[:1]])) == []
+
+
+def test_a_key_of_another_option_of_the_group_is_no_misspelling() -> None:
+    """optimizer.momentum with optimizer=adam was "not a config key … fix the spelling"."""
+    assert _problems("optimizer=adam", "optimizer.momentum=0.5") == [
+        "optimizer.momentum is not a key of the chosen optimizer (got optimizer.momentum=0.5; it "
+        "has: _target_, _partial_, lr, betas, weight_decay, fused); optimizer=rmsprop and "
+        "optimizer=sgd have it: choose one or drop optimizer.momentum"
+    ]
+    (typo,) = _problems("optimizer.momentm=0.5")
+    assert typo.endswith("fix the spelling")
