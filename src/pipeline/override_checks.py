@@ -242,6 +242,9 @@ def unparsable(overrides: list[str]) -> list[str]:
                 if not value.isascii() or " " in value
                 else ""
             )
+            if value.startswith("[") and value.endswith("]") and "=" in value:  # bench.knobs
+                items = ",".join(f'"{item.strip()}"' for item in value[1:-1].split(","))
+                hint = f"; quote each KEY=VALUE in the list: {shell_word(f'{key}=[{items}]')}"
             problem = f"cannot parse {line}: {one_line(exc)}{hint}"
             problems.append(problem.replace("\n", "\\n"))  # one line, even for a value with \n
     return problems

@@ -43,3 +43,14 @@ def test_a_config_file_that_is_not_yaml_is_one_line(
         f"{tmp_path / 'broken.yaml'}, line 3, column 17 is not valid YAML (while parsing a flow "
         "sequence: expected ',' or ']', but got '<stream end>'); fix the file"
     )
+
+
+def test_a_list_of_unquoted_key_value_items_gets_the_quoted_form() -> None:
+    """'bench.knobs=[not_a_key=1]' was "cannot parse … no viable alternative" with no hint."""
+    (problem,) = override_checks.unparsable(
+        ["bench.knobs=[optimizer.fused=false,data.num_workers=1]"]
+    )
+    assert problem.endswith(
+        """; quote each KEY=VALUE in the list: 'bench.knobs=["optimizer.fused=false","data.num_workers=1"]'"""
+    )
+    assert override_checks.unparsable(['bench.knobs=["optimizer.fused=false"]']) == []
