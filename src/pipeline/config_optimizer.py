@@ -11,7 +11,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config_rules import refused_arguments
+from pipeline.config_rules import argument_defaults, refused_arguments
 
 OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|false: build.py)
 
@@ -57,4 +57,5 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
         name,
         lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
         {str(k): v for k, v in args.items() if k not in OURS},
+        defaults=argument_defaults(get_class(target)),
     )

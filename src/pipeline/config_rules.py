@@ -7,6 +7,7 @@ functions in config.py; the search's and the bench's own keys have their tables 
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -111,12 +112,38 @@ def equals(key: str, *values: Any) -> Condition:
     return lambda cfg: value(cfg, key) in values
 
 
+def argument_defaults(callable_: Any) -> dict[str, Any]:
+    """The keyword arguments of a class or function that have a default, with it."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(callable_).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def hydra_value(value: Any) -> str:
+    """A Python default as a command line's value: [0.9,0.999], null, true."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    return str(value)
+
+
 def refused_arguments(
-    group: str, name: str, build: Callable[..., object], args: dict[str, Any]
+    group: str,
+    name: str,
+    build: Callable[..., object],
+    args: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
     """What a class refuses among `args` (the `group`.* keys), by building it (`build(**args)`
     raises to refuse): nothing when it takes them all; else a line for each argument it refuses
-    alone, or one line for the set when only the combination is refused."""
+    alone, or one line for the set when only the combination is refused. `defaults` (the class's,
+    by argument) give each line its fix."""
+    defaults = defaults or {}
 
     def refusal(some: dict[str, Any]) -> str | None:
         try:
@@ -128,7 +155,12 @@ def refused_arguments(
     if refusal(args) is None:
         return []
     alone = [
-        f"{group}.{key}={v} is refused by {name}: {reason}"
+        f"{group}.{key}={v} is refused by {name}: {reason.rstrip('.')}"
+        + (
+            f"; {name}'s default: {group}.{key}={hydra_value(defaults[key])}"
+            if key in defaults
+            else ""
+        )
         for key, v in args.items()
         if (reason := refusal({key: v})) is not None
     ]

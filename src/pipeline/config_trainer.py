@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config_rules import refused_arguments
+from pipeline.config_rules import argument_defaults, refused_arguments
 
 # Trainer arguments the pipeline sets from its own groups; trainer.X for these is refused.
 OWNED_TRAINER_ARGS = {
@@ -87,6 +87,9 @@ def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return refused_arguments("trainer", "lightning.Trainer", _bare_trainer, trainer_args)
+            return refused_arguments(
+                "trainer", "lightning.Trainer", _bare_trainer, trainer_args,
+                defaults=argument_defaults(Trainer),
+            )  # fmt: skip
     finally:
         quiet.setLevel(level)

@@ -312,3 +312,12 @@ def test_a_key_of_another_option_of_the_group_is_no_misspelling() -> None:
     ]
     (typo,) = _problems("optimizer.momentm=0.5")
     assert typo.endswith("fix the spelling")
+
+
+def test_a_value_a_library_refuses_gets_the_librarys_default_as_the_fix() -> None:
+    assert _problems("optimizer=adamw", "optimizer.betas=[0.9]") == [
+        "optimizer.betas=[0.9] is refused by AdamW: list index out of range; AdamW's default: "
+        "optimizer.betas=[0.9,0.999]"
+    ]
+    (problem,) = _problems("trainer.max_time=abc")
+    assert problem.endswith("; lightning.Trainer's default: trainer.max_time=null"), problem
