@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import cli, override_checks, report
 from pipeline.config import validate
 from pipeline.config_dir import SEARCH_GROUP, group_options
-from pipeline.config_rules import Rule, choice, integer, problems, value
+from pipeline.config_rules import Rule, choice, integer, key_of, problems, value
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, stopped_by_signal_exit_code
 from pipeline.search_space import Param, Plan, as_overrides, corners, param_of, parse_space
 
@@ -142,8 +142,9 @@ def space_problems(plan: Plan) -> list[str]:
     first, *others = corners(plan.space)
     given = [*plan.fixed, *as_overrides(first)]
     rewritten, problems = cli.preflight("train", given, False, trial_problems)
-    if problems:
-        return problems
+    if problems:  # a searched key's value is one of the space's: say where it came from
+        where = " ".join(as_overrides(first))
+        return [f"at {where}: {p}" if key_of(p) in first else p for p in problems]
     fixed, searched = rewritten[: len(plan.fixed)], rewritten[len(plan.fixed) :]
     added = {key for key, line in zip(first, searched, strict=True) if line.startswith("+")}
     for point in others:

@@ -109,6 +109,12 @@ def test_a_space_invalid_at_one_edge_is_refused_before_any_trial() -> None:
     assert problems and all(p.startswith("at optimizer=adam ") for p in problems), problems
     assert "optimizer.momentum is not a key of the chosen optimizer" in problems[0], problems
     assert "Could not override" not in problems[0]  # Hydra's, with its `+` advice
+    # A bad value at the space's first edge names that edge too, as every other edge's does.
+    _, problems = make_plan([*SMALL, "model.num_classes=choice(0,10)"])
+    (problem,) = problems
+    edge, message = problem.split(": ", 1)
+    assert edge.startswith("at ") and "model.num_classes=0" in edge.split(), problem
+    assert message == "model.num_classes must be ≥ 1 (got 0); set model.num_classes=1000"
 
 
 def test_killed_search_continues_to_n_trials_and_names_the_best_command(
