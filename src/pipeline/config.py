@@ -140,9 +140,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
             cfg.trainer,
             num_samples=cfg.data.num_samples,
             batch_size=cfg.data.batch_size,
-            world_size=config_limits.processes(
-                cfg, torch.cuda.device_count() if cuda_available else 0
-            ),
+            world_size=_world_size(cfg, cuda_available),
         )
     found += _profiler_problems(cfg)
     loggers = value(cfg, "logger") or {}
@@ -157,6 +155,10 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     if ckpt is not None:
         found += checkpoint_problems(str(ckpt), cfg)
     return found
+
+
+def _world_size(cfg: DictConfig, cuda_available: bool) -> int:
+    return config_limits.processes(cfg, torch.cuda.device_count() if cuda_available else 0)
 
 
 def _data_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
@@ -175,9 +177,7 @@ def _data_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
                 num_samples=samples,
                 batch_size=batch,
                 image_size=size,
-                world_size=config_limits.processes(
-                    cfg, torch.cuda.device_count() if cuda_available else 0
-                ),
+                world_size=_world_size(cfg, cuda_available),
             )
     if value(cfg, "data.compile") is True:
         found += _cxx_problems(cfg, "data.compile=true", " (the same samples, made eagerly)")

@@ -62,13 +62,28 @@ def processes(cfg: DictConfig, cuda_count: int) -> int:
     return max(per_node, 1) * OmegaConf.select(cfg, "device.num_nodes")
 
 
+def samples_per_process(num_samples: int, world_size: int) -> int:
+    """What each process reads of an epoch's samples: the sampler pads to equal shares."""
+    return -(-num_samples // world_size)
+
+
+def limited_batches(batches: int, limit: Any) -> int:
+    """Of `batches`, those a trainer.limit_*_batches value leaves, as Lightning counts them: an
+    int that many at most, a float that fraction rounded down, null all."""
+    if is_int(limit):
+        return min(batches, limit)
+    if isinstance(limit, float):
+        return int(batches * limit)
+    return batches
+
+
 def last_batch_problems(
     *, num_samples: int, batch_size: int, image_size: int, world_size: int
 ) -> list[str]:
     """Each process reads ceil(num_samples / world_size) samples (the sampler pads), so an
     epoch's last batch can be much smaller than the others; BatchNorm needs > 1 value per
     channel in layer4 for it too."""
-    per_process = -(-num_samples // world_size)
+    per_process = samples_per_process(num_samples, world_size)
     last = per_process % batch_size
     if last == 0 or last * resnet_final_size(image_size) ** 2 >= 2:
         return []
@@ -100,13 +115,9 @@ def epoch_problems(
             "trainer.max_epochs=0 trains nothing; set trainer.max_epochs=1 or more, or -1 to "
             "leave the bound to trainer.max_steps"
         )
-    per_process = (num_samples + world_size - 1) // world_size  # the sampler pads
-    epoch = (per_process + batch_size - 1) // batch_size  # a process's batches, the last one short
-    batches, limit = epoch, OmegaConf.select(trainer, "limit_train_batches")
-    if is_int(limit):
-        batches = min(epoch, limit)
-    elif isinstance(limit, float):
-        batches = int(epoch * limit)  # as Lightning counts a fraction of the epoch
+    epoch = -(-samples_per_process(num_samples, world_size) // batch_size)  # the last one short
+    limit = OmegaConf.select(trainer, "limit_train_batches")
+    batches = limited_batches(epoch, limit)
     if limit is not None and batches < 1:
         found.append(
             f"trainer.limit_train_batches={limit} leaves none of an epoch's {epoch} training "

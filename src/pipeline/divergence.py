@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import Tensor
 
+from pipeline.config_rules import is_int
 from pipeline.errors import ConfigError
 from pipeline.gradients import BLOCKS, norms_by_block
 from pipeline.layout import DIVERGENCE_FILE
@@ -103,17 +104,17 @@ def _record_problem(record: Any) -> str | None:
     """Why `record` is not a divergence record replay can use, or None."""
     if not isinstance(record, dict):
         return f"it holds a {type(record).__name__}, not an object"
-    if not _is_int(record.get("step")):
+    if not is_int(record.get("step")):
         return "its step is not an integer"
     if not (
-        record.get("checkpoint_global_step") is None or _is_int(record["checkpoint_global_step"])
+        record.get("checkpoint_global_step") is None or is_int(record["checkpoint_global_step"])
     ):
         return "its checkpoint_global_step is neither an integer nor null"
     batches = record.get("micro_batches")
     if not (
         isinstance(batches, list)
         and batches
-        and all(isinstance(b, list) and b and all(_is_int(i) for i in b) for b in batches)
+        and all(isinstance(b, list) and b and all(is_int(i) for i in b) for b in batches)
     ):
         return "its micro_batches are not lists of sample indices"
     if not all(0 <= i < 2**63 for b in batches for i in b):
@@ -121,10 +122,6 @@ def _record_problem(record: Any) -> str | None:
     if "loss" not in record or not isinstance(record.get("indices"), list):
         return "it has no loss or no indices"
     return None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _not_a_record(path: Path, why: str) -> str:

@@ -25,6 +25,7 @@ from pipeline import build, cli, report
 from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.config import checkpoint_problems, validate
 from pipeline.config_dir import CONFIG_DIR, config_groups
+from pipeline.config_limits import limited_batches
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 from pipeline.settings import resolved
@@ -127,9 +128,8 @@ def scores_nothing_problems(run_cfg: DictConfig) -> list[str]:
     validates nothing and returns no metrics."""
     limit = run_cfg.trainer.limit_val_batches
     samples, batch = run_cfg.data.num_val_samples, run_cfg.data.batch_size
-    batches = (samples + batch - 1) // batch
-    kept = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
-    if kept >= 1:
+    batches = -(-samples // batch)
+    if limited_batches(batches, limit) >= 1:
         return []
     return [
         f"trainer.limit_val_batches={limit} leaves none of the validation split's {batches} "

@@ -24,6 +24,7 @@ from pipeline.logging_steps import (
     realign_logging_step,
     writes_step_logs,
 )
+from pipeline.resources import resnet18_on_meta
 from pipeline.restored_optimizer import apply_config_hyperparameters, changes_message
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
@@ -52,7 +53,7 @@ def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
         state = torchvision_state_dict(weights)
     else:
         state = read_state_dict(weights)
-    net = _resnet18_for(state, num_classes)
+    net = resnet18(weights=None, num_classes=_file_classes(state, num_classes))
     problems = _fit_problems(weights, net, state)
     if problems:
         raise ConfigError(problems)
@@ -62,11 +63,10 @@ def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
     return net
 
 
-def _resnet18_for(state: dict[str, Tensor], num_classes: int) -> ResNet:
-    """ResNet18 with the head `state` has (else `num_classes`), on the current default device."""
+def _file_classes(state: dict[str, Tensor], num_classes: int) -> int:
+    """The classes of the head `state` has, else `num_classes`."""
     head = state.get("fc.weight")
-    file_classes = head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
-    return resnet18(weights=None, num_classes=file_classes)
+    return head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
 
 
 def _fit_problems(weights: str, net: nn.Module, state: dict[str, Tensor]) -> list[str]:
@@ -84,9 +84,7 @@ def weights_file_problems(path: str) -> list[str]:
         state = read_state_dict(path)
     except ConfigError as exc:
         return exc.problems
-    with torch.device("meta"):
-        net = _resnet18_for(state, num_classes=1000)
-    return _fit_problems(path, net, state)
+    return _fit_problems(path, resnet18_on_meta(_file_classes(state, 1000)), state)
 
 
 def resnet_features(net: ResNet, images: Tensor) -> Tensor:
