@@ -36,6 +36,7 @@ from pipeline.callbacks import (
     Throughput,
     TimedCheckpoint,
 )
+from pipeline.callbacks.inherited_hooks import skip_inherited_batch_hooks
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.data import SyntheticDataModule
 from pipeline.devices import is_cuda_run
@@ -274,7 +275,7 @@ def build_trainer(
     `overrides`, the command line's, name the HParams table's extra columns."""
     s = settings_of(cfg)
     device = s.device
-    return pl.Trainer(
+    trainer = pl.Trainer(
         accelerator=device.accelerator,
         devices=device.devices,
         strategy=build_strategy(device, in_sweep),
@@ -289,3 +290,5 @@ def build_trainer(
         default_root_dir=run_dir,
         **s.trainer,
     )
+    skip_inherited_batch_hooks(trainer.callbacks)  # type: ignore[attr-defined]
+    return trainer

@@ -17,14 +17,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-PER_STEP_HOOKS = (
-    "on_train_batch_start",
-    "on_before_backward",
-    "on_after_backward",
-    "on_before_optimizer_step",
-    "on_before_zero_grad",
-    "on_train_batch_end",
-)
+from pipeline.callbacks.inherited_hooks import TRAIN_BATCH_HOOKS
 
 
 def is_timed(callback: pl.Callback) -> bool:
@@ -45,7 +38,7 @@ class HookClock(pl.Callback):
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if not is_timed(callback):
                 continue
-            for hook in PER_STEP_HOOKS:
+            for hook in TRAIN_BATCH_HOOKS:
                 if getattr(type(callback), hook) is not getattr(pl.Callback, hook):
                     setattr(callback, hook, self._timed(trainer, type(callback).__name__,
                                                         getattr(callback, hook)))  # fmt: skip
