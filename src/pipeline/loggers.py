@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
+from torch import Tensor
 
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
 from pipeline.logging_steps import writes_step_logs
@@ -222,26 +223,30 @@ def run_name(run_dir: Path) -> str:
         return str(run_dir)
 
 
-def log_step_scalars(trainer: pl.Trainer, metrics: Mapping[str, float]) -> None:
+def log_step_scalars(trainer: pl.Trainer, metrics: Mapping[str, float | Tensor]) -> None:
     """In on_train_batch_end: this step's `metrics` to rank 0's loggers where and when Lightning
     writes the step's self.log values (logging_steps.writes_step_logs; at its count of optimizer
-    steps before this one), without self.log's ~0.7–1.3 ms a call here: for values only the
-    loggers read (not in callback_metrics or the progress bar, not reduced over DDP processes)."""
+    steps before this one), without self.log's ~0.7–1.3 ms a call here: for values Lightning
+    need not keep (not in callback_metrics; reduced over DDP processes by the caller, if at all).
+    A 0-dim tensor is read on the host here, on rank 0 and logging steps only."""
     if trainer.is_global_zero and trainer.loggers and writes_step_logs(trainer):
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         log_scalars(trainer.loggers, metrics, step)
 
 
-def log_scalars(loggers: Sequence[Logger], metrics: Mapping[str, float], step: int) -> None:
+def log_scalars(
+    loggers: Sequence[Logger], metrics: Mapping[str, float | Tensor], step: int
+) -> None:
     """`metrics` to every logger at `step` (rank 0's loggers). TensorBoard gets them as one
     event, a Summary holding a value a tag: Lightning's log_metrics writes one event a scalar,
     ~100 µs each on this CPU (a logging step of the gradient logger writes 16). The values are
-    float32 `simple_value`s, as add_scalar writes them."""
+    float32 `simple_value`s, as add_scalar writes them; a tensor is read on the host once."""
+    values = {k: float(v) for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             summary = Summary(
-                value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in metrics.items()]
+                value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()]
             )
             logger.experiment._get_file_writer().add_summary(summary, step)  # torch's writer
         else:
-            logger.log_metrics(dict(metrics), step=step)
+            logger.log_metrics(values, step=step)

@@ -18,12 +18,7 @@ from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
-from pipeline.logging_steps import (
-    is_last_step,
-    logs_this_step,
-    realign_logging_step,
-    writes_step_logs,
-)
+from pipeline.logging_steps import realign_logging_step, training_is_done, writes_step_logs
 from pipeline.resources import resnet18_on_meta
 from pipeline.restored_optimizer import apply_config_hyperparameters, changes_message
 from pipeline.schedules import build_scheduler
@@ -39,7 +34,17 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # Attributes set on the module every step that are never a parameter, buffer or submodule:
 # Lightning's hook name (set around each of its ~45 hook calls a step) and the step's values.
 # nn.Module.__setattr__ looks each one up among those first (~4 µs here, 0.5 µs without).
-PLAIN_STEP_ATTRIBUTES = frozenset({"_current_fx_name", "_step_loss", "_step_lr", "_loss_logged"})
+PLAIN_STEP_ATTRIBUTES = frozenset({"_current_fx_name", "_step_loss", "_step_lr", "logged_loss"})
+TRAIN_LOSS = "train/loss"
+
+
+def logged_metric(trainer: pl.Trainer, tag: str) -> Tensor | None:
+    """The last value of `tag`: train/loss as ResNetClassifier keeps it (`logged_loss`),
+    any other metric (val/loss; train/loss of a module that logs it with self.log) as
+    Lightning keeps it; None before the first."""
+    if tag == TRAIN_LOSS and hasattr(trainer.lightning_module, "logged_loss"):
+        return cast(Tensor | None, trainer.lightning_module.logged_loss)
+    return trainer.callback_metrics.get(tag)
 
 
 def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
@@ -133,7 +138,9 @@ class ResNetClassifier(pl.LightningModule):
         # The step in flight's loss and lr (read before the scheduler steps), for the loggers.
         self._step_loss: Tensor | None = None
         self._step_lr = 0.0
-        self._loss_logged = False
+        # train/loss as last written (the mean over DDP processes): on logging steps and the
+        # run's last. The progress bar's and the run's final figure (`logged_metric`).
+        self.logged_loss: Tensor | None = None
         # Compiled at the first forward, in the process that trains (DDP may spawn it), and kept
         # off the module's children: the checkpoint has torchvision's keys either way.
         self.compile_features = compile
@@ -161,29 +168,27 @@ class ResNetClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch  # (B, C, H, W), (B, num_classes) or (B,)
         loss = self.loss_fn(self(images), labels)
-        # Logged where the loggers write it and on the run's last step (the final figure), not
-        # on every step: DDP's mean is a collective, and reading a value on the host waits for
-        # a GPU's queued work. Not prog_bar=True: Lightning would read it back on every batch
-        # (the pipeline's ProgressBar shows it).
+        # Kept for on_train_batch_end, which hands train/loss to the loggers on logging steps
+        # only: not through self.log, ~1 ms a call here (Lightning moves its result record to the
+        # value's device on every call), nor read on the host on other steps (on a GPU, a wait).
         self._step_loss = loss.detach()
         self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-        self._loss_logged = logs_this_step(self.trainer) or is_last_step(self.trainer)
-        if self._loss_logged:
-            self._log_loss()
         return loss
-
-    def _log_loss(self) -> None:
-        assert self._step_loss is not None  # set by training_step
-        self.log("train/loss", self._step_loss, on_step=True, on_epoch=False, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Where Lightning writes the step's logs, decided after the callbacks' hooks (a stop
-        request makes this step a logged one): train/lr straight to the loggers, its only
-        readers; and train/loss if training_step did not log it, so the stop's step does not
-        get the last logged step's loss again (Lightning keeps that value and writes it)."""
-        if not self._loss_logged and writes_step_logs(self.trainer):
-            self._log_loss()  # every rank alike: the ranks agreed on the stop
-        log_step_scalars(self.trainer, {"train/lr": self._step_lr})
+        request makes this step a logged one): train/loss, its mean over DDP processes, and
+        train/lr straight to the loggers; train/loss is also kept as `logged_loss` there and on
+        the run's last step. Every rank alike: the ranks agree on logging steps and on stops."""
+        writes = writes_step_logs(self.trainer)
+        if not (writes or training_is_done(self.trainer)):
+            return
+        assert self._step_loss is not None  # set by training_step
+        # A collective under DDP, whose all_reduce works in place: on a copy.
+        loss = self.trainer.strategy.reduce(self._step_loss.clone(), reduce_op="mean")
+        self.logged_loss = loss
+        if writes:
+            log_step_scalars(self.trainer, {TRAIN_LOSS: loss, "train/lr": self._step_lr})
 
     def on_train_start(self) -> None:
         """A run continued from a checkpoint trains with its config's optimizer hyperparameters

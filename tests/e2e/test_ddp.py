@@ -11,11 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from helpers import TINY, CliProcess, only_run_dir, run_cli, scalars, start_cli
+from pipeline import build
 from pipeline.callbacks.graceful_stop import DDP_CHECK_EVERY
+from pipeline.cli import compose
 
 
 def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
@@ -41,6 +45,32 @@ def test_ddp_cpu_writes_one_run_directory_and_checks_every_rank(
     assert all(math.isfinite(v) for _, v in tags["grad_noise/b_simple/layer2"])
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4  # 16 samples / (2 ranks × 4) = 2 steps an epoch, 2 epochs
+
+
+def test_ddp_cpu_train_loss_is_the_mean_of_the_ranks_losses(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """train/loss under DDP is the mean over the processes of each one's loss on its own samples,
+    reduced by the module before it is written. (Lightning gives each process a
+    DistributedSampler that shuffles the training samples, seeded with the run's seed.)"""
+    args = ["device=ddp_cpu", "debug=fast", "loss=mse", "trainer.max_steps=1",
+            "callbacks.progress_bar=false"]  # fmt: skip
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    ((step, logged),) = scalars(only_run_dir(tmp_path) / "tensorboard")["train/loss"]
+
+    cfg = compose("train", ["debug=fast", "loss=mse", "device=cpu"])
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)  # as each rank's train.py does
+    datamodule, module = build.build_datamodule(cfg), build.build_module(cfg)
+    losses = []
+    for rank in (0, 1):  # the first batch of each: 4 of the 16 samples
+        order = DistributedSampler(range(16), num_replicas=2, rank=rank, seed=cfg.seed)
+        indices = torch.tensor(list(order)[:4])
+        images, labels = datamodule.samples(indices, "train", torch.device("cpu"))
+        losses.append(float(module.loss_fn(module.train()(images), labels)))
+    assert step == 0
+    assert logged == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert logged != pytest.approx(losses[0], rel=1e-3)  # not rank 0's own
 
 
 def test_multirun_with_ddp_cpu_runs_each_job_on_spawned_processes(

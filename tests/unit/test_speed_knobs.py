@@ -40,7 +40,7 @@ def test_the_per_step_attributes_skip_nn_modules_lookup_and_the_rest_still_regis
     )  # fmt: skip
     loss = torch.tensor(1.5)
     for name, value in [("_current_fx_name", "training_step"), ("_step_loss", loss),
-                        ("_step_lr", 0.1), ("_loss_logged", True)]:  # fmt: skip
+                        ("_step_lr", 0.1), ("logged_loss", loss)]:  # fmt: skip
         setattr(module, name, value)
         assert vars(module)[name] is value and name in model.PLAIN_STEP_ATTRIBUTES
     module.head = nn.Linear(1, 2)

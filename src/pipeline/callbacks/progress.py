@@ -11,7 +11,9 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from torch import Tensor
 
-SHOWN = "train/loss"
+from pipeline.model import TRAIN_LOSS, logged_metric
+
+SHOWN = TRAIN_LOSS
 # A redraw of the bar and its metrics costs ~0.3 ms of the host's time here (Lightning draws
 # twice a batch): a few % of a small GPU step. Ten a second is what rich's own refresh does.
 REDRAW_PER_SECOND = 10
@@ -20,8 +22,8 @@ REDRAW_PER_SECOND = 10
 class ProgressBar(RichProgressBar):
     """Lightning's RichProgressBar. train/loss is not a progress-bar metric in Lightning's
     sense: Lightning reads every such value back to the host on every batch (on a GPU, a wait
-    for the step's work). This bar shows it from the callback metrics and reads it again only
-    when the module logged a new value (on logging steps and the last)."""
+    for the step's work). This bar shows the module's last logged value (model.logged_metric)
+    and reads it again only when it is a new one (on logging steps and the last)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -97,7 +99,7 @@ class ProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
-        logged = trainer.callback_metrics.get(SHOWN)  # a fresh view of the logged tensor
+        logged = logged_metric(trainer, SHOWN)
         # A new value has new storage: the one shown is held, so its memory is not reused.
         if logged is not None and (
             self._shown is None or logged.data_ptr() != self._shown.data_ptr()

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from pipeline.callbacks.gpu_memory import PEAK_TAG, gpu_memory_figures
 from pipeline.loggers import PacedTensorBoardLogger
+from pipeline.model import logged_metric
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,8 @@ class RunSummary(pl.Callback):
                 logger.log_hyperparams(self.hparams)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        metrics = {
-            final: float(trainer.callback_metrics[tag])
-            for tag, final in FINAL_METRICS.items()
-            if tag in trainer.callback_metrics
-        }
+        values = {final: logged_metric(trainer, tag) for tag, final in FINAL_METRICS.items()}
+        metrics = {final: float(value) for final, value in values.items() if value is not None}
         if pl_module.device.type == "cuda":
             peak = gpu_memory_figures(torch.cuda.memory_stats(pl_module.device))[PEAK_TAG]
             metrics["hparams/gpu_mem_peak_gb"] = peak

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import lightning.pytorch as pl
 
+from pipeline.model import logged_metric
+
 if TYPE_CHECKING:
     import optuna
 
@@ -25,7 +27,7 @@ class TrialReports(pl.Callback):
         self.final_value: float | None = None  # the metric at the run's end, if it was logged
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.metric)
+        value = logged_metric(trainer, self.metric)
         if trainer.sanity_checking or value is None or self.pruned_at_step is not None:
             return
         self.trial.report(float(value), step=trainer.global_step)
@@ -34,5 +36,5 @@ class TrialReports(pl.Callback):
             trainer.should_stop = True
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = trainer.callback_metrics.get(self.metric)
+        value = logged_metric(trainer, self.metric)
         self.final_value = None if value is None else float(value)
