@@ -34,6 +34,10 @@ MLFLOW_INSTALL = "pip install -e '.[mlflow]'"
 SQLITE_PREFIX = "sqlite:///"
 # How stale the event file on disk may be while a run logs (a live TensorBoard's view of it).
 TENSORBOARD_FLUSH_S = 2.0
+# Events TensorBoard's writer thread may have queued before a write waits for it (torch's
+# default, 10, is less than one histogram step: 2 a parameter, ResNet18 has 62). Each is small
+# (a logging step's scalars, one histogram): a full queue holds ~2 MB.
+TENSORBOARD_QUEUE = 1024
 
 
 def missing_modules(modules: tuple[str, ...]) -> list[str]:
@@ -75,13 +79,15 @@ class PacedTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoard logger, whose save() flushes the event file at most every
     TENSORBOARD_FLUSH_S. Lightning saves the loggers after each of its log calls, on every logging
     step, and a flush waits for the writer thread to drain its queue (~0.6 ms after a logging
-    step's scalars here). The writer thread writes each event as it takes it off the queue, and
+    step's scalars here). Its queue holds TENSORBOARD_QUEUE events, not 10: a histogram step
+    (124 events for ResNet18) waited for the writer thread, which takes the GIL in turns with
+    the training loop. The writer thread writes each event as it takes it off the queue, and
     flushes what it buffered every TENSORBOARD_FLUSH_S (`flush_secs`, where writes are buffered:
     with TensorFlow installed, or on a remote filesystem); the end of a run, however it ends,
     flushes and closes as before."""
 
     def __init__(self, **kwargs: Any) -> None:
-        super().__init__(flush_secs=TENSORBOARD_FLUSH_S, **kwargs)
+        super().__init__(flush_secs=TENSORBOARD_FLUSH_S, max_queue=TENSORBOARD_QUEUE, **kwargs)
         self._next_save = 0.0  # time.monotonic() from which save() saves again
 
     @rank_zero_only

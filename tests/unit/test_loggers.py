@@ -210,3 +210,38 @@ def test_tensorboard_is_flushed_on_a_pace_and_its_events_reach_the_disk_unasked(
     assert yaml.safe_load((tmp_path / "tb" / "hparams.yaml").read_text()) == {"optimizer.lr": 0.01}
     logger.finalize("success")  # flushes, closes and saves, whatever the pace
     assert flushes[-1] == now[0]
+
+
+def test_a_histogram_steps_burst_of_events_does_not_wait_for_the_writer_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TensorBoard's writer thread writes the events a training step queues; with torch's queue
+    of 10, a histogram step (two events a parameter) waited for it. The pipeline's holds
+    loggers.TENSORBOARD_QUEUE: a burst that size goes in while the writer is held up."""
+    import threading
+
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from pipeline import loggers
+
+    logger = PacedTensorBoardLogger(save_dir=tmp_path, name="tb", version="")
+    logger.experiment  # noqa: B018  # the event file and its header, written and flushed
+    gate = threading.Event()  # from here the writer thread writes nothing until it is set
+    write = RecordWriter.write
+    monkeypatch.setattr(RecordWriter, "write", lambda self, data: (gate.wait(), write(self, data)))
+    queued = threading.Event()
+    burst_size = loggers.TENSORBOARD_QUEUE  # the writer thread holds one, the queue the rest
+
+    def burst() -> None:
+        for step in range(burst_size):
+            logger.log_metrics({"grad_norm/total": float(step)}, step=step)
+        queued.set()
+
+    threading.Thread(target=burst, daemon=True).start()
+    try:
+        assert queued.wait(timeout=60), "a write waited for the writer thread"
+    finally:
+        gate.set()  # also when it failed: the burst and the writer thread finish
+    logger.finalize("success")
+    logged = scalars(tmp_path / "tb")["grad_norm/total"]
+    assert logged == [(s, float(s)) for s in range(burst_size)]
