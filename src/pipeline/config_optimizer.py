@@ -58,4 +58,16 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
         lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
         {str(k): v for k, v in args.items() if k not in OURS},
         defaults=argument_defaults(get_class(target)),
-    )
+    ) or momentum_problems(args.get("momentum"))
+
+
+def momentum_problems(momentum: Any) -> list[str]:
+    """A momentum of 1 or more, which torch takes (SGD, RMSprop): each step then carries all of
+    the last one, or more, so the steps never shrink, or grow without bound. The fix is the
+    seed's momentum."""
+    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or momentum < 1:
+        return []
+    return [
+        f"optimizer.momentum must be below 1 (got {momentum}): each step would carry all of the "
+        "last one or more, so the steps never shrink; set optimizer.momentum=0.9"
+    ]

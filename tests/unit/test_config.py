@@ -321,3 +321,14 @@ def test_a_value_a_library_refuses_gets_the_librarys_default_as_the_fix() -> Non
     ]
     (problem,) = _problems("trainer.max_time=abc")
     assert problem.endswith("; lightning.Trainer's default: trainer.max_time=null"), problem
+
+
+def test_a_momentum_of_one_or_more_is_refused_though_torch_takes_it() -> None:
+    for overrides in (["optimizer.momentum=2"], ["optimizer=rmsprop", "optimizer.momentum=1"]):
+        (problem,) = _problems(*overrides)
+        assert problem == (
+            f"optimizer.momentum must be below 1 (got {overrides[-1].split('=')[1]}): each step "
+            "would carry all of the last one or more, so the steps never shrink; set "
+            "optimizer.momentum=0.9"
+        )
+    assert _problems("optimizer.momentum=0.99") == []
