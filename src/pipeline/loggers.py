@@ -246,12 +246,13 @@ def log_scalars(
     """`metrics` to every logger at `step` (rank 0's loggers). TensorBoard gets them as one
     event, a Summary holding a value a tag: Lightning's log_metrics writes one event a scalar,
     ~100 µs each on this CPU (a logging step of the gradient logger writes 16). The values are
-    float32 `simple_value`s, as add_scalar writes them; a tensor is read on the host once."""
-    values = {k: float(v) for k, v in metrics.items()}
+    float32 `simple_value`s, as add_scalar writes them; a tensor is read on the host once, and
+    the other loggers get the rest as they are (an int stays an int in the CSV)."""
+    values = {k: float(v) if isinstance(v, Tensor) else v for k, v in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             summary = Summary(
-                value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()]
+                value=[Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
             )
             logger.experiment._get_file_writer().add_summary(summary, step)  # torch's writer
         else:

@@ -18,7 +18,12 @@ from torchvision.models import ResNet, resnet18
 
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
-from pipeline.logging_steps import realign_logging_step, training_is_done, writes_step_logs
+from pipeline.logging_steps import (
+    is_last_step,
+    logs_this_step,
+    realign_logging_step,
+    writes_step_logs,
+)
 from pipeline.resources import resnet18_on_meta
 from pipeline.restored_optimizer import apply_config_hyperparameters, changes_message
 from pipeline.schedules import build_scheduler
@@ -34,7 +39,9 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # Attributes set on the module every step that are never a parameter, buffer or submodule:
 # Lightning's hook name (set around each of its ~45 hook calls a step) and the step's values.
 # nn.Module.__setattr__ looks each one up among those first (~4 µs here, 0.5 µs without).
-PLAIN_STEP_ATTRIBUTES = frozenset({"_current_fx_name", "_step_loss", "_step_lr", "logged_loss"})
+PLAIN_STEP_ATTRIBUTES = frozenset(
+    {"_current_fx_name", "_step_loss", "_step_lr", "_loss_kept", "logged_loss"}
+)
 TRAIN_LOSS = "train/loss"
 
 
@@ -138,9 +145,10 @@ class ResNetClassifier(pl.LightningModule):
         # The step in flight's loss and lr (read before the scheduler steps), for the loggers.
         self._step_loss: Tensor | None = None
         self._step_lr = 0.0
-        # train/loss as last written (the mean over DDP processes): on logging steps and the
-        # run's last. The progress bar's and the run's final figure (`logged_metric`).
+        # train/loss as last kept (the mean over DDP processes): on logging steps and the run's
+        # last. The progress bar's and the run's final figure (`logged_metric`).
         self.logged_loss: Tensor | None = None
+        self._loss_kept = False
         # Compiled at the first forward, in the process that trains (DDP may spawn it), and kept
         # off the module's children: the checkpoint has torchvision's keys either way.
         self.compile_features = compile
@@ -168,27 +176,35 @@ class ResNetClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch  # (B, C, H, W), (B, num_classes) or (B,)
         loss = self.loss_fn(self(images), labels)
-        # Kept for on_train_batch_end, which hands train/loss to the loggers on logging steps
-        # only: not through self.log, ~1 ms a call here (Lightning moves its result record to the
-        # value's device on every call), nor read on the host on other steps (on a GPU, a wait).
+        # train/loss goes to the loggers on logging steps only (on_train_batch_end): not through
+        # self.log, ~1 ms a call here (Lightning moves its result record to the value's device
+        # on every call), nor reduced over DDP processes or read on the host on other steps.
         self._step_loss = loss.detach()
         self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+        self._loss_kept = logs_this_step(self.trainer) or is_last_step(self.trainer)
+        if self._loss_kept:
+            self._keep_loss()  # here, before the callbacks' batch-end hooks (the progress bar)
         return loss
+
+    def _keep_loss(self) -> None:
+        """`logged_loss`: the step's loss, its mean over DDP processes (a collective: every rank
+        calls it at the same steps; on a copy, as DDP's all_reduce works in place)."""
+        assert self._step_loss is not None  # set by training_step
+        self.logged_loss = self.trainer.strategy.reduce(self._step_loss.clone(), reduce_op="mean")
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Where Lightning writes the step's logs, decided after the callbacks' hooks (a stop
-        request makes this step a logged one): train/loss, its mean over DDP processes, and
-        train/lr straight to the loggers; train/loss is also kept as `logged_loss` there and on
-        the run's last step. Every rank alike: the ranks agree on logging steps and on stops."""
-        writes = writes_step_logs(self.trainer)
-        if not (writes or training_is_done(self.trainer)):
+        request makes this step a logged one): train/loss, train/lr and the epoch (as Lightning
+        writes it beside its step logs) straight to the loggers."""
+        if not writes_step_logs(self.trainer):
             return
-        assert self._step_loss is not None  # set by training_step
-        # A collective under DDP, whose all_reduce works in place: on a copy.
-        loss = self.trainer.strategy.reduce(self._step_loss.clone(), reduce_op="mean")
-        self.logged_loss = loss
-        if writes:
-            log_step_scalars(self.trainer, {TRAIN_LOSS: loss, "train/lr": self._step_lr})
+        if not self._loss_kept:  # a stop request made this step a logged one: every rank alike
+            self._keep_loss()
+        assert self.logged_loss is not None
+        log_step_scalars(
+            self.trainer,
+            {TRAIN_LOSS: self.logged_loss, "train/lr": self._step_lr, "epoch": self.current_epoch},
+        )
 
     def on_train_start(self) -> None:
         """A run continued from a checkpoint trains with its config's optimizer hyperparameters

@@ -76,6 +76,11 @@ def _csv_column(job: Path, column: str) -> list[tuple[int, float]]:
         return [(int(row["step"]), float(row[column])) for row in csv.DictReader(f) if row[column]]
 
 
+def _csv_header(job: Path) -> list[str]:
+    with open(job / "csv" / "metrics.csv", newline="") as f:
+        return next(csv.reader(f))
+
+
 @pytest.mark.e2e
 def test_csv_and_tensorboard_hold_the_same_losses_and_tensorboard_keeps_its_tags(
     sweep: Path,
@@ -90,6 +95,11 @@ def test_csv_and_tensorboard_hold_the_same_losses_and_tensorboard_keeps_its_tags
             assert [s for s, _ in from_csv] == [s for s, _ in tags[tag]], tag
             assert [v for _, v in from_csv] == pytest.approx([v for _, v in tags[tag]]), tag
         assert [s for s, _ in tags["train/loss"]] == [0, 1]  # TINY: 2 steps, logged every step
+        # Lightning writes the epoch beside its step logs: train/loss's steps, and validation's
+        assert [s for s, _ in tags["epoch"]][:2] == [0, 1] and "epoch" in _csv_header(job)
+        with open(job / "csv" / "metrics.csv", newline="") as f:
+            counts = [row["grad/nonfinite_count"] for row in csv.DictReader(f)]
+        assert "0" in counts and "0.0" not in counts  # an int stays an int
 
 
 @pytest.mark.e2e

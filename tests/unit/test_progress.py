@@ -66,3 +66,33 @@ def test_the_bar_counts_batches_to_the_last_step_under_accumulation(
     )  # fmt: skip
     trainer.fit(_Tiny(), DataLoader(torch.ones(40, 1), batch_size=2))
     assert "6/6" in capsys.readouterr().out
+
+
+def test_the_bar_sees_the_loss_of_the_step_it_draws(tmp_path: Path) -> None:
+    """Lightning calls the callbacks' batch-end hooks before the module's: the module keeps
+    train/loss in training_step, so the bar (a callback) draws this step's, not the last one's."""
+    from pipeline.model import ResNetClassifier, logged_metric
+
+    seen: list[tuple[float, float]] = []
+
+    class SeesWhatTheBarSees(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+            shown = logged_metric(trainer, progress.SHOWN)
+            seen.append(
+                (float(shown) if shown is not None else float("nan"), float(module._step_loss))
+            )
+
+    module = ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
+        channels_last=False,
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=3, log_every_n_steps=1, logger=False,
+        callbacks=[SeesWhatTheBarSees()], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = torch.utils.data.TensorDataset(torch.rand(6, 1), torch.rand(6, 1))
+    trainer.fit(module, DataLoader(data, batch_size=2))
+    assert len(seen) == 3 and all(shown == loss for shown, loss in seen), seen
+    assert len({loss for _, loss in seen}) == 3  # three steps, three losses
