@@ -37,6 +37,7 @@ from pipeline.callbacks import (
     TimedCheckpoint,
 )
 from pipeline.callbacks.inherited_hooks import skip_inherited_batch_hooks
+from pipeline.callbacks.model_summary import RichSummaryWithFlops, SummaryWithFlops
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.data import SyntheticDataModule
 from pipeline.devices import is_cuda_run
@@ -45,6 +46,7 @@ from pipeline.layout import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, PROFILE_DIR
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
 from pipeline.profiling import TorchProfile, lightning_profiler
+from pipeline.resources import forward_flops
 from pipeline.settings import DeviceSettings, RunSettings, resolved, settings_of
 
 
@@ -111,7 +113,9 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
 def build_module(cfg: DictConfig) -> ResNetClassifier:
     s = settings_of(cfg)
     return ResNetClassifier(
-        net=build_resnet18(weights=s.model.weights, num_classes=s.model.num_classes),
+        net=build_resnet18(
+            weights=s.model.weights, num_classes=s.model.num_classes, channels=s.data.channels
+        ),
         loss_fn=LOSSES[s.loss].fn,
         optimizer_factory=optimizer_factory(s),
         scheduler_kwargs=s.scheduler,
@@ -172,7 +176,18 @@ def build_callbacks(
     ]
     if uses_cuda(s):
         callbacks += [CudaFlags(**cuda_flag_settings(s)), GpuMemory()]
-    return callbacks + instruments(s, ckpt_dir) + torch_profile(s, run_dir)
+    return callbacks + instruments(s, ckpt_dir) + model_summary(s) + torch_profile(s, run_dir)
+
+
+def model_summary(s: RunSettings) -> list[Callback]:
+    """Lightning's model summary (rich beside the progress bar, as Lightning chooses), with one
+    image's forward FLOPs; none when trainer.enable_model_summary=false."""
+    if s.trainer.get("enable_model_summary") is False:
+        return []
+    flops = forward_flops(num_classes=s.model.num_classes, batch_size=1,
+                          channels=s.data.channels, image_size=s.data.image_size)  # fmt: skip
+    summary = RichSummaryWithFlops if s.callbacks.progress_bar else SummaryWithFlops
+    return [summary(flops=flops)]
 
 
 def instruments(s: RunSettings, ckpt_dir: Path) -> list[Callback]:

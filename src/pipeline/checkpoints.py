@@ -86,16 +86,20 @@ def checkpoint_fit_problems(
     mismatch never gets as far as the run's files."""
 
     problems = []
-    net = resnet18_on_meta(cfg.model.num_classes)
+    net = resnet18_on_meta(cfg.model.num_classes, cfg.data.channels)
     state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
     mismatch = state_dict_mismatch(net, state)
     if mismatch:
-        saved_classes = (saved.get("model") or {}).get("num_classes")
+        keys = {"model.num_classes": cfg.model.num_classes, "data.channels": cfg.data.channels}
+        trained = {k: OmegaConf.select(OmegaConf.create(saved), k) for k in keys}
+        differ = [k for k in keys if trained[k] is not None and trained[k] != keys[k]] or [
+            "model.num_classes"
+        ]
         problems.append(
-            f"ckpt_path={path} does not fit model.num_classes={cfg.model.num_classes} "
-            f"(it was trained with model.num_classes={saved_classes}: {'; '.join(mismatch)}); "
-            f"drop the model.num_classes override, or start a new run from its weights: "
-            f"model.weights={path} without resume=/ckpt_path="
+            f"ckpt_path={path} does not fit {', '.join(f'{k}={keys[k]}' for k in differ)} "
+            f"(it was trained with {', '.join(f'{k}={trained[k]}' for k in differ)}: "
+            f"{'; '.join(mismatch)}); train on with its {' '.join(f'{k}={trained[k]}' for k in differ)}, "
+            f"or start a new run from its weights: model.weights={path} without resume=/ckpt_path="
         )
     saved_optimizer = (saved.get("optimizer") or {}).get("_target_")
     if saved_optimizer is not None and saved_optimizer != cfg.optimizer._target_:

@@ -195,7 +195,8 @@ def gradcheck_loss(
 
 def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
     """Finite differences against autograd on a float64 copy of `net` (eval-mode BatchNorm),
-    w.r.t. a tiny input image: that gradient runs back through every layer's backward.
+    w.r.t. a tiny input image (with the channels of its first convolution): that gradient runs
+    back through every layer's backward.
 
     The logits are projected on 4 fixed random directions. Fast mode costs a few forwards; a
     failing fast check re-runs in slow mode (one forward per input element, one backward per
@@ -206,7 +207,9 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
         p.requires_grad_(False)
     device = next(model.parameters()).device  # checks the backward kernels the run will use
     g = torch.Generator().manual_seed(0)  # drawn on the CPU: the same numbers on every device
-    image = torch.rand(1, 3, image_size, image_size, dtype=torch.float64, generator=g).to(device)
+    channels = next((m.in_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)), 3)
+    image = torch.rand(1, channels, image_size, image_size, dtype=torch.float64, generator=g)
+    image = image.to(device)
     directions = torch.randn(model(image).shape[1], 4, dtype=torch.float64, generator=g).to(device)
 
     def projected(x: Tensor) -> Tensor:

@@ -54,31 +54,68 @@ def logged_metric(trainer: pl.Trainer, tag: str) -> Tensor | None:
     return trainer.callback_metrics.get(tag)
 
 
-def build_resnet18(*, weights: str | None, num_classes: int) -> nn.Module:
-    """torchvision's ResNet18 with random init (weights=None), torchvision's weights, or a file's.
+def build_resnet18(*, weights: str | None, num_classes: int, channels: int = 3) -> nn.Module:
+    """torchvision's ResNet18 with random init (weights=None), torchvision's weights, or a file's,
+    for images of `channels` channels.
 
-    The head is replaced by a fresh Linear(512, num_classes) when the weights have another size.
+    The head is replaced by a fresh Linear(512, num_classes) when the weights have another size;
+    a stem for another number of channels than the weights' is adapted from theirs
+    (`adapt_stem`).
     """
     if weights is None:
-        return resnet18(weights=None, num_classes=num_classes)
+        net = resnet18(weights=None, num_classes=num_classes)
+        if channels != 3:  # a fresh stem, initialised as torchvision initialises its convolutions
+            net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+        return net
     if is_torchvision_weights(weights):
         state = torchvision_state_dict(weights)
     else:
         state = read_state_dict(weights)
-    net = resnet18(weights=None, num_classes=_file_classes(state, num_classes))
+    net = cast(ResNet, _resnet18_for(state, num_classes))
     problems = _fit_problems(weights, net, state)
     if problems:
         raise ConfigError(problems)
     net.load_state_dict(state)
     if net.fc.out_features != num_classes:
         net.fc = nn.Linear(net.fc.in_features, num_classes)
+    if net.conv1.in_channels != channels:
+        net.conv1 = adapt_stem(net.conv1, channels)
     return net
 
 
-def _file_classes(state: dict[str, Tensor], num_classes: int) -> int:
-    """The classes of the head `state` has, else `num_classes`."""
+def adapt_stem(conv: nn.Conv2d, channels: int) -> nn.Conv2d:
+    """A copy of the stem `conv` for images of `channels` channels that responds to an image with
+    one value in every channel as `conv` does: fewer channels share the sum of its kernels
+    equally; more keep its kernels for the first ones, zeros for the rest (which training then
+    learns)."""
+    weight = conv.weight.detach()
+    old = weight.shape[1]
+    if channels < old:
+        adapted = weight.sum(dim=1, keepdim=True).expand(-1, channels, -1, -1) / channels
+    else:
+        adapted = torch.cat(
+            [weight, weight.new_zeros(weight.shape[0], channels - old, *weight.shape[2:])], 1
+        )
+    stem = nn.Conv2d(channels, conv.out_channels, 7, 2, 3, bias=False,  # ResNet's stem
+                     device=weight.device, dtype=weight.dtype)  # fmt: skip
+    with torch.no_grad():
+        stem.weight.copy_(adapted)
+    return stem
+
+
+def _resnet18_for(state: dict[str, Tensor], num_classes: int, meta: bool = False) -> nn.Module:
+    """ResNet18 with the head and the stem `state` has (else `num_classes` and 3 channels)."""
     head = state.get("fc.weight")
-    return head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
+    classes = head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
+    stem = state.get("conv1.weight")
+    channels = stem.shape[1] if isinstance(stem, Tensor) and stem.ndim == 4 else 3
+    if meta:
+        return resnet18_on_meta(classes, channels)
+    net = resnet18(weights=None, num_classes=classes)
+    if channels != 3:
+        net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+    return net
 
 
 def _fit_problems(weights: str, net: nn.Module, state: dict[str, Tensor]) -> list[str]:
@@ -96,7 +133,7 @@ def weights_file_problems(path: str) -> list[str]:
         state = read_state_dict(path)
     except ConfigError as exc:
         return exc.problems
-    return _fit_problems(path, resnet18_on_meta(_file_classes(state, 1000)), state)
+    return _fit_problems(path, _resnet18_for(state, 1000, meta=True), state)
 
 
 def resnet_features(net: ResNet, images: Tensor) -> Tensor:

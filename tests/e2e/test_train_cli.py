@@ -29,6 +29,7 @@ def test_default_run_trains_and_writes_the_run_directory(tmp_path: Path, torch_h
     assert re.fullmatch(r"\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d", f"{run.parent.name}/{run.name}")
     assert f"Run directory: {run}" in result.stdout.replace("\n", "")
     assert "train/loss:" in result.stdout  # the progress bar shows it, read on logging steps only
+    assert "Total FLOPs: 297 M" in result.stdout  # the model summary's: one 64×64 image forward
     assert {p.name for p in (run / ".hydra").iterdir()} >= {"config.yaml", "overrides.yaml"}
     assert "Trainer.fit` stopped: `max_steps=16` reached" in (run / "train.log").read_text()
     events = list((run / "tensorboard").glob("events.out.tfevents.*"))

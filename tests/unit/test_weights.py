@@ -92,3 +92,57 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
         "unexpected keys",
     ]
     assert problems(other_head) == []  # a new head replaces a head of another size
+
+
+def test_a_stem_for_other_channels_sees_a_grey_image_as_the_weights_stem_does() -> None:
+    """data.channels other than 3: the weights' stem adapted (the kernels' sum shared out for
+    fewer channels, zeros added for more); an image with one value in every channel gets the
+    same response."""
+    from pipeline.model import adapt_stem
+
+    conv = resnet18().conv1
+    grey = torch.rand(1, 1, 16, 16)
+    for channels in (1, 2, 4, 7):
+        stem = adapt_stem(conv, channels)
+        assert stem.weight.shape == (64, channels, 7, 7)
+        torch.testing.assert_close(
+            stem(grey.expand(1, channels, 16, 16)), conv(grey.expand(1, 3, 16, 16))
+        )
+    assert torch.equal(adapt_stem(conv, 1).weight, conv.weight.sum(1, keepdim=True))
+
+
+def test_weights_and_random_init_build_a_stem_for_the_runs_channels(tmp_path: Path) -> None:
+    """data.channels=1 crashed the first forward ("expected input … to have 3 channels")."""
+    source = resnet18()
+    path = _saved(tmp_path, source.state_dict())
+    net = build_resnet18(weights=path, num_classes=10, channels=1)
+    assert torch.equal(net.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(net.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    fresh = build_resnet18(weights=None, num_classes=10, channels=2)
+    assert fresh(torch.rand(2, 2, 32, 32)).shape == (2, 10)
+    assert 0.5 < fresh.conv1.weight.std() / resnet18().conv1.weight.std() < 2  # torchvision's init
+    # A 1-channel run's weights, in a run of 3 channels: its stem adapted back.
+    one = _saved(tmp_path, net.state_dict(), "one.pt")
+    assert build_resnet18(weights=one, num_classes=10).eval()(torch.rand(1, 3, 32, 32)).shape == (
+        1,
+        10,
+    )
+
+
+def test_a_resume_with_other_channels_names_the_key_and_the_value_it_was_trained_with() -> None:
+    from pipeline.checkpoints import checkpoint_fit_problems
+    from pipeline.cli import compose
+
+    one_channel = build_resnet18(weights=None, num_classes=1000, channels=1)
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in one_channel.state_dict().items()},
+            "global_step": 2}  # fmt: skip
+    saved = {"data": {"channels": 1}, "model": {"num_classes": 1000}}
+    (problem,) = checkpoint_fit_problems(ckpt, saved, compose("train", []), "last.ckpt")
+    assert problem.startswith(
+        "ckpt_path=last.ckpt does not fit data.channels=3 (it was trained with data.channels=1: "
+    )
+    assert (
+        "conv1.weight (64, 1, 7, 7) vs (64, 3, 7, 7)); train on with its data.channels=1,"
+        in problem
+    )
+    assert checkpoint_fit_problems(ckpt, saved, compose("train", ["data.channels=1"]), "l") == []
