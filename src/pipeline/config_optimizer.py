@@ -47,25 +47,33 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
                 f"optimizer.{key}: {target} takes no argument {key} (it takes: "
                 f"{', '.join(sorted(known - {'params'}))}); drop it: ~optimizer.{key}"
             )
+    # torch takes these: reported beside any other problem, not only once there are none
+    momentum = momentum_problems(optimizer.get("momentum")) if "momentum" in known else []
     if found or any(p.startswith("optimizer.") for p in already):
-        return found
+        return found + momentum
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
     name = target.rsplit(".", 1)[-1]
-    return refused_arguments(
-        "optimizer",
-        name,
-        lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
-        {str(k): v for k, v in args.items() if k not in OURS},
-        defaults=argument_defaults(get_class(target)),
-    ) or momentum_problems(args.get("momentum"))
+    return (
+        refused_arguments(
+            "optimizer",
+            name,
+            lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
+            {str(k): v for k, v in args.items() if k not in OURS},
+            defaults=argument_defaults(get_class(target)),
+        )
+        + momentum
+    )
 
 
 def momentum_problems(momentum: Any) -> list[str]:
     """A momentum of 1 or more, which torch takes (SGD, RMSprop): each step then carries all of
     the last one, or more, so the steps never shrink, or grow without bound. The fix is the
     seed's momentum."""
-    if isinstance(momentum, bool) or not isinstance(momentum, int | float) or momentum < 1:
+    if isinstance(momentum, bool):  # torch takes true as 1
+        return [f"optimizer.momentum must be a number below 1 (got {str(momentum).lower()}); "
+                "set optimizer.momentum=0.9"]  # fmt: skip
+    if not isinstance(momentum, int | float) or momentum < 1:
         return []
     return [
         f"optimizer.momentum must be below 1 (got {momentum}): each step would carry all of the "

@@ -6,12 +6,12 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
-from typing import Any
+from typing import Any, Literal, Optional, Union
 
 from lightning.pytorch import Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config_rules import argument_defaults, refused_arguments
+from pipeline.config_rules import argument_defaults, hydra_value, refused_arguments
 
 # Trainer arguments the pipeline sets from its own groups; trainer.X for these is refused.
 OWNED_TRAINER_ARGS = {
@@ -59,23 +59,39 @@ def trainer_problems(trainer: Any, already: list[str]) -> list[str]:
     if not found and not any(p.startswith("trainer.") for p in already):
         args = OmegaConf.to_container(trainer, resolve=True)
         assert isinstance(args, dict)
-        found += trainer_constructor_problems(
-            {str(k): v for k, v in args.items() if k not in PIPELINE_TRAINER_KEYS}
-        )
+        lightnings = {str(k): v for k, v in args.items() if k not in PIPELINE_TRAINER_KEYS}
+        found += switch_problems(lightnings) or trainer_constructor_problems(lightnings)
+    return found
+
+
+def switch_problems(trainer_args: dict[str, Any]) -> list[str]:
+    """lightning.Trainer's on/off arguments given something else: Lightning takes most of them
+    as they are (trainer.enable_model_summary=abc, trainer.inference_mode=1 train, read as true)."""
+    parameters = inspect.signature(Trainer.__init__).parameters
+    found = []
+    for key, value in trainer_args.items():
+        annotation = parameters[key].annotation if key in parameters else None
+        allowed: tuple[Any, ...] = {
+            bool: (True, False),
+            Optional[bool]: (True, False, None),  # noqa: UP045  # Lightning's annotation
+            Union[bool, Literal["warn"], None]: (True, False, None, "warn"),  # noqa: UP007
+        }.get(annotation, ())
+        if allowed and not any(value is a or (a == "warn" and value == a) for a in allowed):
+            choices = ", ".join(hydra_value(a) for a in allowed)
+            found.append(
+                f"trainer.{key} must be one of {choices} (got {hydra_value(value)}); "
+                f"set trainer.{key}={hydra_value(parameters[key].default)}"
+            )
     return found
 
 
 def _bare_trainer(**trainer_args: Any) -> Trainer:
-    """A bare Trainer (CPU, no logger, no callbacks; ~12 ms) with these arguments."""
-    return Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_args,
-    )
+    """A bare Trainer (CPU, no logger, no callbacks; ~12 ms) with these arguments, which take
+    the place of its own (trainer.enable_model_summary=false was "got multiple values")."""
+    bare: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "logger": False,
+                            "enable_checkpointing": False, "enable_progress_bar": False,
+                            "enable_model_summary": False}  # fmt: skip
+    return Trainer(**(bare | trainer_args))
 
 
 def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:

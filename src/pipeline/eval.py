@@ -61,6 +61,12 @@ def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, l
     for key in keys:
         if key.split(".")[0] not in EVAL_GROUPS:
             problems.append(_from_the_checkpoint(key))
+        elif key == "data.channels" and OmegaConf.select(cfg, key) != run_cfg.data.channels:
+            problems.append(  # the model's stem takes the checkpoint's channels
+                f"data.channels comes from the checkpoint (it was trained with data.channels="
+                f"{run_cfg.data.channels}); drop data.channels={OmegaConf.select(cfg, key)} "
+                "(for other channels, train a new run from its weights: model.weights=<ckpt>)"
+            )
         elif key not in ("device", "logger"):
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     run_cfg.device = cfg.device

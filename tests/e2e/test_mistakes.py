@@ -316,6 +316,14 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
         "device= and logger= (to change the model, train a new run)"
         for key in ("optimizer.lr", "optimizer", "loss", "model.weights")
     ]
+    # The model's stem takes the checkpoint's channels: a traceback of load_state_dict before.
+    [channels] = problems_of(
+        run_cli("pipeline.eval", [ckpt, "data.channels=1"], tmp_path, torch_home)
+    )
+    assert channels == (
+        "data.channels comes from the checkpoint (it was trained with data.channels=3); drop "
+        "data.channels=1 (for other channels, train a new run from its weights: model.weights=<ckpt>)"
+    )
     [resume] = problems_of(run_cli("pipeline.eval", ["resume=latest"], tmp_path, torch_home))
     assert resume.startswith("resume= continues a training run; pipeline.eval takes a checkpoint")
     [typo] = problems_of(run_cli("pipeline.eval", [ckpt, "optimzer.lr=1"], tmp_path, torch_home))

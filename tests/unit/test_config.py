@@ -332,3 +332,22 @@ def test_a_momentum_of_one_or_more_is_refused_though_torch_takes_it() -> None:
             "optimizer.momentum=0.9"
         )
     assert _problems("optimizer.momentum=0.99") == []
+    assert _problems("optimizer.momentum=true") == [  # torch takes true as 1
+        "optimizer.momentum must be a number below 1 (got true); set optimizer.momentum=0.9"
+    ]
+    assert len(_problems("optimizer.momentum=1", "optimizer.lr=-1")) == 2  # both at once
+
+
+def test_the_trainers_switches_take_true_or_false_and_summary_off_trains() -> None:
+    """Lightning takes most on/off arguments as they are (trainer.inference_mode=abc trained);
+    trainer.enable_model_summary=false was refused ("got multiple values" of the bare Trainer)."""
+    assert _problems("trainer.inference_mode=abc") == [
+        "trainer.inference_mode must be one of true, false (got abc); set trainer.inference_mode=true"
+    ]
+    assert _problems("trainer.enable_model_summary=1") == [
+        "trainer.enable_model_summary must be one of true, false, null (got 1); set "
+        "trainer.enable_model_summary=null"
+    ]
+    for fine in ("trainer.enable_model_summary=false", "trainer.deterministic=warn",
+                 "trainer.benchmark=null"):  # fmt: skip
+        assert _problems(fine) == [], fine
