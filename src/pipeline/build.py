@@ -172,7 +172,7 @@ def build_callbacks(
             hparams=compared_hparams(resolved_cfg, overrides),
             config_yaml=OmegaConf.to_yaml(cfg, resolve=True),
         ),
-        Throughput(compile=s.model.compile is not False),
+        Throughput(compile=s.model.compile is not False, forward_flops_per_image=image_flops(s)),
     ]
     if uses_cuda(s):
         callbacks += [CudaFlags(**cuda_flag_settings(s)), GpuMemory()]
@@ -184,10 +184,14 @@ def model_summary(s: RunSettings) -> list[Callback]:
     image's forward FLOPs; none when trainer.enable_model_summary=false."""
     if s.trainer.get("enable_model_summary") is False:
         return []
-    flops = forward_flops(num_classes=s.model.num_classes, batch_size=1,
-                          channels=s.data.channels, image_size=s.data.image_size)  # fmt: skip
     summary = RichSummaryWithFlops if s.callbacks.progress_bar else SummaryWithFlops
-    return [summary(flops=flops)]
+    return [summary(flops=image_flops(s))]
+
+
+def image_flops(s: RunSettings) -> int:
+    """FLOPs of ResNet18's forward pass over one image of the run (counted once a process)."""
+    return forward_flops(num_classes=s.model.num_classes, batch_size=1,
+                         channels=s.data.channels, image_size=s.data.image_size)  # fmt: skip
 
 
 def instruments(s: RunSettings, ckpt_dir: Path) -> list[Callback]:

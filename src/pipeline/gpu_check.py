@@ -69,10 +69,13 @@ def install_command(python: str) -> list[str] | None:
 
 
 def bench_summary(name: str, figures: dict[str, Any]) -> str:
-    """One line of a bench's figures: images/s, the ratios the issue sets targets for, data."""
+    """One line of a bench's figures: images/s and the model's training TFLOP/s at that rate,
+    the ratios the issue sets targets for, data."""
     ips, data = figures["images_per_sec"], figures["data"]
+    tflops = figures.get("model_tflops_per_sec", {}).get("pipeline")
     return (
-        f"{name}: pipeline {ips['pipeline']:.0f} images/s, plain {ips['plain']:.0f}, naive "
+        f"{name}: pipeline {ips['pipeline']:.0f} images/s"
+        f"{'' if tflops is None else f' ({tflops:.1f} model TFLOP/s)'}, plain {ips['plain']:.0f}, naive "
         f"{ips['naive']:.0f}; pipeline/plain {figures['pipeline_over_plain']:.3f}, pipeline/naive "
         f"{figures['pipeline_over_naive']:.3f}; data {data['make_us_per_image']:.1f} µs an image, "
         f"{data['share_of_step']:.2%} of a step; peak {figures['peak_memory_mb']['pipeline'] / 1024:.2f} GB"

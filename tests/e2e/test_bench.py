@@ -69,6 +69,12 @@ def test_bench_command_runs_and_writes_json(tmp_path: Path, torch_home: Path) ->
     assert all(us > 0 for us in hooks["pipeline"].values())
     assert "pipeline callbacks' per-step hooks, a step: " in result.stdout
     assert all(v > 0 for v in figures["images_per_sec"].values())
+    one_image = 3 * 75_200_000  # a 32×32 forward is ~75.2 M FLOPs, a training step ~3 of them
+    for name, ips in figures["images_per_sec"].items():  # the model's training TFLOP/s
+        assert figures["model_tflops_per_sec"][name] == pytest.approx(
+            one_image * ips / 1e12, rel=1e-2
+        )
+    assert "TFLOP/s" in result.stdout  # the table's column
     assert "pipeline / plain" in result.stdout
     assert list(figures["knob_effects"]) == ["pipeline model.channels_last=true"]
     assert figures["knobs_skipped"] == ["device.tf32=true (CUDA only)"]

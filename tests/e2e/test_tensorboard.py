@@ -42,6 +42,7 @@ def test_event_files_hold_every_tag_with_sane_values(run_dir: Path) -> None:
         "train/loss",
         "train/lr",
         "perf/images_per_sec",
+        "perf/model_tflops_per_sec",
         "grad_norm/total",
         "update_ratio/total",
         "grad_noise/b_simple",
@@ -152,6 +153,7 @@ def test_server_lists_scalars_histograms_layout_and_hparams(server: str, run_dir
     assert charts["gradient norm per block"] == ["grad_norm/.*"]
     assert charts["update ratio ‖Δw‖/‖w‖ per block"] == ["update_ratio/.*"]
     assert charts["noise scale B_simple and the global batch"] == ["grad_noise/.*"]
+    assert charts["model TFLOP/s (training)"] == ["perf/model_tflops_per_sec"]
     experiment = _get(server, "/data/plugin/hparams/experiment", {"experimentName": ""})
     hparams = {h["name"] for h in experiment["hparamInfos"]}
     assert {"optimizer", "optimizer.lr", "loss", "data.batch_size", "precision", "seed"} <= hparams

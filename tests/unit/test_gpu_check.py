@@ -34,3 +34,7 @@ def test_a_bench_summary_names_the_figures_the_targets_are_about() -> None:
         "bench 224×224: pipeline 10240 images/s, plain 10500, naive 4100; pipeline/plain 0.975, "
         "pipeline/naive 2.498; data 0.4 µs an image, 0.42% of a step; peak 12.00 GB"
     )
+    figures["model_tflops_per_sec"] = {"pipeline": 111.46}  # 3 × 3.63 GFLOPs × 10240 images/s
+    assert bench_summary("bench 224×224", figures).startswith(
+        "bench 224×224: pipeline 10240 images/s (111.5 model TFLOP/s), plain 10500, naive 4100;"
+    )

@@ -54,3 +54,21 @@ def test_a_run_of_other_channels_trains(tmp_path: Path) -> None:
     trainer = build.build_trainer(cfg, tmp_path)
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     assert trainer.global_step == 2 and isinstance(trainer, pl.Trainer)
+
+
+def test_throughput_logs_the_models_training_tflops_at_its_rate(tmp_path: Path) -> None:
+    """perf/model_tflops_per_sec: 3 forward passes an image (forward and backward) at the logged
+    images/s, from the same FLOPs as the summary."""
+    from helpers import Recorder
+    from pipeline.callbacks.throughput import model_tflops
+
+    cfg = compose("train", [*TINY, "logger=none"])
+    trainer = build.build_trainer(cfg, tmp_path)
+    recorder = Recorder()
+    trainer.loggers = [recorder]
+    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    rates, tflops = recorder.tag("perf/images_per_sec"), recorder.tag("perf/model_tflops_per_sec")
+    assert [s for s, _ in tflops] == [s for s, _ in rates] == [0, 1]  # TINY: every step
+    one_image = forward_flops(num_classes=1000, batch_size=1, channels=3, image_size=32)
+    for (_, rate), (_, logged) in zip(rates, tflops, strict=True):
+        assert logged == model_tflops(one_image, rate) == 3 * one_image * rate / 1e12 > 0

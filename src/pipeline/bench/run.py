@@ -33,6 +33,8 @@ from pipeline.bench.variants import (
     knob_configs,
     merged,
 )
+from pipeline.callbacks.throughput import model_tflops
+from pipeline.settings import settings_of
 
 Variant = Callable[[Path], Timing]  # one round in a fresh work directory
 
@@ -124,6 +126,10 @@ def run_benchmark(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     batch = cfg.data.batch_size
     figures = summarize(rounds, batch, instrument_frequencies(train_cfg), startup, device)
     figures["knobs_skipped"] = skipped
+    flops = build.image_flops(settings_of(train_cfg))  # one image's forward, as the summary's
+    figures["model_tflops_per_sec"] = {
+        name: model_tflops(flops, ips) for name, ips in figures["images_per_sec"].items()
+    }
     data = time_data(build.build_datamodule(train_cfg), device, cfg.bench.rounds)
     step_s = statistics.median(rounds["pipeline"].step_s)
     figures["data"] = data | {"share_of_step": data_share(data["make_us_per_image"], batch, step_s)}

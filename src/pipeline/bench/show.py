@@ -16,6 +16,7 @@ def show(figures: dict[str, Any]) -> None:
                         f"medians of {figures['rounds']} rounds")  # fmt: skip
     table.add_column("variant")
     table.add_column("images/s", justify="right")
+    table.add_column("model TFLOP/s", justify="right")
     table.add_column("± a round", justify="right")
     table.add_column("cost", justify="right")
     table.add_column("first step", justify="right")
@@ -26,7 +27,9 @@ def show(figures: dict[str, Any]) -> None:
     }
     for name, ips in figures["images_per_sec"].items():
         first = figures["first_step_s"][name]
-        table.add_row(name, f"{ips:.1f}", f"{figures['round_spread'][name]:.1%}", costs.get(name, ""),
+        tflops = figures.get("model_tflops_per_sec", {}).get(name)
+        table.add_row(name, f"{ips:.1f}", "" if tflops is None else f"{tflops:.3g}",
+                      f"{figures['round_spread'][name]:.1%}", costs.get(name, ""),
                       "" if first is None else f"{first:.2f} s",
                       f"{figures['peak_memory_mb'][name] / 1024:.2f} GB")  # fmt: skip
     report.console.print(table)

@@ -27,6 +27,7 @@ CUSTOM_SCALARS = {  # TensorBoard's Custom Scalars tab: one chart per list of ta
         "loss": ["Multiline", ["train/loss", "val/loss"]],
         "learning rate": ["Multiline", ["train/lr"]],
         "throughput": ["Multiline", ["perf/images_per_sec"]],
+        "model TFLOP/s (training)": ["Multiline", ["perf/model_tflops_per_sec"]],
         "GPU memory (GB)": ["Multiline", [r"perf/gpu_mem_.*"]],
     },
     "gradients": {

@@ -1,4 +1,5 @@
-"""perf/images_per_sec: training images per second, all ranks together, data loading included."""
+"""perf/images_per_sec: training images per second, all ranks together, data loading included;
+perf/model_tflops_per_sec: the model's training arithmetic at that rate (model_tflops)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,13 @@ def images_per_sec(batch_size: int, world_size: int, seconds: float) -> float:
     return batch_size * world_size / seconds if seconds > 0 else 0.0
 
 
+def model_tflops(forward_flops_per_image: int, images_per_second: float) -> float:
+    """TFLOP/s of training at `images_per_second`: a training step costs about 3 forward passes
+    (the backward ~2: gradients for the inputs and for the weights), the usual estimate behind
+    MFU. Divided by the devices' peak, it is the model FLOPs utilization."""
+    return 3 * forward_flops_per_image * images_per_second / 1e12
+
+
 class Throughput(pl.Callback):
     """Times each training batch end to end (data wait included); logs on logged steps.
 
@@ -40,8 +48,9 @@ class Throughput(pl.Callback):
     Costs two clock reads a step, and a logger write on logging steps.
     """
 
-    def __init__(self, *, compile: bool = False) -> None:
+    def __init__(self, *, compile: bool = False, forward_flops_per_image: int = 0) -> None:
         self.compile = compile  # the first batch's time then includes compiling
+        self.forward_flops = forward_flops_per_image  # 0: no perf/model_tflops_per_sec
         self._last: float | None = None
         self._first_start: float | None = None
         self._started = False
@@ -71,7 +80,10 @@ class Throughput(pl.Callback):
         if self._first_start is not None:  # this process's first batch
             log.info(FIRST_STEP_TOOK, now - self._first_start, COMPILING if self.compile else "")
             self._first_start = None
-        log_step_scalars(trainer, {"perf/images_per_sec": rate})  # nothing else reads it
+        metrics = {"perf/images_per_sec": rate}  # nothing else reads them
+        if self.forward_flops:
+            metrics["perf/model_tflops_per_sec"] = model_tflops(self.forward_flops, rate)
+        log_step_scalars(trainer, metrics)
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None  # validation time is not training throughput
