@@ -61,6 +61,7 @@ def divergence_record(
     last_finite: tuple[int, dict[str, float | str] | None] | None,
     micro_batches: Sequence[Sequence[int]],
     checkpoint_global_step: int | None,
+    statistic: str | None = None,
 ) -> dict[str, Any]:
     last = None
     if last_finite is not None and last_finite[1] is not None:
@@ -69,6 +70,7 @@ def divergence_record(
         "step": step,
         "loss": finite_or_text(loss),
         "first_nonfinite_block": first_nonfinite_block(failing),
+        "first_nonfinite_statistic": statistic,  # a BatchNorm buffer, when it went first
         "grad_norm": {"last_finite": last, "failing": failing},
         "indices": [i for batch in micro_batches for i in batch],
         "micro_batches": [list(batch) for batch in micro_batches],
@@ -138,8 +140,10 @@ def divergence_message(
     saved_to: Path | None,
     first_block: str | None = None,
     record: Path | None = None,
+    statistic: str | None = None,
 ) -> str:
-    """What happened, where it shows first, why, and what to do."""
+    """What happened, where it shows first, why, and what to do. `statistic`: the BatchNorm
+    buffer that went non-finite while the loss and the gradients were still finite."""
     why = (
         "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ until they "
         "overflow; use loss=mse or loss=cross_entropy for long runs, or fewer steps (trainer.max_steps)"
@@ -147,7 +151,14 @@ def divergence_message(
         else "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
     )
     saved = f"; the last finite state is in {saved_to}" if saved_to else ""
-    return f"train/loss became {loss_value} at step {step}{where(first_block)}: {why}{saved}{replay_hint(record)}"
+    head = (
+        f"BatchNorm's running statistic {statistic} became inf or NaN at step {step}, while "
+        f"train/loss was still finite ({loss_value}): activations outgrew float32 (evaluation "
+        "would normalise by it)"
+        if statistic
+        else f"train/loss became {loss_value} at step {step}{where(first_block)}"
+    )
+    return f"{head}: {why}{saved}{replay_hint(record)}"
 
 
 def weights_nonfinite_message(

@@ -46,6 +46,19 @@ class BufferSnapshot:
                 now if unless is None else torch.where(unless, self.saved[dtype], now)
             )
 
+    def finite(self) -> Tensor | None:
+        """Whether every floating-point buffer holds only finite values now: a 0-dim bool tensor
+        (no host read), None when there are none (or they are empty). BatchNorm's running variance overflows while
+        the loss stays finite (a batch in training normalises by its own statistics). The
+        largest magnitude is inf or NaN (amax propagates NaN) where any value is: ~20 µs for
+        ResNet18's buffers on this CPU, a third of isfinite(…).all()."""
+        checks = [torch.isfinite(torch.cat(views).abs().amax())
+                  for dtype, views in self.views.items()
+                  if dtype.is_floating_point and any(v.numel() for v in views)]  # fmt: skip
+        if len(checks) <= 1:
+            return checks[0] if checks else None
+        return torch.stack(checks).all()
+
     def restore(self) -> None:
         """Write the copy back into the buffers, in place."""
         for dtype, group in self.groups.items():

@@ -45,15 +45,23 @@ def is_finite(t: Tensor) -> bool:
 
 
 def first_nonfinite_leaf(net: nn.Module, images: Tensor) -> tuple[str | None, Tensor]:
-    """Run `net` on `images` with a forward hook on every leaf module; return the name of the
-    first leaf, in execution order, whose output holds inf or NaN (None if none does) and the
+    """Run `net` on `images` with a forward hook on every leaf module; return what first held
+    inf or NaN, in execution order: a leaf's output ("the output of layer3.0.conv1 (Conv2d)"),
+    or a floating buffer the leaf's forward updated, BatchNorm's running statistics (in training
+    a batch is normalised by its own, so the output stays finite); None if nothing did; and the
     output. The hooks are removed before it returns. Cost: one isfinite pass per leaf output."""
     first: list[str] = []
 
     def hook(name: str) -> Any:
         def check(module: nn.Module, inputs: Any, output: Any) -> None:
+            kind = type(module).__name__
             if not first and isinstance(output, Tensor) and not is_finite(output):
-                first.append(f"{name} ({type(module).__name__})")
+                first.append(f"the output of {name} ({kind})")
+            for buffer, b in module.named_buffers(recurse=False):
+                if not first and b.is_floating_point() and not is_finite(b):
+                    first.append(
+                        f"{name}.{buffer} ({kind}'s running statistic; its output stayed finite)"
+                    )
 
         return check
 
@@ -126,7 +134,7 @@ def replay(step: Step, dtype: torch.dtype) -> Finding | None:
     for images, labels in batches:
         leaf, pred = first_nonfinite_leaf(net, images)
         if leaf is not None:
-            return Finding("forward", f"the output of {leaf}")
+            return Finding("forward", leaf)
         loss = loss_fn(pred, labels) / len(batches)
         if not is_finite(loss):
             return Finding("loss", f"the loss is {float(loss)} from finite logits")
@@ -147,7 +155,7 @@ def replay(step: Step, dtype: torch.dtype) -> Finding | None:
     with torch.no_grad():
         leaf, pred = first_nonfinite_leaf(net, batches[0][0])
     if leaf is not None:
-        return Finding("next forward, after the optimizer step", f"the output of {leaf}")
+        return Finding("next forward, after the optimizer step", leaf)
     if not is_finite(loss_fn(pred, batches[0][1])):
         return Finding("next forward, after the optimizer step", "the loss")
     return None

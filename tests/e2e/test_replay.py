@@ -83,3 +83,27 @@ def test_a_healthy_run_writes_no_divergence_json_and_replay_refuses_it(
     replay = run_cli("pipeline.replay", [str(run_dir)], tmp_path, torch_home)
     assert replay.returncode == 2
     assert len(replay.stderr.strip().splitlines()) == 1 and "last.ckpt" in replay.stderr
+
+
+def test_the_defaults_divergence_stops_where_batchnorms_statistics_overflow(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """The seed's loss at the defaults: near step 25 a forward pass carries layer4's running
+    variance past float32 while the loss, normalised by the batch's own statistics, is finite.
+    The guard stopped five steps later, when the stored statistics were already inf ("an
+    optimizer step had already made the weights non-finite", nothing saved, nothing to replay);
+    it now stops at that step, saves the state before it, and replay names the statistic."""
+    args = ["trainer.max_steps=60", "callbacks.progress_bar=false", "logger=none"]
+    train = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert train.returncode == 3, train.stderr[-2000:]
+    run_dir = only_run_dir(tmp_path)
+    record = json.loads((run_dir / "divergence.json").read_text())
+    statistic = record["first_nonfinite_statistic"]
+    assert statistic is not None and statistic.endswith(("running_var", "running_mean"))
+    assert isinstance(record["loss"], float)  # still finite
+    assert f"BatchNorm's running statistic {statistic} became inf or NaN at step " in train.stderr
+    assert "the last finite state is in" in train.stderr
+    replay = run_cli("pipeline.replay", [str(run_dir)], tmp_path, torch_home)
+    assert replay.returncode == 0, replay.stderr[-2000:]
+    float32 = next(line for line in replay.stdout.splitlines() if "float32:" in line)
+    assert f"forward: {statistic} (BatchNorm2d's running statistic" in float32, replay.stdout

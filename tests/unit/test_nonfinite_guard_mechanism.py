@@ -149,3 +149,17 @@ def test_take_follows_the_buffers_unless_told_to_keep_the_old_copy() -> None:
     snapshot.restore()
     for name, buffer in net.named_buffers():
         assert torch.equal(buffer, after_good[name]), name
+
+
+def test_the_snapshot_says_whether_the_floating_buffers_are_finite_now() -> None:
+    """BatchNorm's running variance overflows while the loss stays finite (a training batch is
+    normalised by its own statistics): the guard checks the buffers each step too."""
+    bn = nn.BatchNorm1d(3)
+    snapshot = BufferSnapshot(list(bn.buffers()))
+    assert bool(snapshot.finite())
+    bn.running_var[1] = float("inf")  # the snapshot's views share the buffers' storage
+    assert not bool(snapshot.finite())
+    bn.running_var[1], bn.running_mean[0] = 1.0, float("nan")
+    assert not bool(snapshot.finite())
+    assert BufferSnapshot([torch.zeros(2, dtype=torch.int64)]).finite() is None  # counts only
+    assert BufferSnapshot([torch.zeros(0)]).finite() is None

@@ -31,7 +31,7 @@ def test_a_planted_overflow_in_layer3_is_named_and_float64_holds() -> None:
     wide, wide_output = first_nonfinite_leaf(net.double(), images.double())
 
     assert clean is None
-    assert leaf == "layer3.0.conv1 (Conv2d)"
+    assert leaf == "the output of layer3.0.conv1 (Conv2d)"
     assert not torch.isfinite(output).all()
     assert wide is None and torch.isfinite(wide_output).all()  # only float32 overflows
 

@@ -1,9 +1,13 @@
-"""Stop a run whose loss or gradients became inf or NaN, after saving its last finite state.
+"""Stop a run whose loss, gradients or BatchNorm statistics became inf or NaN, after saving
+its last finite state.
 
 The seed's loss (pred − labels).sum() has no minimum: SGD drives every logit to −∞ and the
 loss overflows after a few dozen steps. The forward pass that overflows has already written
 inf into BatchNorm's running statistics, so the guard snapshots the float buffers when an
-accumulation window starts and puts them back before saving (pipeline.nonfinite_guard).
+accumulation window starts and puts them back before saving (pipeline.nonfinite_guard). A
+running variance can overflow first, while the loss is finite (a training batch is normalised
+by its own statistics; the defaults do near step 25): each step's flag covers the buffers too,
+and the message then names the statistic.
 
 Two ways to check, one outcome:
 - at once (an optimizer that is not fused: on a CPU by default): the host reads the step's
@@ -28,6 +32,7 @@ block sums and every host read happen only once the run has diverged.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -154,6 +159,9 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
+        buffers_ok = self._snapshot.finite() if self._snapshot is not None else None
+        if buffers_ok is not None:  # this step's forward left BatchNorm's statistics finite
+            ok = ok & buffers_ok.to(ok.device)
         norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one
         if not _uses_grad_scaler(trainer):
             grads = [p.grad for p in self._params if p.grad is not None]
@@ -212,10 +220,14 @@ class NonFiniteGuard(pl.Callback):
                 rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None))
                 self._warned = True
             return
-        self._restore_buffers()
         module = trainer.lightning_module
+        statistic = next((name.removeprefix("net.") for name, b in module.named_buffers()
+                          if b.is_floating_point() and not torch.isfinite(b).all()), None)  # fmt: skip
+        self._restore_buffers()
         failing = block_norm_record(norms, self._index)
         first_block = first_nonfinite_block(failing)
+        if first_block is not None or not math.isfinite(loss_value):
+            statistic = None  # the loss or the gradients went first: the usual message
         last = next(((s, n) for s, n in reversed(self._logged) if s < step), None)
 
         def record(checkpoint_global_step: int | None) -> Path | None:
@@ -232,6 +244,7 @@ class NonFiniteGuard(pl.Callback):
                     else (last[0], block_norm_record(last[1], self._index)),
                     micro_batches=[b.tolist() for b in micro_batches],
                     checkpoint_global_step=checkpoint_global_step,
+                    statistic=statistic,
                 ),
             )
 
@@ -248,6 +261,12 @@ class NonFiniteGuard(pl.Callback):
         written = record(trainer.global_step if self.checkpoint_path is not None else None)
         raise DivergenceError(
             divergence_message(
-                step, loss_value, self.loss_name, self.checkpoint_path, first_block, written
+                step,
+                loss_value,
+                self.loss_name,
+                self.checkpoint_path,
+                first_block,
+                written,
+                statistic=statistic,
             )
         )
