@@ -215,19 +215,21 @@ class NonFiniteGuard(pl.Callback):
         norms: Tensor | None,
         micro_batches: list[Tensor],
     ) -> None:
-        if self.mode == "warn":
-            if not self._warned:
-                rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None))
-                self._warned = True
+        if self.mode == "warn" and self._warned:
             return
         module = trainer.lightning_module
         statistic = next((name.removeprefix("net.") for name, b in module.named_buffers()
                           if b.is_floating_point() and not torch.isfinite(b).all()), None)  # fmt: skip
-        self._restore_buffers()
         failing = block_norm_record(norms, self._index)
         first_block = first_nonfinite_block(failing)
         if first_block is not None or not math.isfinite(loss_value):
             statistic = None  # the loss or the gradients went first: the usual message
+        if self.mode == "warn":
+            rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None,
+                                              first_block, statistic=statistic))  # fmt: skip
+            self._warned = True
+            return
+        self._restore_buffers()
         last = next(((s, n) for s, n in reversed(self._logged) if s < step), None)
 
         def record(checkpoint_global_step: int | None) -> Path | None:
