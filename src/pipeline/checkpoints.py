@@ -91,7 +91,8 @@ def checkpoint_fit_problems(
     mismatch = state_dict_mismatch(net, state)
     if mismatch:
         keys = {"model.num_classes": cfg.model.num_classes, "data.channels": cfg.data.channels}
-        trained = {k: OmegaConf.select(OmegaConf.create(saved), k) for k in keys}
+        saved_cfg = OmegaConf.create(saved)
+        trained = {k: OmegaConf.select(saved_cfg, k) for k in keys}
         differ = [k for k in keys if trained[k] is not None and trained[k] != keys[k]] or [
             "model.num_classes"
         ]

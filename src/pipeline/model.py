@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
-from torchvision.models import ResNet, resnet18
+from torchvision.models import ResNet
 
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
@@ -24,7 +24,7 @@ from pipeline.logging_steps import (
     realign_logging_step,
     writes_step_logs,
 )
-from pipeline.resources import resnet18_on_meta
+from pipeline.resources import resnet18_for_images, resnet18_on_meta
 from pipeline.restored_optimizer import apply_config_hyperparameters, changes_message
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
@@ -63,11 +63,7 @@ def build_resnet18(*, weights: str | None, num_classes: int, channels: int = 3) 
     (`adapt_stem`).
     """
     if weights is None:
-        net = resnet18(weights=None, num_classes=num_classes)
-        if channels != 3:  # a fresh stem, initialised as torchvision initialises its convolutions
-            net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
-            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-        return net
+        return resnet18_for_images(num_classes, channels)
     if is_torchvision_weights(weights):
         state = torchvision_state_dict(weights)
     else:
@@ -110,12 +106,7 @@ def _resnet18_for(state: dict[str, Tensor], num_classes: int, meta: bool = False
     classes = head.shape[0] if isinstance(head, Tensor) and head.ndim == 2 else num_classes
     stem = state.get("conv1.weight")
     channels = stem.shape[1] if isinstance(stem, Tensor) and stem.ndim == 4 else 3
-    if meta:
-        return resnet18_on_meta(classes, channels)
-    net = resnet18(weights=None, num_classes=classes)
-    if channels != 3:
-        net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
-    return net
+    return resnet18_on_meta(classes, channels) if meta else resnet18_for_images(classes, channels)
 
 
 def _fit_problems(weights: str, net: nn.Module, state: dict[str, Tensor]) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import resource
 import shutil
+from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,15 +30,25 @@ OPTIMIZER_SLOTS = {"SGD": 1, "Adam": 2, "AdamW": 2, "RMSprop": 2}
 CHECKPOINT_OVERHEAD_BYTES = 1 * 2**20  # the pickle's structure, the config, the loops' state
 
 
+def resnet18_for_images(
+    num_classes: int, channels: int = 3, device: torch.device | str | None = None
+) -> nn.Module:
+    """torchvision's ResNet18, built on `device` (default: the current one), whose stem takes
+    images of `channels` channels: for other than 3 a fresh one, initialised as torchvision
+    initialises its convolutions."""
+    with torch.device(device) if device is not None else nullcontext():
+        net = resnet18(num_classes=num_classes)
+        if channels != 3:
+            net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    return net
+
+
 def resnet18_on_meta(num_classes: int, channels: int = 3) -> nn.Module:
     """ResNet18 built on the meta device: shapes only, no memory, no compute (built on the CPU
     and moved, its random initialisation took 0.2 s of every command's pre-flight); its stem
     takes images of `channels` channels."""
-    with torch.device("meta"):
-        net = resnet18(num_classes=num_classes).eval()
-        if channels != 3:
-            net.conv1 = nn.Conv2d(channels, 64, 7, 2, 3, bias=False)
-        return net
+    return resnet18_for_images(num_classes, channels, "meta").eval()
 
 
 @lru_cache(maxsize=64)
