@@ -69,12 +69,12 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
 
 
 def norms_by_block(norms: Tensor, index: Tensor, num_blocks: int) -> Tensor:
-    """(num_blocks + 1,): from per-tensor norms, the L2 norm of each block's tensors together,
-    then of all; a segment sum of squares, no per-tensor host sync."""
-    squares = torch.zeros(num_blocks, device=norms.device).index_add_(
-        0, index.to(norms.device), norms**2
+    """(…, num_blocks + 1): from per-tensor norms (…, P), the L2 norm of each block's tensors
+    together, then of all; a segment sum of squares (rows at once), no per-tensor host sync."""
+    squares = norms.new_zeros(*norms.shape[:-1], num_blocks).index_add_(
+        -1, index.to(norms.device), norms**2
     )
-    return torch.cat([squares, squares.sum().unsqueeze(0)]).sqrt()
+    return torch.cat([squares, squares.sum(-1, keepdim=True)], -1).sqrt()
 
 
 def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Tensor:
@@ -100,18 +100,30 @@ def copy_into(buffer: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Te
     return buffer
 
 
+def update_norms_(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
+    """(2, P) float32: each tensor's ‖before‖, then its ‖after − before‖. In place: `before`
+    ends holding before − after (no model-sized allocation). Three fused passes over the weights:
+    the norms of `before`, the difference, its norms."""
+    weights = torch._foreach_norm(list(before))
+    torch._foreach_sub_(list(before), list(after))
+    steps = torch._foreach_norm(list(before))  # ‖before − after‖ = ‖after − before‖
+    return torch.stack(weights + steps).float().view(2, len(weights))
+
+
 def update_ratios_(
     before: Sequence[Tensor], after: Sequence[Tensor], index: Tensor, num_blocks: int
 ) -> Tensor:
     """(num_blocks + 1,) float32: ‖after − before‖ / ‖before‖ for each block's tensors together,
-    then for all (0 where ‖before‖ = 0). The relative step the optimizer really took, whatever
-    it did (momentum, Adam, weight decay, clipping); lr·‖g‖/‖w‖ is it only for plain SGD.
-    In place: `before` ends holding before − after (no model-sized allocation). Three fused
-    passes over the weights: the norms of `before`, the difference, its norms."""
-    weights = block_norms(before, index, num_blocks)
-    torch._foreach_sub_(list(before), list(after))
-    steps = block_norms(before, index, num_blocks)  # ‖before − after‖ = ‖after − before‖
+    then for all (0 where ‖before‖ = 0), as `update_norms_` (in place). The relative step the
+    optimizer really took, whatever it did (momentum, Adam, weight decay, clipping); lr·‖g‖/‖w‖
+    is it only for plain SGD."""
+    weights, steps = norms_by_block(update_norms_(before, after), index, num_blocks)
     return torch.where(weights > 0, steps / weights, torch.zeros_like(steps))
+
+
+def update_ratio(step: float, weight: float) -> float:
+    """‖after − before‖ / ‖before‖ from the two norms on the host (0 where ‖before‖ = 0)."""
+    return step / weight if weight > 0 else 0.0
 
 
 def first_half_grads(loss: Tensor, output: Tensor, params: Sequence[Tensor]) -> list[Tensor]:

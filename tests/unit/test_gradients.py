@@ -19,6 +19,7 @@ from pipeline.gradients import (
     gradcheck_model,
     head_grads,
     max_relative_error,
+    norms_by_block,
     seed_q_check,
     update_ratios_,
 )
@@ -65,6 +66,21 @@ def test_block_norms_match_hand_computation() -> None:
     }
     assert norms[:-1].tolist() == pytest.approx([expected[b] for b in BLOCKS])
     assert norms[-1].item() == pytest.approx(math.sqrt(18 + 24 + 16))
+
+
+def test_norms_by_block_sums_each_row_of_per_tensor_norms_by_itself() -> None:
+    """The gradient logger sums its three rows (gradients, weights, steps) in one call."""
+    index = block_index(["net.conv1.weight", "net.layer2.0.conv1.weight", "net.conv1.bias"])
+    rows = torch.tensor([[3.0, 1.0, 4.0], [0.0, 2.0, 0.0], [1.0, float("nan"), 1.0]])
+    together = norms_by_block(rows, index, len(BLOCKS))
+    assert together.shape == (3, len(BLOCKS) + 1)
+    for row, expected in zip(rows, together, strict=True):
+        torch.testing.assert_close(
+            norms_by_block(row, index, len(BLOCKS)), expected, rtol=0, atol=0, equal_nan=True
+        )
+    assert together[0, BLOCKS.index("conv1")].item() == 5.0
+    assert together[1].tolist()[-1] == 2.0 and together[1, BLOCKS.index("conv1")].item() == 0.0
+    assert math.isnan(together[2, BLOCKS.index("layer2")].item()) and math.isnan(together[2, -1])
 
 
 def test_block_norms_agree_with_torch_on_resnet18() -> None:

@@ -10,7 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.nonfinite_guard import DEFERRED_LAG, BufferSnapshot, Flagged, FlagRing
+from pipeline.nonfinite_guard import (
+    DEFERRED_LAG,
+    BufferSnapshot,
+    Flagged,
+    FlagRing,
+    step_is_finite,
+)
 
 CPU = torch.device("cpu")
 DEVICES = [
@@ -151,15 +157,29 @@ def test_take_follows_the_buffers_unless_told_to_keep_the_old_copy() -> None:
         assert torch.equal(buffer, after_good[name]), name
 
 
-def test_the_snapshot_says_whether_the_floating_buffers_are_finite_now() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_step_is_finite_where_its_losses_statistics_and_gradient_norms_all_are(
+    device: torch.device,
+) -> None:
     """BatchNorm's running variance overflows while the loss stays finite (a training batch is
     normalised by its own statistics): the guard checks the buffers each step too."""
-    bn = nn.BatchNorm1d(3)
-    snapshot = BufferSnapshot(list(bn.buffers()))
-    assert bool(snapshot.finite())
-    bn.running_var[1] = float("inf")  # the snapshot's views share the buffers' storage
-    assert not bool(snapshot.finite())
+    bn = nn.BatchNorm1d(3).to(device)
+    views = BufferSnapshot(list(bn.buffers())).float_views()  # running mean and variance
+    assert len(views) == 2  # not the batch count
+    loss, norms = torch.tensor([2.0], device=device), torch.tensor([1.0, 3.0], device=device)
+    assert bool(step_is_finite([loss], views, norms))
+    bn.running_var[1] = float("inf")  # the views share the buffers' storage
+    assert not bool(step_is_finite([loss], views, norms))
     bn.running_var[1], bn.running_mean[0] = 1.0, float("nan")
-    assert not bool(snapshot.finite())
-    assert BufferSnapshot([torch.zeros(2, dtype=torch.int64)]).finite() is None  # counts only
-    assert BufferSnapshot([torch.zeros(0)]).finite() is None
+    assert not bool(step_is_finite([loss], views, norms))
+    bn.running_mean[0] = 0.0
+    assert not bool(step_is_finite([loss, loss.neg().log()], views, norms))  # a NaN window loss
+    assert not bool(step_is_finite([loss], views, norms.clone().fill_(float("nan"))))
+    assert not bool(step_is_finite([], [], norms / 0))
+    assert not bool(step_is_finite([loss / 0], [], None))
+    # Finite values whose sum overflows float32 are finite; a double loss beside float buffers.
+    big = torch.full((4,), 3e38, device=device)
+    wide = torch.tensor([1e300], dtype=torch.float64, device=device)
+    assert bool(step_is_finite([wide], [big], norms))
+    assert bool(step_is_finite([], [torch.zeros(0, device=device)], None))
+    assert BufferSnapshot([torch.zeros(2, dtype=torch.int64)]).float_views() == []

@@ -35,12 +35,16 @@ def time_trainer(
     steps: int,
     workdir: Path,
     module: Callable[[DictConfig], ResNetClassifier] = build.build_module,
+    hook_clock: bool = True,
 ) -> Timing:
-    """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps` steps."""
+    """One round of the pipeline's Trainer: fresh model (from the same init), `warmup + steps`
+    steps; with `hook_clock`, each callback's hooks timed too (which costs the step ~1 µs a hook
+    call: the overhead bench times its step without it)."""
     pl.seed_everything(cfg.seed, verbose=False)
     timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
     hooks = HookClock(first_timed=warmup, steps=steps)  # the StepClock's timed steps
-    trainer = build.build_trainer(cfg, workdir, extra_callbacks=[timer, hooks])
+    clocks: list[pl.Callback] = [timer, hooks] if hook_clock else [timer]
+    trainer = build.build_trainer(cfg, workdir, extra_callbacks=clocks)
     trainer.fit(module(cfg), datamodule=build.build_datamodule(cfg))
     stop = graceful_stop_of(trainer)
     if stop is not None and stop.received is not None:  # Ctrl-C or SIGTERM ended the round

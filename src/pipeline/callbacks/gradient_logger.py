@@ -19,6 +19,7 @@ Histograms are binned on the device (torch.histc), two small transfers for all o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,8 @@ from pipeline.gradients import (
     copy_into,
     histograms,
     norms_by_block,
-    update_ratios_,
+    update_norms_,
+    update_ratio,
 )
 from pipeline.loggers import log_scalars
 from pipeline.logging_steps import is_due, logs_this_step
@@ -48,8 +50,7 @@ class _PendingStep:
     weights: list[torch.Tensor]  # the parameters, in `index` order
     before: list[torch.Tensor]  # their copies before the step (the logger's buffer)
     index: torch.Tensor
-    grad_norms: torch.Tensor  # (blocks + total,)
-    nonfinite_count: torch.Tensor  # 0-dim
+    grad_norms: torch.Tensor  # (P,) each parameter's
 
 
 class GradientLogger(pl.Callback):
@@ -99,9 +100,8 @@ class GradientLogger(pl.Callback):
             self._indices[names] = block_index(names)
         index = self._indices[names]
         each = self._grad_norms.of(grads)  # one pass over the gradients serves both figures
-        count = (~torch.isfinite(each)).sum().float()
         if not log_scalars:
-            self._histograms(trainer, named, grads, step, int(count))
+            self._histograms(trainer, named, grads, step, each)
             return
         weights = [p.detach() for _, p in named]
         self._before = copy_into(self._before, weights)
@@ -110,11 +110,10 @@ class GradientLogger(pl.Callback):
             weights=weights,
             before=self._before,
             index=index,
-            grad_norms=norms_by_block(each, index, len(BLOCKS)),  # (blocks + total,)
-            nonfinite_count=count,
+            grad_norms=each,
         )
         if log_histograms:
-            self._histograms(trainer, named, grads, step, int(count))
+            self._histograms(trainer, named, grads, step, each)
 
     def on_train_batch_end(
         self,
@@ -129,15 +128,19 @@ class GradientLogger(pl.Callback):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        ratios = update_ratios_(pending.before, pending.weights, pending.index, len(BLOCKS))
-        values = torch.cat([pending.grad_norms, ratios, pending.nonfinite_count.view(1)]).tolist()
+        # Rows: each parameter's gradient, weight (before the step) and step norm; by block.
+        each = torch.cat([pending.grad_norms[None], update_norms_(pending.before, pending.weights)])
+        by_block = norms_by_block(each, pending.index, len(BLOCKS))  # (3, blocks + total)
+        # One host transfer: the block norms, then each parameter's gradient norm.
+        values = torch.cat([by_block.view(-1), pending.grad_norms]).tolist()
         names = (*BLOCKS, "total")
+        n = len(names)
+        weight_norms, step_norms = values[n : 2 * n], values[2 * n : 3 * n]
         metrics: dict[str, float] = {}
-        metrics |= {f"grad_norm/{b}": v for b, v in zip(names, values[: len(names)], strict=True)}
-        metrics |= {
-            f"update_ratio/{b}": v for b, v in zip(names, values[len(names) : -1], strict=True)
-        }
-        metrics["grad/nonfinite_count"] = int(values[-1])
+        metrics |= {f"grad_norm/{b}": v for b, v in zip(names, values[:n], strict=True)}
+        metrics |= {f"update_ratio/{b}": update_ratio(s, w)
+                    for b, s, w in zip(names, step_norms, weight_norms, strict=True)}  # fmt: skip
+        metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in values[3 * n :])
         log_scalars(trainer.loggers, metrics, pending.step)
 
     def _histograms(
@@ -146,8 +149,9 @@ class GradientLogger(pl.Callback):
         named: list[tuple[str, torch.nn.Parameter]],
         grads: list[torch.Tensor],
         step: int,
-        nonfinite: int,
+        grad_norms: torch.Tensor,
     ) -> None:
+        nonfinite = int((~torch.isfinite(grad_norms)).sum())
         if nonfinite:
             self.skipped_histograms += 1
             rank_zero_warn(

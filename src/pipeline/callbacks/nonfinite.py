@@ -54,7 +54,13 @@ from pipeline.divergence import (
 from pipeline.errors import DivergenceError
 from pipeline.gradients import block_index, state_is_finite
 from pipeline.logging_steps import is_due
-from pipeline.nonfinite_guard import DEFERRED_LAG, BufferSnapshot, Flagged, FlagRing
+from pipeline.nonfinite_guard import (
+    DEFERRED_LAG,
+    BufferSnapshot,
+    Flagged,
+    FlagRing,
+    step_is_finite,
+)
 
 # What a step's flag carries to the host: its per-tensor gradient norms (P,), read only if it was
 # bad (None where they are not aligned with the blocks), and its samples' indices, one (B,) per
@@ -99,7 +105,8 @@ class NonFiniteGuard(pl.Callback):
         self._window_open = False
         self._snapshot: BufferSnapshot | None = None
         self._params: list[Tensor] = []
-        self._loss_ok: Tensor | None = None
+        self._buffer_views: list[Tensor] = []  # the floating-point buffers, flat
+        self._window_losses: list[Tensor] = []  # the open window's losses, flat
         self._last_loss: Tensor | None = None
         self._ring: FlagRing[_StepRecord] | None = None  # deferred only
         self._saving = False
@@ -111,6 +118,7 @@ class NonFiniteGuard(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._snapshot = BufferSnapshot(list(pl_module.buffers()))
+        self._buffer_views = self._snapshot.float_views()
         named = list(pl_module.named_parameters())
         self._params = [p for _, p in named]  # walked once, not on every step
         try:
@@ -127,6 +135,7 @@ class NonFiniteGuard(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._snapshot, self._params = None, []  # the model is not ours to keep
+        self._buffer_views, self._window_losses = [], []
         self._ring, self._last_loss = None, None
         self._logged.clear()
         self._window_indices = []
@@ -138,7 +147,7 @@ class NonFiniteGuard(pl.Callback):
         if self._ring is not None:
             self._stop_if_found(trainer, self._ring.read_due(trainer.global_step))
         if not self._window_open:
-            self._window_indices = []
+            self._window_indices, self._window_losses = [], []
             if self.mode == "raise" and self._snapshot is not None:
                 # The buffers before this step; deferred, frozen from the first non-finite step on.
                 stuck = self._ring.stuck.bool() if self._ring is not None else None
@@ -151,26 +160,21 @@ class NonFiniteGuard(pl.Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
-        finite = torch.isfinite(loss.detach())
-        self._loss_ok = finite if self._loss_ok is None else self._loss_ok & finite
         self._last_loss = loss.detach()
+        self._window_losses.append(self._last_loss.view(-1))  # checked with the step
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        ok = self._loss_ok if self._loss_ok is not None else torch.tensor(True)
-        buffers_ok = self._snapshot.finite() if self._snapshot is not None else None
-        if buffers_ok is not None:  # this step's forward left BatchNorm's statistics finite
-            ok = ok & buffers_ok.to(ok.device)
         norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one
         if not _uses_grad_scaler(trainer):
             grads = [p.grad for p in self._params if p.grad is not None]
-            if grads:
-                norms = self._grad_norms.of(grads)  # one fused pass
-                ok = ok & torch.isfinite(norms).all().to(ok.device)
-            if len(grads) != len(self._params):
-                norms = None  # not aligned with the blocks' index
-        self._window_open, self._loss_ok = False, None
+            norms = self._grad_norms.of(grads) if grads else None  # one fused pass
+        # The window's losses, the statistics its forward passes left, the gradients' norms.
+        ok = step_is_finite(self._window_losses, self._buffer_views, norms)
+        if norms is not None and len(norms) != len(self._params):
+            norms = None  # not aligned with the blocks' index
+        self._window_open, self._window_losses = False, []
         step, batches = trainer.global_step, self._window_indices
         if self._ring is not None:
             flag = self._ring.push(step, ok, self._last_loss, (norms, batches))
