@@ -11,6 +11,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config_dir import CONFIG_DIR, group_options
 from pipeline.config_rules import argument_defaults, refused_arguments
 
 OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|false: build.py)
@@ -54,16 +55,28 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
     name = target.rsplit(".", 1)[-1]
+    option, ours = option_defaults(target)
     return (
         refused_arguments(
             "optimizer",
             name,
             lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
             {str(k): v for k, v in args.items() if k not in OURS},
-            defaults=argument_defaults(get_class(target)),
+            defaults=argument_defaults(get_class(target)) | ours,
+            defaults_of=f"optimizer={option}" if option else None,
         )
         + momentum
     )
+
+
+def option_defaults(target: str) -> tuple[str | None, dict[str, Any]]:
+    """The conf/optimizer/ option whose _target_ is `target`, and its values (the defaults a run
+    of it starts from: SGD's momentum is 0.9 here, 0 in torch); (None, {}) where none is."""
+    for option in group_options("optimizer"):
+        values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / f"{option}.yaml"))
+        if isinstance(values, dict) and values.get("_target_") == target:
+            return option, {str(k): v for k, v in values.items() if k not in OURS}
+    return None, {}
 
 
 def momentum_problems(momentum: Any) -> list[str]:

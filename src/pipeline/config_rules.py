@@ -138,12 +138,14 @@ def refused_arguments(
     build: Callable[..., object],
     args: dict[str, Any],
     defaults: dict[str, Any] | None = None,
+    defaults_of: str | None = None,
 ) -> list[str]:
     """What a class refuses among `args` (the `group`.* keys), by building it (`build(**args)`
     raises to refuse): nothing when it takes them all; else a line for each argument it refuses
-    alone, or one line for the set when only the combination is refused. `defaults` (the class's,
-    by argument) give each line its fix."""
+    alone, or one line for the set when only the combination is refused. `defaults` (by
+    argument; whose: `defaults_of`, else the class's) give each line its fix."""
     defaults = defaults or {}
+    whose = defaults_of or name
 
     def refusal(some: dict[str, Any]) -> str | None:
         try:
@@ -157,7 +159,7 @@ def refused_arguments(
     alone = [
         f"{group}.{key}={v} is refused by {name}: {reason.rstrip('.')}"
         + (
-            f"; {name}'s default: {group}.{key}={hydra_value(defaults[key])}"
+            f"; {whose}'s default: {group}.{key}={hydra_value(defaults[key])}"
             if key in defaults
             else ""
         )

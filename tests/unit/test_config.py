@@ -314,11 +314,19 @@ def test_a_key_of_another_option_of_the_group_is_no_misspelling() -> None:
     assert typo.endswith("fix the spelling")
 
 
-def test_a_value_a_library_refuses_gets_the_librarys_default_as_the_fix() -> None:
+def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:
+    """The optimizer option's default (the value a run starts from), else the library's."""
     assert _problems("optimizer=adamw", "optimizer.betas=[0.9]") == [
-        "optimizer.betas=[0.9] is refused by AdamW: list index out of range; AdamW's default: "
-        "optimizer.betas=[0.9,0.999]"
+        "optimizer.betas=[0.9] is refused by AdamW: list index out of range; optimizer=adamw's "
+        "default: optimizer.betas=[0.9,0.999]"
     ]
+    # SGD's momentum is 0 in torch and 0.9 here: the fix names this config's, not torch's.
+    (problem,) = _problems("optimizer.momentum=abc")
+    assert problem.endswith("; optimizer=sgd's default: optimizer.momentum=0.9"), problem
+    # A class no option of conf/optimizer/ names: the library's default.
+    other = ("~optimizer.momentum", "~optimizer.fused", "optimizer._target_=torch.optim.Adagrad")
+    (problem,) = _problems(*other, "optimizer.weight_decay=-1")
+    assert problem.endswith("; Adagrad's default: optimizer.weight_decay=0"), problem
     (problem,) = _problems("trainer.max_time=abc")
     assert problem.endswith("; lightning.Trainer's default: trainer.max_time=null"), problem
 
