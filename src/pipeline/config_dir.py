@@ -37,3 +37,15 @@ SEARCH_GROUP = (
 def config_groups() -> list[str]:
     """The config groups of a run (train, eval): the folders of conf/ but search/."""
     return sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != SEARCH_GROUP)
+
+
+def groups_help(*groups: str) -> str:
+    """`--help`'s list of groups, a line each ("optimizer: adam, adamw, …"), and a blank line:
+    `groups`, or every group of a run but Hydra's own (hydra/launcher); Hydra's
+    $APP_CONFIG_GROUPS lists search/ too, which a run does not take."""
+    shown = groups or [g for g in config_groups() if g != "hydra"]
+    return "".join(f"{g}: {', '.join(group_options(g))}\n" for g in shown)
+
+
+# --help's templates (conf/*.yaml hydra.help.template): ${pipeline.groups:} or ${pipeline.groups:a,b}
+OmegaConf.register_new_resolver("pipeline.groups", groups_help, replace=True)

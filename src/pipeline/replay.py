@@ -224,11 +224,17 @@ def verdict(run: Finding | None, wide: Finding | None, run_dtype: str) -> str:
     return "did not reproduce: both precisions stay finite through the step and the next forward"
 
 
+USAGE = "usage: python -m pipeline.replay <run dir>"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point `pipeline-replay`."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args in (["-h"], ["--help"]):  # not a run directory of that name
+        print(f"{USAGE}\n\n{__doc__}", end="")
+        sys.exit(0)
     if len(args) != 1:
-        print("usage: python -m pipeline.replay <run dir>", file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT_CODE)
     run_dir = Path(args[0])
     try:

@@ -131,9 +131,32 @@ def test_eval_reproduces_the_runs_val_loss(tmp_path: Path, torch_home: Path) -> 
 def test_help_lists_groups_and_options(tmp_path: Path, torch_home: Path) -> None:
     result = run_cli("pipeline.train", ["--help"], tmp_path, torch_home)
     assert result.returncode == 0
+    assert result.stdout.startswith("pipeline.train: train torchvision's ResNet18")
     assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
     assert "device: auto, cpu, ddp, ddp_cpu, gpu" in result.stdout
     assert "batch_size: 32" in result.stdout
+    # Not pipeline.search's space nor Hydra's launchers: no group a run takes.
+    assert "\nsearch:" not in result.stdout and "\nhydra:" not in result.stdout
+
+
+def test_eval_and_bench_have_help_of_their_own(tmp_path: Path, torch_home: Path) -> None:
+    """pipeline.bench --help printed pipeline.train's text; pipeline.eval --help, Hydra's
+    generic one listing the optimizer, scheduler and search groups, which eval does not take."""
+    result = run_cli("pipeline.eval", ["--help"], tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pipeline.eval: score a checkpoint of pipeline.train")
+    groups = result.stdout.split("== Groups (GROUP=OPTION) ==\n")[1].split("\n\n")[0]
+    assert groups.splitlines() == [
+        "data: synthetic",
+        "device: auto, cpu, ddp, ddp_cpu, gpu",
+        "logger: csv, mlflow, none, tensorboard",
+    ]
+    assert "ckpt_path: ???" in result.stdout
+    result = run_cli("pipeline.bench", ["--help"], tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("pipeline.bench: the pipeline against a plain PyTorch loop")
+    assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
+    assert "overhead_steps: 0" in result.stdout and "pipeline.train: train" not in result.stdout
 
 
 def test_bad_input_exits_2_with_one_line_each_and_no_traceback(

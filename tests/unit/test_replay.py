@@ -110,3 +110,21 @@ def test_a_path_that_is_no_run_directory_says_so(tmp_path: Path) -> None:
         assert info.value.problems == [
             f"{path} is not a run directory ({what}); give the folder of the run that stopped"
         ]
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_help_prints_the_usage_and_what_replay_does(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--help` was taken for a run directory: "--help is not a run directory (no such folder)"."""
+    from pipeline.replay import main
+
+    with pytest.raises(SystemExit) as info:
+        main([flag])
+    assert info.value.code == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("usage: python -m pipeline.replay <run dir>\n")
+    assert "Exit codes:" in out.out and out.err == ""
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2 and capsys.readouterr().err.startswith("usage:")
