@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import select
 import shutil
 import signal
@@ -33,6 +34,11 @@ TINY = [
     "callbacks.progress_bar=false",
     "callbacks.gradients.histogram_every_n_steps=0",
 ]
+
+
+# The head of the guard's message: the loss that became inf or NaN, or where it stayed finite,
+# the gradients (which of the two comes first at a step depends on the summation order).
+DIVERGED = re.compile(r"(train/loss became \S+|the gradients overflowed) at step \d+")
 
 
 def cli_env(torch_home: Path) -> dict[str, str]:

@@ -5,7 +5,7 @@ the non-finite guard, on rank 0.
 Fields:
   step                    the optimizer step whose loss or gradients were non-finite (0-based)
   loss                    its loss (a string for inf/NaN: JSON has no such numbers)
-  first_nonfinite_block   the first block, in forward order, whose gradient norm is inf or NaN (or null)
+  first_nonfinite_block   the first block, in forward order, whose gradient norm overflowed or is NaN (or null)
   grad_norm               {"last_finite": {"step", <block>..., "total"}, "failing": {...}}: per-block
                           gradient norms of the last finite logging step and of the failing step
                           (null where they were not measured)
@@ -156,9 +156,19 @@ def divergence_message(
         f"train/loss was still finite ({loss_value}): activations outgrew float32 (evaluation "
         "would normalise by it)"
         if statistic
-        else f"train/loss became {loss_value} at step {step}{where(first_block)}"
+        else what_went(step, loss_value, first_block)
     )
     return f"{head}: {why}{saved}{replay_hint(record)}"
+
+
+def what_went(step: int, loss_value: float, first_block: str | None) -> str:
+    """The loss that became inf or NaN, or, where it stayed finite, the gradients."""
+    if math.isfinite(loss_value) and first_block:
+        return (
+            f"the gradients overflowed at step {step} while train/loss was finite ({loss_value})"
+            f"{where(first_block)}"
+        )
+    return f"train/loss became {loss_value} at step {step}{where(first_block)}"
 
 
 def weights_nonfinite_message(
@@ -166,7 +176,7 @@ def weights_nonfinite_message(
 ) -> str:
     """An optimizer step made the weights non-finite: nothing was saved."""
     return (
-        f"train/loss became {loss_value} at step {step}{where(first_block)}: an optimizer step had already "
+        f"{what_went(step, loss_value, first_block)}: an optimizer step had already "
         "made the weights non-finite (lower optimizer.lr, or set trainer.gradient_clip_val=1.0); "
         "no checkpoint was saved, an earlier last.ckpt is unchanged"
         + (f"; details in {record}" if record else "")
@@ -175,7 +185,8 @@ def weights_nonfinite_message(
 
 def where(first_block: str | None) -> str:
     return (
-        f" (the first block, in forward order, whose gradient norm is inf or NaN: {first_block})"
+        f" (the first block, in forward order, whose gradient norm overflowed or is NaN: "
+        f"{first_block})"
         if first_block
         else ""
     )

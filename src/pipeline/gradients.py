@@ -63,18 +63,29 @@ def block_index(param_names: Sequence[str], blocks: Sequence[str] = BLOCKS) -> T
     return torch.tensor([blocks.index(block_of(n)) for n in param_names])
 
 
+def at_least_float32(t: Tensor) -> Tensor:
+    """`t` in float32, or float64 where it is wider (64-true: a norm of 1e40 is finite there)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
-    """(P,) float32: each tensor's L2 norm, in one fused pass (inf or NaN where it holds one)."""
-    return torch.stack(torch._foreach_norm(list(tensors))).float()
+    """(P,) float32 (float64 for float64 tensors): each tensor's L2 norm, in one fused pass. inf
+    or NaN where the tensor holds one, and inf where its sum of squares overflows the tensors'
+    precision (float32: a norm past ~1.8e19; torch sums the squares in it on CPU and CUDA)."""
+    return at_least_float32(torch.stack(torch._foreach_norm(list(tensors))))
 
 
 def norms_by_block(norms: Tensor, index: Tensor, num_blocks: int) -> Tensor:
     """(…, num_blocks + 1): from per-tensor norms (…, P), the L2 norm of each block's tensors
-    together, then of all; a segment sum of squares (rows at once), no per-tensor host sync."""
-    squares = norms.new_zeros(*norms.shape[:-1], num_blocks).index_add_(
-        -1, index.to(norms.device), norms**2
+    together, then of all; a segment sum of squares (rows at once), no per-tensor host sync. The
+    squares are summed in float64 (a float32 norm past ~1.8e19 squares to inf); the result is in
+    the norms' precision, at least float32."""
+    wide = norms.double()
+    squares = wide.new_zeros(*norms.shape[:-1], num_blocks).index_add_(
+        -1, index.to(norms.device), wide**2
     )
-    return torch.cat([squares, squares.sum(-1, keepdim=True)], -1).sqrt()
+    totals = torch.cat([squares, squares.sum(-1, keepdim=True)], -1).sqrt()
+    return totals.to(torch.promote_types(norms.dtype, torch.float32))
 
 
 def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Tensor:
@@ -101,13 +112,14 @@ def copy_into(buffer: list[Tensor] | None, tensors: Sequence[Tensor]) -> list[Te
 
 
 def update_norms_(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
-    """(2, P) float32: each tensor's ‖before‖, then its ‖after − before‖. In place: `before`
-    ends holding before − after (no model-sized allocation). Three fused passes over the weights:
-    the norms of `before`, the difference, its norms."""
+    """(2, P) float32 (float64 for float64 weights): each tensor's ‖before‖, then its
+    ‖after − before‖. In place: `before` ends holding before − after (no model-sized
+    allocation). Three fused passes over the weights: the norms of `before`, the difference,
+    its norms."""
     weights = torch._foreach_norm(list(before))
     torch._foreach_sub_(list(before), list(after))
     steps = torch._foreach_norm(list(before))  # ‖before − after‖ = ‖after − before‖
-    return torch.stack(weights + steps).float().view(2, len(weights))
+    return at_least_float32(torch.stack(weights + steps)).view(2, len(weights))
 
 
 def update_ratios_(

@@ -4,12 +4,14 @@ and name the first operation that produced inf or NaN.
 Reads the run's `divergence.json` (written by the non-finite guard) and `checkpoints/last.ckpt`,
 which holds the last finite state: the weights, BatchNorm statistics and optimizer state before
 the failing step. The failing batch is made again from its sample indices (the data are a pure
-function of them), and the step runs on the CPU twice: at float32 (the run's precision, or
-float64 for 64-true) and at float64, each with a forward hook on every leaf module (the first
-whose output is non-finite) and autograd's anomaly mode in the backward (the first operation
-that returned NaN). Where the step's forward and backward stay finite, it takes the optimizer
-step from the saved state and runs the next forward. Prints what each precision found and
-whether float64 overflows too (a true divergence) or only the run's precision did.
+function of them), and the step runs on the CPU at the run's precision (bf16-mixed and 16-mixed
+as autocast in bfloat16 or float16 around the forward, bf16-true and 16-true as half weights),
+then at float32 where that is another, and at float64, each with a forward hook on every leaf
+module (the first whose output is non-finite) and autograd's anomaly mode in the backward (the
+first operation that returned NaN). Where the step's forward and backward stay finite, it takes
+the optimizer step from the saved state and runs the next forward. Prints what each precision
+found and whether float64 overflows too (a true divergence) or only the run's precision did. A
+GPU run's kernels round differently from the CPU's: its replay can differ in the last bits.
 
 Exit codes: 0 reproduced and named; 1 nothing non-finite in either precision; 2 a directory
 without divergence.json or a usable last.ckpt.
@@ -17,6 +19,7 @@ without divergence.json or a usable last.ckpt.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import sys
@@ -114,6 +117,42 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Replayed:
+    """A precision a step is replayed at on the CPU: the weights' and inputs' dtype, and the
+    forward's under autocast (mixed precision)."""
+
+    name: str  # as printed: the run's precision string, or float32 / float64
+    dtype: torch.dtype
+    autocast: torch.dtype | None = None
+
+    def forward_context(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=self.autocast)
+
+
+FLOAT32 = Replayed("float32", torch.float32)
+FLOAT64 = Replayed("float64", torch.float64)
+
+
+def replayed_precisions(precision: str, accelerator: str) -> list[Replayed]:
+    """The run's precision on the CPU, then float32 where that is another, then float64. 16-mixed
+    is float16 autocast as on a GPU, bfloat16 for a run on the CPU (where Lightning runs it so)."""
+    half = torch.bfloat16 if precision.startswith("bf16") or accelerator == "cpu" else torch.float16
+    own = {
+        "32-true": FLOAT32,
+        "64-true": FLOAT64,
+        "bf16-mixed": Replayed("bf16-mixed", torch.float32, torch.bfloat16),
+        "16-mixed": Replayed("16-mixed", torch.float32, half),
+        "bf16-true": Replayed("bf16-true", torch.bfloat16),
+        "16-true": Replayed("16-true", torch.float16),
+    }.get(precision, FLOAT32)
+    if own == FLOAT64:
+        return [FLOAT64]
+    return [own, FLOAT64] if own == FLOAT32 else [own, FLOAT32, FLOAT64]
+
+
+@dataclass(frozen=True)
 class Step:
     """What replaying one training step needs, all on the CPU."""
 
@@ -125,17 +164,19 @@ class Step:
     clip_algorithm: str
 
 
-def replay(step: Step, dtype: torch.dtype) -> Finding | None:
-    """The failing step at `dtype`: each micro-batch's forward, loss and backward; then, if all
-    stayed finite, the optimizer step and the next forward on the first micro-batch."""
+def replay(step: Step, precision: Replayed) -> Finding | None:
+    """The failing step at `precision`: each micro-batch's forward, loss and backward; then, if
+    all stayed finite, the optimizer step and the next forward on the first micro-batch."""
+    dtype = precision.dtype
     model = copy.deepcopy(step.module).to(dtype).train()
     net, loss_fn = model.net, model.loss_fn
     batches = [(x.to(dtype), y.to(dtype) if y.is_floating_point() else y) for x, y in step.batches]
     for images, labels in batches:
-        leaf, pred = first_nonfinite_leaf(net, images)
-        if leaf is not None:
-            return Finding("forward", leaf)
-        loss = loss_fn(pred, labels) / len(batches)
+        with precision.forward_context():  # the loss too, as in training_step
+            leaf, pred = first_nonfinite_leaf(net, images)
+            if leaf is not None:
+                return Finding("forward", leaf)
+            loss = loss_fn(pred, labels) / len(batches)
         if not is_finite(loss):
             return Finding("loss", f"the loss is {float(loss)} from finite logits")
         bad = backward_nonfinite_op(loss, net)
@@ -152,18 +193,18 @@ def replay(step: Step, dtype: torch.dtype) -> Finding | None:
     bad_weights = [n for n, p in net.named_parameters() if not is_finite(p)]
     if bad_weights:
         return Finding("optimizer step", f"it made {bad_weights[0]} non-finite")
-    with torch.no_grad():
+    with torch.no_grad(), precision.forward_context():
         leaf, pred = first_nonfinite_leaf(net, batches[0][0])
-    if leaf is not None:
-        return Finding("next forward, after the optimizer step", leaf)
-    if not is_finite(loss_fn(pred, batches[0][1])):
-        return Finding("next forward, after the optimizer step", "the loss")
+        if leaf is not None:
+            return Finding("next forward, after the optimizer step", leaf)
+        if not is_finite(loss_fn(pred, batches[0][1])):
+            return Finding("next forward, after the optimizer step", "the loss")
     return None
 
 
-def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], str]:
-    """The failing step of `run_dir`, its divergence.json and the run's precision.
-    ConfigError (one line) where the directory cannot be replayed."""
+def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], list[Replayed]]:
+    """The failing step of `run_dir`, its divergence.json and the precisions to replay it at (the
+    run's first). ConfigError (one line) where the directory cannot be replayed."""
     if not run_dir.is_dir():
         raise ConfigError(
             [
@@ -195,6 +236,7 @@ def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], str]:
     cfg.model.weights = None  # the checkpoint's weights replace them
     cfg.model.compile = False
     cfg.model.channels_last = False
+    precisions = replayed_precisions(str(cfg.precision), str(cfg.device.accelerator))
     cfg.device.accelerator = "cpu"
     module = build.build_module(cfg)
     module.load_state_dict(ckpt["state_dict"])
@@ -213,18 +255,19 @@ def load_step(run_dir: Path) -> tuple[Step, dict[str, Any], str]:
         clip_val=cfg.trainer.get("gradient_clip_val"),
         clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
     )
-    return step, record, str(cfg.precision)
+    return step, record, precisions
 
 
-def verdict(run: Finding | None, wide: Finding | None, run_dtype: str) -> str:
+def verdict(run: Finding | None, wide: Finding | None, run_precision: str) -> str:
     if wide is not None:
         return "float64 overflows too: a true divergence, as the seed's unbounded loss"
     if run is not None:
-        return f"float64 stays finite: only the run's precision ({run_dtype}) overflowed"
-    return "did not reproduce: both precisions stay finite through the step and the next forward"
+        return f"float64 stays finite: only the run's precision ({run_precision}) went non-finite"
+    return "did not reproduce: every precision stays finite through the step and the next forward"
 
 
 USAGE = "usage: python -m pipeline.replay <run dir>"
+FINITE = "finite through the step and the next forward"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -238,25 +281,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(CONFIG_ERROR_EXIT_CODE)
     run_dir = Path(args[0])
     try:
-        step, record, precision = load_step(run_dir)
+        step, record, precisions = load_step(run_dir)
     except ConfigError as exc:
         print(f"pipeline.replay: {exc.problems[0]}", file=sys.stderr)
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    run_dtype = torch.float64 if precision == "64-true" else torch.float32
+    own = precisions[0]
     print(
         f"pipeline.replay: step {record['step']} of {run_dir} (loss {record['loss']}), samples "
         f"{record['indices']}, from {LAST_CHECKPOINT}, on the CPU"
     )
-    if precision not in ("32-true", "64-true"):
-        print(f"  (the run used precision={precision}; replayed at float32 and float64)")
-    run = replay(step, run_dtype)
-    wide = run if run_dtype == torch.float64 else replay(step, torch.float64)
-    name = str(run_dtype).removeprefix("torch.")
-    print(f"  {name}: {run or 'finite through the step and the next forward'}")
-    if run_dtype != torch.float64:
-        print(f"  float64: {wide or 'finite through the step and the next forward'}")
-    print(f"  {verdict(run, wide, name)}")
-    sys.exit(0 if run is not None or wide is not None else NOT_REPRODUCED_EXIT_CODE)
+    if own.autocast is not None:
+        half = str(own.autocast).removeprefix("torch.")
+        print(f"  ({own.name}: float32 weights, the forward under autocast in {half})")
+    found = {p.name: replay(step, p) for p in precisions}
+    for name, finding in found.items():
+        print(f"  {name}: {finding or FINITE}")
+    print(f"  {verdict(found[own.name], found[FLOAT64.name], own.name)}")
+    sys.exit(0 if any(f is not None for f in found.values()) else NOT_REPRODUCED_EXIT_CODE)
 
 
 if __name__ == "__main__":

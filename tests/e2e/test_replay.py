@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from helpers import TINY, only_run_dir, run_cli
+from helpers import DIVERGED, TINY, only_run_dir, run_cli
 
 BLOCK = re.compile(r"\b(conv1|bn1|layer[1-4]|fc)\b")
 
@@ -36,9 +36,13 @@ def test_a_diverged_run_writes_divergence_json_and_replay_names_the_first_bad_mo
     assert all(isinstance(v, float) for v in last_norms.values())  # finite: no "inf"/"nan" text
     assert record["first_nonfinite_block"] in BLOCKS
     assert (
-        f"forward order, whose gradient norm is inf or NaN: {record['first_nonfinite_block']}"
+        f"forward order, whose gradient norm overflowed or is NaN: {record['first_nonfinite_block']}"
         in (train.stderr)
     )
+    # The loss that became inf or NaN, or where it stayed finite, the gradients: not both.
+    head = DIVERGED.search(train.stderr)
+    assert head is not None, train.stderr
+    assert head.group(0).startswith("train/loss became") == isinstance(record["loss"], str)
     assert "pipeline.replay" in train.stderr
 
     replay = run_cli("pipeline.replay", [str(run_dir)], tmp_path, torch_home)
@@ -46,7 +50,10 @@ def test_a_diverged_run_writes_divergence_json_and_replay_names_the_first_bad_mo
     lines = replay.stdout.splitlines()
     float32 = next(line for line in lines if line.strip().startswith("float32:"))
     assert BLOCK.search(float32) or "operation" in float32, replay.stdout
-    assert "float64" in replay.stdout and "overflow" in lines[-1], replay.stdout
+    assert "float64" in replay.stdout, replay.stdout
+    assert lines[-1].strip().startswith(("float64 overflows too", "float64 stays finite")), lines[
+        -1
+    ]
     assert replay.stderr == "", replay.stderr
 
 

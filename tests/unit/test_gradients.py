@@ -277,3 +277,39 @@ def test_update_ratios_of_a_reused_buffer_follow_each_step() -> None:
         ratios = update_ratios_(buffer, weights, index, len(BLOCKS))
         expected = ratios_by_hand(net, before, [lr * g for g in grads])
         assert picked(ratios) == pytest.approx(expected, rel=1e-6), seed
+
+
+def test_norms_keep_float64_and_block_sums_do_not_overflow_on_finite_norms() -> None:
+    """64-true stopped at step 35 on finite values: its float64 norms were cast to float32 (inf
+    past 3.4e38), and float32 block sums squared a norm of 1e20 to inf."""
+    from pipeline.gradients import tensor_norms
+
+    big = [torch.full((4,), 1e100, dtype=torch.float64), torch.ones(2, dtype=torch.float64)]
+    norms = tensor_norms(big)
+    assert norms.dtype == torch.float64 and norms[0].item() == pytest.approx(2e100)
+    index = block_index(["net.conv1.weight", "net.fc.bias"])
+    by_block = norms_by_block(norms, index, len(BLOCKS))
+    assert by_block.dtype == torch.float64 and bool(torch.isfinite(by_block).all())
+    # float32 per-tensor norms of 1e20 (finite) sum by block to 1.4e20, not inf.
+    wide = norms_by_block(torch.tensor([1e20, 1e20]), index, len(BLOCKS))
+    assert wide.dtype == torch.float32 and wide[-1].item() == pytest.approx(math.sqrt(2) * 1e20)
+    # A float32 tensor whose squares overflow float32 has an infinite norm: what the guard checks.
+    assert math.isinf(tensor_norms([torch.full((4,), 1e20)])[0].item())
+    assert tensor_norms([torch.ones(3, dtype=torch.bfloat16)]).dtype == torch.float32
+
+
+def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> None:
+    from pipeline.divergence import divergence_message, weights_nonfinite_message
+
+    finite = divergence_message(7, -1.6e23, "mse", None, "layer4")
+    assert finite.startswith(
+        "the gradients overflowed at step 7 while train/loss was finite (-1.6e+23) (the first "
+        "block, in forward order, whose gradient norm overflowed or is NaN: layer4): "
+    ), finite
+    assert divergence_message(7, -math.inf, "mse", None, "layer4").startswith(
+        "train/loss became -inf at step 7 (the first block"
+    )
+    assert divergence_message(7, -2.0, "mse", None, None).startswith("train/loss became -2.0 at")
+    assert weights_nonfinite_message(3, 5.0, "fc", None).startswith(
+        "the gradients overflowed at step 3 while train/loss was finite (5.0)"
+    )

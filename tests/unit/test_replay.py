@@ -128,3 +128,33 @@ def test_help_prints_the_usage_and_what_replay_does(
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2 and capsys.readouterr().err.startswith("usage:")
+
+
+def test_a_step_is_replayed_at_the_runs_own_precision_first() -> None:
+    """bf16-mixed was replayed at float32 and float64 only: a NaN of bfloat16 arithmetic could
+    not show. Now the run's precision first (mixed: autocast around the forward), then float32
+    where that is another, then float64."""
+    from pipeline.replay import replayed_precisions
+
+    def plan(precision: str, accelerator: str = "gpu") -> list[tuple[str, object, object]]:
+        return [(p.name, p.dtype, p.autocast) for p in replayed_precisions(precision, accelerator)]
+
+    f32, f64 = ("float32", torch.float32, None), ("float64", torch.float64, None)
+    assert plan("32-true") == [f32, f64]
+    assert plan("64-true") == [f64]
+    assert plan("bf16-mixed") == [("bf16-mixed", torch.float32, torch.bfloat16), f32, f64]
+    assert plan("16-mixed") == [("16-mixed", torch.float32, torch.float16), f32, f64]
+    assert plan("16-mixed", "cpu")[0] == ("16-mixed", torch.float32, torch.bfloat16)  # Lightning's
+    assert plan("bf16-true") == [("bf16-true", torch.bfloat16, None), f32, f64]
+    assert plan("16-true") == [("16-true", torch.float16, None), f32, f64]
+
+
+def test_the_replay_at_mixed_precision_runs_the_forward_under_autocast() -> None:
+    from torchvision.models import resnet18
+
+    from pipeline.replay import replayed_precisions
+
+    bf16 = replayed_precisions("bf16-mixed", "cpu")[0]
+    with bf16.forward_context():
+        out = resnet18(num_classes=3)(torch.rand(2, 3, 32, 32))
+    assert out.dtype == torch.bfloat16

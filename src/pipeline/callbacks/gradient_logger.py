@@ -7,7 +7,7 @@ Rank 0 only: after DDP's all-reduce its gradients are the global ones, and other
 the work. Tags:
   on the steps Lightning logs (trainer.log_every_n_steps): grad_norm/total, grad_norm/<block>,
                            update_ratio/total, update_ratio/<block> (‖w_after − w_before‖/‖w_before‖),
-                           grad/nonfinite_count (parameters whose gradient holds inf or NaN)
+                           grad/nonfinite_count (parameters whose gradient norm overflowed or is NaN)
   every histogram_every_n_steps, and the first and last step (0: never): grad/<param>, weight/<param> histograms
 Cost on logged steps only: a fused norm pass over the gradients (shared with the non-finite
 guard, which takes it every step: StepGradNorms), a fused copy of the weights into a buffer kept
@@ -154,8 +154,10 @@ class GradientLogger(pl.Callback):
         nonfinite = int((~torch.isfinite(grad_norms)).sum())
         if nonfinite:
             self.skipped_histograms += 1
+            scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
+            why = " (16-mixed's loss scale: the GradScaler skips this step)" if scaler else ""
             rank_zero_warn(
-                f"step {step}: {nonfinite} gradient(s) hold inf/NaN (a skipped 16-mixed step?); "
+                f"step {step}: {nonfinite} gradient norm(s) overflowed or are NaN{why}; "
                 f"histograms skipped ({self.skipped_histograms} so far)"
             )
             return

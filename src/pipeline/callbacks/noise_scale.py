@@ -99,8 +99,9 @@ class GradientNoiseScale(pl.Callback):
         if self._due:
             grads = bucket.gradients()
             index = torch.tensor([self._block_of[id(p)] for p in bucket.parameters()])
-            squares = torch.zeros(len(BLOCKS), device=grads[0].device)
-            squares.index_add_(0, index.to(squares.device), tensor_norms(grads) ** 2)
+            norms = tensor_norms(grads)  # float32, float64 under 64-true
+            squares = norms.new_zeros(len(BLOCKS))
+            squares.index_add_(0, index.to(squares.device), norms**2)
             total = torch.cat([squares, squares.sum().view(1)])
             self._small_sq = total if self._small_sq is None else self._small_sq + total
         return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
@@ -110,8 +111,8 @@ class GradientNoiseScale(pl.Callback):
         return {"averages": None if self.averages is None else self.averages.tolist()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        averages = state_dict["averages"]
-        self.averages = None if averages is None else torch.tensor(averages)
+        averages = state_dict["averages"]  # Python floats: float32's or float64's values exactly
+        self.averages = None if averages is None else torch.tensor(averages, dtype=torch.float64)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._hook is not None:

@@ -7,7 +7,9 @@ inf into BatchNorm's running statistics, so the guard snapshots the float buffer
 accumulation window starts and puts them back before saving (pipeline.nonfinite_guard). A
 running variance can overflow first, while the loss is finite (a training batch is normalised
 by its own statistics; the defaults do near step 25): each step's flag covers the buffers too,
-and the message then names the statistic.
+and the message then names the statistic. A gradient counts as non-finite where its L2 norm is:
+it holds inf or NaN, or its sum of squares overflows its precision (in float32 a norm past
+~1.8e19, a step that carries the weights past float32's range at once); 64-true checks float64.
 
 Two ways to check, one outcome:
 - at once (an optimizer that is not fused: on a CPU by default): the host reads the step's
@@ -24,10 +26,10 @@ Two ways to check, one outcome:
 On stopping (mode raise) rank 0 writes `divergence.json` in the run directory (pipeline.divergence):
 the step, the loss, the failing batch's sample indices, and the per-block gradient norms of the
 failing step and of the last finite logging step, and the message names the first block, in
-forward order, whose gradient norm is inf or NaN. What that costs a healthy run: the per-tensor
-gradient norms the check computes anyway are kept (a reference, per step until read; on logging
-steps a few more), and the data module keeps a reference to the latest batch's indices. The
-block sums and every host read happen only once the run has diverged.
+forward order, whose gradient norm overflowed or is NaN. What that costs a healthy run: the
+per-tensor gradient norms the check computes anyway are kept (a reference, per step until read;
+on logging steps a few more), and the data module keeps a reference to the latest batch's
+indices. The block sums and every host read happen only once the run has diverged.
 """
 
 from __future__ import annotations
@@ -166,7 +168,7 @@ class NonFiniteGuard(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one
+        norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one or overflows
         if not _uses_grad_scaler(trainer):
             grads = [p.grad for p in self._params if p.grad is not None]
             norms = self._grad_norms.of(grads) if grads else None  # one fused pass

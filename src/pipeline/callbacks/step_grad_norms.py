@@ -21,8 +21,9 @@ class StepGradNorms:
         self._norms = None
 
     def of(self, grads: list[Tensor]) -> Tensor:
-        """(P,) float32: each of `grads`' L2 norm (inf or NaN where it holds one); computed by
-        the first caller since `forget()`, for the same gradients (every parameter's, in order)."""
+        """(P,): each of `grads`' L2 norm (gradients.tensor_norms: inf or NaN where it holds
+        one, or its squares overflow float32); computed by the first caller since `forget()`,
+        for the same gradients (every parameter's, in order)."""
         if self._norms is None or len(self._norms) != len(grads):
             self._norms = tensor_norms(grads)
         return self._norms
