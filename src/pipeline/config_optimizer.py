@@ -8,65 +8,123 @@ import inspect
 from typing import Any
 
 import torch
-from hydra.utils import get_class
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config_dir import CONFIG_DIR, group_options
-from pipeline.config_rules import argument_defaults, refused_arguments
+from pipeline.config_rules import (
+    argument_defaults,
+    hydra_value,
+    is_number,
+    key_of,
+    refused_arguments,
+)
 
 OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|false: build.py)
 
 
-def optimizer_arguments(target: str) -> set[str]:
-    """The keyword arguments of the optimizer class `target` names (all accepted if unknown:
-    an unknown _target_ fails where it is instantiated, with its own message)."""
+def optimizer_target(target: str) -> tuple[Any, str | None]:
+    """What optimizer._target_ names, or why it cannot be the optimizer: nothing importable by
+    that name (Hydra said "Error locating target" with exit 1 only when the run built it), or a
+    class that is no torch.optim.Optimizer. A function that makes one is taken as it is."""
+    options = "|".join(group_options("optimizer"))
+    fix = f"choose optimizer={options}, or a class of torch.optim (torch.optim.NAdam, …)"
     try:
-        return set(inspect.signature(get_class(target)).parameters)
+        found = get_object(target)
     except Exception:
-        return {"fused"}
+        return None, f"optimizer._target_={target} names nothing that can be imported; {fix}"
+    if isinstance(found, type) and not issubclass(found, torch.optim.Optimizer):
+        return (
+            None,
+            f"optimizer._target_={target} is not an optimizer (torch.optim.Optimizer); {fix}",
+        )
+    return found, None
 
 
 def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
-    """optimizer.fused names an implementation the class has; every other optimizer.X is an
-    argument of the class; then, if nothing else is wrong with optimizer.* (`already`: the
-    problems found so far), the class's own checks of the values (momentum=-1, a string…)."""
+    """optimizer._target_ names an optimizer; optimizer.fused names an implementation the class
+    has; every other optimizer.X is an argument of the class, of the type its default has (a
+    bool for nesterov: torch takes any value, "abc" as true); then, if nothing else is wrong
+    with optimizer.* (`already`: the problems found so far), the class's own checks of the
+    values (momentum=-1, a string…)."""
     if not isinstance(optimizer, DictConfig):
         return ["optimizer must be a mapping: _target_ and the optimizer's arguments"]
     target = str(optimizer.get("_target_"))
-    known, found = optimizer_arguments(target), []
+    made_by, wrong = optimizer_target(target)
+    if wrong is not None:
+        return [wrong]
+    known, found = set(inspect.signature(made_by).parameters), []
     fused = optimizer.get("fused")
     if (fused == "auto" or isinstance(fused, bool)) and "fused" not in known:
         found.append(
             f"optimizer.fused={str(fused).lower()}: {target} has no fused implementation; "
             "drop the key: ~optimizer.fused"
         )
-    if known == {"fused"}:  # the class is unknown: it fails where it is instantiated
-        return found
     for key in map(str, optimizer):
         if key not in (*known, *OURS):
             found.append(
                 f"optimizer.{key}: {target} takes no argument {key} (it takes: "
                 f"{', '.join(sorted(known - {'params'}))}); drop it: ~optimizer.{key}"
             )
+    name = target.rsplit(".", 1)[-1]
+    option, ours = option_defaults(target)
+    defaults = argument_defaults(made_by) | ours
+    whose = f"optimizer={option}" if option else name
     # torch takes these: reported beside any other problem, not only once there are none
     momentum = momentum_problems(optimizer.get("momentum")) if "momentum" in known else []
+    reported = {key_of(p) for p in already}  # optimizer.lr's own rule, say
+    typed = {str(k): v for k, v in optimizer.items()
+             if str(k) in known and str(k) not in (*OURS, "momentum")}  # fmt: skip
+    mistyped = type_problems(
+        {k: v for k, v in typed.items() if f"optimizer.{k}" not in reported},
+        inspect.signature(made_by), defaults, whose,
+    )  # fmt: skip
+    momentum += mistyped
     if found or any(p.startswith("optimizer.") for p in already):
         return found + momentum
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
-    name = target.rsplit(".", 1)[-1]
-    option, ours = option_defaults(target)
+    arguments = {str(k): v for k, v in args.items() if k not in OURS}
+    wrong_type = set(map(key_of, mistyped))  # reported above, not again as torch refuses them
     return (
         refused_arguments(
             "optimizer",
             name,
-            lambda **kw: get_class(target)([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
-            {str(k): v for k, v in args.items() if k not in OURS},
-            defaults=argument_defaults(get_class(target)) | ours,
-            defaults_of=f"optimizer={option}" if option else None,
+            lambda **kw: made_by([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
+            {k: v for k, v in arguments.items() if f"optimizer.{k}" not in wrong_type},
+            defaults=defaults,
+            defaults_of=whose,
         )
         + momentum
     )
+
+
+def type_problems(
+    values: dict[str, Any], signature: inspect.Signature, defaults: dict[str, Any], whose: str
+) -> list[str]:
+    """Arguments whose value is not of the type of the class's default (or, for a default of
+    None, its annotation): a bool for a bool (torch reads any value as one: nesterov=abc ran
+    Nesterov, maximize=abc gradient ascent), a number for a number (dampening=abc failed at the
+    second step)."""
+    problems = []
+    for key, v in values.items():
+        parameter = signature.parameters[key]
+        default, annotation = parameter.default, str(parameter.annotation).replace(" ", "")
+        if isinstance(default, bool) and not isinstance(v, bool):
+            want = "true or false"
+        elif (
+            default is None
+            and annotation in ("bool|None", "Optional[bool]")
+            and not (v is None or isinstance(v, bool))
+        ):
+            want = "true, false or null"
+        elif is_number(default) and not is_number(v):
+            want = "a number"
+        else:
+            continue
+        fix = f"{whose}'s default: optimizer.{key}={hydra_value(defaults.get(key, default))}"
+        problems.append(f"optimizer.{key} must be {want} (got {v!r}); {fix}")
+    return problems
 
 
 def option_defaults(target: str) -> tuple[str | None, dict[str, Any]]:

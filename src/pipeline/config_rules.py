@@ -157,7 +157,7 @@ def refused_arguments(
     if refusal(args) is None:
         return []
     alone = [
-        f"{group}.{key}={v} is refused by {name}: {reason.rstrip('.')}"
+        f"{group}.{key}={hydra_value(v)} is refused by {name}: {reason.rstrip('.')}"
         + (
             f"; {whose}'s default: {group}.{key}={hydra_value(defaults[key])}"
             if key in defaults

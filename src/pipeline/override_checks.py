@@ -7,6 +7,7 @@ one way the pre-flight (and tests) compose a config.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import yaml
 from hydra import compose as hydra_compose
@@ -15,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override, ValueType
 from hydra.errors import HydraException
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -118,6 +120,16 @@ def options_with_key(group: str, name: str) -> list[str]:
     ]
 
 
+def optimizer_class_arguments(base: DictConfig) -> set[str]:
+    """The keyword arguments of the optimizer class the config names (none where it names no
+    class: config.py says so), but `params`, which the module passes."""
+    try:
+        made_by = get_object(str(OmegaConf.select(base, "optimizer._target_")))
+        return set(inspect.signature(made_by).parameters) - {"params"}
+    except Exception:
+        return set()
+
+
 def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str], list[str]]:
     """Overrides as Hydra should see them, and the unknown keys as problems.
 
@@ -136,6 +148,9 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
         added = o.is_add() or o.is_force_add()
         if parent == "trainer" and name in trainer_arguments():
             rewritten.append(as_typed(o) if added else "+" + as_typed(o))
+            continue
+        if parent == "optimizer" and name in optimizer_class_arguments(base):
+            rewritten.append(as_typed(o) if added else "+" + as_typed(o))  # as trainer.NAME
             continue
         if added and parent in ("trainer", "optimizer"):
             rewritten.append(as_typed(o))  # config.py checks that the class takes the argument
@@ -156,6 +171,8 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
             if parent and has_key(base, parent)
             else f"top-level keys: {', '.join(str(k) for k in base)}"
         )
+        if parent == "optimizer" and (more := optimizer_class_arguments(base) - {*node, "fused"}):
+            where += f" (and its class takes: {', '.join(sorted(more))})"
         problems.append(f"{key} is not a config key (got {as_typed(o)}); {where}; fix the spelling")
     return rewritten, problems
 

@@ -116,6 +116,7 @@ def test_the_overhead_mode_times_three_loops_around_a_zero_cost_model(
     us = figures["us_per_step"]
     assert set(us) == {"plain", "lightning", "pipeline"}
     assert all(len(v) == 2 for v in figures["per_round_step_us"].values())  # one per round
+    assert len(figures["hooks_timed_round_step_us"]) == 2  # its own loop: not the pipeline's figure
     assert figures["lightning_over_plain_us"] == pytest.approx(us["lightning"] - us["plain"])
     assert figures["pipeline_over_lightning_us"] == pytest.approx(us["pipeline"] - us["lightning"])
     # The pipeline's loop ran its callbacks (the guard every step, the logger on logging steps)

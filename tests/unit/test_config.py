@@ -143,7 +143,7 @@ def test_gpu_without_gpu_is_refused() -> None:
             "optimizer.momentum=-1",
             "optimizer.momentum=-1 is refused by SGD: Invalid momentum value",
         ),
-        ("optimizer.weight_decay=abc", "optimizer.weight_decay=abc is refused by SGD"),
+        ("optimizer.weight_decay=abc", "optimizer.weight_decay must be a number (got 'abc')"),
         ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val must be null or a number ≥ 0"),
     ],
 )
@@ -329,6 +329,54 @@ def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:
     assert problem.endswith("; Adagrad's default: optimizer.weight_decay=0"), problem
     (problem,) = _problems("trainer.max_time=abc")
     assert problem.endswith("; lightning.Trainer's default: trainer.max_time=null"), problem
+
+
+def test_an_argument_of_another_type_than_its_default_is_refused_though_torch_takes_it() -> None:
+    """torch reads any value as a bool: +optimizer.nesterov=abc ran Nesterov, maximize=abc
+    gradient ascent; +optimizer.dampening=abc failed with a traceback at the second step."""
+    fix = "; optimizer=sgd's default: optimizer."
+    assert _problems("+optimizer.nesterov=abc") == [
+        f"optimizer.nesterov must be true or false (got 'abc'){fix}nesterov=false"
+    ]
+    assert _problems("+optimizer.maximize=1") == [
+        f"optimizer.maximize must be true or false (got 1){fix}maximize=false"
+    ]
+    assert _problems("+optimizer.dampening=abc") == [
+        f"optimizer.dampening must be a number (got 'abc'){fix}dampening=0"
+    ]
+    assert _problems("+optimizer.foreach=abc") == [
+        f"optimizer.foreach must be true, false or null (got 'abc'){fix}foreach=null"
+    ]
+    # Once, not again as AdamW's own refusal of it.
+    assert _problems("optimizer=adamw", "+optimizer.eps=abc") == [
+        "optimizer.eps must be a number (got 'abc'); optimizer=adamw's default: optimizer.eps=1e-08"
+    ]
+    assert _problems("+optimizer.nesterov=true", "+optimizer.foreach=null") == []
+    # An argument of the class needs no +, as trainer.NAME needs none (Hydra's strict mode
+    # called optimizer=adamw optimizer.eps=1e-6 a misspelling).
+    assert _problems("optimizer=adamw", "optimizer.eps=1e-6") == []
+    assert _problems("optimizer.nesterov=abc") == [
+        f"optimizer.nesterov must be true or false (got 'abc'){fix}nesterov=false"
+    ]
+    (typo,) = _problems("optimizer.nesterv=true")
+    assert "(and its class takes: dampening, differentiable, foreach, maximize, nesterov)" in typo
+
+
+def test_an_optimizer_target_that_is_no_optimizer_is_one_line() -> None:
+    """Hydra's "Error locating target" (exit 1, when the run built it), or a class that is not
+    an optimizer, taken as one until its arguments were checked."""
+    fix = (
+        "choose optimizer=adam|adamw|rmsprop|sgd, or a class of torch.optim (torch.optim.NAdam, …)"
+    )
+    for target in ("torch.optim.NoSuch", "notamodule.X"):
+        assert _problems(f"optimizer._target_={target}") == [
+            f"optimizer._target_={target} names nothing that can be imported; {fix}"
+        ]
+    assert _problems("optimizer._target_=torch.nn.Linear") == [
+        f"optimizer._target_=torch.nn.Linear is not an optimizer (torch.optim.Optimizer); {fix}"
+    ]
+    other = ("~optimizer.momentum", "~optimizer.fused", "optimizer._target_=torch.optim.NAdam")
+    assert _problems(*other) == []
 
 
 def test_a_momentum_of_one_or_more_is_refused_though_torch_takes_it() -> None:

@@ -111,6 +111,7 @@ def run_overhead(cfg: DictConfig) -> dict[str, Any]:
         {name: r.step_s for name, r in rounds.items() if name != HOOKS_TIMED},
         rounds[HOOKS_TIMED].hook_s,
     )
+    figures["hooks_timed_round_step_us"] = [t * 1e6 for t in rounds[HOOKS_TIMED].step_s]
     figures |= {"steps": steps, "rounds": cfg.bench.rounds, "device": str(device),
                 "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size}  # fmt: skip
     return figures

@@ -107,7 +107,10 @@ def show_overhead(figures: dict[str, Any]) -> None:
     )
     parts = [f"{name} {v:.0f} µs"
              for name, v in sorted(figures["hook_us_per_step"].items(), key=lambda item: -item[1])]  # fmt: skip
-    report.console.print(f"pipeline callbacks' per-step hooks, a step: {', '.join(parts)}")
+    report.console.print(
+        f"pipeline callbacks' per-step hooks, a step (timed in a fourth loop of the pipeline, "
+        f"whose clock the figures above leave out): {', '.join(parts)}"
+    )
 
 
 def show_outside(figures: dict[str, Any]) -> None:
