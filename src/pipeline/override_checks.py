@@ -120,14 +120,19 @@ def options_with_key(group: str, name: str) -> list[str]:
     ]
 
 
-def optimizer_class_arguments(base: DictConfig) -> set[str]:
-    """The keyword arguments of the optimizer class the config names (none where it names no
+def optimizer_class_arguments(target: str) -> set[str]:
+    """The keyword arguments of the optimizer class `target` names (none where it names no
     class: config.py says so), but `params`, which the module passes."""
     try:
-        made_by = get_object(str(OmegaConf.select(base, "optimizer._target_")))
-        return set(inspect.signature(made_by).parameters) - {"params"}
+        return set(inspect.signature(get_object(target)).parameters) - {"params"}
     except Exception:
         return set()
+
+
+def optimizer_target(overrides: list[Override], base: DictConfig) -> str:
+    """The optimizer class a command names: its optimizer._target_=…, else the config's."""
+    given = [o.value() for o in overrides if o.key_or_group == "optimizer._target_"]
+    return str(given[-1] if given else OmegaConf.select(base, "optimizer._target_"))
 
 
 def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str], list[str]]:
@@ -138,6 +143,7 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     """
     groups = config_groups()
     rewritten, problems = [], []
+    takes = optimizer_class_arguments(optimizer_target(overrides, base))
     for o in overrides:
         key = o.key_or_group
         passes = o.package is not None or o.is_delete() or key in groups or "/" in key
@@ -149,7 +155,7 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
         if parent == "trainer" and name in trainer_arguments():
             rewritten.append(as_typed(o) if added else "+" + as_typed(o))
             continue
-        if parent == "optimizer" and name in optimizer_class_arguments(base):
+        if parent == "optimizer" and name in takes:
             rewritten.append(as_typed(o) if added else "+" + as_typed(o))  # as trainer.NAME
             continue
         if added and parent in ("trainer", "optimizer"):
@@ -171,7 +177,7 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
             if parent and has_key(base, parent)
             else f"top-level keys: {', '.join(str(k) for k in base)}"
         )
-        if parent == "optimizer" and (more := optimizer_class_arguments(base) - {*node, "fused"}):
+        if parent == "optimizer" and (more := takes - {*node, "fused"}):
             where += f" (and its class takes: {', '.join(sorted(more))})"
         problems.append(f"{key} is not a config key (got {as_typed(o)}); {where}; fix the spelling")
     return rewritten, problems

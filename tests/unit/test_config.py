@@ -377,6 +377,12 @@ def test_an_optimizer_target_that_is_no_optimizer_is_one_line() -> None:
     ]
     other = ("~optimizer.momentum", "~optimizer.fused", "optimizer._target_=torch.optim.NAdam")
     assert _problems(*other) == []
+    # The class the command names takes its own arguments without +, checked by their type.
+    assert _problems(*other, "optimizer.momentum_decay=0.005") == []
+    assert _problems(*other, "optimizer.momentum_decay=abc") == [
+        "optimizer.momentum_decay must be a number (got 'abc'); NAdam's default: "
+        "optimizer.momentum_decay=0.004"
+    ]
 
 
 def test_a_momentum_of_one_or_more_is_refused_though_torch_takes_it() -> None:
