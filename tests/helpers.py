@@ -38,7 +38,7 @@ TINY = [
 
 # The head of the guard's message: the loss that became inf or NaN, or where it stayed finite,
 # the gradients (which of the two comes first at a step depends on the summation order).
-DIVERGED = re.compile(r"(train/loss became \S+|the gradients overflowed) at step \d+")
+DIVERGED = re.compile(r"(train/loss became \S+|the gradients overflowed or went NaN) at step \d+")
 
 
 def cli_env(torch_home: Path) -> dict[str, str]:

@@ -165,7 +165,8 @@ def what_went(step: int, loss_value: float, first_block: str | None) -> str:
     """The loss that became inf or NaN, or, where it stayed finite, the gradients."""
     if math.isfinite(loss_value) and first_block:
         return (
-            f"the gradients overflowed at step {step} while train/loss was finite ({loss_value})"
+            f"the gradients overflowed or went NaN at step {step} while train/loss was finite "
+            f"({loss_value})"
             f"{where(first_block)}"
         )
     return f"train/loss became {loss_value} at step {step}{where(first_block)}"

@@ -303,13 +303,13 @@ def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> Non
 
     finite = divergence_message(7, -1.6e23, "mse", None, "layer4")
     assert finite.startswith(
-        "the gradients overflowed at step 7 while train/loss was finite (-1.6e+23) (the first "
-        "block, in forward order, whose gradient norm overflowed or is NaN: layer4): "
+        "the gradients overflowed or went NaN at step 7 while train/loss was finite (-1.6e+23) "
+        "(the first block, in forward order, whose gradient norm overflowed or is NaN: layer4): "
     ), finite
     assert divergence_message(7, -math.inf, "mse", None, "layer4").startswith(
         "train/loss became -inf at step 7 (the first block"
     )
     assert divergence_message(7, -2.0, "mse", None, None).startswith("train/loss became -2.0 at")
     assert weights_nonfinite_message(3, 5.0, "fc", None).startswith(
-        "the gradients overflowed at step 3 while train/loss was finite (5.0)"
+        "the gradients overflowed or went NaN at step 3 while train/loss was finite (5.0)"
     )

@@ -136,15 +136,15 @@ def test_a_step_is_replayed_at_the_runs_own_precision_first() -> None:
     where that is another, then float64."""
     from pipeline.replay import replayed_precisions
 
-    def plan(precision: str, accelerator: str = "gpu") -> list[tuple[str, object, object]]:
-        return [(p.name, p.dtype, p.autocast) for p in replayed_precisions(precision, accelerator)]
+    def plan(precision: str, on_gpu: bool = True) -> list[tuple[str, object, object]]:
+        return [(p.name, p.dtype, p.autocast) for p in replayed_precisions(precision, on_gpu)]
 
     f32, f64 = ("float32", torch.float32, None), ("float64", torch.float64, None)
     assert plan("32-true") == [f32, f64]
     assert plan("64-true") == [f64]
     assert plan("bf16-mixed") == [("bf16-mixed", torch.float32, torch.bfloat16), f32, f64]
     assert plan("16-mixed") == [("16-mixed", torch.float32, torch.float16), f32, f64]
-    assert plan("16-mixed", "cpu")[0] == ("16-mixed", torch.float32, torch.bfloat16)  # Lightning's
+    assert plan("16-mixed", on_gpu=False)[0] == ("16-mixed", torch.float32, torch.bfloat16)
     assert plan("bf16-true") == [("bf16-true", torch.bfloat16, None), f32, f64]
     assert plan("16-true") == [("16-true", torch.float16, None), f32, f64]
 
@@ -154,7 +154,63 @@ def test_the_replay_at_mixed_precision_runs_the_forward_under_autocast() -> None
 
     from pipeline.replay import replayed_precisions
 
-    bf16 = replayed_precisions("bf16-mixed", "cpu")[0]
+    bf16 = replayed_precisions("bf16-mixed", on_gpu=False)[0]
     with bf16.forward_context():
         out = resnet18(num_classes=3)(torch.rand(2, 3, 32, 32))
     assert out.dtype == torch.bfloat16
+
+
+def test_the_verdict_covers_every_precision_replayed() -> None:
+    """A finding at float32 alone was reported as "did not reproduce" (with exit 0)."""
+    from pipeline.replay import Finding, verdict
+
+    bad = Finding("forward", "the output of conv1 (Conv2d)")
+    none = None
+    assert verdict({"bf16-mixed": none, "float32": bad, "float64": none}) == (
+        "float64 stays finite: only float32 went non-finite"
+    )
+    assert verdict({"bf16-mixed": bad, "float32": bad, "float64": none}).endswith(
+        "only bf16-mixed and float32 went non-finite"
+    )
+    assert verdict({"float32": bad, "float64": bad}).startswith("float64 overflows too:")
+    assert verdict({"float64": bad}).startswith("float64 overflows: a true divergence")  # 64-true
+    assert verdict({"float32": none, "float64": none}).startswith("did not reproduce")
+
+
+def test_a_run_on_auto_was_on_a_gpu_only_where_its_run_json_saw_one(tmp_path: Path) -> None:
+    """16-mixed on a CPU runs as bf16 (Lightning: "AMP with fp16 is not supported on CPU"); with
+    device=auto the config alone cannot tell, the run's provenance can."""
+    from omegaconf import OmegaConf
+
+    from pipeline.replay import ran_on_gpu
+
+    auto = OmegaConf.create({"device": {"accelerator": "auto"}})
+    assert not ran_on_gpu(tmp_path, auto)  # no run.json: as on this CPU
+    (tmp_path / "run.json").write_text(json.dumps({"gpus": {"count": 2, "names": ["H200"] * 2}}))
+    assert ran_on_gpu(tmp_path, auto)
+    (tmp_path / "run.json").write_text(json.dumps({"gpus": {"count": 0, "names": []}}))
+    assert not ran_on_gpu(tmp_path, auto)
+    assert ran_on_gpu(tmp_path, OmegaConf.create({"device": {"accelerator": "gpu"}}))
+    assert not ran_on_gpu(tmp_path, OmegaConf.create({"device": {"accelerator": "cpu"}}))
+
+
+def test_a_64_true_checkpoint_is_replayed_at_float64() -> None:
+    """Its weights went into a float32 module: 1.2e43 became inf, and replay reported a
+    divergence at float64 that the run never had."""
+    from omegaconf import OmegaConf
+
+    from pipeline import build
+    from pipeline.cli import compose
+    from pipeline.replay import loaded
+
+    cfg = compose("train", ["model.num_classes=3"])
+    module = build.build_module(cfg)
+    state = {k: v.double() for k, v in module.state_dict().items() if v.is_floating_point()}
+    state = module.state_dict() | state
+    state["net.conv1.weight"][0, 0, 0, 0] = 1.2e43  # finite in float64, inf in float32
+    replayed = loaded(build.build_module(OmegaConf.create(cfg)), state)
+    assert replayed.net.conv1.weight.dtype == torch.float64
+    assert replayed.net.conv1.weight[0, 0, 0, 0].item() == 1.2e43
+    float32 = build.build_module(cfg)
+    float32.load_state_dict(module.state_dict())
+    assert loaded(float32, module.state_dict()).net.conv1.weight.dtype == torch.float32
