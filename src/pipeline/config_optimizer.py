@@ -8,7 +8,6 @@ import inspect
 from typing import Any
 
 import torch
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config_dir import CONFIG_DIR, group_options
@@ -17,6 +16,7 @@ from pipeline.config_rules import (
     hydra_value,
     is_number,
     key_of,
+    locate,
     refused_arguments,
 )
 
@@ -30,14 +30,19 @@ def optimizer_target(target: str) -> tuple[Any, str | None]:
     options = "|".join(group_options("optimizer"))
     fix = f"choose optimizer={options}, or a class of torch.optim (torch.optim.NAdam, …)"
     try:
-        found = get_object(target)
-    except Exception:
+        found = locate(target)
+    except Exception:  # ImportError, or whatever importing the module raised
         return None, f"optimizer._target_={target} names nothing that can be imported; {fix}"
-    if isinstance(found, type) and not issubclass(found, torch.optim.Optimizer):
-        return (
-            None,
-            f"optimizer._target_={target} is not an optimizer (torch.optim.Optimizer); {fix}",
-        )
+    if isinstance(found, type) and issubclass(found, torch.optim.SparseAdam):
+        sparse = "takes sparse gradients only (ResNet18's are dense)"
+        return None, f"optimizer._target_={target} {sparse}; {fix}"
+    try:
+        inspect.signature(found)
+    except (TypeError, ValueError):  # not callable, or a builtin without one (torch.zeros)
+        found = None
+    if found is None or (isinstance(found, type) and not issubclass(found, torch.optim.Optimizer)):
+        not_one = "is not an optimizer (torch.optim.Optimizer)"
+        return None, f"optimizer._target_={target} {not_one}; {fix}"
     return found, None
 
 

@@ -7,6 +7,7 @@ functions in config.py; the search's and the bench's own keys have their tables 
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from collections.abc import Callable, Iterable
@@ -110,6 +111,26 @@ def flag(key: str, fix: str = "false", when: Condition | None = None) -> Rule:
 def equals(key: str, *values: Any) -> Condition:
     """A `when`: the key holds one of `values`."""
     return lambda cfg: value(cfg, key) in values
+
+
+def locate(target: str) -> Any:
+    """What a dotted `_target_` names (a class, a function), as Hydra's instantiate finds it:
+    the longest importable module prefix, then attributes. Raises ImportError where nothing
+    is; unlike hydra.utils.get_object it logs nothing (it logged three lines of a failed
+    import before the pre-flight's one)."""
+    parts = target.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for name in parts[cut:]:
+                found = getattr(found, name)
+        except AttributeError:
+            break
+        return found
+    raise ImportError(f"nothing importable is named {target}")
 
 
 def argument_defaults(callable_: Any) -> dict[str, Any]:

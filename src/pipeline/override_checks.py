@@ -16,11 +16,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override, ValueType
 from hydra.errors import HydraException
-from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.config_dir import CONFIG_DIR, config_groups, group_options
+from pipeline.config_rules import locate
 from pipeline.config_trainer import trainer_arguments
 from pipeline.overrides import override, shell_word
 
@@ -124,7 +124,7 @@ def optimizer_class_arguments(target: str) -> set[str]:
     """The keyword arguments of the optimizer class `target` names (none where it names no
     class: config.py says so), but `params`, which the module passes."""
     try:
-        return set(inspect.signature(get_object(target)).parameters) - {"params"}
+        return set(inspect.signature(locate(target)).parameters) - {"params"}
     except Exception:
         return set()
 
@@ -262,7 +262,7 @@ def unparsable(overrides: list[str]) -> list[str]:
             key, _, value = line.partition("=")
             hint = (
                 f"; quote the value: {shell_word(override(key, value))}"
-                if not value.isascii() or " " in value
+                if not value.isascii() or any(c in value for c in " =,")  # a multirun job's folder
                 else ""
             )
             if value.startswith("[") and value.endswith("]") and "=" in value:  # bench.knobs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -362,9 +363,12 @@ def test_an_argument_of_another_type_than_its_default_is_refused_though_torch_ta
     assert "(and its class takes: dampening, differentiable, foreach, maximize, nesterov)" in typo
 
 
-def test_an_optimizer_target_that_is_no_optimizer_is_one_line() -> None:
+def test_an_optimizer_target_that_is_no_optimizer_is_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Hydra's "Error locating target" (exit 1, when the run built it), or a class that is not
-    an optimizer, taken as one until its arguments were checked."""
+    an optimizer, taken as one until its arguments were checked; a builtin had no signature (a
+    traceback); SparseAdam failed at the first step (ResNet18's gradients are dense)."""
     fix = (
         "choose optimizer=adam|adamw|rmsprop|sgd, or a class of torch.optim (torch.optim.NAdam, …)"
     )
@@ -372,8 +376,16 @@ def test_an_optimizer_target_that_is_no_optimizer_is_one_line() -> None:
         assert _problems(f"optimizer._target_={target}") == [
             f"optimizer._target_={target} names nothing that can be imported; {fix}"
         ]
-    assert _problems("optimizer._target_=torch.nn.Linear") == [
-        f"optimizer._target_=torch.nn.Linear is not an optimizer (torch.optim.Optimizer); {fix}"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # Hydra logged 3 lines
+    for target in ("torch.nn.Linear", "torch.zeros"):
+        assert _problems(f"optimizer._target_={target}") == [
+            f"optimizer._target_={target} is not an optimizer (torch.optim.Optimizer); {fix}"
+        ]
+    sparse = ("optimizer._target_=torch.optim.SparseAdam", "~optimizer.fused", "~optimizer.momentum",
+              "~optimizer.weight_decay")  # fmt: skip
+    assert _problems(*sparse) == [
+        "optimizer._target_=torch.optim.SparseAdam takes sparse gradients only (ResNet18's are "
+        f"dense); {fix}"
     ]
     other = ("~optimizer.momentum", "~optimizer.fused", "optimizer._target_=torch.optim.NAdam")
     assert _problems(*other) == []
