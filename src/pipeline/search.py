@@ -135,6 +135,38 @@ def trial_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
+def unmeasured_metric(cfg: DictConfig, metric: str) -> str | None:
+    """Why a trial of `cfg` would end without `metric` (every trial failed with val/loss=None and
+    nothing said why), or None. Said only where it is sure: validation turned off, or Lightning's
+    default schedule (validation at each epoch's end) and trainer.max_steps before the first."""
+    if not metric.startswith("val/"):
+        return None
+    trainer, data = cfg.trainer, cfg.data
+    fix = "or search.metric=train/loss"
+    if trainer.get("limit_val_batches") == 0:
+        return (
+            f"search.metric={metric} is never measured: trainer.limit_val_batches=0; drop it, {fix}"
+        )
+    steps, accumulate = trainer.get("max_steps", -1), trainer.get("accumulate_grad_batches", 1)
+    defaults = (("val_check_interval", 1.0), ("check_val_every_n_epoch", 1),
+                ("limit_train_batches", 1.0))  # fmt: skip
+    if any(trainer.get(key) not in (None, default) for key, default in defaults):
+        return None  # another schedule: Lightning's to work out
+    devices = cfg.device.devices
+    if not all(isinstance(v, int) and v > 0 for v in (steps, accumulate, devices)):
+        return None
+    batches = -(-data.num_samples // (data.batch_size * devices))  # drop_last=False
+    epoch = -(-batches // accumulate)
+    if steps >= epoch:
+        return None
+    return (
+        f"search.metric={metric} is never measured: a trial's trainer.max_steps={steps} ends "
+        f"before its first epoch's end (step {epoch}: data.num_samples={data.num_samples} in "
+        f"batches of {data.batch_size}), where validation runs; set trainer.max_steps={epoch} or "
+        f"more, fewer data.num_samples, {fix}"
+    )
+
+
 def space_problems(plan: Plan) -> list[str]:
     """pipeline.train's pre-flight at every edge of the space. The first edge gets the whole
     pre-flight (keys, groups, values); the others differ from it in values only, so each is one
@@ -145,6 +177,9 @@ def space_problems(plan: Plan) -> list[str]:
     if problems:  # a searched key's value is one of the space's: say where it came from
         where = " ".join(as_overrides(first))
         return [f"at {where}: {p}" if key_of(p) in first else p for p in problems]
+    unmeasured = unmeasured_metric(cli.compose("train", rewritten), plan.metric)
+    if unmeasured is not None:
+        return [unmeasured]
     fixed, searched = rewritten[: len(plan.fixed)], rewritten[len(plan.fixed) :]
     added = {key for key, line in zip(first, searched, strict=True) if line.startswith("+")}
     for point in others:
