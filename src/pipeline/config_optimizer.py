@@ -24,9 +24,11 @@ OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|
 
 
 def optimizer_target(target: str) -> tuple[Any, str | None]:
-    """What optimizer._target_ names, or why it cannot be the optimizer: nothing importable by
-    that name (Hydra said "Error locating target" with exit 1 only when the run built it), or a
-    class that is no torch.optim.Optimizer. A function that makes one is taken as it is."""
+    """The optimizer class optimizer._target_ names, or why it cannot be the optimizer: nothing
+    importable by that name (Hydra said "Error locating target" with exit 1 only when the run
+    built it), or anything but a subclass of torch.optim.Optimizer (a function passed as one,
+    math.sqrt say, was told to drop optimizer.lr, which then must be set: a circle); SparseAdam
+    takes sparse gradients only."""
     options = "|".join(group_options("optimizer"))
     fix = f"choose optimizer={options}, or a class of torch.optim (torch.optim.NAdam, …)"
     try:
@@ -36,12 +38,9 @@ def optimizer_target(target: str) -> tuple[Any, str | None]:
     if isinstance(found, type) and issubclass(found, torch.optim.SparseAdam):
         sparse = "takes sparse gradients only (ResNet18's are dense)"
         return None, f"optimizer._target_={target} {sparse}; {fix}"
-    try:
-        inspect.signature(found)
-    except (TypeError, ValueError):  # not callable, or a builtin without one (torch.zeros)
-        found = None
-    if found is None or (isinstance(found, type) and not issubclass(found, torch.optim.Optimizer)):
-        not_one = "is not an optimizer (torch.optim.Optimizer)"
+    optimizer = torch.optim.Optimizer
+    if not (isinstance(found, type) and issubclass(found, optimizer) and found is not optimizer):
+        not_one = "is not an optimizer (a subclass of torch.optim.Optimizer)"
         return None, f"optimizer._target_={target} {not_one}; {fix}"
     return found, None
 
@@ -128,7 +127,8 @@ def type_problems(
         else:
             continue
         fix = f"{whose}'s default: optimizer.{key}={hydra_value(defaults.get(key, default))}"
-        problems.append(f"optimizer.{key} must be {want} (got {v!r}); {fix}")
+        given = repr(v) if isinstance(v, str) else hydra_value(v)  # 'abc', null, true
+        problems.append(f"optimizer.{key} must be {want} (got {given}); {fix}")
     return problems
 
 

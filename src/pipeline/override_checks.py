@@ -129,10 +129,14 @@ def optimizer_class_arguments(target: str) -> set[str]:
         return set()
 
 
-def optimizer_target(overrides: list[Override], base: DictConfig) -> str:
-    """The optimizer class a command names: its optimizer._target_=…, else the config's."""
-    given = [o.value() for o in overrides if o.key_or_group == "optimizer._target_"]
-    return str(given[-1] if given else OmegaConf.select(base, "optimizer._target_"))
+def optimizer_targets(overrides: list[Override], base: DictConfig) -> list[str]:
+    """The optimizer classes a command names: its optimizer._target_=… (each of a sweep's: a
+    multirun of torch.optim.Adam,torch.optim.AdamW), else the config's."""
+    given = [o for o in overrides if o.key_or_group == "optimizer._target_"]
+    if not given:
+        return [str(OmegaConf.select(base, "optimizer._target_"))]
+    last = given[-1]
+    return list(last.sweep_string_iterator()) if last.is_sweep_override() else [str(last.value())]
 
 
 def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str], list[str]]:
@@ -143,7 +147,8 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     """
     groups = config_groups()
     rewritten, problems = [], []
-    takes = optimizer_class_arguments(optimizer_target(overrides, base))
+    # Each class's arguments (of any, for a sweep: each job's own check refuses what its lacks)
+    takes = set().union(*map(optimizer_class_arguments, optimizer_targets(overrides, base)))
     for o in overrides:
         key = o.key_or_group
         passes = o.package is not None or o.is_delete() or key in groups or "/" in key

@@ -342,6 +342,9 @@ def test_an_argument_of_another_type_than_its_default_is_refused_though_torch_ta
     assert _problems("+optimizer.maximize=1") == [
         f"optimizer.maximize must be true or false (got 1){fix}maximize=false"
     ]
+    assert _problems("+optimizer.dampening=true") == [  # as typed, not Python's True
+        f"optimizer.dampening must be a number (got true){fix}dampening=0"
+    ]
     assert _problems("+optimizer.dampening=abc") == [
         f"optimizer.dampening must be a number (got 'abc'){fix}dampening=0"
     ]
@@ -377,9 +380,12 @@ def test_an_optimizer_target_that_is_no_optimizer_is_one_line(
             f"optimizer._target_={target} names nothing that can be imported; {fix}"
         ]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # Hydra logged 3 lines
-    for target in ("torch.nn.Linear", "torch.zeros"):
+    # Not a class (math.sqrt was told to drop optimizer.lr, which then had to be set), the
+    # abstract base, a class of another kind, a builtin without a signature.
+    for target in ("torch.nn.Linear", "torch.zeros", "math.sqrt", "torch.optim.Optimizer"):
         assert _problems(f"optimizer._target_={target}") == [
-            f"optimizer._target_={target} is not an optimizer (torch.optim.Optimizer); {fix}"
+            f"optimizer._target_={target} is not an optimizer (a subclass of "
+            f"torch.optim.Optimizer); {fix}"
         ]
     sparse = ("optimizer._target_=torch.optim.SparseAdam", "~optimizer.fused", "~optimizer.momentum",
               "~optimizer.weight_decay")  # fmt: skip

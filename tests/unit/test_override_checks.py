@@ -54,3 +54,18 @@ def test_a_list_of_unquoted_key_value_items_gets_the_quoted_form() -> None:
         """; quote each KEY=VALUE in the list: 'bench.knobs=["optimizer.fused=false","data.num_workers=1"]'"""
     )
     assert override_checks.unparsable(['bench.knobs=["optimizer.fused=false"]']) == []
+
+
+def test_a_sweep_of_optimizer_classes_takes_each_ones_arguments_without_plus() -> None:
+    """-m optimizer._target_=torch.optim.Adam,torch.optim.AdamW optimizer.amsgrad=true ran both
+    jobs without amsgrad, exit 0: the sweep was read as one class name, none took the key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    lines = ["~optimizer.momentum", "optimizer._target_=torch.optim.Adam,torch.optim.AdamW",
+             "optimizer.amsgrad=true"]  # fmt: skip
+    parsed = OverridesParser.create().parse_overrides(lines)
+    rewritten, problems = override_checks.resolve_keys(parsed, compose("train", []))
+    assert problems == [] and "+optimizer.amsgrad=true" in rewritten
+    one = OverridesParser.create().parse_overrides(["optimizer.amsgrad=true"])
+    _, problems = override_checks.resolve_keys(one, compose("train", []))  # SGD takes none
+    assert len(problems) == 1 and problems[0].startswith("optimizer.amsgrad is not a config key")
