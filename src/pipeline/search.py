@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import sys
+from collections.abc import Iterable
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -135,10 +136,11 @@ def trial_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def unmeasured_metric(cfg: DictConfig, metric: str) -> str | None:
+def unmeasured_metric(cfg: DictConfig, metric: str, searched: Iterable[str] = ()) -> str | None:
     """Why a trial of `cfg` would end without `metric` (every trial failed with val/loss=None and
     nothing said why), or None. Said only where it is sure: validation turned off, or Lightning's
-    default schedule (validation at each epoch's end) and trainer.max_steps before the first."""
+    default schedule (validation at each epoch's end) and trainer.max_steps before the first.
+    `searched`: the keys the space sets, which the fix must not tell to set."""
     if not metric.startswith("val/"):
         return None
     trainer, data = cfg.trainer, cfg.data
@@ -155,15 +157,18 @@ def unmeasured_metric(cfg: DictConfig, metric: str) -> str | None:
     devices = cfg.device.devices
     if not all(isinstance(v, int) and v > 0 for v in (steps, accumulate, devices)):
         return None
+    per_step = data.batch_size * devices * accumulate  # samples an optimizer step
     batches = -(-data.num_samples // (data.batch_size * devices))  # drop_last=False
-    epoch = -(-batches // accumulate)
+    epoch = -(-batches // accumulate)  # optimizer steps
     if steps >= epoch:
         return None
+    what = f"{data.num_samples} samples, {per_step} a step"
+    fixes = [f"trainer.max_steps={epoch} or more", f"data.num_samples={steps * per_step} or fewer"]
+    fixes = [f for f in fixes if f.split("=")[0] not in set(searched)]  # not a searched key
     return (
         f"search.metric={metric} is never measured: a trial's trainer.max_steps={steps} ends "
-        f"before its first epoch's end (step {epoch}: data.num_samples={data.num_samples} in "
-        f"batches of {data.batch_size}), where validation runs; set trainer.max_steps={epoch} or "
-        f"more, fewer data.num_samples, {fix}"
+        f"before its first epoch's end (step {epoch}: {what}), where validation runs; set "
+        f"{', '.join(fixes) + ',' if fixes else 'the searched range past it,'} {fix}"
     )
 
 
@@ -177,9 +182,10 @@ def space_problems(plan: Plan) -> list[str]:
     if problems:  # a searched key's value is one of the space's: say where it came from
         where = " ".join(as_overrides(first))
         return [f"at {where}: {p}" if key_of(p) in first else p for p in problems]
-    unmeasured = unmeasured_metric(cli.compose("train", rewritten), plan.metric)
+    space_keys = set(first)
+    unmeasured = unmeasured_metric(cli.compose("train", rewritten), plan.metric, space_keys)
     if unmeasured is not None:
-        return [unmeasured]
+        return [f"at {' '.join(as_overrides(first))}: {unmeasured}" if first else unmeasured]
     fixed, searched = rewritten[: len(plan.fixed)], rewritten[len(plan.fixed) :]
     added = {key for key, line in zip(first, searched, strict=True) if line.startswith("+")}
     for point in others:
@@ -192,6 +198,8 @@ def space_problems(plan: Plan) -> list[str]:
             try:
                 cfg = cli.compose("train", [*fixed, *lines])
                 found = override_checks.unresolvable(cfg) or trial_problems(cfg)
+                unmeasured = unmeasured_metric(cfg, plan.metric, space_keys)
+                found = found or ([unmeasured] if unmeasured else [])
             except HydraException as exc:  # the pre-flight's lines say more (a key another
                 found = cli.preflight("train", [*fixed, *lines], False, trial_problems)[1]
                 found = found or [override_checks.one_line(exc)]  # option has, say)

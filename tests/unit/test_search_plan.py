@@ -15,11 +15,20 @@ def test_a_trial_that_ends_before_its_first_validation_is_refused() -> None:
     "0 complete, 0 pruned, 2 failed", and nothing said why."""
     assert _why("trainer.max_steps=2") == (
         "search.metric=val/loss is never measured: a trial's trainer.max_steps=2 ends before its "
-        "first epoch's end (step 16: data.num_samples=512 in batches of 32), where validation "
-        "runs; set trainer.max_steps=16 or more, fewer data.num_samples, or search.metric=train/loss"
+        "first epoch's end (step 16: 512 samples, 32 a step), where validation runs; set "
+        "trainer.max_steps=16 or more, data.num_samples=64 or fewer, or search.metric=train/loss"
     )
-    # Accumulation: 16 batches are 8 optimizer steps.
-    assert "(step 8:" in (_why("trainer.max_steps=7", "trainer.accumulate_grad_batches=2") or "")
+    # Accumulation: 16 batches are 8 optimizer steps of 64 samples.
+    accumulating = _why("trainer.max_steps=7", "trainer.accumulate_grad_batches=2") or ""
+    assert "(step 8: 512 samples, 64 a step)" in accumulating
+    assert "data.num_samples=448 or fewer" in accumulating
+    # A searched key is not a fix to set: the space must reach past it.
+    searched = unmeasured_metric(compose("train", ["trainer.max_steps=2"]), "val/loss",
+                                 {"trainer.max_steps"})  # fmt: skip
+    assert searched is not None and "set data.num_samples=64 or fewer, or" in searched
+    both = unmeasured_metric(compose("train", ["trainer.max_steps=2"]), "val/loss",
+                             {"trainer.max_steps", "data.num_samples"})  # fmt: skip
+    assert both is not None and "set the searched range past it, or" in both
     assert _why("trainer.max_steps=8", "trainer.accumulate_grad_batches=2") is None
     assert _why("trainer.max_steps=16") is None  # the defaults: one epoch, validated at its end
     assert _why("trainer.max_steps=2", metric="train/loss") is None
