@@ -91,9 +91,16 @@ def one_process_note(device: DictConfig) -> str | None:
 
 
 def _from_the_checkpoint(key: str) -> str:
+    """The line for a training key: what eval takes instead, and where that key does matter."""
+    group = key.split(".")[0]
+    where = (
+        "a training setting: give it to pipeline.train, or to a resume: resume=<run dir>"
+        if group in ("optimizer", "scheduler", "callbacks", "seed")
+        else "to change the model, train a new run"
+    )
     return (
         f"{key} comes from the checkpoint; pipeline.eval takes only data.*, precision=, "
-        "trainer.*, device= and logger= (to change the model, train a new run)"
+        f"trainer.*, device= and logger= ({where})"
     )
 
 

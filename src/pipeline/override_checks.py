@@ -120,6 +120,12 @@ def options_with_key(group: str, name: str) -> list[str]:
     ]
 
 
+def option_target(option: str) -> str:
+    """The _target_ of conf/optimizer/<option>.yaml."""
+    text = (CONFIG_DIR / "optimizer" / f"{option}.yaml").read_text()
+    return str((yaml.safe_load(text) or {}).get("_target_"))
+
+
 def optimizer_class_arguments(target: str) -> set[str]:
     """The keyword arguments of the optimizer class `target` names (none where it names no
     class: config.py says so), but `params`, which the module passes."""
@@ -169,6 +175,9 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
         node = OmegaConf.select(base, parent) if parent else base
         keys = ", ".join(str(k) for k in node) if isinstance(node, DictConfig) else ""
         having = options_with_key(parent, name) if parent in groups else []
+        if parent == "optimizer" and not having:  # an argument of another option's class
+            having = [option for option in group_options("optimizer")
+                      if name in optimizer_class_arguments(option_target(option))]  # fmt: skip
         if having:  # a key of another option of the group: not a misspelling
             problems.append(
                 f"{key} is not a key of the chosen {parent} (got {as_typed(o)}; it has: {keys}); "

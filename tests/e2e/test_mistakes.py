@@ -311,11 +311,14 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
     # called model.weights a misspelling.
     taken = ["optimizer.lr=1", "optimizer=adam", "loss=mse", "model.weights=DEFAULT"]
     problems = problems_of(run_cli("pipeline.eval", [ckpt, *taken], tmp_path, torch_home))
+    training = "a training setting: give it to pipeline.train, or to a resume: resume=<run dir>"
+    model = "to change the model, train a new run"
     assert problems == [
         f"{key} comes from the checkpoint; pipeline.eval takes only data.*, precision=, trainer.*, "
-        "device= and logger= (to change the model, train a new run)"
-        for key in ("optimizer.lr", "optimizer", "loss", "model.weights")
-    ]
+        f"device= and logger= ({why})"
+        for key, why in (("optimizer.lr", training), ("optimizer", training), ("loss", model),
+                         ("model.weights", model))
+    ]  # fmt: skip
     # The model's stem takes the checkpoint's channels: a traceback of load_state_dict before.
     [channels] = problems_of(
         run_cli("pipeline.eval", [ckpt, "data.channels=1"], tmp_path, torch_home)

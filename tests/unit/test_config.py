@@ -313,6 +313,11 @@ def test_a_key_of_another_option_of_the_group_is_no_misspelling() -> None:
     ]
     (typo,) = _problems("optimizer.momentm=0.5")
     assert typo.endswith("fix the spelling")
+    # An argument of another option's class: -m optimizer=sgd,adam optimizer.nesterov=true
+    # told the adam job to fix the spelling.
+    (other,) = _problems("optimizer=adam", "optimizer.nesterov=true")
+    assert other.startswith("optimizer.nesterov is not a key of the chosen optimizer")
+    assert other.endswith("optimizer=sgd has it: choose that or drop optimizer.nesterov")
 
 
 def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:

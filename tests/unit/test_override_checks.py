@@ -68,4 +68,8 @@ def test_a_sweep_of_optimizer_classes_takes_each_ones_arguments_without_plus() -
     assert problems == [] and "+optimizer.amsgrad=true" in rewritten
     one = OverridesParser.create().parse_overrides(["optimizer.amsgrad=true"])
     _, problems = override_checks.resolve_keys(one, compose("train", []))  # SGD takes none
-    assert len(problems) == 1 and problems[0].startswith("optimizer.amsgrad is not a config key")
+    assert problems == [
+        "optimizer.amsgrad is not a key of the chosen optimizer (got optimizer.amsgrad=true; it "
+        "has: _target_, _partial_, lr, momentum, weight_decay, fused); optimizer=adam and "
+        "optimizer=adamw have it: choose one or drop optimizer.amsgrad"
+    ]

@@ -167,7 +167,11 @@ def test_the_verdict_covers_every_precision_replayed() -> None:
     bad = Finding("forward", "the output of conv1 (Conv2d)")
     none = None
     assert verdict({"bf16-mixed": none, "float32": bad, "float64": none}) == (
-        "float64 stays finite: only float32 went non-finite"
+        "float64 stays finite at this step: only float32 went non-finite"
+    )
+    assert verdict({"float32": bad, "float64": none}, unbounded_loss=True) == (
+        "float64 stays finite at this step: only float32 went non-finite; float64's range only "
+        "postpones the seed's unbounded loss"
     )
     assert verdict({"bf16-mixed": bad, "float32": bad, "float64": none}).endswith(
         "only bf16-mixed and float32 went non-finite"
