@@ -3,7 +3,9 @@ checkout's. Imports nothing heavy: the pre-flight, the wheel check and tests rea
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -27,6 +29,18 @@ OmegaConf.register_new_resolver("pipeline.job_dirname", sweep_job_dirname, repla
 def group_options(group: str) -> list[str]:
     """The options of a config group: its YAML files' names."""
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@functools.cache
+def _option_file(group: str, option: str) -> dict[str, Any]:
+    values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml"))
+    return {str(k): v for k, v in values.items()} if isinstance(values, dict) else {}
+
+
+def option_values(group: str, option: str) -> dict[str, Any]:
+    """The top-level keys and values of conf/<group>/<option>.yaml, unresolved (read once a
+    process; a copy)."""
+    return dict(_option_file(group, option))
 
 
 SEARCH_GROUP = (

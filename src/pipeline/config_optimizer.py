@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config_dir import CONFIG_DIR, group_options
+from pipeline.config_dir import group_options, option_values
 from pipeline.config_rules import (
     argument_defaults,
     hydra_value,
@@ -57,7 +57,8 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
     made_by, wrong = optimizer_target(target)
     if wrong is not None:
         return [wrong]
-    known, found = set(inspect.signature(made_by).parameters), []
+    signature = inspect.signature(made_by)
+    known, found = set(signature.parameters), []
     fused = optimizer.get("fused")
     if (fused == "auto" or isinstance(fused, bool)) and "fused" not in known:
         found.append(
@@ -75,17 +76,15 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
     defaults = argument_defaults(made_by) | ours
     whose = f"optimizer={option}" if option else name
     # torch takes these: reported beside any other problem, not only once there are none
-    momentum = momentum_problems(optimizer.get("momentum")) if "momentum" in known else []
     reported = {key_of(p) for p in already}  # optimizer.lr's own rule, say
-    typed = {str(k): v for k, v in optimizer.items()
-             if str(k) in known and str(k) not in (*OURS, "momentum")}  # fmt: skip
-    mistyped = type_problems(
-        {k: v for k, v in typed.items() if f"optimizer.{k}" not in reported},
-        inspect.signature(made_by), defaults, whose,
-    )  # fmt: skip
-    momentum += mistyped
+    values = {str(k): v for k, v in optimizer.items()}
+    typed = {k: v for k, v in values.items()
+             if k in known and k not in (*OURS, "momentum") and f"optimizer.{k}" not in reported}  # fmt: skip
+    mistyped = type_problems(typed, signature, defaults, whose)
+    momentum = momentum_problems(optimizer.get("momentum")) if "momentum" in known else []
+    beside = momentum + mistyped
     if found or any(p.startswith("optimizer.") for p in already):
-        return found + momentum
+        return found + beside
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
     arguments = {str(k): v for k, v in args.items() if k not in OURS}
@@ -99,7 +98,7 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
             defaults=defaults,
             defaults_of=whose,
         )
-        + momentum
+        + beside
     )
 
 
@@ -136,9 +135,9 @@ def option_defaults(target: str) -> tuple[str | None, dict[str, Any]]:
     """The conf/optimizer/ option whose _target_ is `target`, and its values (the defaults a run
     of it starts from: SGD's momentum is 0.9 here, 0 in torch); (None, {}) where none is."""
     for option in group_options("optimizer"):
-        values = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / f"{option}.yaml"))
-        if isinstance(values, dict) and values.get("_target_") == target:
-            return option, {str(k): v for k, v in values.items() if k not in OURS}
+        values = option_values("optimizer", option)
+        if values.get("_target_") == target:
+            return option, {k: v for k, v in values.items() if k not in OURS}
     return None, {}
 
 

@@ -19,7 +19,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from pipeline.config_dir import CONFIG_DIR, config_groups, group_options
+from pipeline.config_dir import CONFIG_DIR, config_groups, group_options, option_values
 from pipeline.config_rules import locate
 from pipeline.config_trainer import trainer_arguments
 from pipeline.overrides import override, shell_word
@@ -113,17 +113,7 @@ def has_key(cfg: DictConfig, key: str) -> bool:
 
 def options_with_key(group: str, name: str) -> list[str]:
     """The options of a config group whose YAML has top-level key `name`."""
-    return [
-        option
-        for option in group_options(group)
-        if name in (yaml.safe_load((CONFIG_DIR / group / f"{option}.yaml").read_text()) or {})
-    ]
-
-
-def option_target(option: str) -> str:
-    """The _target_ of conf/optimizer/<option>.yaml."""
-    text = (CONFIG_DIR / "optimizer" / f"{option}.yaml").read_text()
-    return str((yaml.safe_load(text) or {}).get("_target_"))
+    return [option for option in group_options(group) if name in option_values(group, option)]
 
 
 def optimizer_class_arguments(target: str) -> set[str]:
@@ -177,7 +167,8 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
         having = options_with_key(parent, name) if parent in groups else []
         if parent == "optimizer" and not having:  # an argument of another option's class
             having = [option for option in group_options("optimizer")
-                      if name in optimizer_class_arguments(option_target(option))]  # fmt: skip
+                      if name in optimizer_class_arguments(
+                          str(option_values("optimizer", option).get("_target_")))]  # fmt: skip
         if having:  # a key of another option of the group: not a misspelling
             problems.append(
                 f"{key} is not a key of the chosen {parent} (got {as_typed(o)}; it has: {keys}); "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
@@ -136,7 +136,9 @@ def trial_problems(cfg: DictConfig) -> list[str]:
     return problems
 
 
-def unmeasured_metric(cfg: DictConfig, metric: str, searched: Iterable[str] = ()) -> str | None:
+def unmeasured_metric(
+    cfg: DictConfig, metric: str, searched: Collection[str] = frozenset()
+) -> str | None:
     """Why a trial of `cfg` would end without `metric` (every trial failed with val/loss=None and
     nothing said why), or None. Said only where it is sure: validation turned off, or Lightning's
     default schedule (validation at each epoch's end) and trainer.max_steps before the first.
@@ -164,7 +166,7 @@ def unmeasured_metric(cfg: DictConfig, metric: str, searched: Iterable[str] = ()
         return None
     what = f"{data.num_samples} samples, {per_step} a step"
     fixes = [f"trainer.max_steps={epoch} or more", f"data.num_samples={steps * per_step} or fewer"]
-    fixes = [f for f in fixes if f.split("=")[0] not in set(searched)]  # not a searched key
+    fixes = [f for f in fixes if f.split("=")[0] not in searched]  # not a searched key
     return (
         f"search.metric={metric} is never measured: a trial's trainer.max_steps={steps} ends "
         f"before its first epoch's end (step {epoch}: {what}), where validation runs; set "
