@@ -7,8 +7,9 @@ int32 with wrapping multiplies, which keep the same low 32 bits at half the byte
 vector multiply an AVX2 CPU has for 32-bit lanes and lacks for 64-bit ones. Two ways to make a
 batch: `uniform` (eager torch, ~12 elementwise int32 passes, in place; on a CPU in cache-sized
 blocks) and `fused_batch` (the same, `torch.compile`d into a kernel or two: one write of float32 a
-value, nothing read). Their outputs are bitwise equal to each other and to the int64 definition
-(tests/unit/test_sample_hash.py); which one runs is `data.compile`.
+value, reading the position words, one sample's worth, made once a process). Their outputs are
+bitwise equal to each other and to the int64 definition (tests/unit/test_sample_hash.py); which
+one runs is `data.compile`.
 """
 
 from __future__ import annotations
@@ -139,27 +140,31 @@ def _position_words(first: int, count: int, device: torch.device) -> Tensor:
     return _mix32_wrapping(positions ^ _signed32(_POSITION_KEY))
 
 
-def _hashes_int32(keys32: Tensor, first: int, count: int) -> Tensor:
-    """`values` in int32 (the same bits, signed): (N, count)."""
-    return _mix32_wrapping(keys32[:, None] ^ _position_words(first, count, keys32.device)[None, :])
-
-
-def _uniform_int32(keys32: Tensor, first: int, count: int) -> Tensor:
-    """`uniform` from the int32 hashes: their top 24 bits as float32 in [0, 1), (N, count)."""
-    return ((_hashes_int32(keys32, first, count) >> 8) & 0xFFFFFF).to(torch.float32) * _UNIT
+def _uniform_from_words(keys32: Tensor, words: Tensor) -> Tensor:
+    """`uniform` from the samples' int32 keys (N,) and the position words (count,): their hashes'
+    top 24 bits as float32 in [0, 1), (N, count)."""
+    hashes = _mix32_wrapping(keys32[:, None] ^ words[None, :])
+    return ((hashes >> 8) & 0xFFFFFF).to(torch.float32) * _UNIT
 
 
 def _batch_int32(
-    indices: Tensor, stream: Tensor, numel: int, num_classes: int, dense_labels: bool
+    indices: Tensor,
+    stream: Tensor,
+    image_words: Tensor,
+    label_words: Tensor,
+    num_classes: int,
+    dense_labels: bool,
 ) -> tuple[Tensor, Tensor]:
     """A whole batch, written for torch.compile to fuse: the keys (int64, as `sample_keys`; N
-    values), the images (N, numel) float32 and the labels, as make_batch makes them."""
-    keys = _keys(indices, stream)
-    keys32 = _as_int32(keys)
-    images = _uniform_int32(keys32, 0, numel)
+    values), the images (N, numel) float32 and the labels, as make_batch makes them, from the
+    position words of the images' elements (numel,) and of the labels' (num_classes, or one for
+    class ids). The words are an input, made once a process (`_cached_words`): hashed inside the
+    kernel, every sample hashed them again, two hashes a value where one is the sample's own."""
+    keys32 = _as_int32(_keys(indices, stream))
+    images = _uniform_from_words(keys32, image_words)
     if dense_labels:
-        return images, _uniform_int32(keys32, numel, num_classes)
-    word = _hashes_int32(keys32, numel, 1)[:, 0].to(torch.int64) & _MASK32  # unsigned again
+        return images, _uniform_from_words(keys32, label_words)
+    word = _mix32_wrapping(keys32 ^ label_words[0]).to(torch.int64) & _MASK32  # unsigned again
     return images, (word * num_classes) >> 32
 
 
@@ -167,6 +172,16 @@ _compiled: Callable[..., tuple[Tensor, Tensor]] | None = None
 compiled_once = False  # this process has built the kernel (data.SyntheticDataModule logs it)
 compile_failed = False  # this process could not: data.compile=auto stays eager from then on
 _streams: dict[tuple[int, str, torch.device], Tensor] = {}
+_words: dict[tuple[int, int, torch.device], Tensor] = {}
+
+
+def _cached_words(first: int, count: int, device: torch.device) -> Tensor:
+    """`_position_words`, made once a process for each (first, count, device): 4 bytes a value
+    of one sample (588 KB at 3×224×224)."""
+    key = (first, count, device)
+    if key not in _words:
+        _words[key] = _position_words(first, count, device)
+    return _words[key]
 
 
 def fused_batch(
@@ -188,8 +203,10 @@ def fused_batch(
         if key not in _streams:  # made once: a tensor made each call is a copy to the device
             _streams[key] = torch.tensor(stream_key(seed, split), device=indices.device)
         lone = len(indices) == 1
-        images, labels = _compiled(indices.repeat(2) if lone else indices.clone(),
-                                   _streams[key], numel, num_classes, dense_labels)  # fmt: skip
+        image_words = _cached_words(0, numel, indices.device)
+        label_words = _cached_words(numel, num_classes if dense_labels else 1, indices.device)
+        images, labels = _compiled(indices.repeat(2) if lone else indices.clone(), _streams[key],
+                                   image_words, label_words, num_classes, dense_labels)  # fmt: skip
     return (images[:1], labels[:1]) if lone else (images, labels)
 
 

@@ -179,7 +179,10 @@ def test_the_data_path_alone_against_the_numpy_path(
                              "bench.rounds=2"])  # fmt: skip
     figures = measure(cfg, tmp_path, [])
     assert set(figures) == {"image_size", "batch_size", "device", "compiled", "make_us_per_image",
-                            "numpy_us_per_image", "make_over_numpy_speedup"}  # fmt: skip
+                            "numpy_us_per_image", "make_over_numpy_speedup",
+                            "page_faults_per_batch"}  # fmt: skip
+    faults = figures["page_faults_per_batch"]  # the kernel's count while each path ran
+    assert set(faults) == {"make", "numpy"} and all(n >= 0 for n in faults.values())
     assert figures["compiled"] is False  # auto: a 16×16 image on a CPU is made eagerly
     assert (figures["image_size"], figures["batch_size"], figures["device"]) == (16, 4, "cpu")
     speedup = figures["numpy_us_per_image"] / figures["make_us_per_image"]
