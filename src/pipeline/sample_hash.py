@@ -88,7 +88,7 @@ def uniform(keys: Tensor, first: int, count: int) -> Tensor:
     memory: several times slower here); on CUDA in one block."""
     n, device = len(keys), keys.device
     keys32 = _as_int32(keys)
-    words = _position_words(first, count, device)  # (count,): shared by every sample
+    words = _cached_words(first, count, device)  # (count,): shared by every sample
     out = torch.empty(n, count, device=device, dtype=torch.float32)
     width = count if device.type != "cpu" else max(1, CPU_BLOCK_VALUES // max(n, 1))
     scratch = torch.empty(n, min(width, count), device=device, dtype=torch.int32)
@@ -180,7 +180,8 @@ def _cached_words(first: int, count: int, device: torch.device) -> Tensor:
     of one sample (588 KB at 3×224×224)."""
     key = (first, count, device)
     if key not in _words:
-        _words[key] = _position_words(first, count, device)
+        with torch.inference_mode(False):  # a plain tensor, also when validation makes it first
+            _words[key] = _position_words(first, count, device)
     return _words[key]
 
 
