@@ -63,6 +63,36 @@ def _check_job(
     return rewritten, validate(cfg)
 
 
+PYTHON_WORDS = {"True": "true", "False": "false", "None": "null"}  # in Hydra's job strings
+
+
+def as_typed_jobs(parsed: list[Override], jobs: list[list[str]]) -> list[tuple[list[str], str]]:
+    """Each job of a sweep (BasicSweeper's strings: one a key, in its order) with the command
+    line's own words for what it does not sweep (Hydra writes optimizer.nesterov=true as
+    "=True", which a problem would echo), and its label: the values it sweeps, as a command
+    line gives them (optimizer=adam data.batch_size=0)."""
+    last = {o.get_key_element(): o for o in parsed}  # a later override of a key replaces it
+    labelled = []
+    for job in jobs:
+        words, swept = [], []
+        for word, o in zip(job, last.values(), strict=True):
+            words.append(word if o.is_sweep_override() else as_typed(o))
+            if o.is_sweep_override():
+                key, value = word.split("=", 1)
+                swept.append(f"{key}={PYTHON_WORDS.get(value, value)}")
+        labelled.append((words, " ".join(swept)))
+    return labelled
+
+
+def jobs_named(labels: list[str], most: int = 3) -> str:
+    """'in the job a=1', 'in the jobs a=1, a=2 and a=3', and past `most`, 'and N more'."""
+    if len(labels) == 1:
+        return f"in the job {labels[0]}"
+    named = labels[:most]
+    rest = f"{len(labels) - most} more" if len(labels) > most else named.pop()
+    return f"in the jobs {', '.join(named)} and {rest}"
+
+
 def preflight(
     config_name: str, overrides: list[str], multirun: bool, validate: Validator
 ) -> tuple[list[str], list[str]]:
@@ -89,9 +119,13 @@ def preflight(
             f"only a search sweeper draws from; list the values: {o.key_or_group}=a,b,c"
             for o in intervals
         ] or [one_line(exc)]
-    for job in jobs:
-        _, job_problems = _check_job(config_name, parser.parse_overrides(job), validate)
-        problems += [p for p in job_problems if p not in problems]
+    labelled = as_typed_jobs(parsed, jobs) if multirun else [(overrides, "")]
+    in_jobs: dict[str, list[str]] = {}  # each problem, and the jobs (by their swept values) with it
+    for job, label in labelled:
+        for problem in _check_job(config_name, parser.parse_overrides(job), validate)[1]:
+            in_jobs.setdefault(problem, []).append(label)
+    problems += [p if len(labels) == len(labelled) else f"{jobs_named(labels)}: {p}"
+                 for p, labels in in_jobs.items()]  # fmt: skip
     if problems:
         return overrides, problems
     # Keys do not depend on sweep values: the command line's own overrides, rewritten once.

@@ -8,7 +8,7 @@ import inspect
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline.config_dir import group_options, option_values
 from pipeline.config_rules import (
@@ -81,14 +81,15 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
     typed = {k: v for k, v in values.items()
              if k in known and k not in (*OURS, "momentum") and f"optimizer.{k}" not in reported}  # fmt: skip
     mistyped = type_problems(typed, signature, defaults, whose)
-    momentum = momentum_problems(optimizer.get("momentum")) if "momentum" in known else []
+    has_momentum = "momentum" in known and "momentum" in optimizer
+    momentum = momentum_problems(optimizer.momentum) if has_momentum else []
     beside = momentum + mistyped
     if found or any(p.startswith("optimizer.") for p in already):
         return found + beside
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
     arguments = {str(k): v for k, v in args.items() if k not in OURS}
-    wrong_type = set(map(key_of, mistyped))  # reported above, not again as torch refuses them
+    wrong_type = set(map(key_of, beside))  # reported above, not again as torch refuses them
     return (
         refused_arguments(
             "optimizer",
@@ -108,7 +109,8 @@ def type_problems(
     """Arguments whose value is not of the type of the class's default (or, for a default of
     None, its annotation): a bool for a bool (torch reads any value as one: nesterov=abc ran
     Nesterov, maximize=abc gradient ascent), a number for a number (dampening=abc failed at the
-    second step)."""
+    second step), as many numbers as a tuple of them (Adam's betas: torch ignored a third,
+    and one alone was "list index out of range")."""
     problems = []
     for key, v in values.items():
         parameter = signature.parameters[key]
@@ -123,6 +125,16 @@ def type_problems(
             want = "true, false or null"
         elif is_number(default) and not is_number(v):
             want = "a number"
+        elif (
+            isinstance(default, tuple)
+            and all(map(is_number, default))
+            and not (
+                isinstance(v, list | tuple | ListConfig)
+                and len(v) == len(default)
+                and all(map(is_number, v))
+            )
+        ):
+            want = f"a list of {len(default)} numbers"
         else:
             continue
         fix = f"{whose}'s default: optimizer.{key}={hydra_value(defaults.get(key, default))}"
@@ -145,10 +157,11 @@ def momentum_problems(momentum: Any) -> list[str]:
     """A momentum of 1 or more, which torch takes (SGD, RMSprop): each step then carries all of
     the last one, or more, so the steps never shrink, or grow without bound. The fix is the
     seed's momentum."""
-    if isinstance(momentum, bool):  # torch takes true as 1
-        return [f"optimizer.momentum must be a number below 1 (got {str(momentum).lower()}); "
+    if not is_number(momentum):  # true, which torch takes as 1; 'abc' or null, a TypeError
+        given = repr(momentum) if isinstance(momentum, str) else hydra_value(momentum)
+        return [f"optimizer.momentum must be a number below 1 (got {given}); "
                 "set optimizer.momentum=0.9"]  # fmt: skip
-    if not isinstance(momentum, int | float) or momentum < 1:
+    if momentum < 1:
         return []
     return [
         f"optimizer.momentum must be below 1 (got {momentum}): each step would carry all of the "

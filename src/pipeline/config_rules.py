@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 
 def is_int(v: Any) -> bool:
@@ -143,12 +143,12 @@ def argument_defaults(callable_: Any) -> dict[str, Any]:
 
 
 def hydra_value(value: Any) -> str:
-    """A Python default as a command line's value: [0.9,0.999], null, true."""
+    """A Python default, or a config's value, as a command line's value: [0.9,0.999], null, true."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | ListConfig):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
     return str(value)
 

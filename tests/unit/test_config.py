@@ -322,12 +322,12 @@ def test_a_key_of_another_option_of_the_group_is_no_misspelling() -> None:
 
 def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:
     """The optimizer option's default (the value a run starts from), else the library's."""
-    assert _problems("optimizer=adamw", "optimizer.betas=[0.9]") == [
-        "optimizer.betas=[0.9] is refused by AdamW: list index out of range; optimizer=adamw's "
-        "default: optimizer.betas=[0.9,0.999]"
+    assert _problems("optimizer=adamw", "optimizer.betas=[0.9,1.5]") == [
+        "optimizer.betas=[0.9,1.5] is refused by AdamW: Invalid beta parameter at index 1: 1.5; "
+        "optimizer=adamw's default: optimizer.betas=[0.9,0.999]"
     ]
     # SGD's momentum is 0 in torch and 0.9 here: the fix names this config's, not torch's.
-    (problem,) = _problems("optimizer.momentum=abc")
+    (problem,) = _problems("optimizer.momentum=-1")
     assert problem.endswith("; optimizer=sgd's default: optimizer.momentum=0.9"), problem
     # A class no option of conf/optimizer/ names: the library's default.
     other = ("~optimizer.momentum", "~optimizer.fused", "optimizer._target_=torch.optim.Adagrad")
@@ -360,6 +360,14 @@ def test_an_argument_of_another_type_than_its_default_is_refused_though_torch_ta
     assert _problems("optimizer=adamw", "+optimizer.eps=abc") == [
         "optimizer.eps must be a number (got 'abc'); optimizer=adamw's default: optimizer.eps=1e-08"
     ]
+    # As many numbers as the default's tuple: torch ignored a third beta, and took one alone for
+    # "list index out of range".
+    for betas in ("[0.9,0.999,0.5]", "[0.9]", "[0.9,abc]", "0.9"):
+        assert _problems("optimizer=adam", f"optimizer.betas={betas}") == [
+            f"optimizer.betas must be a list of 2 numbers (got {betas}); optimizer=adam's "
+            "default: optimizer.betas=[0.9,0.999]"
+        ]
+    assert _problems("optimizer=adam", "optimizer.betas=[0.8,0.99]") == []
     assert _problems("+optimizer.nesterov=true", "+optimizer.foreach=null") == []
     # An argument of the class needs no +, as trainer.NAME needs none (Hydra's strict mode
     # called optimizer=adamw optimizer.eps=1e-6 a misspelling).
@@ -420,6 +428,14 @@ def test_a_momentum_of_one_or_more_is_refused_though_torch_takes_it() -> None:
     assert _problems("optimizer.momentum=true") == [  # torch takes true as 1
         "optimizer.momentum must be a number below 1 (got true); set optimizer.momentum=0.9"
     ]
+    # Once, in words, not as torch's "'<' not supported between instances of 'str' and 'float'"
+    for value, shown in (("abc", "'abc'"), ("null", "null")):
+        assert _problems(f"optimizer.momentum={value}") == [
+            f"optimizer.momentum must be a number below 1 (got {shown}); set optimizer.momentum=0.9"
+        ]
+    # Checked where set: a class with a momentum argument the config leaves out is fine.
+    assert _problems("~optimizer.momentum", "~optimizer.fused",
+                     "optimizer._target_=torch.optim.RMSprop") == []  # fmt: skip
     assert len(_problems("optimizer.momentum=1", "optimizer.lr=-1")) == 2  # both at once
 
 
@@ -436,3 +452,24 @@ def test_the_trainers_switches_take_true_or_false_and_summary_off_trains() -> No
     for fine in ("trainer.enable_model_summary=false", "trainer.deterministic=warn",
                  "trainer.benchmark=null"):  # fmt: skip
         assert _problems(fine) == [], fine
+
+
+def test_a_multirun_names_the_jobs_a_problem_is_in_with_their_values_as_typed() -> None:
+    """-m optimizer=sgd,adam optimizer.nesterov=true printed the adam job's problem alone, not
+    saying it was the adam job's, and echoed Hydra's optimizer.nesterov=True."""
+    (problem,) = _problems("optimizer=sgd,adam", "optimizer.nesterov=true", multirun=True)
+    assert problem.startswith("in the job optimizer=adam: optimizer.nesterov is not a key")
+    assert "(got optimizer.nesterov=true;" in problem
+    problems = _problems("data.batch_size=4,0,-1", "optimizer.lr=1e-3,2e-3", multirun=True)
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "in the jobs data.batch_size=0 optimizer.lr=0.001 and data.batch_size=0 optimizer.lr=0.002",
+        "in the jobs data.batch_size=-1 optimizer.lr=0.001 and data.batch_size=-1 optimizer.lr=0.002",
+    ]
+    many = _problems("data.batch_size=0", "optimizer.lr=1e-3,2e-3,3e-3,4e-3,5e-3", multirun=True)
+    assert many == ["data.batch_size must be ≥ 1 (got 0); set data.batch_size=32"]  # every job's
+    (problem,) = _problems("data.batch_size=0,4", "optimizer.lr=1e-3,2e-3,3e-3,4e-3", multirun=True)
+    assert problem == (
+        "in the jobs data.batch_size=0 optimizer.lr=0.001, data.batch_size=0 optimizer.lr=0.002, "
+        "data.batch_size=0 optimizer.lr=0.003 and 1 more: data.batch_size must be ≥ 1 (got 0); "
+        "set data.batch_size=32"
+    )
