@@ -143,13 +143,22 @@ def divergence_message(
     statistic: str | None = None,
 ) -> str:
     """What happened, where it shows first, why, and what to do. `statistic`: the BatchNorm
-    buffer that went non-finite while the loss and the gradients were still finite."""
-    why = (
-        "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ until they "
-        "overflow; use loss=mse or loss=cross_entropy for long runs, or fewer steps (trainer.max_steps)"
-        if loss_name == "sum_diff"
-        else "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
-    )
+    buffer that went non-finite while the loss and the gradients were still finite. At step 0
+    no update has happened yet, so neither the loss's lack of a minimum nor the learning rate
+    can be why (a bf16-true run stopping there was told to blame the seed's loss)."""
+    if step == 0:
+        why = (
+            "it is the first step, before any update, so the initial weights or the precision's "
+            "range made it, not training: check model.weights, or use precision=32-true"
+        )
+    elif loss_name == "sum_diff":
+        why = (
+            "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ "
+            "until they overflow; use loss=mse or loss=cross_entropy for long runs, or fewer "
+            "steps (trainer.max_steps)"
+        )
+    else:
+        why = "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
     saved = f"; the last finite state is in {saved_to}" if saved_to else ""
     head = (
         f"BatchNorm's running statistic {statistic} became inf or NaN at step {step}, while "

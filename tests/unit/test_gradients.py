@@ -310,6 +310,15 @@ def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> Non
         "train/loss became -inf at step 7 (the first block"
     )
     assert divergence_message(7, -2.0, "mse", None, None).startswith("train/loss became -2.0 at")
+    # The seed's loss overflows by training; at step 0 nothing has trained yet.
+    assert ": the seed's loss (pred − labels).sum() has no minimum" in divergence_message(
+        1, math.nan, "sum_diff", None, "conv1"
+    )
+    for loss in ("sum_diff", "mse"):
+        first = divergence_message(0, math.nan, loss, None, "conv1")
+        assert first.startswith("train/loss became nan at step 0 (the first block"), first
+        assert "): it is the first step, before any update, so the initial weights or the " in first
+        assert "seed's loss" not in first and "optimizer.lr" not in first
     assert weights_nonfinite_message(3, 5.0, "fc", None).startswith(
         "the gradients overflowed or went NaN at step 3 while train/loss was finite (5.0)"
     )
