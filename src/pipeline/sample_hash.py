@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Literal, TypeVar
 
 import torch
+import torch.fx.experimental._config as fx_config
 from torch import Tensor
 
 SPLITS = ("train", "val")
@@ -199,8 +200,11 @@ def fused_batch(
         _compiled = torch.compile(_batch_int32, dynamic=True, fullgraph=True)
     key = (seed, split, indices.device)
     # Plain tensors, also under validation's inference mode (an inference tensor would be a
-    # second graph); a lone sample goes twice (a batch of 1 would be a graph of its own).
-    with torch.inference_mode(False), torch.no_grad():
+    # second graph); a lone sample goes twice (a batch of 1 would be a graph of its own). No
+    # duck sizing: a first batch as long as the label words (batch 10 of 10 dense labels) made
+    # the compiler assume the two sizes equal for good, and every other batch size a 2nd graph.
+    no_duck_sizing = fx_config.patch(use_duck_shape=False)  # type: ignore[attr-defined]  # made at import
+    with torch.inference_mode(False), torch.no_grad(), no_duck_sizing:
         if key not in _streams:  # made once: a tensor made each call is a copy to the device
             _streams[key] = torch.tensor(stream_key(seed, split), device=indices.device)
         lone = len(indices) == 1

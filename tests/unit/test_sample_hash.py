@@ -69,6 +69,18 @@ def test_the_compiled_kernel_compiles_once_for_every_shape() -> None:
     assert counters["stats"]["unique_graphs"] == before
 
 
+def test_a_first_batch_as_long_as_the_labels_or_the_image_leaves_one_graph() -> None:
+    """A first batch of 10 with 10 dense labels compiled a second graph for every other batch
+    size: the compiler took the two equal sizes for one ("duck sizing")."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # this process's graphs gone: the next call compiles first
+    before = counters["stats"]["unique_graphs"]
+    for n in (10, 2, 7, 1, 3 * 4 * 4, 33, 10):
+        _batch(list(range(n)), compiled=True, image_size=4, num_classes=10)
+    assert counters["stats"]["unique_graphs"] == before + 1
+
+
 def test_auto_compiles_on_cuda_and_for_big_images_on_a_cpu() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     big = sample_hash.CPU_COMPILE_MIN_IMAGE_SIZE
