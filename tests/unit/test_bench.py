@@ -191,6 +191,14 @@ def test_the_data_path_alone_against_the_numpy_path(
     json.dumps(figures)  # bench.output writes it as JSON
 
 
+def test_a_data_path_slower_than_numpy_is_called_slower() -> None:
+    """A noisy round printed "0.01× faster" for a path 70 times slower."""
+    from pipeline.bench.show import faster_or_slower
+
+    assert faster_or_slower(12.5) == "12.50× faster"
+    assert faster_or_slower(1 / 70) == "70.00× slower"
+
+
 def test_the_data_share_of_a_step() -> None:
     assert data_share(make_us_per_image=50.0, batch=256, step_s=0.0256) == pytest.approx(0.5)
 

@@ -71,7 +71,8 @@ def show_data(data: dict[str, Any]) -> None:
         else ""
     )
     eager = (
-        f", {data['make_over_eager_speedup']:.2f}× the eager hash ({data['eager_us_per_image']:.1f} µs)"
+        f", {faster_or_slower(data['make_over_eager_speedup'])} than the eager hash "
+        f"({data['eager_us_per_image']:.1f} µs)"
         if "eager_us_per_image" in data
         else ""
     )
@@ -79,8 +80,13 @@ def show_data(data: dict[str, Any]) -> None:
         f"data: {data['make_us_per_image']:.1f} µs an image "
         f"({'compiled' if data['compiled'] else 'eager'}, {data['image_size']}×{data['image_size']}, batch "
         f"{data['batch_size']}, {data['device']}) against {data['numpy_us_per_image']:.1f} µs on the old numpy "
-        f"path: {data['make_over_numpy_speedup']:.2f}× faster{eager}{share}"
+        f"path: {faster_or_slower(data['make_over_numpy_speedup'])}{eager}{share}"
     )
+
+
+def faster_or_slower(speedup: float) -> str:
+    """A speed ratio in words: 2.50× faster, or 70.00× slower (not "0.01× faster")."""
+    return f"{speedup:.2f}× faster" if speedup >= 1 else f"{1 / speedup:.2f}× slower"
 
 
 def show_soak(figures: dict[str, Any], every: int) -> None:
