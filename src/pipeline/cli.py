@@ -21,6 +21,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig
 
 from pipeline.config_dir import config_groups
+from pipeline.config_rules import hydra_value
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
 from pipeline.override_checks import (
     as_typed,
@@ -63,23 +64,21 @@ def _check_job(
     return rewritten, validate(cfg)
 
 
-PYTHON_WORDS = {"True": "true", "False": "false", "None": "null"}  # in Hydra's job strings
-
-
 def as_typed_jobs(parsed: list[Override], jobs: list[list[str]]) -> list[tuple[list[str], str]]:
     """Each job of a sweep (BasicSweeper's strings: one a key, in its order) with the command
     line's own words for what it does not sweep (Hydra writes optimizer.nesterov=true as
     "=True", which a problem would echo), and its label: the values it sweeps, as a command
-    line gives them (optimizer=adam data.batch_size=0)."""
+    line gives them (optimizer=adam data.batch_size=0, optimizer.betas=[true,false])."""
     last = {o.get_key_element(): o for o in parsed}  # a later override of a key replaces it
-    labelled = []
+    parser, labelled = OverridesParser.create(), []
     for job in jobs:
         words, swept = [], []
         for word, o in zip(job, last.values(), strict=True):
             words.append(word if o.is_sweep_override() else as_typed(o))
             if o.is_sweep_override():
-                key, value = word.split("=", 1)
-                swept.append(f"{key}={PYTHON_WORDS.get(value, value)}")
+                swept.append(
+                    f"{o.get_key_element()}={hydra_value(parser.parse_override(word).value())}"
+                )
         labelled.append((words, " ".join(swept)))
     return labelled
 

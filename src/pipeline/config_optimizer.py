@@ -5,6 +5,7 @@ checked by building a bare Trainer). One line per problem, config.py's style."""
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any
 
 import torch
@@ -161,7 +162,7 @@ def momentum_problems(momentum: Any) -> list[str]:
         given = repr(momentum) if isinstance(momentum, str) else hydra_value(momentum)
         return [f"optimizer.momentum must be a number below 1 (got {given}); "
                 "set optimizer.momentum=0.9"]  # fmt: skip
-    if momentum < 1:
+    if momentum < 1 or not math.isfinite(momentum):  # nan and inf: the finite-number rule's
         return []
     return [
         f"optimizer.momentum must be below 1 (got {momentum}): each step would carry all of the "

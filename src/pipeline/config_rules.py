@@ -143,13 +143,16 @@ def argument_defaults(callable_: Any) -> dict[str, Any]:
 
 
 def hydra_value(value: Any) -> str:
-    """A Python default, or a config's value, as a command line's value: [0.9,0.999], null, true."""
+    """A Python default, or a config's value, as a command line's value: [0.9,0.999], null, true;
+    a string inside a list quoted ([0.9,'0.99']: unquoted, it read as two numbers)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list | tuple | ListConfig):
-        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+        return (
+            "[" + ",".join(repr(v) if isinstance(v, str) else hydra_value(v) for v in value) + "]"
+        )
     return str(value)
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterable
+from typing import Any
 
 import yaml
 from hydra import compose as hydra_compose
@@ -16,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override, ValueType
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from pipeline.config_dir import CONFIG_DIR, config_groups, group_options, option_values
@@ -239,13 +241,16 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(lines[:2]) if lines else type(exc).__name__
 
 
-def unresolvable(node: DictConfig, prefix: str = "") -> list[str]:
-    """Every value whose ${...} reference does not resolve, one line each (??? is left to validation)."""
+def unresolvable(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+    """Every value whose ${...} reference does not resolve, one line each, in mappings and lists
+    (optimizer.betas=[0.9,${oc.env:NOPE}] was a traceback); ??? is left to validation."""
     problems = []
-    for name in node.keys():  # noqa: SIM118 (`for k in node` skips ??? values)
-        key = f"{prefix}{name!s}"
+    # keys(): iterating a DictConfig skips ??? values
+    names: Iterable[Any] = node.keys() if isinstance(node, DictConfig) else range(len(node))
+    for name in names:
+        key = f"{prefix}{name!s}" if isinstance(node, DictConfig) else prefix
         try:
-            value = node[name]
+            value = node[name]  # a key of a mapping, an index of a list
         except MissingMandatoryValue:
             continue
         except OmegaConfBaseException as exc:
@@ -254,6 +259,8 @@ def unresolvable(node: DictConfig, prefix: str = "") -> list[str]:
             continue
         if isinstance(value, DictConfig):
             problems += unresolvable(value, f"{key}.")
+        elif isinstance(value, ListConfig):
+            problems += unresolvable(value, key)  # an item's problem names the list's key
     return problems
 
 

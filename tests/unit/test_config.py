@@ -121,6 +121,10 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
             ["data.batch_size=${oops}"],
             "data.batch_size: Interpolation key 'oops' not found; fix or remove the ${...}",
         ),
+        (  # inside a list: was a traceback
+            ["optimizer=adam", "optimizer.betas=[0.9,${oops}]"],
+            "optimizer.betas: Interpolation key 'oops' not found; fix or remove the ${...}",
+        ),
     ],
 )
 def test_bad_input_names_key_value_and_fix(overrides: list[str], expected: str) -> None:
@@ -362,9 +366,10 @@ def test_an_argument_of_another_type_than_its_default_is_refused_though_torch_ta
     ]
     # As many numbers as the default's tuple: torch ignored a third beta, and took one alone for
     # "list index out of range".
-    for betas in ("[0.9,0.999,0.5]", "[0.9]", "[0.9,abc]", "0.9"):
+    for betas, shown in (("[0.9,0.999,0.5]",) * 2, ("[0.9]",) * 2, ("0.9",) * 2,
+                         ("[0.9,abc]", "[0.9,'abc']"), ("[0.9,'0.99']",) * 2):  # fmt: skip
         assert _problems("optimizer=adam", f"optimizer.betas={betas}") == [
-            f"optimizer.betas must be a list of 2 numbers (got {betas}); optimizer=adam's "
+            f"optimizer.betas must be a list of 2 numbers (got {shown}); optimizer=adam's "
             "default: optimizer.betas=[0.9,0.999]"
         ]
     assert _problems("optimizer=adam", "optimizer.betas=[0.8,0.99]") == []
@@ -433,6 +438,10 @@ def test_a_momentum_of_one_or_more_is_refused_though_torch_takes_it() -> None:
         assert _problems(f"optimizer.momentum={value}") == [
             f"optimizer.momentum must be a number below 1 (got {shown}); set optimizer.momentum=0.9"
         ]
+    for value in ("nan", "inf"):  # one line, the finite-number rule's, not "below 1" too
+        assert _problems(f"optimizer.momentum={value}") == [
+            f"optimizer.momentum must be a finite number (got {value}); give a finite value"
+        ]
     # Checked where set: a class with a momentum argument the config leaves out is fine.
     assert _problems("~optimizer.momentum", "~optimizer.fused",
                      "optimizer._target_=torch.optim.RMSprop") == []  # fmt: skip
@@ -460,6 +469,10 @@ def test_a_multirun_names_the_jobs_a_problem_is_in_with_their_values_as_typed() 
     (problem,) = _problems("optimizer=sgd,adam", "optimizer.nesterov=true", multirun=True)
     assert problem.startswith("in the job optimizer=adam: optimizer.nesterov is not a key")
     assert "(got optimizer.nesterov=true;" in problem
+    (problem,) = _problems(
+        "optimizer=adam", "optimizer.betas=[true,false],[0.9,0.99]", multirun=True
+    )
+    assert problem.startswith("in the job optimizer.betas=[true,false]: "), problem  # not True
     problems = _problems("data.batch_size=4,0,-1", "optimizer.lr=1e-3,2e-3", multirun=True)
     assert [p.split(": ", 1)[0] for p in problems] == [
         "in the jobs data.batch_size=0 optimizer.lr=0.001 and data.batch_size=0 optimizer.lr=0.002",
