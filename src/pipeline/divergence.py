@@ -133,6 +133,9 @@ def _not_a_record(path: Path, why: str) -> str:
     )
 
 
+FULL_PRECISIONS = ("32-true", "64-true")  # no range to blame below float32's
+
+
 def divergence_message(
     step: int,
     loss_value: float,
@@ -141,15 +144,22 @@ def divergence_message(
     first_block: str | None = None,
     record: Path | None = None,
     statistic: str | None = None,
+    precision: str = "32-true",
 ) -> str:
     """What happened, where it shows first, why, and what to do. `statistic`: the BatchNorm
     buffer that went non-finite while the loss and the gradients were still finite. At step 0
     no update has happened yet, so neither the loss's lack of a minimum nor the learning rate
-    can be why (a bf16-true run stopping there was told to blame the seed's loss)."""
+    can be why (a bf16-true run stopping there was told to blame the seed's loss). The run's
+    `precision` is blamed, and 32-true advised, only where it is a lower one."""
+    low = precision not in FULL_PRECISIONS
     if step == 0:
         why = (
-            "it is the first step, before any update, so the initial weights or the precision's "
-            "range made it, not training: check model.weights, or use precision=32-true"
+            f"it is the first step, before any update, so the initial weights or precision="
+            f"{precision}'s range made it, not training: check model.weights, or use "
+            "precision=32-true"
+            if low
+            else "it is the first step, before any update, so the initial weights made it, not "
+            "training: check model.weights"
         )
     elif loss_name == "sum_diff":
         why = (
@@ -158,7 +168,11 @@ def divergence_message(
             "steps (trainer.max_steps)"
         )
     else:
-        why = "lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
+        why = "lower optimizer.lr" + (
+            ", set trainer.gradient_clip_val=1.0, or use precision=32-true"
+            if low
+            else " or set trainer.gradient_clip_val=1.0"
+        )
     saved = f"; the last finite state is in {saved_to}" if saved_to else ""
     head = (
         f"BatchNorm's running statistic {statistic} became inf or NaN at step {step}, while "

@@ -282,17 +282,25 @@ def ran_on_gpu(run_dir: Path, cfg: Any) -> bool:
         return False  # no record: as on this CPU
 
 
-def verdict(found: dict[str, Finding | None], unbounded_loss: bool = False) -> str:
-    """The last line: float64 overflows too (a true divergence), or which precisions alone went
-    non-finite (for the seed's loss, float64 only postpones it), or none did."""
+def verdict(
+    found: dict[str, Finding | None], unbounded_loss: bool = False, first_step: bool = False
+) -> str:
+    """The last line: float64 overflows too (a true divergence; at the first step, before any
+    update, the initial weights'), or which precisions alone went non-finite (for the seed's
+    loss after the first step, float64 only postpones it), or none did. The seed's loss is named
+    only where it is the run's, and not at step 0, where no update has driven it yet."""
     bad = [name for name, finding in found.items() if finding is not None]
+    seed_loss = unbounded_loss and not first_step
     if FLOAT64.name in bad:
         too = " too" if len(bad) > 1 else ""
-        return f"float64 overflows{too}: a true divergence, as the seed's unbounded loss"
-    if bad:
-        later = (
-            "; float64's range only postpones the seed's unbounded loss" if unbounded_loss else ""
+        if first_step:
+            return (f"float64 overflows{too} at the first step, before any update: the initial "
+                    "weights make it (model.weights)")  # fmt: skip
+        return f"float64 overflows{too}: a true divergence" + (
+            ", as the seed's unbounded loss" if seed_loss else ""
         )
+    if bad:
+        later = "; float64's range only postpones the seed's unbounded loss" if seed_loss else ""
         return f"float64 stays finite at this step: only {' and '.join(bad)} went non-finite{later}"
     return "did not reproduce: every precision stays finite through the step and the next forward"
 
@@ -327,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     found = {p.name: replay(step, p) for p in precisions}
     for name, finding in found.items():
         print(f"  {name}: {finding or FINITE}")
-    print(f"  {verdict(found, step.unbounded_loss)}")
+    print(f"  {verdict(found, step.unbounded_loss, first_step=record['step'] == 0)}")
     sys.exit(0 if any(f is not None for f in found.values()) else NOT_REPRODUCED_EXIT_CODE)
 
 

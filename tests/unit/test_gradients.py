@@ -315,10 +315,19 @@ def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> Non
         1, math.nan, "sum_diff", None, "conv1"
     )
     for loss in ("sum_diff", "mse"):
-        first = divergence_message(0, math.nan, loss, None, "conv1")
+        first = divergence_message(0, math.nan, loss, None, "conv1", precision="bf16-true")
         assert first.startswith("train/loss became nan at step 0 (the first block"), first
-        assert "): it is the first step, before any update, so the initial weights or the " in first
+        assert "): it is the first step, before any update, so the initial weights or " in first
+        assert "precision=bf16-true's range made it" in first and "precision=32-true" in first
         assert "seed's loss" not in first and "optimizer.lr" not in first
+    # A 32-true run is not told to use 32-true.
+    first = divergence_message(0, math.inf, "mse", None, "fc")
+    assert first.endswith("so the initial weights made it, not training: check model.weights")
+    later = divergence_message(3, math.inf, "mse", None, "fc", precision="64-true")
+    assert later.endswith(": lower optimizer.lr or set trainer.gradient_clip_val=1.0"), later
+    assert divergence_message(3, math.inf, "mse", None, "fc", precision="16-mixed").endswith(
+        ": lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
+    )
     assert weights_nonfinite_message(3, 5.0, "fc", None).startswith(
         "the gradients overflowed or went NaN at step 3 while train/loss was finite (5.0)"
     )

@@ -179,6 +179,16 @@ def test_the_verdict_covers_every_precision_replayed() -> None:
     assert verdict({"float32": bad, "float64": bad}).startswith("float64 overflows too:")
     assert verdict({"float64": bad}).startswith("float64 overflows: a true divergence")  # 64-true
     assert verdict({"float32": none, "float64": none}).startswith("did not reproduce")
+    # The seed's loss is named only for a run of it, and not at step 0 (no update yet).
+    assert verdict({"float64": bad}) == "float64 overflows: a true divergence"
+    assert verdict({"float64": bad}, unbounded_loss=True).endswith(", as the seed's unbounded loss")
+    assert verdict({"float32": bad, "float64": none}, True, first_step=True) == (
+        "float64 stays finite at this step: only float32 went non-finite"
+    )
+    assert verdict({"float32": bad, "float64": bad}, True, first_step=True) == (
+        "float64 overflows too at the first step, before any update: the initial weights make "
+        "it (model.weights)"
+    )
 
 
 def test_a_run_on_auto_was_on_a_gpu_only_where_its_run_json_saw_one(tmp_path: Path) -> None:

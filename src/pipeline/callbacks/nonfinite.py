@@ -231,8 +231,8 @@ class NonFiniteGuard(pl.Callback):
         if first_block is not None or not math.isfinite(loss_value):
             statistic = None  # the loss or the gradients went first: the usual message
         if self.mode == "warn":
-            rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None,
-                                              first_block, statistic=statistic))  # fmt: skip
+            rank_zero_warn(divergence_message(step, loss_value, self.loss_name, None, first_block,
+                                              statistic=statistic, precision=str(trainer.precision)))  # fmt: skip
             self._warned = True
             return
         self._restore_buffers()
@@ -276,5 +276,6 @@ class NonFiniteGuard(pl.Callback):
                 first_block,
                 written,
                 statistic=statistic,
+                precision=str(trainer.precision),
             )
         )
