@@ -87,9 +87,14 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
     return obj
 
 
-def _shown(keys: list[str]) -> str:
+def shown_keys(keys: list[str]) -> str:
     more = f" (+{len(keys) - MAX_KEYS_SHOWN} more)" if len(keys) > MAX_KEYS_SHOWN else ""
     return ", ".join(keys[:MAX_KEYS_SHOWN]) + more
+
+
+def nonfinite_keys(state: dict[str, Tensor]) -> list[str]:
+    """The names of the floating-point tensors of `state` that hold inf or NaN."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 def state_dict_mismatch(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
@@ -104,9 +109,9 @@ def state_dict_mismatch(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {_shown(missing)}")
+        problems.append(f"missing keys: {shown_keys(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_shown(unexpected)}")
+        problems.append(f"unexpected keys: {shown_keys(unexpected)}")
     if misshaped:
-        problems.append(f"mis-shaped keys (file vs model): {_shown(misshaped)}")
+        problems.append(f"mis-shaped keys (file vs model): {shown_keys(misshaped)}")
     return problems

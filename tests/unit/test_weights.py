@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -92,6 +93,14 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
         "unexpected keys",
     ]
     assert problems(other_head) == []  # a new head replaces a head of another size
+    # Values no run can start from: the run stopped in its gradcheck, blaming autograd.
+    state = resnet18(num_classes=10).state_dict()
+    state["fc.weight"][0, 0], state["bn1.running_var"][1] = math.inf, math.nan
+    torch.save(state, broken := tmp_path / "broken.pth")
+    assert problems(broken) == [
+        f"model.weights={broken} holds inf or NaN in bn1.running_var, fc.weight: no run can start "
+        "from them; use weights saved before they went non-finite"
+    ]
 
 
 def test_a_stem_for_other_channels_sees_a_grey_image_as_the_weights_stem_does() -> None:
