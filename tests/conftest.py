@@ -14,6 +14,16 @@ if "PYTEST_XDIST_WORKER" in os.environ:  # make test: a worker a core, a thread 
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reaches the network, or the user's torch.hub cache: the config check fetches
+    model.weights=DEFAULT (a fuzzed command line can name it). A closed local port as the proxy
+    fails a download at once; subprocesses get the same through tests/helpers.cli_env."""
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "offline_torch_home"))
+
+
 @pytest.fixture
 def torch_home(tmp_path: Path) -> Path:
     """An empty TORCH_HOME: nothing cached, nothing downloadable."""

@@ -45,7 +45,7 @@ from pipeline.model import weights_file_problems
 from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.schedules import warmup_factor
 from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
-from pipeline.weights import is_torchvision_weights
+from pipeline.weights import is_torchvision_weights, torchvision_weights_problems
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 BF16_ON_CPU_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed runs as bf16 on a CPU
@@ -222,6 +222,8 @@ def _model_problems(cfg: DictConfig) -> list[str]:
         )
     elif isinstance(weights, str) and not is_torchvision_weights(weights):
         found += weights_file_problems(weights)  # its contents, before a run directory is made
+    elif isinstance(weights, str):
+        found += torchvision_weights_problems(weights)  # in the hub cache, or downloaded now
     return found
 
 

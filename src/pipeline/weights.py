@@ -45,6 +45,17 @@ def torchvision_state_dict(weights: str) -> dict[str, Tensor]:
         ) from None
 
 
+def torchvision_weights_problems(weights: str) -> list[str]:
+    """torchvision's weights fetched into the hub cache (read there, else downloaded) before a
+    run starts: offline, the download failed after the run had claimed its directory, and in a
+    multirun after the jobs before it had trained. Empty when the file is there."""
+    try:
+        torchvision_state_dict(weights)
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
 def load_file(path: str, key: str) -> Any:
     """torch.load with weights_only=True: a pickle that would run code is refused, not run.
 

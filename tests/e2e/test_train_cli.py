@@ -176,10 +176,21 @@ def test_bad_input_exits_2_with_one_line_each_and_no_traceback(
 
 
 def test_offline_default_weights_exit_2(tmp_path: Path, torch_home: Path) -> None:
+    """Before anything runs: the failed download left a claimed run directory, and in a
+    multirun came after the jobs before it had trained."""
     result = run_cli("pipeline.train", ["model.weights=DEFAULT", *TINY], tmp_path, torch_home)
     assert result.returncode == 2
     assert "hub/checkpoints/resnet18-f37072fd.pth or set model.weights=null" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "outputs").exists()  # nothing half-written
+    result = run_cli(
+        "pipeline.train", ["-m", "model.weights=null,DEFAULT", *TINY], tmp_path, torch_home
+    )
+    assert result.returncode == 2
+    assert (
+        "  - in the job model.weights=DEFAULT: model.weights=DEFAULT could not be" in result.stderr
+    )
+    assert not (tmp_path / "outputs").exists()  # no job trained
 
 
 def test_divergence_stops_with_the_step_and_a_finite_checkpoint(
