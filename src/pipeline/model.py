@@ -30,11 +30,10 @@ from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
 from pipeline.weights import (
     is_torchvision_weights,
-    nonfinite_keys,
     read_state_dict,
-    shown_keys,
     state_dict_mismatch,
     torchvision_state_dict,
+    unusable_values,
 )
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -120,20 +119,19 @@ def _fit_problems(weights: str, net: nn.Module, state: dict[str, Tensor]) -> lis
 
 def weights_file_problems(path: str) -> list[str]:
     """What build_resnet18 would refuse in a state-dict file (not loadable, not a state dict,
-    keys or shapes that do not fit ResNet18), and values no run can start from (inf or NaN: the
-    run stopped in its pre-training gradcheck, blaming autograd), found before a run starts: one
-    read of the file, matched against a ResNet18 on the meta device (no memory, no init)."""
+    keys or shapes that do not fit ResNet18, values no run can start from: the run stopped in
+    its pre-training gradcheck, blaming autograd), found before a run starts: one read of the
+    file, matched against a ResNet18 on the meta device (no memory, no init)."""
     try:
         state = read_state_dict(path)
     except ConfigError as exc:
         return exc.problems
     problems = _fit_problems(path, _resnet18_for(state, 1000, meta=True), state)
-    if bad := nonfinite_keys(state):
-        problems.append(
-            f"model.weights={path} holds inf or NaN in {shown_keys(bad)}: no run can start "
-            "from them; use weights saved before they went non-finite"
-        )
-    return problems
+    return problems + [
+        f"model.weights={path} {what}: no run can start from them; use weights saved before "
+        "they went bad"
+        for what in unusable_values(state)
+    ]
 
 
 def resnet_features(net: ResNet, images: Tensor) -> Tensor:

@@ -98,14 +98,25 @@ def read_state_dict(path: str) -> dict[str, Tensor]:
     return obj
 
 
-def shown_keys(keys: list[str]) -> str:
+def _shown(keys: list[str]) -> str:
     more = f" (+{len(keys) - MAX_KEYS_SHOWN} more)" if len(keys) > MAX_KEYS_SHOWN else ""
     return ", ".join(keys[:MAX_KEYS_SHOWN]) + more
 
 
-def nonfinite_keys(state: dict[str, Tensor]) -> list[str]:
-    """The names of the floating-point tensors of `state` that hold inf or NaN."""
-    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+def unusable_values(state: dict[str, Tensor]) -> list[str]:
+    """What of `state`'s values no run can start from, a line each without the file: inf or
+    NaN, also once in float32 (the model's dtype when it loads them: 1e300 in a float64 file is
+    inf there), complex tensors, negative running variances (BatchNorm takes their root)."""
+    nonfinite = [k for k, v in state.items()
+                 if v.is_floating_point() and not torch.isfinite(v.float()).all()]  # fmt: skip
+    complex_ = [k for k, v in state.items() if v.is_complex()]
+    negative = [k for k, v in state.items()
+                if k.endswith("running_var") and v.is_floating_point() and bool((v < 0).any())]  # fmt: skip
+    return [
+        *([f"holds inf or NaN (in float32) in {_shown(nonfinite)}"] if nonfinite else []),
+        *([f"holds complex tensors: {_shown(complex_)}"] if complex_ else []),
+        *([f"holds negative running variances in {_shown(negative)}"] if negative else []),
+    ]
 
 
 def state_dict_mismatch(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
@@ -120,9 +131,9 @@ def state_dict_mismatch(net: nn.Module, state: dict[str, Tensor]) -> list[str]:
     ]
     problems = []
     if missing:
-        problems.append(f"missing keys: {shown_keys(missing)}")
+        problems.append(f"missing keys: {_shown(missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {shown_keys(unexpected)}")
+        problems.append(f"unexpected keys: {_shown(unexpected)}")
     if misshaped:
-        problems.append(f"mis-shaped keys (file vs model): {shown_keys(misshaped)}")
+        problems.append(f"mis-shaped keys (file vs model): {_shown(misshaped)}")
     return problems

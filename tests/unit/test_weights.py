@@ -98,8 +98,21 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
     state["fc.weight"][0, 0], state["bn1.running_var"][1] = math.inf, math.nan
     torch.save(state, broken := tmp_path / "broken.pth")
     assert problems(broken) == [
-        f"model.weights={broken} holds inf or NaN in bn1.running_var, fc.weight: no run can start "
-        "from them; use weights saved before they went non-finite"
+        f"model.weights={broken} holds inf or NaN (in float32) in bn1.running_var, fc.weight: no "
+        "run can start from them; use weights saved before they went bad"
+    ]
+    # Finite as stored but not in float32, complex, a negative variance: each its own line.
+    state = {k: v.double() if v.is_floating_point() else v
+             for k, v in resnet18(num_classes=10).state_dict().items()}  # fmt: skip
+    state["fc.weight"][0, 0], state["bn1.running_var"][0] = 1e300, -1.0
+    state["fc.bias"] = state["fc.bias"].to(torch.complex64)
+    torch.save(state, odd := tmp_path / "odd.pth")
+    assert [
+        p.split(": no run")[0].removeprefix(f"model.weights={odd} ") for p in problems(odd)
+    ] == [
+        "holds inf or NaN (in float32) in fc.weight",
+        "holds complex tensors: fc.bias",
+        "holds negative running variances in bn1.running_var",
     ]
 
 
