@@ -134,6 +134,8 @@ def _not_a_record(path: Path, why: str) -> str:
 
 
 FULL_PRECISIONS = ("32-true", "64-true")  # no range to blame below float32's
+# The dtype BatchNorm's running statistics have at each precision (mixed ones keep float32).
+BUFFER_DTYPES = {"16-true": "float16", "bf16-true": "bfloat16", "64-true": "float64"}
 
 
 def divergence_message(
@@ -155,8 +157,8 @@ def divergence_message(
     if step == 0:
         why = (
             f"it is the first step, before any update, so the initial weights or precision="
-            f"{precision}'s range made it, not training: check model.weights, or use "
-            "precision=32-true"
+            f"{precision}'s range made it, not training: check model.weights, or try "
+            "precision=32-true (pipeline.replay shows whether float32 holds)"
             if low
             else "it is the first step, before any update, so the initial weights made it, not "
             "training: check model.weights"
@@ -176,8 +178,8 @@ def divergence_message(
     saved = f"; the last finite state is in {saved_to}" if saved_to else ""
     head = (
         f"BatchNorm's running statistic {statistic} became inf or NaN at step {step}, while "
-        f"train/loss was still finite ({loss_value}): activations outgrew float32 (evaluation "
-        "would normalise by it)"
+        f"train/loss was still finite ({loss_value}): activations outgrew "
+        f"{BUFFER_DTYPES.get(precision, 'float32')} (evaluation would normalise by it)"
         if statistic
         else what_went(step, loss_value, first_block)
     )

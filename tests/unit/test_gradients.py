@@ -318,7 +318,10 @@ def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> Non
         first = divergence_message(0, math.nan, loss, None, "conv1", precision="bf16-true")
         assert first.startswith("train/loss became nan at step 0 (the first block"), first
         assert "): it is the first step, before any update, so the initial weights or " in first
-        assert "precision=bf16-true's range made it" in first and "precision=32-true" in first
+        assert "precision=bf16-true's range made it" in first
+        assert first.endswith(
+            "or try precision=32-true (pipeline.replay shows whether float32 holds)"
+        )
         assert "seed's loss" not in first and "optimizer.lr" not in first
     # A 32-true run is not told to use 32-true.
     first = divergence_message(0, math.inf, "mse", None, "fc")
@@ -328,6 +331,11 @@ def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> Non
     assert divergence_message(3, math.inf, "mse", None, "fc", precision="16-mixed").endswith(
         ": lower optimizer.lr, set trainer.gradient_clip_val=1.0, or use precision=32-true"
     )
+    # BatchNorm's statistics overflow their own dtype: float16 under 16-true, not float32.
+    for precision, dtype in (("16-true", "float16"), ("bf16-mixed", "float32")):
+        said = divergence_message(0, 1.5, "mse", None, statistic="bn1.running_var",
+                                  precision=precision)  # fmt: skip
+        assert f"activations outgrew {dtype} (evaluation" in said, said
     assert weights_nonfinite_message(3, 5.0, "fc", None).startswith(
         "the gradients overflowed or went NaN at step 3 while train/loss was finite (5.0)"
     )
