@@ -13,6 +13,7 @@ search: its settings, its space, and the pipeline.train overrides every trial sh
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -104,6 +105,12 @@ def param_of(o: Override) -> tuple[Param | None, str | None]:
             return (
                 None,
                 f"{key}: unknown tag {', '.join(sorted(unknown))}; interval() takes tag(log, …) and tag(int, …)",
+            )
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return (
+                None,
+                f"{key}: interval({value.start}, {value.end}) needs finite ends (nan and inf "
+                "are not drawn from); give two numbers",
             )
         if not low < high:
             return (

@@ -35,3 +35,17 @@ def test_a_trial_that_ends_before_its_first_validation_is_refused() -> None:
     assert _why("trainer.max_steps=2", "+trainer.val_check_interval=2") is None  # Lightning's call
     assert _why("trainer.max_steps=-1", "+trainer.max_epochs=1") is None
     assert "trainer.limit_val_batches=0" in (_why("+trainer.limit_val_batches=0") or "")
+
+
+def test_an_interval_with_a_nan_or_inf_end_says_so() -> None:
+    """interval(nan,1e-1) was told "needs low < high; swap or widen it"."""
+    from pipeline.search_space import parse_space
+
+    for text in ("interval(nan,1e-1)", "interval(1e-4,inf)"):
+        space, problems = parse_space({"optimizer.lr": text})
+        assert space == [] and len(problems) == 1, problems
+        assert problems[0].startswith("search.params.optimizer.lr: interval("), problems
+        assert problems[0].endswith(
+            "needs finite ends (nan and inf are not drawn from); give two numbers"
+        )
+    assert parse_space({"optimizer.lr": "interval(1e-4,1e-1)"})[1] == []
