@@ -144,16 +144,21 @@ def argument_defaults(callable_: Any) -> dict[str, Any]:
 
 def hydra_value(value: Any) -> str:
     """A Python default, or a config's value, as a command line's value: [0.9,0.999], null, true;
-    a string inside a list quoted ([0.9,'0.99']: unquoted, it read as two numbers)."""
+    a string inside a list quoted ([0.9,'0.99']: unquoted, it read as two numbers), but for a
+    ${...} reference, which is one as typed."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list | tuple | ListConfig):
-        return (
-            "[" + ",".join(repr(v) if isinstance(v, str) else hydra_value(v) for v in value) + "]"
-        )
+        return "[" + ",".join(_in_list(v) for v in value) + "]"
     return str(value)
+
+
+def _in_list(value: Any) -> str:
+    if isinstance(value, str) and not (value.startswith("${") and value.endswith("}")):
+        return repr(value)
+    return hydra_value(value)
 
 
 def refused_arguments(

@@ -473,6 +473,10 @@ def test_a_multirun_names_the_jobs_a_problem_is_in_with_their_values_as_typed() 
         "optimizer=adam", "optimizer.betas=[true,false],[0.9,0.99]", multirun=True
     )
     assert problem.startswith("in the job optimizer.betas=[true,false]: "), problem  # not True
+    problems = _problems(
+        "optimizer=adam", "optimizer.betas=[0.9,0.99],[${nope},0.9]", multirun=True
+    )
+    assert problems[0].startswith("in the job optimizer.betas=[${nope},0.9]: "), problems
     problems = _problems("data.batch_size=4,0,-1", "optimizer.lr=1e-3,2e-3", multirun=True)
     assert [p.split(": ", 1)[0] for p in problems] == [
         "in the jobs data.batch_size=0 optimizer.lr=0.001 and data.batch_size=0 optimizer.lr=0.002",
