@@ -46,6 +46,22 @@ def first_nonfinite_tensor(state: dict[str, Any]) -> str | None:
     )
 
 
+def first_nonfinite_optimizer_state(ckpt: dict[str, Any]) -> str | None:
+    """Where a checkpoint's optimizer state holds inf or NaN ("momentum_buffer of parameter 3"),
+    or None: what a resumed run would carry into every update (a resume of such a file stopped
+    steps later, saying an update had made the weights non-finite and to lower optimizer.lr)."""
+    for optimizer in ckpt.get("optimizer_states") or []:
+        for param, state in ((optimizer or {}).get("state") or {}).items():
+            for name, t in (state or {}).items():
+                if (
+                    isinstance(t, torch.Tensor)
+                    and t.is_floating_point()
+                    and not bool(t.isfinite().all())
+                ):
+                    return f"{name} of parameter {param}"
+    return None
+
+
 def nonfinite_weights_problem(ckpt: dict[str, Any], saved: dict[str, Any], path: str) -> str | None:
     """Why a checkpoint holding inf or NaN cannot be evaluated or continued from, or None: its
     run diverged and saved on (trainer.detect_nonfinite warn or off), or the file is damaged

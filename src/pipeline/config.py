@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import config_limits
 from pipeline.checkpoints import (
     checkpoint_fit_problems,
+    first_nonfinite_optimizer_state,
     nonfinite_weights_problem,
     read_checkpoint,
     run_config_of,
@@ -270,7 +271,14 @@ def checkpoint_problems(path: str, cfg: DictConfig | None = None) -> list[str]:
     nonfinite = nonfinite_weights_problem(ckpt, saved, path)
     if nonfinite is not None:
         return [nonfinite]
-    return [] if cfg is None else checkpoint_fit_problems(ckpt, saved, cfg, path)
+    if cfg is None:  # evaluated: the optimizer's state is not read
+        return []
+    if (where := first_nonfinite_optimizer_state(ckpt)) is not None:
+        return [
+            f"ckpt_path={path} holds inf or NaN in its optimizer state ({where}): training on "
+            "would carry it into every update; use another checkpoint of the run"
+        ]
+    return checkpoint_fit_problems(ckpt, saved, cfg, path)
 
 
 def warmup_notes(cfg: DictConfig) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -170,6 +171,15 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused_by_eval(
         "damaged (with trainer.detect_nonfinite=raise the pipeline saves finite weights only); "
         "use another checkpoint of the run"
     )
+    # Training on from NaN in the optimizer's state stopped steps later, blaming optimizer.lr.
+    state = torch.load(ckpt, weights_only=True)
+    next(iter(state["optimizer_states"][0]["state"].values()))["momentum_buffer"][0] = math.nan
+    torch.save(state, damaged)
+    result = run_cli("pipeline.train", [*TINY, f"ckpt_path={damaged}", "trainer.max_steps=4"],
+                     tmp_path, torch_home)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"  - ckpt_path={damaged} holds inf or NaN in its optimizer state (momentum_buffer of " \
+        "parameter 0): training on would carry it" in result.stderr  # fmt: skip
 
 
 def test_a_run_that_diverged_under_warn_saved_weights_eval_refuses_saying_so(
