@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -52,14 +53,18 @@ def first_nonfinite_optimizer_state(ckpt: dict[str, Any]) -> str | None:
     steps later, saying an update had made the weights non-finite and to lower optimizer.lr)."""
     for optimizer in ckpt.get("optimizer_states") or []:
         for param, state in ((optimizer or {}).get("state") or {}).items():
-            for name, t in (state or {}).items():
-                if (
-                    isinstance(t, torch.Tensor)
-                    and t.is_floating_point()
-                    and not bool(t.isfinite().all())
-                ):
+            for name, value in (state or {}).items():
+                if not all(map(_finite, value if isinstance(value, list | tuple) else [value])):
                     return f"{name} of parameter {param}"
     return None
+
+
+def _finite(value: Any) -> bool:
+    """A tensor or a Python number without inf or NaN (Adam's step was a float in older torch;
+    LBFGS keeps lists of tensors); anything else counts as finite."""
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(value.isfinite().all())
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def nonfinite_weights_problem(ckpt: dict[str, Any], saved: dict[str, Any], path: str) -> str | None:

@@ -42,11 +42,11 @@ from pipeline.devices import cpu_has_native_bf16, is_cpu_run, is_cuda_run
 from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
-from pipeline.model import weights_file_problems
+from pipeline.model import weights_problems
 from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.schedules import warmup_factor
 from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
-from pipeline.weights import is_torchvision_weights, torchvision_weights_problems
+from pipeline.weights import is_torchvision_weights
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 BF16_ON_CPU_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed runs as bf16 on a CPU
@@ -221,10 +221,8 @@ def _model_problems(cfg: DictConfig) -> list[str]:
         found.append(
             f"model.weights={weights} is not a file; give a state-dict path, DEFAULT, or model.weights=null"
         )
-    elif isinstance(weights, str) and not is_torchvision_weights(weights):
-        found += weights_file_problems(weights)  # its contents, before a run directory is made
-    elif isinstance(weights, str):
-        found += torchvision_weights_problems(weights)  # in the hub cache, or downloaded now
+    elif isinstance(weights, str):  # its contents, before a run directory is made
+        found += weights_problems(weights, str(value(cfg, "precision")))
     return found
 
 

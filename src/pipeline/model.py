@@ -117,20 +117,24 @@ def _fit_problems(weights: str, net: nn.Module, state: dict[str, Tensor]) -> lis
     ]
 
 
-def weights_file_problems(path: str) -> list[str]:
-    """What build_resnet18 would refuse in a state-dict file (not loadable, not a state dict,
-    keys or shapes that do not fit ResNet18, values no run can start from: the run stopped in
-    its pre-training gradcheck, blaming autograd), found before a run starts: one read of the
-    file, matched against a ResNet18 on the meta device (no memory, no init)."""
+def weights_problems(weights: str, precision: str) -> list[str]:
+    """What build_resnet18 would refuse in model.weights, a file or torchvision's (not there and
+    not downloadable, not loadable, not a state dict, keys or shapes that do not fit ResNet18)
+    and values no run at `precision` can start from (the run stopped in its pre-training
+    gradcheck, blaming autograd), found before a run starts: one read of the file, matched
+    against a ResNet18 on the meta device (no memory, no init). torchvision's file is
+    downloaded here if it is not in the hub cache: offline, that failed after the run had
+    claimed its directory, and in a multirun after the jobs before it had trained."""
     try:
-        state = read_state_dict(path)
+        state = (torchvision_state_dict(weights) if is_torchvision_weights(weights)
+                 else read_state_dict(weights))  # fmt: skip
     except ConfigError as exc:
         return exc.problems
-    problems = _fit_problems(path, _resnet18_for(state, 1000, meta=True), state)
+    problems = _fit_problems(weights, _resnet18_for(state, 1000, meta=True), state)
     return problems + [
-        f"model.weights={path} {what}: no run can start from them; use weights saved before "
-        "they went bad"
-        for what in unusable_values(state)
+        f"model.weights={weights} {what}: no run at precision={precision} can start from them; "
+        "use weights saved before they went bad"
+        for what in unusable_values(state, precision)
     ]
 
 

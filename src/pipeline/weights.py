@@ -7,6 +7,7 @@ wrong keys) raises ConfigError with the fix, never a urllib or unpickling traceb
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -32,28 +33,46 @@ def hub_cache_file(weights: str) -> Path:
 
 
 def torchvision_state_dict(weights: str) -> dict[str, Tensor]:
-    """torchvision's ResNet18 state dict: read from the hub cache, or downloaded into it."""
+    """torchvision's ResNet18 state dict from the hub cache, downloaded into it first if it is
+    not there (the hash in its name checked), and read as any weights file is: weights_only,
+    so a code-running pickle placed at that path is refused, not run (torch.hub's own loader
+    ran it), and a damaged file is one line, not a traceback."""
+    cache = hub_cache_file(weights)
+    if not cache.is_file():
+        download(weights, cache)
     try:
-        return ResNet18_Weights[weights].get_state_dict(progress=False, check_hash=True)
-    except OSError as exc:  # URLError is an OSError: offline, DNS, proxy
-        cache = hub_cache_file(weights)
+        return read_state_dict(str(cache))
+    except ConfigError as exc:
+        what = exc.problems[0].removeprefix(f"model.weights={cache} ")
         raise ConfigError(
-            [
-                f"model.weights={weights} could not be downloaded ({exc}); "
-                f"place the file at {cache} or set model.weights=null for random init"
-            ]
+            [f"model.weights={weights}: the cached {cache} {what}; delete it to download it again"]
         ) from None
 
 
-def torchvision_weights_problems(weights: str) -> list[str]:
-    """torchvision's weights fetched into the hub cache (read there, else downloaded) before a
-    run starts: offline, the download failed after the run had claimed its directory, and in a
-    multirun after the jobs before it had trained. Empty when the file is there."""
+DOWNLOAD_TIMEOUT_S = 60  # a connection that answers nothing for this long fails the download
+
+
+def download(weights: str, cache: Path) -> None:
+    """torchvision's file into `cache`, its name's hash prefix checked; a network that answers
+    nothing fails after DOWNLOAD_TIMEOUT_S (a silent proxy hung the run's check for good)."""
+    url = ResNet18_Weights[weights].url
+    match = torch.hub.HASH_REGEX.search(os.path.basename(url))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    before = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib's reads and connects, this call only
     try:
-        torchvision_state_dict(weights)
-    except ConfigError as exc:
-        return exc.problems
-    return []
+        torch.hub.download_url_to_file(url, str(cache), match.group(1) if match else None,
+                                       progress=False)  # fmt: skip
+    except (OSError, RuntimeError) as exc:  # URLError and timeouts are OSErrors; a bad hash
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(
+            [
+                f"model.weights={weights} could not be downloaded ({reason}); "
+                f"place the file at {cache} or set model.weights=null for random init"
+            ]
+        ) from None
+    finally:
+        socket.setdefaulttimeout(before)
 
 
 def load_file(path: str, key: str) -> Any:
@@ -103,17 +122,28 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_KEYS_SHOWN]) + more
 
 
-def unusable_values(state: dict[str, Tensor]) -> list[str]:
-    """What of `state`'s values no run can start from, a line each without the file: inf or
-    NaN, also once in float32 (the model's dtype when it loads them: 1e300 in a float64 file is
-    inf there), complex tensors, negative running variances (BatchNorm takes their root)."""
+# The dtype a run's weights are held in, where it is narrower than float32 (a model loads its
+# weights in float32 first, so a 64-true run holds 1e300 as inf too).
+WEIGHT_DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
+
+
+def unusable_values(state: dict[str, Tensor], precision: str = "32-true") -> list[str]:
+    """What of `state`'s values no run at `precision` can start from, a line each without the
+    file: inf or NaN, also once in the dtype the run holds them in (1e300 in a float64 file is
+    inf in float32, 1e6 in float16), complex tensors, negative running variances (BatchNorm
+    takes their root)."""
+    dtype = WEIGHT_DTYPES.get(precision, torch.float32)
     nonfinite = [k for k, v in state.items()
-                 if v.is_floating_point() and not torch.isfinite(v.float()).all()]  # fmt: skip
+                 if v.is_floating_point() and not torch.isfinite(v.to(dtype)).all()]  # fmt: skip
     complex_ = [k for k, v in state.items() if v.is_complex()]
     negative = [k for k, v in state.items()
                 if k.endswith("running_var") and v.is_floating_point() and bool((v < 0).any())]  # fmt: skip
     return [
-        *([f"holds inf or NaN (in float32) in {_shown(nonfinite)}"] if nonfinite else []),
+        *(
+            [f"holds inf or NaN (in {str(dtype).removeprefix('torch.')}) in {_shown(nonfinite)}"]
+            if nonfinite
+            else []
+        ),
         *([f"holds complex tensors: {_shown(complex_)}"] if complex_ else []),
         *([f"holds negative running variances in {_shown(negative)}"] if negative else []),
     ]

@@ -76,8 +76,8 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
     from pipeline.cli import preflight
     from pipeline.config import validate
 
-    def problems(path: Path) -> list[str]:
-        return preflight("train", [f"model.weights={path}"], False, validate)[1]
+    def problems(path: Path, *more: str) -> list[str]:
+        return preflight("train", [f"model.weights={path}", *more], False, validate)[1]
 
     (text := tmp_path / "text.pth").write_text("hello")
     torch.save([1, 2, 3], listed := tmp_path / "list.pth")
@@ -99,7 +99,7 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
     torch.save(state, broken := tmp_path / "broken.pth")
     assert problems(broken) == [
         f"model.weights={broken} holds inf or NaN (in float32) in bn1.running_var, fc.weight: no "
-        "run can start from them; use weights saved before they went bad"
+        "run at precision=32-true can start from them; use weights saved before they went bad"
     ]
     # Finite as stored but not in float32, complex, a negative variance: each its own line.
     state = {k: v.double() if v.is_floating_point() else v
@@ -114,6 +114,75 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
         "holds complex tensors: fc.bias",
         "holds negative running variances in bn1.running_var",
     ]
+    # Finite in float32, past float16's range: a 16-true run holds inf (its gradcheck failed).
+    state = resnet18(num_classes=10).state_dict()
+    state["fc.weight"][0, 0] = 1e6
+    torch.save(state, wide := tmp_path / "wide.pth")
+    assert problems(wide) == []
+    assert problems(wide, "precision=16-true") == [
+        f"model.weights={wide} holds inf or NaN (in float16) in fc.weight: no run at "
+        "precision=16-true can start from them; use weights saved before they went bad"
+    ]
+
+
+def test_torchvisions_cached_file_is_read_as_any_weights_file(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the hub cache path: a damaged file was a traceback, a code-running pickle ran (torch
+    .hub's loader reads with weights_only=False), non-finite values reached the gradcheck."""
+    from pipeline.cli import preflight
+    from pipeline.config import validate
+    from pipeline.weights import hub_cache_file
+
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    cache = hub_cache_file("DEFAULT")
+    cache.parent.mkdir(parents=True)
+
+    def problems() -> list[str]:
+        return preflight("train", ["model.weights=DEFAULT"], False, validate)[1]
+
+    cache.write_bytes(b"garbage")
+    (problem,) = problems()
+    assert problem.startswith(f"model.weights=DEFAULT: the cached {cache} is not a loadable torch")
+    assert problem.endswith("; delete it to download it again"), problem
+    torch.save({"x": Evil(marker := torch_home / "ran")}, cache)
+    (problem,) = problems()
+    assert not marker.exists() and "refused by weights_only loading" in problem
+    state = resnet18().state_dict()
+    state["fc.bias"][0] = math.nan
+    torch.save(state, cache)
+    assert problems() == [
+        "model.weights=DEFAULT holds inf or NaN (in float32) in fc.bias: no run at "
+        "precision=32-true can start from them; use weights saved before they went bad"
+    ]
+    torch.save(resnet18().state_dict(), cache)
+    assert problems() == []
+
+
+def test_a_download_that_hears_nothing_fails_in_time(
+    torch_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A proxy that takes the connection and never answers hung the pre-flight for good."""
+    import socket
+
+    from pipeline import weights
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    monkeypatch.setenv("TORCH_HOME", str(torch_home))
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 1)
+    try:
+        with pytest.raises(ConfigError) as info:
+            weights.torchvision_state_dict("DEFAULT")
+    finally:
+        silent.close()
+    (line,) = info.value.problems
+    assert (
+        line.startswith("model.weights=DEFAULT could not be downloaded (") and "timed out" in line
+    )
+    assert socket.getdefaulttimeout() is None  # the process's default, as before
 
 
 def test_a_stem_for_other_channels_sees_a_grey_image_as_the_weights_stem_does() -> None:
@@ -168,3 +237,19 @@ def test_a_resume_with_other_channels_names_the_key_and_the_value_it_was_trained
         in problem
     )
     assert checkpoint_fit_problems(ckpt, saved, compose("train", ["data.channels=1"]), "l") == []
+
+
+def test_an_optimizer_state_is_checked_in_tensors_numbers_and_lists() -> None:
+    """A float step of NaN (older torch's Adam) passed, and the resume stopped steps later."""
+    from pipeline.checkpoints import first_nonfinite_optimizer_state
+
+    def where(state: dict[str, object]) -> str | None:
+        return first_nonfinite_optimizer_state({"optimizer_states": [{"state": {3: state}}]})
+
+    assert where({"step": 4.0, "exp_avg": torch.zeros(2), "momentum_buffer": None}) is None
+    assert where({"step": math.nan}) == "step of parameter 3"
+    assert where({"exp_avg_sq": torch.tensor([1.0, math.inf])}) == "exp_avg_sq of parameter 3"
+    assert where({"old_dirs": [torch.zeros(2), torch.full((2,), math.nan)]}) == (
+        "old_dirs of parameter 3"
+    )
+    assert first_nonfinite_optimizer_state({"optimizer_states": []}) is None
