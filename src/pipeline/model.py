@@ -29,6 +29,7 @@ from pipeline.restored_optimizer import apply_config_hyperparameters, changes_me
 from pipeline.schedules import build_scheduler
 from pipeline.settings import CompileMode
 from pipeline.weights import (
+    hub_cache_file,
     is_torchvision_weights,
     read_state_dict,
     state_dict_mismatch,
@@ -131,10 +132,14 @@ def weights_problems(weights: str, precision: str) -> list[str]:
     except ConfigError as exc:
         return exc.problems
     problems = _fit_problems(weights, _resnet18_for(state, 1000, meta=True), state)
+    bad_file = "use weights saved before they went bad"
+    if is_torchvision_weights(weights):  # the cached file is not torchvision's
+        bad_file = f"delete {hub_cache_file(weights)} to download it again"
+        problems = [f"{p}; {bad_file}" for p in problems]
     return problems + [
         f"model.weights={weights} {what}: no run at precision={precision} can start from them; "
-        "use weights saved before they went bad"
-        for what in unusable_values(state, precision)
+        + ("train at precision=32-true, whose range holds them" if other_precision else bad_file)
+        for what, other_precision in unusable_values(state, precision)
     ]
 
 

@@ -6,6 +6,7 @@ wrong keys) raises ConfigError with the fix, never a urllib or unpickling traceb
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -38,6 +39,13 @@ def torchvision_state_dict(weights: str) -> dict[str, Tensor]:
     so a code-running pickle placed at that path is refused, not run (torch.hub's own loader
     ran it), and a damaged file is one line, not a traceback."""
     cache = hub_cache_file(weights)
+    if cache.exists() and not cache.is_file():  # a download would land inside a folder there
+        raise ConfigError(
+            [
+                f"model.weights={weights}: {cache} is there but is not a file; remove it to "
+                "download the weights again"
+            ]
+        )
     if not cache.is_file():
         download(weights, cache)
     try:
@@ -57,14 +65,26 @@ def download(weights: str, cache: Path) -> None:
     nothing fails after DOWNLOAD_TIMEOUT_S (a silent proxy hung the run's check for good)."""
     url = ResNet18_Weights[weights].url
     match = torch.hub.HASH_REGEX.search(os.path.basename(url))
-    cache.parent.mkdir(parents=True, exist_ok=True)
+    missing = [d for d in (cache.parent, *cache.parent.parents) if not d.exists()]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            [
+                f"model.weights={weights}: the hub cache folder {cache.parent} cannot be made "
+                f"({exc.strerror}); set TORCH_HOME to a writable folder, or model.weights=null"
+            ]
+        ) from None
     before = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # urllib's reads and connects, this call only
     try:
         torch.hub.download_url_to_file(url, str(cache), match.group(1) if match else None,
                                        progress=False)  # fmt: skip
     except (OSError, RuntimeError) as exc:  # URLError and timeouts are OSErrors; a bad hash
-        reason = " ".join(str(exc).split())[:200]
+        for folder in missing:  # the folders this call made, innermost first, if still empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        reason = " ".join(str(getattr(exc, "reason", None) or exc).split())[:200]
         raise ConfigError(
             [
                 f"model.weights={weights} could not be downloaded ({reason}); "
@@ -85,6 +105,10 @@ def load_file(path: str, key: str) -> Any:
         raise ConfigError([f"{key}={path} is not a file; check the path"])
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
+    except PermissionError as exc:
+        raise ConfigError(
+            [f"{key}={path} cannot be read ({exc.strerror}); check its permissions"]
+        ) from None
     except Exception as exc:  # unpickling, zip and pickle-safety errors all land here
         reason = shortened(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
         raise ConfigError(
@@ -127,25 +151,30 @@ def _shown(keys: list[str]) -> str:
 WEIGHT_DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
 
 
-def unusable_values(state: dict[str, Tensor], precision: str = "32-true") -> list[str]:
-    """What of `state`'s values no run at `precision` can start from, a line each without the
-    file: inf or NaN, also once in the dtype the run holds them in (1e300 in a float64 file is
-    inf in float32, 1e6 in float16), complex tensors, negative running variances (BatchNorm
-    takes their root)."""
+def unusable_values(state: dict[str, Tensor], precision: str = "32-true") -> list[tuple[str, bool]]:
+    """What of `state`'s values no run at `precision` can start from, a phrase each without the
+    file, and whether another precision would take them: inf or NaN; values past the range of
+    the dtype the run holds them in (1e300 in a float64 file is inf in float32, 1e6 in float16);
+    complex tensors; negative running variances (BatchNorm takes their root)."""
     dtype = WEIGHT_DTYPES.get(precision, torch.float32)
-    nonfinite = [k for k, v in state.items()
-                 if v.is_floating_point() and not torch.isfinite(v.to(dtype)).all()]  # fmt: skip
+    floats = {k: v for k, v in state.items() if v.is_floating_point()}
+    nonfinite = [k for k, v in floats.items() if not torch.isfinite(v).all()]
+    past = [
+        k for k, v in floats.items() if k not in nonfinite and not torch.isfinite(v.to(dtype)).all()
+    ]
     complex_ = [k for k, v in state.items() if v.is_complex()]
-    negative = [k for k, v in state.items()
-                if k.endswith("running_var") and v.is_floating_point() and bool((v < 0).any())]  # fmt: skip
+    negative = [k for k, v in floats.items() if k.endswith("running_var") and bool((v < 0).any())]
+    name = str(dtype).removeprefix("torch.")
+    found = [
+        (f"holds inf or NaN in {_shown(nonfinite)}", False),
+        (f"holds values past {name}'s range in {_shown(past)}", dtype != torch.float32),
+        (f"holds complex tensors: {_shown(complex_)}", False),
+        (f"holds negative running variances in {_shown(negative)}", False),
+    ]
     return [
-        *(
-            [f"holds inf or NaN (in {str(dtype).removeprefix('torch.')}) in {_shown(nonfinite)}"]
-            if nonfinite
-            else []
-        ),
-        *([f"holds complex tensors: {_shown(complex_)}"] if complex_ else []),
-        *([f"holds negative running variances in {_shown(negative)}"] if negative else []),
+        entry
+        for entry, keys in zip(found, (nonfinite, past, complex_, negative), strict=True)
+        if keys
     ]
 
 

@@ -98,8 +98,8 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
     state["fc.weight"][0, 0], state["bn1.running_var"][1] = math.inf, math.nan
     torch.save(state, broken := tmp_path / "broken.pth")
     assert problems(broken) == [
-        f"model.weights={broken} holds inf or NaN (in float32) in bn1.running_var, fc.weight: no "
-        "run at precision=32-true can start from them; use weights saved before they went bad"
+        f"model.weights={broken} holds inf or NaN in bn1.running_var, fc.weight: no run at "
+        "precision=32-true can start from them; use weights saved before they went bad"
     ]
     # Finite as stored but not in float32, complex, a negative variance: each its own line.
     state = {k: v.double() if v.is_floating_point() else v
@@ -110,7 +110,7 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
     assert [
         p.split(": no run")[0].removeprefix(f"model.weights={odd} ") for p in problems(odd)
     ] == [
-        "holds inf or NaN (in float32) in fc.weight",
+        "holds values past float32's range in fc.weight",
         "holds complex tensors: fc.bias",
         "holds negative running variances in bn1.running_var",
     ]
@@ -120,8 +120,8 @@ def test_a_weights_files_contents_are_checked_before_a_run_starts(tmp_path: Path
     torch.save(state, wide := tmp_path / "wide.pth")
     assert problems(wide) == []
     assert problems(wide, "precision=16-true") == [
-        f"model.weights={wide} holds inf or NaN (in float16) in fc.weight: no run at "
-        "precision=16-true can start from them; use weights saved before they went bad"
+        f"model.weights={wide} holds values past float16's range in fc.weight: no run at "
+        "precision=16-true can start from them; train at precision=32-true, whose range holds them"
     ]
 
 
@@ -152,9 +152,22 @@ def test_torchvisions_cached_file_is_read_as_any_weights_file(
     state["fc.bias"][0] = math.nan
     torch.save(state, cache)
     assert problems() == [
-        "model.weights=DEFAULT holds inf or NaN (in float32) in fc.bias: no run at "
-        "precision=32-true can start from them; use weights saved before they went bad"
+        "model.weights=DEFAULT holds inf or NaN in fc.bias: no run at precision=32-true can start "
+        f"from them; delete {cache} to download it again"
     ]
+    del state["fc.bias"]
+    torch.save(state, cache)
+    assert problems() == [
+        "model.weights=DEFAULT does not fit ResNet18: missing keys: fc.bias; "
+        f"delete {cache} to download it again"
+    ]
+    cache.unlink()
+    cache.mkdir()  # a download would land inside it
+    assert problems() == [
+        f"model.weights=DEFAULT: {cache} is there but is not a file; remove it to download the "
+        "weights again"
+    ]
+    cache.rmdir()
     torch.save(resnet18().state_dict(), cache)
     assert problems() == []
 
@@ -173,16 +186,18 @@ def test_a_download_that_hears_nothing_fails_in_time(
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{silent.getsockname()[1]}")
     monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 1)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{silent.getsockname()[1]}")
+    before = socket.getdefaulttimeout()  # another test of this process may have set one
     try:
         with pytest.raises(ConfigError) as info:
             weights.torchvision_state_dict("DEFAULT")
     finally:
         silent.close()
     (line,) = info.value.problems
-    assert (
-        line.startswith("model.weights=DEFAULT could not be downloaded (") and "timed out" in line
-    )
-    assert socket.getdefaulttimeout() is None  # the process's default, as before
+    assert line.startswith("model.weights=DEFAULT could not be downloaded ("), line
+    assert "timed out" in line, line
+    assert socket.getdefaulttimeout() == before  # the process's default, as it was
+    assert not (torch_home / "hub").exists()  # the folders the download made, gone again
 
 
 def test_a_stem_for_other_channels_sees_a_grey_image_as_the_weights_stem_does() -> None:
@@ -253,3 +268,39 @@ def test_an_optimizer_state_is_checked_in_tensors_numbers_and_lists() -> None:
         "old_dirs of parameter 3"
     )
     assert first_nonfinite_optimizer_state({"optimizer_states": []}) is None
+
+
+def test_a_hub_cache_folder_that_cannot_be_made_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TORCH_HOME under a file: NotADirectoryError's traceback, exit 1."""
+    from pipeline.weights import torchvision_state_dict
+
+    (a_file := tmp_path / "a_file").write_text("x")
+    monkeypatch.setenv("TORCH_HOME", str(a_file / "th"))
+    with pytest.raises(ConfigError) as info:
+        torchvision_state_dict("DEFAULT")
+    assert info.value.problems == [
+        f"model.weights=DEFAULT: the hub cache folder {a_file}/th/hub/checkpoints cannot be made "
+        "(Not a directory); set TORCH_HOME to a writable folder, or model.weights=null"
+    ]
+
+
+def test_an_unreadable_file_is_called_unreadable_not_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Permissions (a stand-in for torch.load: root reads a mode-000 file anyway) were called a
+    truncated, foreign or code-holding file."""
+    from pipeline.weights import load_file
+
+    path = _saved(tmp_path, {"a": torch.zeros(1)})
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(torch, "load", refused)
+    with pytest.raises(ConfigError) as info:
+        load_file(path, "model.weights")
+    assert info.value.problems == [
+        f"model.weights={path} cannot be read (Permission denied); check its permissions"
+    ]
