@@ -186,6 +186,10 @@ def test_a_download_that_hears_nothing_fails_in_time(
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{silent.getsockname()[1]}")
     monkeypatch.setattr(weights, "DOWNLOAD_TIMEOUT_S", 1)
+    # urllib builds its opener, with the proxies of that moment, at a process's first urlopen
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "_opener", None)
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{silent.getsockname()[1]}")
     before = socket.getdefaulttimeout()  # another test of this process may have set one
     try:
