@@ -45,6 +45,7 @@ from pipeline.hparams import compared_hparams
 from pipeline.layout import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, PROFILE_DIR
 from pipeline.losses import LOSSES
 from pipeline.model import ResNetClassifier, build_resnet18
+from pipeline.override_checks import optimizer_class_arguments
 from pipeline.profiling import TorchProfile, lightning_profiler
 from pipeline.resources import forward_flops
 from pipeline.settings import DeviceSettings, RunSettings, resolved, settings_of
@@ -78,13 +79,16 @@ def channels_last(cfg: DictConfig | RunSettings) -> bool:
 
 def optimizer_factory(cfg: DictConfig | RunSettings) -> Any:
     """cfg.optimizer as a partial awaiting the parameters, with optimizer.fused=auto resolved:
-    fused on CUDA (one kernel updates every parameter, and the non-finite guard can skip a step
-    on the device instead of waiting for it), torch's own choice elsewhere."""
+    fused on CUDA where the class has a fused implementation (one kernel updates every
+    parameter, and the non-finite guard can skip a step on the device instead of waiting for
+    it), torch's own choice elsewhere (optimizer=adam optimizer._target_=torch.optim.NAdam: no
+    fused implementation, so auto is torch's choice)."""
     s = _settings(cfg)
     options = dict(s.optimizer)
     fused = options.pop("fused", None)  # absent: an optimizer without a fused implementation
     if fused == "auto":
-        fused = True if uses_cuda(s) else None
+        has_fused = "fused" in optimizer_class_arguments(str(options["_target_"]))
+        fused = True if uses_cuda(s) and has_fused else None
     if fused is not None:
         options["fused"] = fused
     return instantiate(options)

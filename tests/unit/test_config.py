@@ -490,3 +490,16 @@ def test_a_multirun_names_the_jobs_a_problem_is_in_with_their_values_as_typed() 
         "data.batch_size=0 optimizer.lr=0.003 and 1 more: data.batch_size must be ≥ 1 (got 0); "
         "set data.batch_size=32"
     )
+
+
+def test_fused_auto_takes_a_class_without_a_fused_implementation() -> None:
+    """The README's optimizer=adam optimizer._target_=torch.optim.NAdam was refused (fused=auto:
+    'NAdam has no fused implementation'); auto means fused where the class has one."""
+    from pipeline.build import optimizer_factory
+
+    nadam = ("optimizer=adam", "optimizer._target_=torch.optim.NAdam")
+    assert _problems(*nadam) == []
+    made = optimizer_factory(compose("train", list(nadam)))([torch.zeros(1, requires_grad=True)])
+    assert type(made) is torch.optim.NAdam and "fused" not in made.defaults
+    (problem,) = _problems(*nadam, "optimizer.fused=true")  # asked for by name: refused
+    assert problem.startswith("optimizer.fused=true: torch.optim.NAdam has no fused implementation")
