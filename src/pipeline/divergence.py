@@ -31,6 +31,7 @@ from pipeline.errors import ConfigError
 from pipeline.gradients import BLOCKS, norms_by_block
 from pipeline.layout import DIVERGENCE_FILE
 from pipeline.overrides import shell_word
+from pipeline.resources import parameter_dtype
 
 
 def finite_or_text(value: float) -> float | str:
@@ -134,8 +135,6 @@ def _not_a_record(path: Path, why: str) -> str:
 
 
 FULL_PRECISIONS = ("32-true", "64-true")  # no range to blame below float32's
-# The dtype BatchNorm's running statistics have at each precision (mixed ones keep float32).
-BUFFER_DTYPES = {"16-true": "float16", "bf16-true": "bfloat16", "64-true": "float64"}
 
 
 def divergence_message(
@@ -179,7 +178,8 @@ def divergence_message(
     head = (
         f"BatchNorm's running statistic {statistic} became inf or NaN at step {step}, while "
         f"train/loss was still finite ({loss_value}): activations outgrew "
-        f"{BUFFER_DTYPES.get(precision, 'float32')} (evaluation would normalise by it)"
+        f"{str(parameter_dtype(precision)).removeprefix('torch.')} (evaluation would normalise "
+        "by it)"
         if statistic
         else what_went(step, loss_value, first_block)
     )

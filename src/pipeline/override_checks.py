@@ -7,6 +7,7 @@ one way the pre-flight (and tests) compose a config.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -118,13 +119,15 @@ def options_with_key(group: str, name: str) -> list[str]:
     return [option for option in group_options(group) if name in option_values(group, option)]
 
 
-def optimizer_class_arguments(target: str) -> set[str]:
+@functools.cache
+def optimizer_class_arguments(target: str) -> frozenset[str]:
     """The keyword arguments of the optimizer class `target` names (none where it names no
-    class: config.py says so), but `params`, which the module passes."""
+    class: config.py says so), but `params`, which the module passes. Once a process for each
+    class: a sweep's every job, each option's class and the build ask."""
     try:
-        return set(inspect.signature(locate(target)).parameters) - {"params"}
+        return frozenset(inspect.signature(locate(target)).parameters) - {"params"}
     except Exception:
-        return set()
+        return frozenset()
 
 
 def optimizer_targets(overrides: list[Override], base: DictConfig) -> list[str]:

@@ -24,7 +24,8 @@ GIB = 2**30
 # most activations in 16 bits; a few stay in float32, which only makes the real need larger).
 ACTIVATION_BYTES = {"64-true": 8, "32-true": 4}
 HALF_ACTIVATION_BYTES = 2
-PARAMETER_BYTES = {"64-true": 8, "16-true": 2, "bf16-true": 2}  # otherwise float32
+# The dtype a run holds its parameters and buffers in (mixed precisions keep them in float32).
+PARAMETER_DTYPES = {"64-true": torch.float64, "16-true": torch.float16, "bf16-true": torch.bfloat16}
 # Optimizer state kept per parameter (momentum buffers, Adam's two moments): an upper bound.
 OPTIMIZER_SLOTS = {"SGD": 1, "Adam": 2, "AdamW": 2, "RMSprop": 2}
 CHECKPOINT_OVERHEAD_BYTES = 1 * 2**20  # the pickle's structure, the config, the loops' state
@@ -94,11 +95,16 @@ def parameter_count(num_classes: int) -> int:
     return sum(t.numel() for t in (*net.parameters(), *net.buffers()))
 
 
+def parameter_dtype(precision: str) -> torch.dtype:
+    """The dtype a run at `precision` holds its parameters and buffers in."""
+    return PARAMETER_DTYPES.get(precision, torch.float32)
+
+
 def checkpoint_bytes(*, num_classes: int, precision: str, optimizer_target: str) -> int:
     """About the size of last.ckpt: the weights and buffers, and the optimizer's state."""
     name = optimizer_target.rsplit(".", 1)[-1]
     slots = OPTIMIZER_SLOTS.get(name, 2)
-    per_value = PARAMETER_BYTES.get(precision, 4)
+    per_value = parameter_dtype(precision).itemsize
     return parameter_count(num_classes) * per_value * (1 + slots) + CHECKPOINT_OVERHEAD_BYTES
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
 from pipeline.errors import ConfigError
+from pipeline.resources import parameter_dtype
 
 TORCHVISION_WEIGHTS = (*(w.name for w in ResNet18_Weights), "DEFAULT")
 MAX_KEYS_SHOWN = 5
@@ -146,17 +147,14 @@ def _shown(keys: list[str]) -> str:
     return ", ".join(keys[:MAX_KEYS_SHOWN]) + more
 
 
-# The dtype a run's weights are held in, where it is narrower than float32 (a model loads its
-# weights in float32 first, so a 64-true run holds 1e300 as inf too).
-WEIGHT_DTYPES = {"16-true": torch.float16, "bf16-true": torch.bfloat16}
-
-
 def unusable_values(state: dict[str, Tensor], precision: str = "32-true") -> list[tuple[str, bool]]:
     """What of `state`'s values no run at `precision` can start from, a phrase each without the
     file, and whether another precision would take them: inf or NaN; values past the range of
     the dtype the run holds them in (1e300 in a float64 file is inf in float32, 1e6 in float16);
     complex tensors; negative running variances (BatchNorm takes their root)."""
-    dtype = WEIGHT_DTYPES.get(precision, torch.float32)
+    # The run's dtype, but float32 for 64-true: a model loads its weights in float32 first, so a
+    # 64-true run holds 1e300 as inf too.
+    dtype = min(parameter_dtype(precision), torch.float32, key=lambda d: d.itemsize)
     floats = {k: v for k, v in state.items() if v.is_floating_point()}
     nonfinite = [k for k, v in floats.items() if not torch.isfinite(v).all()]
     past = [
