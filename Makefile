@@ -58,6 +58,8 @@ gpu-check:
 
 gpu-wheels: install
 	$(PY) -m pip wheel --quiet --wheel-dir wheels 'hydra-core>=1.3,<1.4' 'omegaconf>=2.3,<2.4'
+	for v in 3.10 3.11 3.12 3.13; do $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
+		--python-version $$v --platform manylinux2014_x86_64 --dest wheels 'google-crc32c>=1.5' || exit 1; done
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

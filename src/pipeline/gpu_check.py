@@ -1,7 +1,7 @@
 """`make gpu-check` (`python -m pipeline.gpu_check`): every check that needs a GPU, in one call.
 
 On a CUDA machine, in under 8 minutes on one H200: installs what a bare GPU machine lacks
-(hydra-core, omegaconf) from wheels carried in wheels/ (`make gpu-wheels` fills it); runs the
+(hydra-core, omegaconf, google-crc32c) from wheels carried in wheels/ (`make gpu-wheels` fills it); runs the
 tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed model.channels_last=true
 loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults' 64×64 batch 32; writes
 each bench's JSON and gpu-check.json to $GPU_CHECK_OUT (default docs/) and prints a summary
@@ -26,7 +26,13 @@ import torch
 from pipeline.errors import CHECK_FAILED_EXIT_CODE
 
 WHEELS = Path("wheels")
-MISSING_ON_BARE_GPU = {"hydra": "hydra-core", "omegaconf": "omegaconf"}  # module: distribution
+# module: distribution; google-crc32c is TensorBoard's fast checksum (tensorboard_events), a
+# binary wheel per Python version
+MISSING_ON_BARE_GPU = {
+    "hydra": "hydra-core",
+    "omegaconf": "omegaconf",
+    "google_crc32c": "google-crc32c",
+}
 BENCH = ["-m", "pipeline.bench", "device=gpu", "loss=mse", "bench.features=false",
          "bench.startup=false", "bench.knobs=[]", "bench.rounds=5", "bench.warmup_steps=5"]  # fmt: skip
 BENCHES = {  # name: the bench's overrides

@@ -20,12 +20,14 @@ from lightning.fabric.loggers import TensorBoardLogger as FabricTensorBoardLogge
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
 from pipeline.logging_steps import writes_step_logs
+from pipeline.tensorboard_events import pace_writes, use_fast_crc
 
 # logger=mlflow needs these importable; the mlflow extra installs them (mlflow-skinny leaves
 # out the SQL store's own dependencies).
@@ -34,9 +36,8 @@ MLFLOW_INSTALL = "pip install -e '.[mlflow]'"
 SQLITE_PREFIX = "sqlite:///"
 # How stale the event file on disk may be while a run logs (a live TensorBoard's view of it).
 TENSORBOARD_FLUSH_S = 2.0
-# Events TensorBoard's writer thread may have queued before a write waits for it (torch's
-# default, 10, is less than one histogram step: 2 a parameter, ResNet18 has 62). Each is small
-# (a logging step's scalars, one histogram): a full queue holds ~2 MB.
+# Events waiting that wake the writer thread before its pace (a histogram step writes 2 a
+# parameter: 124 for ResNet18). Each is small (a logging step's scalars, one histogram).
 TENSORBOARD_QUEUE = 1024
 
 
@@ -76,19 +77,29 @@ def build_loggers(loggers: Mapping[str, Any], run_dir: Path) -> list[Logger]:
 
 
 class PacedTensorBoardLogger(TensorBoardLogger):
-    """Lightning's TensorBoard logger, whose save() flushes the event file at most every
-    TENSORBOARD_FLUSH_S. Lightning saves the loggers after each of its log calls, on every logging
-    step, and a flush waits for the writer thread to drain its queue (~0.6 ms after a logging
-    step's scalars here). Its queue holds TENSORBOARD_QUEUE events, not 10: a histogram step
-    (124 events for ResNet18) waited for the writer thread, which takes the GIL in turns with
-    the training loop. The writer thread writes each event as it takes it off the queue, and
-    flushes what it buffered every TENSORBOARD_FLUSH_S (`flush_secs`, where writes are buffered:
-    with TensorFlow installed, or on a remote filesystem); the end of a run, however it ends,
-    flushes and closes as before."""
+    """Lightning's TensorBoard logger, whose events cost the training loop less
+    (pipeline/tensorboard_events.py): their records' checksums come from C, not TensorBoard's
+    pure Python, and they wait in a list for a writer thread that wakes every
+    TENSORBOARD_FLUSH_S (or once TENSORBOARD_QUEUE wait), where TensorBoard's woke for each,
+    taking the GIL from the loop; the event file on disk is at most that stale. Its save()
+    flushes at most every TENSORBOARD_FLUSH_S: Lightning saves the loggers after each of its
+    log calls, on every logging step. The end of a run, however it ends, writes, flushes and
+    closes as before."""
 
     def __init__(self, **kwargs: Any) -> None:
+        use_fast_crc()
         super().__init__(flush_secs=TENSORBOARD_FLUSH_S, max_queue=TENSORBOARD_QUEUE, **kwargs)
         self._next_save = 0.0  # time.monotonic() from which save() saves again
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        """Lightning's SummaryWriter, its events paced (made on first use, on rank 0)."""
+        if self._experiment is None:
+            pace_writes(
+                super().experiment, flush_secs=TENSORBOARD_FLUSH_S, wake_at=TENSORBOARD_QUEUE
+            )
+        return self._experiment
 
     @rank_zero_only
     def save(self) -> None:

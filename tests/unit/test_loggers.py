@@ -197,8 +197,8 @@ def test_tensorboard_is_flushed_on_a_pace_and_its_events_reach_the_disk_unasked(
         logger.save()
         now[0] += 1.0
     assert flushes == [1000.0, 1002.0, 1004.0]
-    writer_thread = logger.experiment._get_file_writer().event_writer._async_writer._worker
-    assert writer_thread._flush_secs == loggers.TENSORBOARD_FLUSH_S
+    writer = logger.experiment._get_file_writer().event_writer._async_writer
+    assert writer.flush_secs == loggers.TENSORBOARD_FLUSH_S
 
     logger.log_metrics({"train/loss": 6.0}, step=6)  # no save: the writer thread flushes it
     deadline = time.monotonic() + 10 * loggers.TENSORBOARD_FLUSH_S
@@ -216,8 +216,8 @@ def test_a_histogram_steps_burst_of_events_does_not_wait_for_the_writer_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """TensorBoard's writer thread writes the events a training step queues; with torch's queue
-    of 10, a histogram step (two events a parameter) waited for it. The pipeline's holds
-    loggers.TENSORBOARD_QUEUE: a burst that size goes in while the writer is held up."""
+    of 10, a histogram step (two events a parameter) waited for it. The pipeline's writer keeps
+    them in a list: a burst of loggers.TENSORBOARD_QUEUE goes in while the writer is held up."""
     import threading
 
     from tensorboard.summary.writer.record_writer import RecordWriter
