@@ -36,7 +36,7 @@ from pipeline.callbacks import (
     Throughput,
     TimedCheckpoint,
 )
-from pipeline.callbacks.inherited_hooks import skip_inherited_batch_hooks
+from pipeline.callbacks.inherited_hooks import skip_idle_batch_hooks
 from pipeline.callbacks.model_summary import RichSummaryWithFlops, SummaryWithFlops
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.data import SyntheticDataModule
@@ -313,5 +313,5 @@ def build_trainer(
         default_root_dir=run_dir,
         **s.trainer,
     )
-    skip_inherited_batch_hooks(trainer.callbacks)  # type: ignore[attr-defined]
+    skip_idle_batch_hooks(trainer.callbacks)  # type: ignore[attr-defined]
     return trainer

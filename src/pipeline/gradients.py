@@ -7,6 +7,7 @@ All stay on the tensors' device; callers bring one small result to the host per 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -64,8 +65,10 @@ def block_index(param_names: Sequence[str], blocks: Sequence[str] = BLOCKS) -> T
 
 
 def at_least_float32(t: Tensor) -> Tensor:
-    """`t` in float32, or float64 where it is wider (64-true: a norm of 1e40 is finite there)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+    """`t` in float32, or float64 where it is wider (64-true: a norm of 1e40 is finite there);
+    `t` itself where it is (no operation: this runs on every step's gradient norms)."""
+    wider = torch.promote_types(t.dtype, torch.float32)
+    return t if t.dtype == wider else t.to(wider)
 
 
 def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
@@ -86,6 +89,23 @@ def norms_by_block(norms: Tensor, index: Tensor, num_blocks: int) -> Tensor:
     )
     totals = torch.cat([squares, squares.sum(-1, keepdim=True)], -1).sqrt()
     return totals.to(torch.promote_types(norms.dtype, torch.float32))
+
+
+def norms_by_block_on_host(
+    rows: Sequence[Sequence[float]], blocks: Sequence[int], num_blocks: int
+) -> list[list[float]]:
+    """`norms_by_block` of norms already read to the host: for each row of per-tensor norms, the
+    L2 norm of each block's tensors together, then of all (`blocks`: each tensor's block, as
+    `block_index` lists them). The squares are summed in Python's float64, as there. For the
+    gradient logger, whose one host read brings the per-tensor norms anyway: ~8 tensor
+    operations fewer (each ~10 µs on a CPU in a training step, where its code is not in cache)."""
+    out = []
+    for row in rows:
+        squares = [0.0] * num_blocks
+        for norm, block in zip(row, blocks, strict=True):
+            squares[block] += norm * norm
+        out.append([math.sqrt(sq) for sq in squares] + [math.sqrt(sum(squares))])
+    return out
 
 
 def block_norms(tensors: Sequence[Tensor], index: Tensor, num_blocks: int) -> Tensor:

@@ -71,7 +71,10 @@ def step_is_finite(
     values = [v for v in buffers if v.numel()]
     parts = [*losses, torch.cat(values).abs().amax().view(1)] if values else list(losses)
     if grad_norms is not None:
-        parts.append(grad_norms.to(parts[0].device) if parts else grad_norms)
+        moved = (
+            parts and grad_norms.device != parts[0].device
+        )  # (compared here: .to costs an operation)
+        parts.append(grad_norms.to(parts[0].device) if moved else grad_norms)
     return torch.cat(parts).isfinite().all() if parts else torch.tensor(True)
 
 

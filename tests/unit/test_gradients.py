@@ -20,6 +20,7 @@ from pipeline.gradients import (
     head_grads,
     max_relative_error,
     norms_by_block,
+    norms_by_block_on_host,
     seed_q_check,
     update_ratios_,
 )
@@ -81,6 +82,20 @@ def test_norms_by_block_sums_each_row_of_per_tensor_norms_by_itself() -> None:
     assert together[0, BLOCKS.index("conv1")].item() == 5.0
     assert together[1].tolist()[-1] == 2.0 and together[1, BLOCKS.index("conv1")].item() == 0.0
     assert math.isnan(together[2, BLOCKS.index("layer2")].item()) and math.isnan(together[2, -1])
+
+
+def test_norms_summed_by_block_on_the_host_are_the_devices() -> None:
+    """The gradient logger sums its rows, read to the host, in Python: the same norms as the
+    tensor segment sum, overflowing float32's squares (1e30), inf and NaN included."""
+    names = [n for n, _ in resnet18().named_parameters()]
+    index = block_index(names)
+    rows = torch.rand(3, len(names), generator=torch.Generator().manual_seed(0)) * 10
+    rows[1, 0], rows[2, 5], rows[2, 7] = 1e30, float("inf"), float("nan")
+    on_host = norms_by_block_on_host(rows.tolist(), index.tolist(), len(BLOCKS))
+    torch.testing.assert_close(
+        torch.tensor(on_host), norms_by_block(rows, index, len(BLOCKS)), equal_nan=True
+    )
+    assert on_host[1][-1] == pytest.approx(1e30) and on_host[2][-1] != on_host[2][-1]  # NaN
 
 
 def test_block_norms_agree_with_torch_on_resnet18() -> None:

@@ -12,8 +12,8 @@ the work. Tags:
 Cost on logged steps only: a fused norm pass over the gradients (shared with the non-finite
 guard, which takes it every step: StepGradNorms), a fused copy of the weights into a buffer kept
 for the run (memory: one copy of the model's weights), three fused passes after the step (the
-old weights' norms, the difference in place, its norms) and one host transfer. Nothing on other
-steps.
+old weights' norms, the difference in place, its norms) and one host transfer, whose per-tensor
+norms are summed by block on the host. Nothing on other steps.
 Histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
 
@@ -34,7 +34,7 @@ from pipeline.gradients import (
     block_index,
     copy_into,
     histograms,
-    norms_by_block,
+    norms_by_block_on_host,
     update_norms_,
     update_ratio,
 )
@@ -49,7 +49,7 @@ class _PendingStep:
     step: int
     weights: list[torch.Tensor]  # the parameters, in `index` order
     before: list[torch.Tensor]  # their copies before the step (the logger's buffer)
-    index: torch.Tensor
+    blocks: list[int]  # each parameter's block (gradients.block_index)
     grad_norms: torch.Tensor  # (P,) each parameter's
 
 
@@ -64,17 +64,17 @@ class GradientLogger(pl.Callback):
         self._pending: _PendingStep | None = None
         self._grad_norms = grad_norms or StepGradNorms()
         self._before: list[torch.Tensor] | None = None  # reused every logged step
-        # The module's parameters, walked once a fit (~0.1 ms for ResNet18), and the block index
-        # of each set of them that has gradients (usually one set: all of them).
+        # The module's parameters, walked once a fit (~0.1 ms for ResNet18), and the blocks of
+        # each set of them that has gradients (usually one set: all of them).
         self._named: list[tuple[str, torch.nn.Parameter]] = []
-        self._indices: dict[tuple[str, ...], torch.Tensor] = {}
+        self._blocks: dict[tuple[str, ...], list[int]] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._named, self._indices = list(pl_module.named_parameters()), {}
+        self._named, self._blocks = list(pl_module.named_parameters()), {}
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._before, self._pending = None, None  # the model-sized buffer goes with the fit
-        self._named, self._indices = [], {}  # the model is not ours to keep
+        self._named, self._blocks = [], {}  # the model is not ours to keep
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -96,9 +96,8 @@ class GradientLogger(pl.Callback):
         named = [(n, p) for n, p in self._named if p.grad is not None]
         grads = [p.grad for _, p in named if p.grad is not None]
         names = tuple(n for n, _ in named)
-        if names not in self._indices:
-            self._indices[names] = block_index(names)
-        index = self._indices[names]
+        if names not in self._blocks:
+            self._blocks[names] = block_index(names).tolist()
         each = self._grad_norms.of(grads)  # one pass over the gradients serves both figures
         if not log_scalars:
             self._histograms(trainer, named, grads, step, each)
@@ -109,7 +108,7 @@ class GradientLogger(pl.Callback):
             step=step,
             weights=weights,
             before=self._before,
-            index=index,
+            blocks=self._blocks[names],
             grad_norms=each,
         )
         if log_histograms:
@@ -128,19 +127,19 @@ class GradientLogger(pl.Callback):
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        # Rows: each parameter's gradient, weight (before the step) and step norm; by block.
-        each = torch.cat([pending.grad_norms[None], update_norms_(pending.before, pending.weights)])
-        by_block = norms_by_block(each, pending.index, len(BLOCKS))  # (3, blocks + total)
-        # One host transfer: the block norms, then each parameter's gradient norm.
-        values = torch.cat([by_block.view(-1), pending.grad_norms]).tolist()
+        # One host transfer: each parameter's gradient, weight (before the step) and step norm,
+        # summed by block there.
+        rows = torch.cat([pending.grad_norms[None], update_norms_(pending.before, pending.weights)])
+        grad_rows, weight_rows, step_rows = rows.tolist()  # (3, P)
         names = (*BLOCKS, "total")
-        n = len(names)
-        weight_norms, step_norms = values[n : 2 * n], values[2 * n : 3 * n]
+        grads, weight_norms, step_norms = norms_by_block_on_host(
+            [grad_rows, weight_rows, step_rows], pending.blocks, len(BLOCKS)
+        )
         metrics: dict[str, float] = {}
-        metrics |= {f"grad_norm/{b}": v for b, v in zip(names, values[:n], strict=True)}
+        metrics |= {f"grad_norm/{b}": v for b, v in zip(names, grads, strict=True)}
         metrics |= {f"update_ratio/{b}": update_ratio(s, w)
                     for b, s, w in zip(names, step_norms, weight_norms, strict=True)}  # fmt: skip
-        metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in values[3 * n :])
+        metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in grad_rows)
         log_scalars(trainer.loggers, metrics, pending.step)
 
     def _histograms(

@@ -111,6 +111,7 @@ class NonFiniteGuard(pl.Callback):
         self._window_losses: list[Tensor] = []  # the open window's losses, flat
         self._last_loss: Tensor | None = None
         self._ring: FlagRing[_StepRecord] | None = None  # deferred only
+        self._scaled = False  # 16-mixed's GradScaler: it checks the gradients itself
         self._saving = False
         self._grad_norms = grad_norms or StepGradNorms()
         # for divergence.json
@@ -128,6 +129,7 @@ class NonFiniteGuard(pl.Callback):
         except ValueError:  # not ResNet18's blocks: divergence.json goes without block norms
             self._index = None
         self._logged = deque(maxlen=self.lag + 2)
+        self._scaled = _uses_grad_scaler(trainer)  # the precision plugin is the fit's
         if self.deferred is None:
             self.deferred = bool(trainer.optimizers) and can_defer(trainer, trainer.optimizers[0])
         if self.deferred:
@@ -169,7 +171,7 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one or overflows
-        if not _uses_grad_scaler(trainer):
+        if not self._scaled:
             grads = [p.grad for p in self._params if p.grad is not None]
             norms = self._grad_norms.of(grads) if grads else None  # one fused pass
         # The window's losses, the statistics its forward passes left, the gradients' norms.
