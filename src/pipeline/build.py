@@ -150,14 +150,16 @@ def build_callbacks(
     policy = s.callbacks.checkpoint
     resolved_cfg = resolved(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="last",
-            save_last=False,
-            save_top_k=1,
-            every_n_train_steps=policy.every_n_steps or None,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
+        at_each_epochs_end(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="last",
+                save_last=False,
+                save_top_k=1,
+                every_n_train_steps=policy.every_n_steps or None,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
         ),
         *(
             [
@@ -256,18 +258,30 @@ def kept_checkpoints(ckpt_dir: Path, keep_last_k: int, every_n_steps: int) -> li
     if not keep_last_k:
         return []
     return [
-        ModelCheckpoint(
-            dirpath=ckpt_dir,
-            filename="step-{step:06d}",
-            auto_insert_metric_name=False,
-            monitor="step",  # the newest K: top K by step
-            mode="max",
-            save_top_k=keep_last_k,
-            every_n_train_steps=every_n_steps or None,
-            save_on_train_epoch_end=True,
-            enable_version_counter=False,
+        at_each_epochs_end(
+            ModelCheckpoint(
+                dirpath=ckpt_dir,
+                filename="step-{step:06d}",
+                auto_insert_metric_name=False,
+                monitor="step",  # the newest K: top K by step
+                mode="max",
+                save_top_k=keep_last_k,
+                every_n_train_steps=every_n_steps or None,
+                save_on_train_epoch_end=True,
+                enable_version_counter=False,
+            )
         )
     ]
+
+
+def at_each_epochs_end(checkpoint: ModelCheckpoint) -> ModelCheckpoint:
+    """`checkpoint`, saving at each epoch's end too (and so at the run's, which ends an epoch),
+    where it saves every N steps: Lightning takes one trigger a ModelCheckpoint (steps, epochs or
+    time: its constructor refuses two), and with steps alone a run of 5 steps every 3 ended with
+    its checkpoint at step 3. Its epoch-end hook saves where `_every_n_epochs` (Lightning's own
+    attribute, set by the constructor) divides the epoch; a step saved once is not saved twice."""
+    checkpoint._every_n_epochs = max(checkpoint._every_n_epochs, 1)
+    return checkpoint
 
 
 def build_strategy(device: DeviceSettings, in_sweep: bool) -> str | DDPStrategy:

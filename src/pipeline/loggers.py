@@ -84,10 +84,9 @@ class PacedTensorBoardLogger(TensorBoardLogger):
     taking the GIL from the loop; the event file on disk is at most that stale. Its save()
     flushes at most every TENSORBOARD_FLUSH_S: Lightning saves the loggers after each of its
     log calls, on every logging step. The end of a run, however it ends, writes, flushes and
-    closes as before."""
+    closes as before. An event file that cannot be written is a ResourceError (exit 6)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        use_fast_crc()
         super().__init__(flush_secs=TENSORBOARD_FLUSH_S, max_queue=TENSORBOARD_QUEUE, **kwargs)
         self._next_save = 0.0  # time.monotonic() from which save() saves again
 
@@ -96,6 +95,7 @@ class PacedTensorBoardLogger(TensorBoardLogger):
     def experiment(self) -> Any:
         """Lightning's SummaryWriter, its events paced (made on first use, on rank 0)."""
         if self._experiment is None:
+            use_fast_crc()  # here, not in __init__: a DDP process gets the logger pickled
             pace_writes(
                 super().experiment, flush_secs=TENSORBOARD_FLUSH_S, wake_at=TENSORBOARD_QUEUE
             )

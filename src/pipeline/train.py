@@ -59,6 +59,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     report.show_config(cfg)
     for note in warnings_for(cfg):
         log.warning(note)
+    trainer: pl.Trainer | None = None
     try:
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build.build_datamodule(cfg)
@@ -86,6 +87,23 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.train")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
+    except SystemExit:  # Lightning's exit(1) after a KeyboardInterrupt: a second Ctrl-C's?
+        forced = graceful_stop_of(trainer) if trainer is not None else None
+        if forced is None or not forced.forced:
+            raise
+        checkpoint = run_dir / LAST_CHECKPOINT
+        saved = (
+            f"{checkpoint} holds an earlier step (each epoch's end saves it); continue from it "
+            "with: python -m pipeline.train "
+            f"{shell_word(f'resume={run_dir}')}"
+            if checkpoint.is_file()
+            else "no checkpoint was saved"
+        )
+        message = f"stopped at once by a second Ctrl-C, mid-step, saving nothing; {saved}"
+        report.log_to_file(message, with_traceback=False)
+        if is_launch_rank_zero():
+            report.show_error("pipeline.train", message)
+        sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
     except (DivergenceError, GradientCheckError) as exc:
         report.log_to_file(str(exc), with_traceback=False)
         report.show_error("pipeline.train", str(exc))

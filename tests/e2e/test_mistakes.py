@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -193,20 +194,28 @@ def test_the_guard_never_saves_weights_it_has_not_checked(tmp_path: Path, torch_
     assert "first training batch took" in log and "compiling is part of it" not in log
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 40 MiB file system (tmpfs): too small for two ResNet18 checkpoints with momentum."""
+@contextmanager
+def tmpfs(mount: Path, size: str) -> Iterator[Path]:
+    """A real file system of `size` at `mount` (tmpfs), unmounted after."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mount = tmp_path / "small_disk"
-    mount.mkdir()
+    mount.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 40 MiB file system (tmpfs): too small for two ResNet18 checkpoints with momentum."""
+    with tmpfs(tmp_path / "small_disk", "40m") as mount:
+        yield mount
 
 
 def test_a_disk_too_small_for_checkpoints_is_refused_before_training(
@@ -234,6 +243,24 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(
         AtomicCheckpointIO().save_checkpoint({"w": torch.ones(20 * 2**20)}, target)  # 80 MB
     assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(10))
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_an_event_file_that_fills_its_disk_ends_the_run_with_one_line(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """TensorBoard's folder on a 300 KiB disk, histograms every 2 steps: it fills within a few
+    steps. That was a ~115-line traceback with exit 1 (TensorBoard's writer thread's OSError)."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "callbacks.progress_bar=false", "logger=tensorboard", "loss=mse",
+            "trainer.max_steps=40", "callbacks.gradients.histogram_every_n_steps=2",
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    with tmpfs(run_dir / "tensorboard", "300k"):
+        result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 6, result.stderr[-3000:]
+    [problem] = result.stderr.strip().splitlines()
+    assert f"cannot write TensorBoard's event file in {run_dir / 'tensorboard'}" in problem
+    assert "No space left on device" in problem and "hydra.run.dir=" in problem
+    assert "Traceback" not in result.stderr
 
 
 def test_a_real_allocation_failure_is_recognised() -> None:
@@ -341,6 +368,21 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
     if not torch.cuda.is_available():
         [gpu] = problems_of(run_cli("pipeline.eval", [ckpt, "device=gpu"], tmp_path, torch_home))
         assert gpu.startswith("device=gpu needs a CUDA GPU")
+
+
+def test_step_checkpoints_still_save_at_each_epochs_end_and_the_runs(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """With callbacks.checkpoint.every_n_steps set, Lightning saved only every N steps: a run of
+    5 steps every 3 ended with last.ckpt at step 3, and nothing at an epoch's end (hostile
+    review), where the README promises last.ckpt at the end of each epoch and of the run."""
+    args = [*SHORT, "trainer.max_steps=5", "data.num_samples=8",  # 2-step epochs
+            "callbacks.checkpoint.every_n_steps=3", "callbacks.checkpoint.keep_last_k=5"]  # fmt: skip
+    assert run_cli("pipeline.train", args, tmp_path, torch_home).returncode == 0
+    checkpoints = only_run_dir(tmp_path) / "checkpoints"
+    steps = {p.name: torch.load(p, weights_only=True)["global_step"] for p in checkpoints.iterdir()}
+    assert steps == {"last.ckpt": 5, "step-000002.ckpt": 2, "step-000003.ckpt": 3,
+                     "step-000004.ckpt": 4, "step-000005.ckpt": 5}  # fmt: skip
 
 
 def test_keep_last_k_step_checkpoints_and_resume_latest(tmp_path: Path, torch_home: Path) -> None:

@@ -74,11 +74,12 @@ def test_2k_steps_equal_k_steps_plus_a_resume_for_k(tmp_path: Path, torch_home: 
     assert not list(tmp_path.glob("outputs/*/*"))  # no new run directory
 
 
-def _start(tmp_path: Path, torch_home: Path, run: Path) -> CliProcess:
+def _start(tmp_path: Path, torch_home: Path, run: Path, *more: str) -> CliProcess:
     args = [
         *(o for o in RUN if not o.startswith("scheduler")),  # a constant lr: any number of steps
         "trainer.max_steps=500",
         f"hydra.run.dir={run}",
+        *more,
     ]
     proc = start_cli("pipeline.train", args, tmp_path, torch_home)
     deadline = time.monotonic() + 120
@@ -111,6 +112,27 @@ def test_signal_saves_a_checkpoint_and_resume_continues_from_its_step(
     )
     assert resumed.returncode == 0, resumed.stderr
     assert _ckpt(run)["global_step"] == step + 2
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """The first Ctrl-C waits for the accumulation window's last batch (here far off, in a long
+    epoch: an epoch's end also ends a window), the second stops at once. That was exit 1 and nothing on the terminal (Lightning exits 1 after
+    a KeyboardInterrupt; hostile review)."""
+    run = tmp_path / "run"
+    long_window = ["trainer.accumulate_grad_batches=100000", "data.num_samples=400000"]
+    proc = _start(tmp_path, torch_home, run, *long_window)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == (
+        "pipeline.train: stopped at once by a second Ctrl-C, mid-step, saving nothing; "
+        "no checkpoint was saved"
+    )
+    assert "Traceback" not in stderr
 
 
 def test_resume_of_a_folder_that_is_no_run_is_a_clear_error(

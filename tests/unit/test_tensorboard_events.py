@@ -16,6 +16,7 @@ from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c a
 from tensorboard.summary.writer.record_writer import RecordWriter
 
 from helpers import scalars
+from pipeline.errors import ResourceError
 from pipeline.loggers import TENSORBOARD_FLUSH_S, PacedTensorBoardLogger
 from pipeline.tensorboard_events import PacedRecordWriter, masked_crc32c, use_fast_crc
 
@@ -72,7 +73,7 @@ def test_the_runs_event_files_carry_it_and_tensorboards_reader_checks_it(tmp_pat
 
 def test_events_wait_for_the_pace_or_a_flush_and_reach_the_file_in_order() -> None:
     sink = Sink()
-    writer = PacedRecordWriter(RecordWriter(sink), flush_secs=3600.0, wake_at=100)
+    writer = PacedRecordWriter(RecordWriter(sink), flush_secs=3600.0, wake_at=100, logdir="tb")
     for i in range(3):
         writer.write(b"event %d" % i)
     time.sleep(0.2)
@@ -88,7 +89,7 @@ def test_events_wait_for_the_pace_or_a_flush_and_reach_the_file_in_order() -> No
 
 def test_the_thread_writes_on_its_pace_and_early_for_a_burst() -> None:
     paced = Sink()
-    writer = PacedRecordWriter(RecordWriter(paced), flush_secs=0.2, wake_at=100)
+    writer = PacedRecordWriter(RecordWriter(paced), flush_secs=0.2, wake_at=100, logdir="tb")
     writer.write(b"alone")
     deadline = time.monotonic() + 30
     while paced.getvalue() != records_of(b"alone") or not paced.flushes:
@@ -97,7 +98,7 @@ def test_the_thread_writes_on_its_pace_and_early_for_a_burst() -> None:
     writer.close()
 
     burst = Sink()
-    writer = PacedRecordWriter(RecordWriter(burst), flush_secs=3600.0, wake_at=3)
+    writer = PacedRecordWriter(RecordWriter(burst), flush_secs=3600.0, wake_at=3, logdir="tb")
     for i in range(3):
         writer.write(b"%d" % i)
     deadline = time.monotonic() + 30
@@ -107,17 +108,41 @@ def test_the_thread_writes_on_its_pace_and_early_for_a_burst() -> None:
     writer.close()
 
 
-def test_an_error_of_the_thread_is_raised_by_the_next_write() -> None:
-    class FullDisk(Sink):
-        def write(self, data: bytes) -> int:  # type: ignore[override]
-            raise OSError(errno.ENOSPC, "No space left on device")
+class FullDisk(Sink):
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    writer = PacedRecordWriter(RecordWriter(FullDisk()), flush_secs=3600.0, wake_at=1)
+
+def test_a_full_disk_met_by_the_thread_is_one_error_raised_by_the_next_write() -> None:
+    """Raised once, naming the folder and what to do (the run ends with exit 6); then events
+    are dropped, and the run's cleanup (flush, close) does not raise it a second time."""
+    writer = PacedRecordWriter(
+        RecordWriter(FullDisk()), flush_secs=3600.0, wake_at=1, logdir="runs/tb"
+    )
     writer.write(b"x")  # wakes the thread, which fails
     writer._thread.join(timeout=30)
     assert not writer._thread.is_alive()
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(
+        ResourceError,
+        match=r"cannot write TensorBoard's event file in runs/tb \(No space left on device\); "
+        r"free space on that disk, or set hydra.run.dir=",
+    ):
         writer.write(b"y")
+    writer.write(b"z")
+    writer.flush()
+    writer.close()
+
+
+def test_a_full_disk_met_by_a_flush_is_raised_there_once() -> None:
+    writer = PacedRecordWriter(
+        RecordWriter(FullDisk()), flush_secs=3600.0, wake_at=100, logdir="tb"
+    )
+    writer.write(b"x")
+    with pytest.raises(ResourceError, match="No space left on device"):
+        writer.flush()
+    writer.write(b"y")
+    writer.flush()
+    writer.close()
 
 
 def test_a_write_never_waits_for_the_file() -> None:
@@ -129,7 +154,7 @@ def test_a_write_never_waits_for_the_file() -> None:
             gate.wait()
             return super().write(data)
 
-    writer = PacedRecordWriter(RecordWriter(Slow()), flush_secs=3600.0, wake_at=1)
+    writer = PacedRecordWriter(RecordWriter(Slow()), flush_secs=3600.0, wake_at=1, logdir="tb")
     writer.write(b"first")  # the thread takes it and waits in the file's write
     time.sleep(0.2)
     done = threading.Event()

@@ -39,10 +39,12 @@ class GracefulStop(pl.Callback):
         self.checkpoint_path = checkpoint_path
         self.received: int | None = None  # the signal that asked to stop
         self.stopped_at_step: int | None = None  # set only where the signal cut the run short
+        self.forced = False  # a second Ctrl-C stopped the run at once, mid-step
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
+            self.forced = True
             raise KeyboardInterrupt  # asked twice: stop now
         self.received = signum
 
