@@ -92,8 +92,10 @@ def test_norms_summed_by_block_on_the_host_are_the_devices() -> None:
     rows = torch.rand(3, len(names), generator=torch.Generator().manual_seed(0)) * 10
     rows[1, 0], rows[2, 5], rows[2, 7] = 1e30, float("inf"), float("nan")
     on_host = norms_by_block_on_host(rows.tolist(), index.tolist(), len(BLOCKS))
-    torch.testing.assert_close(
-        torch.tensor(on_host), norms_by_block(rows, index, len(BLOCKS)), equal_nan=True
+    torch.testing.assert_close(  # in float64, where both sum the squares
+        torch.tensor(on_host, dtype=torch.float64),
+        norms_by_block(rows.double(), index, len(BLOCKS)),
+        equal_nan=True,
     )
     assert on_host[1][-1] == pytest.approx(1e30) and on_host[2][-1] != on_host[2][-1]  # NaN
 
