@@ -15,7 +15,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +38,7 @@ from pipeline.callbacks import (
 )
 from pipeline.callbacks.inherited_hooks import skip_idle_batch_hooks
 from pipeline.callbacks.model_summary import RichSummaryWithFlops, SummaryWithFlops
+from pipeline.callbacks.step_checkpoint import StepAndEpochCheckpoint
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.data import SyntheticDataModule
 from pipeline.devices import is_cuda_run
@@ -150,16 +151,17 @@ def build_callbacks(
     policy = s.callbacks.checkpoint
     resolved_cfg = resolved(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
-        at_each_epochs_end(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="last",
-                save_last=False,
-                save_top_k=1,
-                every_n_train_steps=policy.every_n_steps or None,
-                save_on_train_epoch_end=True,
-                enable_version_counter=False,
-            )
+        # The kept step files first: last.ckpt, saved after them at a step, then holds their
+        # state with this step's file in it, so a resume deletes it in its turn.
+        *kept_checkpoints(ckpt_dir, policy.keep_last_k, policy.every_n_steps),
+        StepAndEpochCheckpoint(
+            dirpath=ckpt_dir,
+            filename="last",
+            save_last=False,
+            save_top_k=1,
+            every_n_train_steps=policy.every_n_steps or None,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
         ),
         *(
             [
@@ -171,7 +173,6 @@ def build_callbacks(
             if policy.every_n_minutes
             else []
         ),
-        *kept_checkpoints(ckpt_dir, policy.keep_last_k, policy.every_n_steps),
         RunConfigInCheckpoint(resolved_cfg),
         GracefulStop(checkpoint_path=ckpt_dir / LAST_CHECKPOINT_NAME),
         RunSummary(
@@ -258,30 +259,18 @@ def kept_checkpoints(ckpt_dir: Path, keep_last_k: int, every_n_steps: int) -> li
     if not keep_last_k:
         return []
     return [
-        at_each_epochs_end(
-            ModelCheckpoint(
-                dirpath=ckpt_dir,
-                filename="step-{step:06d}",
-                auto_insert_metric_name=False,
-                monitor="step",  # the newest K: top K by step
-                mode="max",
-                save_top_k=keep_last_k,
-                every_n_train_steps=every_n_steps or None,
-                save_on_train_epoch_end=True,
-                enable_version_counter=False,
-            )
+        StepAndEpochCheckpoint(
+            dirpath=ckpt_dir,
+            filename="step-{step:06d}",
+            auto_insert_metric_name=False,
+            monitor="step",  # the newest K: top K by step
+            mode="max",
+            save_top_k=keep_last_k,
+            every_n_train_steps=every_n_steps or None,
+            save_on_train_epoch_end=True,
+            enable_version_counter=False,
         )
     ]
-
-
-def at_each_epochs_end(checkpoint: ModelCheckpoint) -> ModelCheckpoint:
-    """`checkpoint`, saving at each epoch's end too (and so at the run's, which ends an epoch),
-    where it saves every N steps: Lightning takes one trigger a ModelCheckpoint (steps, epochs or
-    time: its constructor refuses two), and with steps alone a run of 5 steps every 3 ended with
-    its checkpoint at step 3. Its epoch-end hook saves where `_every_n_epochs` (Lightning's own
-    attribute, set by the constructor) divides the epoch; a step saved once is not saved twice."""
-    checkpoint._every_n_epochs = max(checkpoint._every_n_epochs, 1)
-    return checkpoint
 
 
 def build_strategy(device: DeviceSettings, in_sweep: bool) -> str | DDPStrategy:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
+import tempfile
 import time
 from argparse import Namespace
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
 from pipeline.logging_steps import writes_step_logs
-from pipeline.tensorboard_events import pace_writes, use_fast_crc
+from pipeline.tensorboard_events import cannot_write_events, pace_writes, use_fast_crc
 
 # logger=mlflow needs these importable; the mlflow extra installs them (mlflow-skinny leaves
 # out the SQL store's own dependencies).
@@ -96,9 +97,13 @@ class PacedTensorBoardLogger(TensorBoardLogger):
         """Lightning's SummaryWriter, its events paced (made on first use, on rank 0)."""
         if self._experiment is None:
             use_fast_crc()  # here, not in __init__: a DDP process gets the logger pickled
-            pace_writes(
-                super().experiment, flush_secs=TENSORBOARD_FLUSH_S, wake_at=TENSORBOARD_QUEUE
-            )
+            try:  # a file made and removed first: TensorBoard's thread would die loudly on it
+                Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+                tempfile.TemporaryFile(dir=self.log_dir).close()
+                writer = super().experiment  # creates the event file
+            except OSError as error:  # a read-only or full disk
+                raise cannot_write_events(self.log_dir, error) from None
+            pace_writes(writer, flush_secs=TENSORBOARD_FLUSH_S, wake_at=TENSORBOARD_QUEUE)
         return self._experiment
 
     @rank_zero_only

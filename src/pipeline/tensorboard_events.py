@@ -50,6 +50,15 @@ def use_fast_crc() -> bool:
     return True
 
 
+def cannot_write_events(logdir: str, error: OSError) -> ResourceError:
+    """The run's error for an event file that cannot be created or written (exit 6)."""
+    return ResourceError(
+        f"cannot write TensorBoard's event file in {logdir.rstrip('/')} "
+        f"({error.strerror or error}); free space on that disk or make it writable, or set "
+        "hydra.run.dir=/another/disk/run"
+    )
+
+
 class PacedRecordWriter:
     """In place of TensorBoard's queue and thread (its `_AsyncWriter`: write, flush, close):
     `write` appends an event's bytes to a list, which wakes nothing; a thread writes the list to
@@ -127,10 +136,7 @@ class PacedRecordWriter:
                 raise self._cannot_write(error) from None
 
     def _cannot_write(self, error: OSError) -> ResourceError:
-        return ResourceError(
-            f"cannot write TensorBoard's event file in {self.logdir} ({error.strerror or error}); "
-            "free space on that disk, or set hydra.run.dir=/a/bigger/disk/run"
-        )
+        return cannot_write_events(self.logdir, error)
 
     def _run(self) -> None:
         while not self._closed:
@@ -172,6 +178,6 @@ def pace_writes(writer: Any, *, flush_secs: float, wake_at: int) -> bool:
         records,
         flush_secs=flush_secs,
         wake_at=wake_at,
-        logdir=event_writer.get_logdir().rstrip("/"),
+        logdir=event_writer.get_logdir(),
     )
     return True

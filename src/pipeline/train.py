@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -91,15 +92,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
         forced = graceful_stop_of(trainer) if trainer is not None else None
         if forced is None or not forced.forced:
             raise
-        checkpoint = run_dir / LAST_CHECKPOINT
-        saved = (
-            f"{checkpoint} holds an earlier step (each epoch's end saves it); continue from it "
-            "with: python -m pipeline.train "
-            f"{shell_word(f'resume={run_dir}')}"
-            if checkpoint.is_file()
-            else "no checkpoint was saved"
-        )
-        message = f"stopped at once by a second Ctrl-C, mid-step, saving nothing; {saved}"
+        message = forced_stop_message(run_dir, forced.stopped_at_step)
         report.log_to_file(message, with_traceback=False)
         if is_launch_rank_zero():
             report.show_error("pipeline.train", message)
@@ -160,6 +153,30 @@ def deferred_hydra_files(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
         "overrides.yaml": OmegaConf.to_yaml(list(hydra_cfg.overrides.task)),
     }
     return [HydraFilesAtStart(directory=run_dir / HYDRA_DIR, files=files)]
+
+
+def forced_stop_message(run_dir: Path, stopped_at_step: int | None) -> str:
+    """What a second Ctrl-C left: the first one's save, if it was done (`stopped_at_step`), else
+    whatever last.ckpt holds from before (its step read from the file)."""
+    checkpoint = run_dir / LAST_CHECKPOINT
+    resume = f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
+    if stopped_at_step is not None:
+        return (
+            f"stopped by SIGINT after step {stopped_at_step}; saved {checkpoint}; a second Ctrl-C "
+            f"cut the run's end short; {resume}"
+        )
+    try:
+        step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)[
+            "global_step"
+        ]
+    except Exception:  # none, or not one of ours: nothing to resume from
+        return (
+            "stopped at once by a second Ctrl-C, mid-step, saving nothing; no checkpoint was saved"
+        )
+    return (
+        f"stopped at once by a second Ctrl-C, mid-step, saving nothing; {checkpoint} holds step "
+        f"{step}; {resume}"
+    )
 
 
 def out_of_memory_message(cfg: DictConfig) -> str:

@@ -195,13 +195,14 @@ def test_the_guard_never_saves_weights_it_has_not_checked(tmp_path: Path, torch_
 
 
 @contextmanager
-def tmpfs(mount: Path, size: str) -> Iterator[Path]:
-    """A real file system of `size` at `mount` (tmpfs), unmounted after."""
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A real file system at `mount` (tmpfs, with mount's `options`: size=40m, ro), unmounted
+    after."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
     mount.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True
     )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
@@ -214,7 +215,7 @@ def tmpfs(mount: Path, size: str) -> Iterator[Path]:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 40 MiB file system (tmpfs): too small for two ResNet18 checkpoints with momentum."""
-    with tmpfs(tmp_path / "small_disk", "40m") as mount:
+    with tmpfs(tmp_path / "small_disk", "size=40m") as mount:
         yield mount
 
 
@@ -245,22 +246,26 @@ def test_a_failed_checkpoint_write_is_one_line_and_keeps_the_previous_file(
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
 
 
-def test_an_event_file_that_fills_its_disk_ends_the_run_with_one_line(
-    tmp_path: Path, torch_home: Path
+@pytest.mark.parametrize(
+    ("options", "why"),
+    [("size=300k", "No space left on device"), ("ro,size=1m", "Read-only file system")],
+)
+def test_an_event_file_that_cannot_be_written_ends_the_run_with_one_line(
+    tmp_path: Path, torch_home: Path, options: str, why: str
 ) -> None:
     """TensorBoard's folder on a 300 KiB disk, histograms every 2 steps: it fills within a few
-    steps. That was a ~115-line traceback with exit 1 (TensorBoard's writer thread's OSError)."""
+    steps. That was a ~115-line traceback with exit 1 (TensorBoard's writer thread's OSError);
+    a read-only folder, one of ~120 lines as the event file was created (hostile reviews)."""
     run_dir = tmp_path / "run"
     args = [*TINY, "callbacks.progress_bar=false", "logger=tensorboard", "loss=mse",
             "trainer.max_steps=40", "callbacks.gradients.histogram_every_n_steps=2",
             f"hydra.run.dir={run_dir}"]  # fmt: skip
-    with tmpfs(run_dir / "tensorboard", "300k"):
+    with tmpfs(run_dir / "tensorboard", options):
         result = run_cli("pipeline.train", args, tmp_path, torch_home)
     assert result.returncode == 6, result.stderr[-3000:]
     [problem] = result.stderr.strip().splitlines()
-    assert f"cannot write TensorBoard's event file in {run_dir / 'tensorboard'}" in problem
-    assert "No space left on device" in problem and "hydra.run.dir=" in problem
-    assert "Traceback" not in result.stderr
+    assert f"cannot write TensorBoard's event file in {run_dir / 'tensorboard'} ({why})" in problem
+    assert "hydra.run.dir=" in problem
 
 
 def test_a_real_allocation_failure_is_recognised() -> None:
@@ -383,6 +388,22 @@ def test_step_checkpoints_still_save_at_each_epochs_end_and_the_runs(
     steps = {p.name: torch.load(p, weights_only=True)["global_step"] for p in checkpoints.iterdir()}
     assert steps == {"last.ckpt": 5, "step-000002.ckpt": 2, "step-000003.ckpt": 3,
                      "step-000004.ckpt": 4, "step-000005.ckpt": 5}  # fmt: skip
+
+
+def test_a_resumed_run_keeps_its_last_k_step_checkpoints(tmp_path: Path, torch_home: Path) -> None:
+    """last.ckpt held the kept files' state from before its own step's file was saved, so a
+    resume never deleted that file: 3 step files with keep_last_k=2 (hostile review)."""
+    run_dir = tmp_path / "run"
+    args = [*SHORT, "data.num_samples=64", "callbacks.checkpoint.every_n_steps=2",
+            "callbacks.checkpoint.keep_last_k=2", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    result = run_cli("pipeline.train", [*args, "trainer.max_steps=6"], tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_cli(
+        "pipeline.train", [f"resume={run_dir}", "trainer.max_steps=12"], tmp_path, torch_home
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert kept == ["last.ckpt", "step-000010.ckpt", "step-000012.ckpt"]
 
 
 def test_keep_last_k_step_checkpoints_and_resume_latest(tmp_path: Path, torch_home: Path) -> None:

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from helpers import TINY
 from pipeline import build
 from pipeline.callbacks.inherited_hooks import BATCH_HOOKS, idle_batch_hooks, inherited_batch_hooks
+from pipeline.callbacks.step_checkpoint import StepAndEpochCheckpoint
 from pipeline.cli import compose
 
 
@@ -79,3 +80,13 @@ def test_the_trainer_skips_idle_hooks_and_saves_the_same_checkpoints(
         saved.append(sorted(p.name for p in (run_dir / "checkpoints").iterdir()))
     assert saved[0] == saved[1]
     assert ("step-000003.ckpt" in saved[0]) == (every_n_steps == 3), saved[0]  # 2-step epochs
+
+
+def test_the_step_and_epoch_checkpoint_keeps_modelcheckpoints_state_key(tmp_path: Path) -> None:
+    """A run checkpointed by Lightning's ModelCheckpoint (the pipeline before the epoch-end saves
+    with steps) resumes into StepAndEpochCheckpoint with its state: the keys match. Setting
+    every_n_epochs instead changed the key: Lightning warned on resume and forgot the kept files."""
+    for settings in ({"every_n_train_steps": 2}, {}, {"every_n_train_steps": 3, "monitor": "step"}):
+        ours = StepAndEpochCheckpoint(dirpath=tmp_path, **settings)
+        assert ours.state_key == ModelCheckpoint(dirpath=tmp_path, **settings).state_key
+        assert ours.state_key.startswith("ModelCheckpoint{")

@@ -125,7 +125,7 @@ def test_a_full_disk_met_by_the_thread_is_one_error_raised_by_the_next_write() -
     with pytest.raises(
         ResourceError,
         match=r"cannot write TensorBoard's event file in runs/tb \(No space left on device\); "
-        r"free space on that disk, or set hydra.run.dir=",
+        r"free space on that disk or make it writable, or set hydra.run.dir=",
     ):
         writer.write(b"y")
     writer.write(b"z")

@@ -39,7 +39,8 @@ class HookClock(pl.Callback):
             if not is_timed(callback):
                 continue
             for hook in TRAIN_BATCH_HOOKS:
-                if getattr(type(callback), hook) is not getattr(pl.Callback, hook):
+                own = getattr(type(callback), hook) is not getattr(pl.Callback, hook)
+                if own and getattr(callback, hook) is not None:  # None: skipped (inherited_hooks)
                     setattr(callback, hook, self._timed(trainer, type(callback).__name__,
                                                         getattr(callback, hook)))  # fmt: skip
 
