@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
+from pipeline.errors import ResourceError
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
 from pipeline.logging_steps import writes_step_logs
 from pipeline.tensorboard_events import cannot_write_events, pace_writes, use_fast_crc
@@ -105,6 +106,18 @@ class PacedTensorBoardLogger(TensorBoardLogger):
                 raise cannot_write_events(self.log_dir, error) from None
             pace_writes(writer, flush_secs=TENSORBOARD_FLUSH_S, wake_at=TENSORBOARD_QUEUE)
         return self._experiment
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Lightning's, but an event file that cannot be written stays a ResourceError (exit 6):
+        Lightning's wraps any failure of add_scalar in a ValueError ("you tried to log 0.36
+        which is currently not supported")."""
+        try:
+            super().log_metrics(metrics, step)
+        except ValueError as error:
+            if isinstance(error.__cause__, ResourceError):
+                raise error.__cause__ from None
+            raise
 
     @rank_zero_only
     def save(self) -> None:

@@ -172,3 +172,24 @@ def test_the_pipelines_logger_paces_its_writer(tmp_path: Path) -> None:
     assert isinstance(paced, PacedRecordWriter)
     assert paced.flush_secs == TENSORBOARD_FLUSH_S
     logger.finalize("success")
+
+
+def test_a_full_disk_met_by_lightnings_log_metrics_stays_one_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lightning's log_metrics wraps a failed add_scalar in a ValueError ("you tried to log 0.36
+    which is currently not supported"): when the thread's failure met val/loss there, the run
+    ended in a traceback with exit 1 (this suite's full-disk run, once in CI)."""
+    logger = PacedTensorBoardLogger(save_dir=tmp_path, name="tb", version="")
+    writer = logger.experiment._get_file_writer().event_writer._async_writer
+
+    def full_disk(self: RecordWriter, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(RecordWriter, "write", full_disk)
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    writer._wake.set()  # the thread writes, and fails
+    writer._thread.join(timeout=30)
+    with pytest.raises(ResourceError, match="No space left on device"):
+        logger.log_metrics({"val/loss": 0.36}, step=1)
+    logger.finalize("failed")
