@@ -1,11 +1,11 @@
 """`make gpu-check` (`python -m pipeline.gpu_check`): every check that needs a GPU, in one call.
 
 On a CUDA machine, in under 8 minutes on one H200: installs what a bare GPU machine lacks
-(hydra-core, omegaconf, google-crc32c) from wheels carried in wheels/ (`make gpu-wheels` fills it); runs the
-tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed model.channels_last=true
-loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults' 64×64 batch 32; writes
-each bench's JSON and gpu-check.json to $GPU_CHECK_OUT (default docs/) and prints a summary
-naming the card. Without CUDA it prints what it would run and exits 0.
+(hydra-core, omegaconf, google-crc32c) from wheels carried in wheels/ (`make gpu-wheels` fills
+it); runs the tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed
+model.channels_last=true loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults'
+64×64 batch 32; writes each bench's JSON and gpu-check.json to $GPU_CHECK_OUT (default docs/)
+and prints a summary naming the card. Without CUDA it prints what it would run and exits 0.
 """
 
 from __future__ import annotations

@@ -71,10 +71,9 @@ def step_is_finite(
     values = [v for v in buffers if v.numel()]
     parts = [*losses, torch.cat(values).abs().amax().view(1)] if values else list(losses)
     if grad_norms is not None:
-        moved = (
-            parts and grad_norms.device != parts[0].device
-        )  # (compared here: .to costs an operation)
-        parts.append(grad_norms.to(parts[0].device) if moved else grad_norms)
+        if parts and grad_norms.device != parts[0].device:  # compared: .to costs an operation
+            grad_norms = grad_norms.to(parts[0].device)
+        parts.append(grad_norms)
     return torch.cat(parts).isfinite().all() if parts else torch.tensor(True)
 
 

@@ -122,21 +122,20 @@ class PacedRecordWriter:
                 self._records.close()
             except OSError as error:
                 if self._error is None:
-                    raise self._cannot_write(error) from None
+                    raise cannot_write_events(self.logdir, error) from None
 
     def _write_pending(self) -> None:
         with self._file_lock:
             with self._pending_lock:
                 pending, self._pending = self._pending, []
+            if not pending:  # an idle pace: nothing since the last flush
+                return
             try:
                 for data in pending:
                     self._records.write(data)
                 self._records.flush()
             except OSError as error:
-                raise self._cannot_write(error) from None
-
-    def _cannot_write(self, error: OSError) -> ResourceError:
-        return cannot_write_events(self.logdir, error)
+                raise cannot_write_events(self.logdir, error) from None
 
     def _run(self) -> None:
         while not self._closed:

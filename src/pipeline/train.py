@@ -14,13 +14,13 @@ from pathlib import Path
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import build, cli, report
 from pipeline.callbacks import HydraFilesAtStart, Provenance, graceful_stop_of
+from pipeline.checkpoints import read_checkpoint
 from pipeline.config import validate, warnings_for
 from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import (
@@ -130,10 +130,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
                     name,
                 )
         else:
-            checkpoint = run_dir / LAST_CHECKPOINT
             message = (
-                f"stopped by {name} after step {stopped.stopped_at_step}; saved {checkpoint}; "
-                f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
+                f"{stopped_line(name, stopped.stopped_at_step, run_dir)}; {resume_line(run_dir)}"
             )
             report.log_to_file(message, with_traceback=False)
             if is_launch_rank_zero():  # every rank stops and exits so; one says it
@@ -155,28 +153,30 @@ def deferred_hydra_files(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     return [HydraFilesAtStart(directory=run_dir / HYDRA_DIR, files=files)]
 
 
+def stopped_line(signal_name: str, step: int, run_dir: Path) -> str:
+    """What a signal's stop between steps left (GracefulStop saved last.ckpt at `step`)."""
+    return f"stopped by {signal_name} after step {step}; saved {run_dir / LAST_CHECKPOINT}"
+
+
+def resume_line(run_dir: Path) -> str:
+    return f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
+
+
 def forced_stop_message(run_dir: Path, stopped_at_step: int | None) -> str:
     """What a second Ctrl-C left: the first one's save, if it was done (`stopped_at_step`), else
     whatever last.ckpt holds from before (its step read from the file)."""
-    checkpoint = run_dir / LAST_CHECKPOINT
-    resume = f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
     if stopped_at_step is not None:
         return (
-            f"stopped by SIGINT after step {stopped_at_step}; saved {checkpoint}; a second Ctrl-C "
-            f"cut the run's end short; {resume}"
+            f"{stopped_line('SIGINT', stopped_at_step, run_dir)}; a second Ctrl-C cut the run's "
+            f"end short; {resume_line(run_dir)}"
         )
+    checkpoint = run_dir / LAST_CHECKPOINT
+    cut = "stopped at once by a second Ctrl-C, mid-step, saving nothing"
     try:
-        step = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)[
-            "global_step"
-        ]
-    except Exception:  # none, or not one of ours: nothing to resume from
-        return (
-            "stopped at once by a second Ctrl-C, mid-step, saving nothing; no checkpoint was saved"
-        )
-    return (
-        f"stopped at once by a second Ctrl-C, mid-step, saving nothing; {checkpoint} holds step "
-        f"{step}; {resume}"
-    )
+        step = read_checkpoint(str(checkpoint))["global_step"]
+    except ConfigError:  # none, or not one of ours: nothing to resume from
+        return f"{cut}; no checkpoint was saved"
+    return f"{cut}; {checkpoint} holds step {step}; {resume_line(run_dir)}"
 
 
 def out_of_memory_message(cfg: DictConfig) -> str:
