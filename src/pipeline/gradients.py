@@ -67,8 +67,9 @@ def block_index(param_names: Sequence[str], blocks: Sequence[str] = BLOCKS) -> T
 def at_least_float32(t: Tensor) -> Tensor:
     """`t` in float32, or float64 where it is wider (64-true: a norm of 1e40 is finite there);
     `t` itself where it is (no operation: this runs on every step's gradient norms)."""
-    wider = torch.promote_types(t.dtype, torch.float32)
-    return t if t.dtype == wider else t.to(wider)
+    if t.dtype is torch.float32 or t.dtype is torch.float64:  # torch.promote_types is an operation
+        return t
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:

@@ -6,7 +6,8 @@ that stays on the device, all-reduced over DDP processes (queued, no wait), and 
 pinned host row without a sync. The host reads a step's row `lag` + 1 steps later, by when the
 device has long finished it, so the read rarely waits. Sticky (mode raise): the flag, once 1,
 stays 1, and is what a fused optimizer reads as `found_inf` to skip its update, as the
-GradScaler does. Cost: one small copy a step, `lag` + 1 rows of pinned memory.
+GradScaler does. A step's loss stays on the device, read only if its flag is set. Cost: three
+operations and one small copy a step, `lag` + 1 floats of pinned memory.
 
 BufferSnapshot: the buffers (BatchNorm's running statistics and batch counts) copied when an
 accumulation window starts, put back bitwise before saving: the forward pass that overflows has
@@ -58,23 +59,29 @@ class BufferSnapshot:
             torch._foreach_copy_(group, [p.view_as(b) for p, b in zip(parts, group, strict=True)])
 
 
-def step_is_finite(
-    losses: list[Tensor], buffers: list[Tensor], grad_norms: Tensor | None
-) -> Tensor:
-    """Whether a step's losses, the floating-point buffers (flat views: BatchNorm's running
-    statistics) and its gradient norms are all finite: a 0-dim bool tensor, no host read. Every
-    step, so in few tensor operations whatever the number of tensors (each ~5–10 µs on a CPU, a
-    kernel launch on a GPU): the buffers' largest magnitude (inf or NaN where any value is: amax
-    propagates NaN, where a sum could overflow on finite values), three; then one test of it
-    beside the losses and the norms, three. BatchNorm's running variance overflows while the
-    loss stays finite: a training batch is normalised by its own statistics."""
-    values = [v for v in buffers if v.numel()]
-    parts = [*losses, torch.cat(values).abs().amax().view(1)] if values else list(losses)
+def step_total(losses: list[Tensor], buffers: list[Tensor], grad_norms: Tensor | None) -> Tensor:
+    """A step's losses, the floating-point buffers (flat views: BatchNorm's running statistics)
+    and its gradient norms summed in float64: a 0-dim tensor, finite exactly where all of them
+    are, no host read. inf and NaN carry through a sum (inf − inf is NaN), and float32, bfloat16
+    and float16 values cannot overflow float64's range however many there are: one copy and one
+    sum a step, where a test of each value took seven operations (each ~5–10 µs on a CPU, a
+    kernel launch on a GPU). Only float64 values (64-true) past ~1e308 together would read as
+    non-finite. BatchNorm's running variance overflows while the loss stays finite (a training
+    batch is normalised by its own statistics): the buffers are checked every step too."""
+    parts = [*losses, *(v for v in buffers if v.numel())]
     if grad_norms is not None:
         if parts and grad_norms.device != parts[0].device:  # compared: .to costs an operation
             grad_norms = grad_norms.to(parts[0].device)
         parts.append(grad_norms)
-    return torch.cat(parts).isfinite().all() if parts else torch.tensor(True)
+    if not parts:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.cat(parts).sum(dtype=torch.float64)
+
+
+def nonfinite_flag(total: Tensor) -> Tensor:
+    """From `step_total`: 1.0 where it is inf or NaN, else 0.0 (0-dim float64, two operations, no
+    host read): inf × 0 and NaN × 0 are NaN, a finite value × 0 is 0."""
+    return (total * 0).nan_to_num_(nan=1.0)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,7 @@ class _InFlight(Generic[T]):
     step: int
     slot: int
     event: torch.cuda.Event | None  # None: the copy was complete when issued (CPU)
+    loss: Tensor | None  # read on the host only if the step was non-finite
     payload: T
 
     def wait(self) -> None:
@@ -107,32 +115,32 @@ class FlagRing(Generic[T]):
         self.lag = lag
         self.sticky = sticky
         self.stuck = torch.zeros((), device=device)  # 0-dim float32: 1 from the first bad step on
-        self._host = torch.zeros(lag + 1, 2, pin_memory=device.type == "cuda")  # [flag, loss] rows
+        self._host = torch.zeros(lag + 1, pin_memory=device.type == "cuda")  # one flag a step
         self._in_flight: deque[_InFlight[T]] = deque()
         self.found: Flagged[T] | None = None  # the first non-finite step read so far
 
-    def push(self, step: int, ok: Tensor, loss: Tensor | None, payload: T) -> Tensor:
-        """Queue step `step`'s flag (`ok`: 0-dim bool, false if non-finite) and its loss; returns
-        the flag as queued (sticky: the one a fused optimizer takes as `found_inf`)."""
-        bad = (~ok).to(self.stuck.device, torch.float32)
+    def push(self, step: int, total: Tensor, loss: Tensor | None, payload: T) -> Tensor:
+        """Queue step `step`'s flag (from `total`, its `step_total`: non-finite if the step was)
+        and its loss (kept on the device, read only if the step was non-finite); returns the flag
+        as queued, 0-dim float32 (sticky: the one a fused optimizer takes as `found_inf`).
+        Three operations and the copy a step (sticky; one more otherwise)."""
+        if total.device != self.stuck.device:  # compared: .to costs an operation
+            total = total.to(self.stuck.device)
+        bad = nonfinite_flag(total)  # float64: 0.0 or 1.0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # queued, no wait
-        if self.sticky:
-            self.stuck = torch.maximum(self.stuck, bad)
-            bad = self.stuck
+        # Sticky: in place, as the optimizer holds this tensor as its found_inf.
+        flag = torch.maximum(self.stuck, bad, out=self.stuck) if self.sticky else bad.float()
         if len(self._in_flight) == len(self._host):  # full (no step start read it): read the oldest
             self._read(before_step=self._in_flight[0].step + 1)
         slot = (self._in_flight[-1].slot + 1) % len(self._host) if self._in_flight else 0
-        loss = loss if loss is not None else torch.tensor(float("nan"))
-        self._host[slot].copy_(
-            torch.stack([bad, loss.to(bad.device, torch.float32)]), non_blocking=True
-        )
+        self._host[slot].copy_(flag, non_blocking=True)
         event = None
-        if bad.device.type == "cuda":
+        if flag.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        self._in_flight.append(_InFlight(step, slot, event, payload))
-        return bad
+        self._in_flight.append(_InFlight(step, slot, event, loss, payload))
+        return flag
 
     def read_due(self, now: int) -> Flagged[T] | None:
         """At the start of step `now`: read the flags of steps before `now` − `lag`."""
@@ -152,7 +160,7 @@ class FlagRing(Generic[T]):
         while self._in_flight and self._in_flight[0].step < before_step:
             oldest = self._in_flight.popleft()
             oldest.wait()
-            flag, loss = self._host[oldest.slot].tolist()
-            if flag > 0 and self.found is None:
+            if self._host[oldest.slot].item() > 0 and self.found is None:
+                loss = float("nan") if oldest.loss is None else float(oldest.loss)
                 self.found = Flagged(oldest.step, loss, oldest.payload)
         return self.found

@@ -15,7 +15,8 @@ from pipeline.nonfinite_guard import (
     BufferSnapshot,
     Flagged,
     FlagRing,
-    step_is_finite,
+    nonfinite_flag,
+    step_total,
 )
 
 CPU = torch.device("cpu")
@@ -32,6 +33,11 @@ DEVICES = [
 ]
 
 
+def _total(ok: bool, device: torch.device = CPU) -> torch.Tensor:
+    """A step_total: finite for a good step, inf for a bad one."""
+    return torch.tensor(0.0 if ok else math.inf, dtype=torch.float64, device=device)
+
+
 def _drive(ring: FlagRing[str], bad: dict[int, float], num_steps: int) -> list[Flagged[str] | None]:
     """As the guard does: at each step's start read what is due, then push the step's flag.
     `bad`: the non-finite steps and their losses; the others' loss is the step number."""
@@ -39,9 +45,8 @@ def _drive(ring: FlagRing[str], bad: dict[int, float], num_steps: int) -> list[F
     seen = []
     for step in range(num_steps):
         seen.append(ring.read_due(step))
-        ok = torch.tensor(step not in bad, device=device)
         loss = torch.tensor(bad.get(step, float(step)), device=device)
-        ring.push(step, ok, loss, payload=f"step {step}")
+        ring.push(step, _total(step not in bad, device), loss, payload=f"step {step}")
     return seen
 
 
@@ -73,18 +78,18 @@ def test_a_full_ring_reads_its_oldest_flag_rather_than_overwrite_it() -> None:
     ring = FlagRing[str](device=CPU, lag=1, sticky=False)
     for step in range(7):
         loss = torch.tensor(-math.inf if step == 2 else float(step))
-        ring.push(step, torch.tensor(step != 2), loss, payload=f"step {step}")
+        ring.push(step, _total(step != 2), loss, payload=f"step {step}")
     assert ring.read_all() == Flagged(2, -math.inf, "step 2")
 
 
 def test_read_all_reads_flags_not_yet_due_and_drop_forgets_them() -> None:
     ring = FlagRing[str](device=CPU, lag=5, sticky=False)
-    ring.push(0, torch.tensor(False), torch.tensor(math.inf), payload="step 0")
+    ring.push(0, _total(False), torch.tensor(math.inf), payload="step 0")
     assert ring.read_due(1) is None
     assert ring.read_all() == Flagged(0, math.inf, "step 0")
 
     dropped = FlagRing[str](device=CPU, lag=5, sticky=False)
-    dropped.push(0, torch.tensor(False), None, payload="step 0")
+    dropped.push(0, _total(False), None, payload="step 0")
     dropped.drop()
     assert dropped.read_all() is None
 
@@ -99,7 +104,8 @@ def test_a_sticky_flag_stays_set_and_a_fused_optimizer_skips_from_the_bad_step_o
     flags, weights = [], []
     for step, ok in enumerate([True, False, True, True]):
         weight.grad = torch.ones(3)
-        flag = ring.push(step, torch.tensor(ok), torch.tensor(1.0), payload=None)
+        flag = ring.push(step, _total(ok), torch.tensor(1.0), payload=None)
+        assert flag.dtype == torch.float32  # what a fused optimizer's found_inf must be
         flags.append(float(flag))
         if ring.sticky:
             optimizer.found_inf = flag  # type: ignore[attr-defined]  # as the guard hands it over
@@ -107,6 +113,7 @@ def test_a_sticky_flag_stays_set_and_a_fused_optimizer_skips_from_the_bad_step_o
         weights.append(weight.detach()[0].item())
     assert flags == ([0, 1, 1, 1] if sticky else [0, 1, 0, 0])
     assert float(ring.stuck) == (1.0 if sticky else 0.0)
+    assert ring.read_all() == Flagged(1, 1.0, None)
     # Sticky: one update (1 − 0.5), then none; otherwise every step updates.
     assert weights == ([0.5, 0.5, 0.5, 0.5] if sticky else [0.5, 0.0, -0.5, -1.0])
 
@@ -157,6 +164,14 @@ def test_take_follows_the_buffers_unless_told_to_keep_the_old_copy() -> None:
         assert torch.equal(buffer, after_good[name]), name
 
 
+def _finite(
+    losses: list[torch.Tensor], buffers: list[torch.Tensor], norms: torch.Tensor | None
+) -> bool:
+    total = step_total(losses, buffers, norms)
+    assert total.dtype == torch.float64 and total.dim() == 0
+    return math.isfinite(total.item())
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_a_step_is_finite_where_its_losses_statistics_and_gradient_norms_all_are(
     device: torch.device,
@@ -167,19 +182,36 @@ def test_a_step_is_finite_where_its_losses_statistics_and_gradient_norms_all_are
     views = BufferSnapshot(list(bn.buffers())).float_views()  # running mean and variance
     assert len(views) == 2  # not the batch count
     loss, norms = torch.tensor([2.0], device=device), torch.tensor([1.0, 3.0], device=device)
-    assert bool(step_is_finite([loss], views, norms))
+    assert _finite([loss], views, norms)
     bn.running_var[1] = float("inf")  # the views share the buffers' storage
-    assert not bool(step_is_finite([loss], views, norms))
-    bn.running_var[1], bn.running_mean[0] = 1.0, float("nan")
-    assert not bool(step_is_finite([loss], views, norms))
+    assert not _finite([loss], views, norms)
+    bn.running_mean[0] = -float("inf")  # inf − inf: NaN, still not finite
+    assert not _finite([loss], views, norms)
+    bn.running_var[1] = 1.0  # −inf alone
+    assert not _finite([loss], views, norms)
+    bn.running_mean[0] = float("nan")
+    assert not _finite([loss], views, norms)
     bn.running_mean[0] = 0.0
-    assert not bool(step_is_finite([loss, loss.neg().log()], views, norms))  # a NaN window loss
-    assert not bool(step_is_finite([loss], views, norms.clone().fill_(float("nan"))))
-    assert not bool(step_is_finite([], [], norms / 0))
-    assert not bool(step_is_finite([loss / 0], [], None))
-    # Finite values whose sum overflows float32 are finite; a double loss beside float buffers.
-    big = torch.full((4,), 3e38, device=device)
+    assert not _finite([loss, loss.neg().log()], views, norms)  # a NaN window loss
+    assert not _finite([loss], views, norms.clone().fill_(float("nan")))
+    assert not _finite([], [], norms / 0)
+    assert not _finite([loss / 0], [], None)
+    # Finite values whose sum overflows float32 are finite (summed in float64), in any float
+    # dtype beside any other; a double loss beside float buffers.
+    big = torch.full((10_000,), 3e38, device=device)
     wide = torch.tensor([1e300], dtype=torch.float64, device=device)
-    assert bool(step_is_finite([wide], [big], norms))
-    assert bool(step_is_finite([], [torch.zeros(0, device=device)], None))
+    half = torch.full((4,), 6e4, dtype=torch.float16, device=device)
+    brain = torch.full((4,), 3e38, dtype=torch.bfloat16, device=device)
+    assert _finite([wide], [big, half, brain], norms)
+    assert not _finite([wide], [big, half / 0, brain], norms)
+    assert not _finite([loss], [brain * 10], norms)  # bfloat16 overflowed: inf
+    assert _finite([], [torch.zeros(0, device=device)], None)
     assert BufferSnapshot([torch.zeros(2, dtype=torch.int64)]).float_views() == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_flag_is_one_exactly_where_the_total_is_not_finite(device: torch.device) -> None:
+    values = [0.0, -0.0, 1e308, -1e308, math.inf, -math.inf, math.nan]
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    flags = [nonfinite_flag(t).item() for t in totals]
+    assert flags == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0]

@@ -47,7 +47,7 @@ class _PendingStep:
     """What a logged step measured before the optimizer step, kept on the device until after it."""
 
     step: int
-    weights: list[torch.Tensor]  # the parameters, in `index` order
+    weights: list[torch.Tensor]  # the parameters, in `index` order (read under torch.no_grad)
     before: list[torch.Tensor]  # their copies before the step (the logger's buffer)
     blocks: list[int]  # each parameter's block (gradients.block_index)
     grad_norms: torch.Tensor  # (P,) each parameter's
@@ -102,8 +102,9 @@ class GradientLogger(pl.Callback):
         if not log_scalars:
             self._histograms(trainer, named, grads, step, each)
             return
-        weights = [p.detach() for _, p in named]
-        self._before = copy_into(self._before, weights)
+        weights: list[torch.Tensor] = [p for _, p in named]  # read under no_grad: no detach each
+        with torch.no_grad():
+            self._before = copy_into(self._before, weights)
         self._pending = _PendingStep(
             step=step,
             weights=weights,
@@ -129,7 +130,9 @@ class GradientLogger(pl.Callback):
             return
         # One host transfer: each parameter's gradient, weight (before the step) and step norm,
         # summed by block there.
-        rows = torch.cat([pending.grad_norms[None], update_norms_(pending.before, pending.weights)])
+        with torch.no_grad():  # the parameters themselves, not detached copies
+            steps = update_norms_(pending.before, pending.weights)
+        rows = torch.cat([pending.grad_norms[None], steps])
         grad_rows, weight_rows, step_rows = rows.tolist()  # (3, P)
         names = (*BLOCKS, "total")
         grads, weight_norms, step_norms = norms_by_block_on_host(

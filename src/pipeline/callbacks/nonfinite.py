@@ -61,7 +61,7 @@ from pipeline.nonfinite_guard import (
     BufferSnapshot,
     Flagged,
     FlagRing,
-    step_is_finite,
+    step_total,
 )
 
 # What a step's flag carries to the host: its per-tensor gradient norms (P,), read only if it was
@@ -175,16 +175,16 @@ class NonFiniteGuard(pl.Callback):
             grads = [p.grad for p in self._params if p.grad is not None]
             norms = self._grad_norms.of(grads) if grads else None  # one fused pass
         # The window's losses, the statistics its forward passes left, the gradients' norms.
-        ok = step_is_finite(self._window_losses, self._buffer_views, norms)
+        total = step_total(self._window_losses, self._buffer_views, norms)
         if norms is not None and len(norms) != len(self._params):
             norms = None  # not aligned with the blocks' index
         self._window_open, self._window_losses = False, []
         step, batches = trainer.global_step, self._window_indices
         if self._ring is not None:
-            flag = self._ring.push(step, ok, self._last_loss, (norms, batches))
+            flag = self._ring.push(step, total, self._last_loss, (norms, batches))
             if self._ring.sticky:
                 optimizer.found_inf = flag  # the fused update does nothing while it is 1
-        elif trainer.strategy.reduce_boolean_decision(not bool(ok), all=False):
+        elif trainer.strategy.reduce_boolean_decision(not math.isfinite(total.item()), all=False):
             loss_value = float(self._last_loss) if self._last_loss is not None else float("nan")
             self._diverged(trainer, step, loss_value, norms, batches)
         if is_due(step, trainer.log_every_n_steps):  # type: ignore[attr-defined]  # set by Lightning
