@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from pipeline.bench.outside import (
     outside_figures,
     wall_clock,
 )
-from pipeline.bench.overhead import ZeroCostNet, overhead_figures
+from pipeline.bench.overhead import ZeroCostNet, overhead_figures, paired_difference_us
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
 from pipeline.bench.variants import bare_config, instrument_frequencies, knob_configs, parse_knob
@@ -321,6 +322,17 @@ def test_overhead_figures_are_medians_and_their_differences() -> None:
     assert figures["lightning_over_plain_us"] == pytest.approx(3000)
     assert figures["pipeline_over_lightning_us"] == pytest.approx(1500)
     assert figures["hook_us_per_step"] == pytest.approx({"Guard": 20})
+    # Paired by round: differences 2000, 1500, 1000 µs.
+    assert figures["pipeline_over_lightning_paired_us"] == pytest.approx(1500)
+    assert figures["pipeline_over_lightning_paired_se_us"] == pytest.approx(500 / 3**0.5)
+
+
+def test_a_paired_difference_is_the_mean_of_each_round_s_difference_with_its_error() -> None:
+    pipeline, lightning = [3e-3, 9e-3, 4e-3, 2e-3], [2e-3, 7e-3, 3e-3, 2e-3]  # 1000 2000 1000 0 µs
+    mean, se = paired_difference_us(pipeline, lightning)
+    assert mean == pytest.approx(1000)
+    assert se == pytest.approx(statistics.stdev([1000, 2000, 1000, 0]) / 2)
+    assert paired_difference_us([1e-3], [5e-4]) == (pytest.approx(500), None)  # one round
 
 
 def test_outside_step_times_are_differences_of_wall_clocks_over_the_steps_between() -> None:

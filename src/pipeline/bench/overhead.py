@@ -73,15 +73,30 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> T
     return timer.clock.timing(timer.waits)
 
 
+def paired_difference_us(a_s: list[float], b_s: list[float]) -> tuple[float, float | None]:
+    """The mean over rounds of a's step time minus b's in the same round, in µs, and its standard
+    error (None for one round): a figure that says how sure it is. Each round's runs vary by
+    ±20–40% on this kind of machine, so a difference of medians of 5–9 rounds moved by ±300 µs
+    from one bench to the next; many short rounds and this mean narrow it (Lightning against
+    itself, 40 rounds of 100 steps: −119 ± 59 µs; docs/benchmarks.md)."""
+    diffs = [(a - b) * 1e6 for a, b in zip(a_s, b_s, strict=True)]
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    return statistics.mean(diffs), se
+
+
 def overhead_figures(
     step_s: dict[str, list[float]], hook_s: dict[str, list[float]]
 ) -> dict[str, Any]:
-    """From each loop's mean step time by round: medians in µs, and the differences of medians."""
+    """From each loop's mean step time by round: medians in µs, the differences of medians, and
+    the pipeline's difference from Lightning paired by round (`paired_difference_us`)."""
     us = {name: statistics.median(v) * 1e6 for name, v in step_s.items()}
+    paired, se = paired_difference_us(step_s["pipeline"], step_s["lightning"])
     return {
         "us_per_step": us,
         "lightning_over_plain_us": us["lightning"] - us["plain"],
         "pipeline_over_lightning_us": us["pipeline"] - us["lightning"],
+        "pipeline_over_lightning_paired_us": paired,
+        "pipeline_over_lightning_paired_se_us": se,
         "hook_us_per_step": {k: statistics.median(v) * 1e6 for k, v in hook_s.items()},
         "per_round_step_us": {k: [s * 1e6 for s in v] for k, v in step_s.items()},
     }

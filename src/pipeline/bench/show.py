@@ -111,6 +111,13 @@ def show_overhead(figures: dict[str, Any]) -> None:
         f"Lightning's loop over the plain one: {figures['lightning_over_plain_us']:+.0f} µs a step; "
         f"the pipeline over Lightning's: {figures['pipeline_over_lightning_us']:+.0f} µs a step"
     )
+    se = figures["pipeline_over_lightning_paired_se_us"]
+    report.console.print(
+        f"the pipeline over Lightning's, paired by round: "
+        f"{figures['pipeline_over_lightning_paired_us']:+.0f}"
+        + ("" if se is None else f" ± {se:.0f} (standard error)")
+        + " µs a step (many short rounds narrow it: bench.rounds=60 bench.overhead_steps=100)"
+    )
     parts = [f"{name} {v:.0f} µs"
              for name, v in sorted(figures["hook_us_per_step"].items(), key=lambda item: -item[1])]  # fmt: skip
     report.console.print(
