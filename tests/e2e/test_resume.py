@@ -213,6 +213,39 @@ def test_every_step_scalar_lands_on_the_loss_steps_once(
     assert len(set(losses)) == len(losses)  # each step's own loss: not the last logged one again
 
 
+class SavedSteps(pl.Callback):
+    """The global step of every checkpoint the run writes."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, *args: object) -> None:
+        self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize("every_n_steps", [0, 2])
+def test_a_signal_stop_writes_its_step_once_and_the_run_resumes_from_it(
+    every_n_steps: int, tmp_path: Path
+) -> None:
+    """The stop's save was followed by ModelCheckpoint's of the same step, as the epoch the stop
+    ends closed (and, saving every 2 steps, by its step trigger): two ~90 MB writes."""
+    from pipeline import build
+    from pipeline.cli import compose
+
+    cfg = compose("train", [*TINY, "logger=none", "data.num_samples=24", "trainer.max_steps=5",
+                            f"callbacks.checkpoint.every_n_steps={every_n_steps}"])  # fmt: skip
+    saved = SavedSteps()
+    run = tmp_path / "run"
+    trainer = build.build_trainer(cfg, run, extra_callbacks=[SignalAtStep(1), saved])
+    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    assert trainer.global_step == 2 and saved.steps == [2]  # stopped after step 1: one save
+    assert _ckpt(run)["global_step"] == 2
+    resumed = build.build_trainer(cfg, run)
+    resumed.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg),
+                ckpt_path=run / "checkpoints" / "last.ckpt")  # fmt: skip
+    assert resumed.global_step == 5 and _ckpt(run)["global_step"] == 5
+
+
 class SignalAtStep(pl.Callback):
     """Sends this process SIGTERM as optimizer step `step` (0-based) starts."""
 
