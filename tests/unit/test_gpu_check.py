@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import subprocess
+import time
+from pathlib import Path
 
 import pytest
+import torch
 
-from pipeline.gpu_check import bench_summary, install_command
+from pipeline import gpu_check
+from pipeline.gpu_check import BUDGET_S, bench_summary, fits, install_command, plan
 
 
 def test_what_a_bare_gpu_machine_lacks_comes_from_the_carried_wheels(
@@ -38,3 +44,61 @@ def test_a_bench_summary_names_the_figures_the_targets_are_about() -> None:
     assert bench_summary("bench 224×224", figures).startswith(
         "bench 224×224: pipeline 10240 images/s (111.5 model TFLOP/s), plain 10500, naive 4100;"
     )
+
+
+def test_the_compile_benches_run_only_where_they_end_inside_the_8_minutes() -> None:
+    checks = plan("python3", Path("out"))
+    required = [c for c in checks if not c.optional]
+    assert sum(c.timeout_s for c in required) <= BUDGET_S == 480
+    optional = [c for c in checks if c.optional]
+    assert [c.name for c in optional] == ["bench 64-cuda-graphs", "bench 224-compile"]
+    compile_bench = optional[0]
+    assert fits(compile_bench, BUDGET_S - compile_bench.timeout_s)
+    assert not fits(compile_bench, BUDGET_S - compile_bench.timeout_s + 1)
+    assert all(fits(c, 10 * BUDGET_S) for c in required)  # a required check always runs
+    for check in checks[1:]:  # each bench sets a key once: the last of the base's is replaced
+        keys = [arg.split("=", 1)[0] for arg in check.argv[3:]]
+        assert len(keys) == len(set(keys)), check.name
+    assert 'bench.knobs=["model.compile=reduce-overhead"]' in compile_bench.argv
+    assert "bench.rounds=3" in compile_bench.argv and "bench.knobs=[]" not in compile_bench.argv
+
+
+def test_on_a_gpu_machine_the_checks_run_in_order_and_the_compile_benches_wait_for_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The loop as a GPU machine runs it, its processes faked: each takes 100 s of a fake clock,
+    so after the three required checks (300 s) the first compile bench (150 s) fits in the 480
+    and the second does not; a skipped one fails nothing."""
+    clock = [0.0]
+    ran: list[str] = []
+    figures = {
+        "images_per_sec": {"pipeline": 3000.0, "plain": 3500.0, "naive": 4000.0},
+        "pipeline_over_plain": 0.857, "pipeline_over_naive": 0.75,
+        "data": {"make_us_per_image": 0.5, "share_of_step": 0.001},
+        "peak_memory_mb": {"pipeline": 2048.0},
+    }  # fmt: skip
+
+    def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        clock[0] += 100
+        ran.append(" ".join(argv))
+        for arg in argv:
+            if arg.startswith("bench.output="):
+                Path(arg.removeprefix("bench.output=")).write_text(json.dumps(figures))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    monkeypatch.setattr(gpu_check, "install_command", lambda python: None)
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main()
+    assert exit_info.value.code == 0
+    assert len(ran) == 4 and "model.compile=reduce-overhead" in ran[3]
+    results = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert results["card"] == "Fake GPU"
+    assert results["checks"]["bench 224-compile"] == {"exit": None, "seconds": 0.0}
+    out = capsys.readouterr().out
+    assert "bench 64-cuda-graphs: passed in 100 s" in out
+    assert "bench 224-compile: skipped: not enough of the 8 minutes left" in out
