@@ -6,7 +6,7 @@ that stays on the device, all-reduced over DDP processes (queued, no wait), and 
 pinned host row without a sync. The host reads a step's row `lag` + 1 steps later, by when the
 device has long finished it, so the read rarely waits. Sticky (mode raise): the flag, once 1,
 stays 1, and is what a fused optimizer reads as `found_inf` to skip its update, as the
-GradScaler does. A step's loss stays on the device, read only if its flag is set. Cost: three
+GradScaler does. A step's loss stays on the device, read only if its flag is set. Cost: two
 operations and one small copy a step, `lag` + 1 floats of pinned memory.
 
 BufferSnapshot: the buffers (BatchNorm's running statistics and batch counts) copied when an
@@ -59,29 +59,30 @@ class BufferSnapshot:
             torch._foreach_copy_(group, [p.view_as(b) for p, b in zip(parts, group, strict=True)])
 
 
-def step_total(losses: list[Tensor], buffers: list[Tensor], grad_norms: Tensor | None) -> Tensor:
-    """A step's losses, the floating-point buffers (flat views: BatchNorm's running statistics)
-    and its gradient norms summed in float64: a 0-dim tensor, finite exactly where all of them
-    are, no host read. inf and NaN carry through a sum (inf − inf is NaN), and float32, bfloat16
-    and float16 values cannot overflow float64's range however many there are: one copy and one
-    sum a step, where a test of each value took seven operations (each ~5–10 µs on a CPU, a
-    kernel launch on a GPU). Only float64 values (64-true) past ~1e308 together would read as
-    non-finite. BatchNorm's running variance overflows while the loss stays finite (a training
-    batch is normalised by its own statistics): the buffers are checked every step too."""
+def step_probe(losses: list[Tensor], buffers: list[Tensor], grad_norms: Tensor | None) -> Tensor:
+    """0 where a step's losses, the floating-point buffers (flat views: BatchNorm's running
+    statistics) and its gradient norms are all finite, NaN where any is not: a 0-dim float32
+    tensor, no host read. Every value times 0, summed: inf × 0 and NaN × 0 are NaN, a finite
+    value × 0 is 0, and a sum of zeros cannot overflow, whatever the dtype or the values' size
+    (a sum of the values themselves can: 64-true's finite statistics near 1e307 read as
+    non-finite). One copy, one multiply and one sum a step, where a test of each value took
+    seven operations (each ~5–10 µs on a CPU, a kernel launch on a GPU). BatchNorm's running
+    variance overflows while the loss stays finite (a training batch is normalised by its own
+    statistics): the buffers are checked every step too."""
     parts = [*losses, *(v for v in buffers if v.numel())]
     if grad_norms is not None:
         if parts and grad_norms.device != parts[0].device:  # compared: .to costs an operation
             grad_norms = grad_norms.to(parts[0].device)
         parts.append(grad_norms)
     if not parts:
-        return torch.zeros((), dtype=torch.float64)
-    return torch.cat(parts).sum(dtype=torch.float64)
+        return torch.zeros(())
+    return torch.cat(parts).mul_(0).sum(dtype=torch.float32)  # cat's output is its own: in place
 
 
-def nonfinite_flag(total: Tensor) -> Tensor:
-    """From `step_total`: 1.0 where it is inf or NaN, else 0.0 (0-dim float64, two operations, no
-    host read): inf × 0 and NaN × 0 are NaN, a finite value × 0 is 0."""
-    return (total * 0).nan_to_num_(nan=1.0)
+def nonfinite_flag(probe: Tensor) -> Tensor:
+    """From `step_probe`: 1.0 where it is NaN (a value was not finite), else 0.0; 0-dim
+    float32, one operation, no host read."""
+    return probe.nan_to_num(nan=1.0)
 
 
 @dataclass(frozen=True)
@@ -119,18 +120,18 @@ class FlagRing(Generic[T]):
         self._in_flight: deque[_InFlight[T]] = deque()
         self.found: Flagged[T] | None = None  # the first non-finite step read so far
 
-    def push(self, step: int, total: Tensor, loss: Tensor | None, payload: T) -> Tensor:
-        """Queue step `step`'s flag (from `total`, its `step_total`: non-finite if the step was)
-        and its loss (kept on the device, read only if the step was non-finite); returns the flag
-        as queued, 0-dim float32 (sticky: the one a fused optimizer takes as `found_inf`).
-        Three operations and the copy a step (sticky; one more otherwise)."""
-        if total.device != self.stuck.device:  # compared: .to costs an operation
-            total = total.to(self.stuck.device)
-        bad = nonfinite_flag(total)  # float64: 0.0 or 1.0
+    def push(self, step: int, probe: Tensor, loss: Tensor | None, payload: T) -> Tensor:
+        """Queue step `step`'s flag (from `probe`, its `step_probe`: NaN if the step was not
+        finite) and its loss (kept on the device, read only if the step was non-finite); returns
+        the flag as queued, 0-dim float32 (sticky: the one a fused optimizer takes as
+        `found_inf`). Two operations and the copy a step."""
+        if probe.device != self.stuck.device:  # compared: .to costs an operation
+            probe = probe.to(self.stuck.device)
+        bad = nonfinite_flag(probe)  # 0.0 or 1.0
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # queued, no wait
         # Sticky: in place, as the optimizer holds this tensor as its found_inf.
-        flag = torch.maximum(self.stuck, bad, out=self.stuck) if self.sticky else bad.float()
+        flag = torch.maximum(self.stuck, bad, out=self.stuck) if self.sticky else bad
         if len(self._in_flight) == len(self._host):  # full (no step start read it): read the oldest
             self._read(before_step=self._in_flight[0].step + 1)
         slot = (self._in_flight[-1].slot + 1) % len(self._host) if self._in_flight else 0

@@ -98,6 +98,22 @@ def test_deferred_check_saves_what_the_immediate_check_saves(
             assert _same(torch.as_tensor(states[1][index][key]), torch.as_tensor(value)), key
 
 
+def test_the_deferred_check_names_the_statistic_when_an_epoch_ends_before_its_read(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """BatchNorm's running variance overflows at step 5 while the loss stays finite; the epoch
+    ends (4 batches) before the deferred flag's read, and the epoch's checkpoint reads it and
+    puts the statistics back. The message then named no statistic, and said the finite loss
+    "became" its value; divergence.json named none either."""
+    extra = ["optimizer.lr=1", "data.num_samples=16"]
+    message, at_once, _ = _diverge(tmp_path, deferred=False, extra=extra)
+    deferred_message, deferred, _ = _diverge(tmp_path, deferred=True, extra=extra)
+    assert "BatchNorm's running statistic" in message
+    assert deferred_message == message.replace("/at_once", "/deferred")
+    statistic = at_once["divergence.json"]["first_nonfinite_statistic"]
+    assert statistic and deferred["divergence.json"]["first_nonfinite_statistic"] == statistic
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise on a CPU. On a GPU two runs differ from step 0 (TF32 convolutions, cuDNN's
     backward sums in any order): within 1% in norm there, where one more update at lr 1e20,

@@ -61,7 +61,7 @@ from pipeline.nonfinite_guard import (
     BufferSnapshot,
     Flagged,
     FlagRing,
-    step_total,
+    step_probe,
 )
 
 # What a step's flag carries to the host: its per-tensor gradient norms (P,), read only if it was
@@ -79,6 +79,13 @@ def can_defer(trainer: pl.Trainer, optimizer: torch.optim.Optimizer) -> bool:
     """The optimizer can skip a step by itself: fused (torch's found_inf), and no GradScaler
     (which sets the optimizer's found_inf itself)."""
     return optimizer.defaults.get("fused") is True and not _uses_grad_scaler(trainer)
+
+
+def nonfinite_statistic(module: torch.nn.Module) -> str | None:
+    """The first floating-point buffer of `module` holding inf or NaN (a BatchNorm running
+    statistic), by its name under the model (`net.` dropped), or None."""
+    return next((name.removeprefix("net.") for name, b in module.named_buffers()
+                 if b.is_floating_point() and not torch.isfinite(b).all()), None)  # fmt: skip
 
 
 class NonFiniteGuard(pl.Callback):
@@ -113,6 +120,7 @@ class NonFiniteGuard(pl.Callback):
         self._ring: FlagRing[_StepRecord] | None = None  # deferred only
         self._scaled = False  # 16-mixed's GradScaler: it checks the gradients itself
         self._saving = False
+        self._statistic: str | None = None  # a non-finite buffer's name, read before a restore
         self._grad_norms = grad_norms or StepGradNorms()
         # for divergence.json
         self._index: Tensor | None = None  # (P,) each parameter's block
@@ -129,6 +137,7 @@ class NonFiniteGuard(pl.Callback):
         except ValueError:  # not ResNet18's blocks: divergence.json goes without block norms
             self._index = None
         self._logged = deque(maxlen=self.lag + 2)
+        self._statistic = None
         self._scaled = _uses_grad_scaler(trainer)  # the precision plugin is the fit's
         if self.deferred is None:
             self.deferred = bool(trainer.optimizers) and can_defer(trainer, trainer.optimizers[0])
@@ -175,16 +184,16 @@ class NonFiniteGuard(pl.Callback):
             grads = [p.grad for p in self._params if p.grad is not None]
             norms = self._grad_norms.of(grads) if grads else None  # one fused pass
         # The window's losses, the statistics its forward passes left, the gradients' norms.
-        total = step_total(self._window_losses, self._buffer_views, norms)
+        probe = step_probe(self._window_losses, self._buffer_views, norms)
         if norms is not None and len(norms) != len(self._params):
             norms = None  # not aligned with the blocks' index
         self._window_open, self._window_losses = False, []
         step, batches = trainer.global_step, self._window_indices
         if self._ring is not None:
-            flag = self._ring.push(step, total, self._last_loss, (norms, batches))
+            flag = self._ring.push(step, probe, self._last_loss, (norms, batches))
             if self._ring.sticky:
                 optimizer.found_inf = flag  # the fused update does nothing while it is 1
-        elif trainer.strategy.reduce_boolean_decision(not math.isfinite(total.item()), all=False):
+        elif trainer.strategy.reduce_boolean_decision(not math.isfinite(probe.item()), all=False):
             loss_value = float(self._last_loss) if self._last_loss is not None else float("nan")
             self._diverged(trainer, step, loss_value, norms, batches)
         if is_due(step, trainer.log_every_n_steps):  # type: ignore[attr-defined]  # set by Lightning
@@ -198,6 +207,8 @@ class NonFiniteGuard(pl.Callback):
         if self._ring is None or self._saving:
             return
         if self._ring.read_all() is not None and self.mode == "raise":  # read in either mode
+            # The message names the statistic that went first; once restored, none is non-finite.
+            self._statistic = self._statistic or nonfinite_statistic(pl_module)
             self._restore_buffers()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -226,8 +237,7 @@ class NonFiniteGuard(pl.Callback):
         if self.mode == "warn" and self._warned:
             return
         module = trainer.lightning_module
-        statistic = next((name.removeprefix("net.") for name, b in module.named_buffers()
-                          if b.is_floating_point() and not torch.isfinite(b).all()), None)  # fmt: skip
+        statistic = self._statistic or nonfinite_statistic(module)
         failing = block_norm_record(norms, self._index)
         first_block = first_nonfinite_block(failing)
         if first_block is not None or not math.isfinite(loss_value):
