@@ -223,27 +223,43 @@ class SavedSteps(pl.Callback):
         self.steps.append(trainer.global_step)
 
 
-@pytest.mark.parametrize("every_n_steps", [0, 2])
+@pytest.mark.parametrize(
+    ("checkpoints", "signalled", "saves", "kept"),
+    [
+        ([], 1, [2], []),
+        (["callbacks.checkpoint.every_n_steps=2"], 1, [2], []),  # the stop's step is on schedule
+        (
+            ["callbacks.checkpoint.every_n_steps=2", "callbacks.checkpoint.keep_last_k=2"],
+            2,
+            [2, 2, 3],
+            ["step-000004.ckpt", "step-000005.ckpt"],
+        ),
+    ],
+    ids=["last-only", "every-2", "every-2-keep-2"],
+)
 def test_a_signal_stop_writes_its_step_once_and_the_run_resumes_from_it(
-    every_n_steps: int, tmp_path: Path
+    checkpoints: list[str], signalled: int, saves: list[int], kept: list[str], tmp_path: Path
 ) -> None:
-    """The stop's save was followed by ModelCheckpoint's of the same step, as the epoch the stop
-    ends closed (and, saving every 2 steps, by its step trigger): two ~90 MB writes."""
+    """The stop's save was followed by ModelCheckpoint's of the same step as the epoch the stop
+    ends closed (and, saving every 2 steps, by its step trigger), and by a kept step file off
+    the schedule, written after last.ckpt, which the resumed run then never pruned: each a
+    second ~90 MB write, and three files kept of 2."""
     from pipeline import build
     from pipeline.cli import compose
 
     cfg = compose("train", [*TINY, "logger=none", "data.num_samples=24", "trainer.max_steps=5",
-                            f"callbacks.checkpoint.every_n_steps={every_n_steps}"])  # fmt: skip
+                            *checkpoints])  # fmt: skip
     saved = SavedSteps()
     run = tmp_path / "run"
-    trainer = build.build_trainer(cfg, run, extra_callbacks=[SignalAtStep(1), saved])
+    trainer = build.build_trainer(cfg, run, extra_callbacks=[SignalAtStep(signalled), saved])
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
-    assert trainer.global_step == 2 and saved.steps == [2]  # stopped after step 1: one save
-    assert _ckpt(run)["global_step"] == 2
+    assert trainer.global_step == signalled + 1 and saved.steps == saves  # the stop: one save
+    assert _ckpt(run)["global_step"] == signalled + 1
     resumed = build.build_trainer(cfg, run)
     resumed.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg),
                 ckpt_path=run / "checkpoints" / "last.ckpt")  # fmt: skip
     assert resumed.global_step == 5 and _ckpt(run)["global_step"] == 5
+    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.ckpt")) == kept
 
 
 class SignalAtStep(pl.Callback):

@@ -7,9 +7,10 @@ every step would cost), so one signalled process stops them all at the same step
 Ctrl-C raises KeyboardInterrupt at once. Under gradient accumulation the stop waits for the
 window's last batch (a checkpoint mid-window would lose the window's earlier batches on resume).
 A signal that arrives during the run's last step, or after it, stops nothing: the run ends as it
-would have (`received` is set, `stopped_at_step` not). The ModelCheckpoint that writes the same
-file learns that this step is saved, so the epoch's end that the stop brings does not write it
-again (a second ~90 MB write, at a time a cluster's grace period is running out).
+would have (`received` is set, `stopped_at_step` not). The run's ModelCheckpoints learn that
+this step is saved, so the epoch's end that the stop brings writes it neither again as last.ckpt
+nor as a kept step file off their schedule (each a second ~90 MB write, while a cluster's grace
+period runs out; a kept file written after last.ckpt was also one its resume never pruned).
 """
 
 from __future__ import annotations
@@ -35,18 +36,6 @@ def graceful_stop_of(trainer: pl.Trainer) -> GracefulStop | None:
     by which signal the run was stopped."""
     callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning
     return next((c for c in callbacks if isinstance(c, GracefulStop)), None)
-
-
-def writers_of(trainer: pl.Trainer, path: Path) -> list[ModelCheckpoint]:
-    """The Trainer's ModelCheckpoints whose file is `path` (a fixed file name, as last.ckpt's)."""
-    return [
-        c
-        for c in trainer.checkpoint_callbacks
-        if isinstance(c, ModelCheckpoint)
-        and c.dirpath is not None
-        and c.filename is not None
-        and Path(c.dirpath) / f"{c.filename}{c.FILE_EXTENSION}" == path
-    ]
 
 
 class GracefulStop(pl.Callback):
@@ -87,8 +76,9 @@ class GracefulStop(pl.Callback):
             return
         self.received = signum  # also on a rank the signal did not reach: it reports the stop
         trainer.save_checkpoint(self.checkpoint_path)
-        for checkpoint in writers_of(trainer, self.checkpoint_path):
-            checkpoint._last_global_step_saved = trainer.global_step  # it skips a step it saved
+        for checkpoint in trainer.checkpoint_callbacks:  # each skips the step it saved last
+            if isinstance(checkpoint, ModelCheckpoint):
+                checkpoint._last_global_step_saved = trainer.global_step
         self.stopped_at_step = trainer.global_step
         trainer.should_stop = True
 
