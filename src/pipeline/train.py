@@ -99,7 +99,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
         sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
     except (DivergenceError, GradientCheckError) as exc:
         report.log_to_file(str(exc), with_traceback=False)
-        report.show_error("pipeline.train", str(exc))
+        # Under DDP every rank stops at the same step (the flag is reduced over them), each with
+        # its own loss in the message: rank 0's is the one divergence.json holds.
+        if is_launch_rank_zero() or not isinstance(exc, DivergenceError):
+            report.show_error("pipeline.train", str(exc))
         sys.exit(
             DIVERGED_EXIT_CODE if isinstance(exc, DivergenceError) else GRADIENT_CHECK_EXIT_CODE
         )

@@ -234,7 +234,8 @@ def test_ddp_cpu_divergence_stops_both_ranks_with_one_state_either_check(
     tmp_path: Path, torch_home: Path
 ) -> None:
     """optimizer.fused=true takes the deferred check (the flag all-reduced on the device, read
-    later); false, the immediate one. Both ranks stop at one step, and save the same state."""
+    later); false, the immediate one. Both ranks stop at one step, and save the same state;
+    the message is rank 0's alone (each rank printed its own, with its own loss)."""
     saved = {}
     for fused in ("false", "true"):
         run = tmp_path / f"fused-{fused}"
@@ -244,6 +245,7 @@ def test_ddp_cpu_divergence_stops_both_ranks_with_one_state_either_check(
         result = run_cli("pipeline.train", args, tmp_path, torch_home)
         assert result.returncode == 3, result.stderr
         assert DIVERGED.search(result.stderr) and "Traceback" not in result.stderr
+        assert result.stderr.count("pipeline.train:") == 1, result.stderr
         saved[fused] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     at_once, deferred = saved["false"], saved["true"]
     assert deferred["global_step"] == at_once["global_step"] + 3  # the bad step and 2 more, skipped
