@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import CHECK_FAILED_EXIT_CODE
+from pipeline.overrides import override
 
 WHEELS = Path("wheels")
 # module: distribution; google-crc32c is TensorBoard's fast checksum (tensorboard_events), a
@@ -87,11 +88,11 @@ def plan(python: str, out_dir: Path) -> list[Check]:
     checks = [Check("tests marked gpu", [python, "-m", "pytest", "-m", "gpu", "-q", "tests"], 240)]
     for name, overrides in BENCHES.items():
         output = out_dir / f"gpu-check-bench-{name}.json"
-        argv = bench_argv(python, [*overrides, f"bench.output={output}"])
+        argv = bench_argv(python, [*overrides, override("bench.output", output)])
         checks.append(Check(f"bench {name}×{name}", argv, 150 if name == "224" else 90, output))
     for name, overrides in COMPILE_BENCHES.items():
         output = out_dir / f"gpu-check-bench-{name}.json"
-        argv = bench_argv(python, [*overrides, *COMPILE_ROUNDS, f"bench.output={output}"])
+        argv = bench_argv(python, [*overrides, *COMPILE_ROUNDS, override("bench.output", output)])
         checks.append(Check(f"bench {name}", argv, 150, output, optional=True))
     return checks
 

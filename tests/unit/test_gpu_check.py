@@ -102,3 +102,16 @@ def test_on_a_gpu_machine_the_checks_run_in_order_and_the_compile_benches_wait_f
     out = capsys.readouterr().out
     assert "bench 64-cuda-graphs: passed in 100 s" in out
     assert "bench 224-compile: skipped: not enough of the 8 minutes left" in out
+
+
+@pytest.mark.parametrize("folder", ["a,b", "it's", "x[1]", "a=b", "two words", "naïve"])
+def test_each_bench_command_parses_back_to_its_output_in_any_folder(folder: str) -> None:
+    """GPU_CHECK_OUT is any folder: a comma, a quote, brackets or '=' in it made a bench.output
+    override Hydra could not parse, so every bench failed on the GPU machine, after the tests."""
+    from pipeline.cli import compose
+
+    out = Path("/tmp") / folder
+    for check in plan("python3", out)[1:]:
+        overrides = [o for o in check.argv[3:] if not o.startswith("device=")]
+        assert check.output is not None
+        assert compose("bench", overrides).bench.output == str(check.output), check.name
