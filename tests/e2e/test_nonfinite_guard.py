@@ -114,6 +114,31 @@ def test_the_deferred_check_names_the_statistic_when_an_epoch_ends_before_its_re
     assert statistic and deferred["divergence.json"]["first_nonfinite_statistic"] == statistic
 
 
+def test_a_deferred_stop_never_leaves_non_finite_weights_in_last_ckpt(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """16-true at lr 1e20: step 0's gradients are finite, its update overflows the float16
+    weights, and the flags saying so are read at the epoch's end (4 batches), by its checkpoint.
+    That checkpoint put back BatchNorm's statistics only and wrote the inf weights to last.ckpt
+    (a resume refused it as damaged), and the message said no checkpoint was saved."""
+    from pipeline import build
+    from pipeline.cli import compose
+    from pipeline.errors import DivergenceError
+
+    cfg = compose("train", [*TINY, "precision=16-true", "optimizer.lr=1e20",
+                            "optimizer.fused=true", "trainer.max_steps=10", "logger=none"])  # fmt: skip
+    run = tmp_path / "run"
+    trainer = build.build_trainer(cfg, run)
+    with pytest.raises(DivergenceError) as stop:
+        trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    last = run / "checkpoints" / "last.ckpt"
+    if "no checkpoint was saved" in str(stop.value):
+        assert not last.exists()  # this run's first save would have been the damaged one
+    else:
+        for name, value in torch.load(last, weights_only=True)["state_dict"].items():
+            assert not value.is_floating_point() or bool(torch.isfinite(value).all()), name
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Bitwise on a CPU. On a GPU two runs differ from step 0 (TF32 convolutions, cuDNN's
     backward sums in any order): within 1% in norm there, where one more update at lr 1e20,

@@ -120,7 +120,6 @@ class NonFiniteGuard(pl.Callback):
         self._ring: FlagRing[_StepRecord] | None = None  # deferred only
         self._scaled = False  # 16-mixed's GradScaler: it checks the gradients itself
         self._saving = False
-        self._statistic: str | None = None  # a non-finite buffer's name, read before a restore
         self._grad_norms = grad_norms or StepGradNorms()
         # for divergence.json
         self._index: Tensor | None = None  # (P,) each parameter's block
@@ -137,7 +136,6 @@ class NonFiniteGuard(pl.Callback):
         except ValueError:  # not ResNet18's blocks: divergence.json goes without block norms
             self._index = None
         self._logged = deque(maxlen=self.lag + 2)
-        self._statistic = None
         self._scaled = _uses_grad_scaler(trainer)  # the precision plugin is the fit's
         if self.deferred is None:
             self.deferred = bool(trainer.optimizers) and can_defer(trainer, trainer.optimizers[0])
@@ -202,14 +200,16 @@ class NonFiniteGuard(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """Deferred: a checkpoint saved while flags are unread waits for them, and holds the
-        last finite BatchNorm statistics (the dict shares the buffers' storage) if one was bad."""
+        """Deferred: a checkpoint saved while flags are unread waits for them. If one was bad
+        (mode raise) the run stops here, before this save writes a state that is not the last
+        finite one: the stop saves last.ckpt itself where the weights are finite (BatchNorm's
+        statistics put back), and writes nothing where they are not (a finite step's update
+        can overflow them: 16-true), where this save wrote them and the message said none was."""
         if self._ring is None or self._saving:
             return
-        if self._ring.read_all() is not None and self.mode == "raise":  # read in either mode
-            # The message names the statistic that went first; once restored, none is non-finite.
-            self._statistic = self._statistic or nonfinite_statistic(pl_module)
-            self._restore_buffers()
+        found = self._ring.read_all()  # read in either mode
+        if found is not None and self.mode == "raise":
+            self._stop_if_found(trainer, found)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._ring is not None:
@@ -237,7 +237,7 @@ class NonFiniteGuard(pl.Callback):
         if self.mode == "warn" and self._warned:
             return
         module = trainer.lightning_module
-        statistic = self._statistic or nonfinite_statistic(module)
+        statistic = nonfinite_statistic(module)
         failing = block_norm_record(norms, self._index)
         first_block = first_nonfinite_block(failing)
         if first_block is not None or not math.isfinite(loss_value):
