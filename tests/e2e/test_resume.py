@@ -223,27 +223,44 @@ class SavedSteps(pl.Callback):
         self.steps.append(trainer.global_step)
 
 
+KEEP_2 = ["callbacks.checkpoint.keep_last_k=2"]
+
+
 @pytest.mark.parametrize(
-    ("checkpoints", "signalled", "saves", "kept"),
+    ("checkpoints", "signalled", "saves", "kept_at_stop", "kept"),
     [
-        ([], 1, [2], []),
-        (["callbacks.checkpoint.every_n_steps=2"], 1, [2], []),  # the stop's step is on schedule
+        ([], 1, [2], [], []),
         (
-            ["callbacks.checkpoint.every_n_steps=2", "callbacks.checkpoint.keep_last_k=2"],
-            2,
-            [2, 2, 3],
-            ["step-000004.ckpt", "step-000005.ckpt"],
-        ),
+            ["callbacks.checkpoint.every_n_steps=2"],
+            1,
+            [2],
+            [],
+            [],
+        ),  # the stop's step is on schedule
+        (["callbacks.checkpoint.every_n_steps=2", *KEEP_2], 2, [2, 2, 3], [2], [4, 5]),  # off it
+        (
+            ["callbacks.checkpoint.every_n_steps=1", *KEEP_2],
+            1,
+            [1, 1, 2, 2],
+            [1, 2],
+            [4, 5],
+        ),  # on it
     ],
-    ids=["last-only", "every-2", "every-2-keep-2"],
+    ids=["last-only", "every-2", "every-2-keep-2", "every-1-keep-2"],
 )
 def test_a_signal_stop_writes_its_step_once_and_the_run_resumes_from_it(
-    checkpoints: list[str], signalled: int, saves: list[int], kept: list[str], tmp_path: Path
+    checkpoints: list[str],
+    signalled: int,
+    saves: list[int],
+    kept_at_stop: list[int],
+    kept: list[int],
+    tmp_path: Path,
 ) -> None:
     """The stop's save was followed by ModelCheckpoint's of the same step as the epoch the stop
     ends closed (and, saving every 2 steps, by its step trigger), and by a kept step file off
     the schedule, written after last.ckpt, which the resumed run then never pruned: each a
-    second ~90 MB write, and three files kept of 2."""
+    second ~90 MB write, and three files kept of 2. A step file the stop's step is scheduled for
+    is kept (saved before last.ckpt, so the resume prunes it in turn)."""
     from pipeline import build
     from pipeline.cli import compose
 
@@ -255,11 +272,19 @@ def test_a_signal_stop_writes_its_step_once_and_the_run_resumes_from_it(
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     assert trainer.global_step == signalled + 1 and saved.steps == saves  # the stop: one save
     assert _ckpt(run)["global_step"] == signalled + 1
+    assert _kept_steps(run) == kept_at_stop
     resumed = build.build_trainer(cfg, run)
     resumed.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg),
                 ckpt_path=run / "checkpoints" / "last.ckpt")  # fmt: skip
     assert resumed.global_step == 5 and _ckpt(run)["global_step"] == 5
-    assert sorted(p.name for p in (run / "checkpoints").glob("step-*.ckpt")) == kept
+    assert _kept_steps(run) == kept
+
+
+def _kept_steps(run: Path) -> list[int]:
+    """The steps of the run's kept step-NNNNNN.ckpt files, oldest first."""
+    return sorted(
+        int(p.stem.removeprefix("step-")) for p in (run / "checkpoints").glob("step-*.ckpt")
+    )
 
 
 class SignalAtStep(pl.Callback):

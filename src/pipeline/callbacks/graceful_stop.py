@@ -7,10 +7,12 @@ every step would cost), so one signalled process stops them all at the same step
 Ctrl-C raises KeyboardInterrupt at once. Under gradient accumulation the stop waits for the
 window's last batch (a checkpoint mid-window would lose the window's earlier batches on resume).
 A signal that arrives during the run's last step, or after it, stops nothing: the run ends as it
-would have (`received` is set, `stopped_at_step` not). The run's ModelCheckpoints learn that
-this step is saved, so the epoch's end that the stop brings writes it neither again as last.ckpt
-nor as a kept step file off their schedule (each a second ~90 MB write, while a cluster's grace
-period runs out; a kept file written after last.ckpt was also one its resume never pruned).
+would have (`received` is set, `stopped_at_step` not). A kept step file the stop's step is
+scheduled for is saved first, then last.ckpt (whose callback state then lists it, so a resume
+prunes it in turn); then the run's ModelCheckpoints learn that this step is saved, so the epoch's
+end that the stop brings writes it neither again as last.ckpt nor as a step file off their
+schedule (each a second ~90 MB write while a cluster's grace period runs out, and a file written
+after last.ckpt one its resume never pruned).
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ def graceful_stop_of(trainer: pl.Trainer) -> GracefulStop | None:
     by which signal the run was stopped."""
     callbacks = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning
     return next((c for c in callbacks if isinstance(c, GracefulStop)), None)
+
+
+def writes(checkpoint: ModelCheckpoint, path: Path) -> bool:
+    """Whether `checkpoint` saves to `path` (a fixed file name, as last.ckpt's)."""
+    if checkpoint.dirpath is None or checkpoint.filename is None:
+        return False
+    return Path(checkpoint.dirpath) / f"{checkpoint.filename}{checkpoint.FILE_EXTENSION}" == path
 
 
 class GracefulStop(pl.Callback):
@@ -75,10 +84,16 @@ class GracefulStop(pl.Callback):
         if signum is None:
             return
         self.received = signum  # also on a rank the signal did not reach: it reports the stop
+        step = trainer.global_step
+        checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        for checkpoint in checkpoints:
+            if is_due(step - 1, checkpoint._every_n_train_steps) and not writes(
+                checkpoint, self.checkpoint_path
+            ):  # a kept step file this step is scheduled for: before last.ckpt, which lists it
+                checkpoint._save_topk_checkpoint(trainer, checkpoint._monitor_candidates(trainer))
         trainer.save_checkpoint(self.checkpoint_path)
-        for checkpoint in trainer.checkpoint_callbacks:  # each skips the step it saved last
-            if isinstance(checkpoint, ModelCheckpoint):
-                checkpoint._last_global_step_saved = trainer.global_step
+        for checkpoint in checkpoints:  # each skips the step it saved last
+            checkpoint._last_global_step_saved = step
         self.stopped_at_step = trainer.global_step
         trainer.should_stop = True
 
