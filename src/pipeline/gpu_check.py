@@ -39,33 +39,26 @@ MISSING_ON_BARE_GPU = {
 }
 BENCH = ["-m", "pipeline.bench", "device=gpu", "loss=mse", "bench.features=false",
          "bench.startup=false", "bench.knobs=[]", "bench.rounds=5", "bench.warmup_steps=5"]  # fmt: skip
-BENCHES = {  # name: the bench's overrides
-    "224": [
-        "data.image_size=224",
-        "data.batch_size=256",
-        "precision=bf16-mixed",
-        "model.channels_last=true",
-        "bench.steps=30",
-    ],
-    "64": ["data.image_size=64", "data.batch_size=32", "bench.steps=50"],
-}
-# Run while the budget allows, each after the checks above: a compiled model against the eager
-# pipeline, plain and naive loops (a knob variant), 3 rounds. Compiling is in each round's first
-# steps, so the warm-up is longer; the first round compiles cold (~20–40 s on an H200).
-COMPILE_BENCHES = {
-    "64-cuda-graphs": [*BENCHES["64"], 'bench.knobs=["model.compile=reduce-overhead"]'],
-    "224-compile": [*BENCHES["224"], 'bench.knobs=["model.compile=true"]'],
-}
-COMPILE_ROUNDS = ["bench.rounds=3", "bench.warmup_steps=10"]
+BIG = ["data.image_size=224", "data.batch_size=256", "precision=bf16-mixed",
+       "model.channels_last=true", "bench.steps=30"]  # fmt: skip
+SMALL = ["data.image_size=64", "data.batch_size=32", "bench.steps=50"]
+# The compile benches: a compiled model against the eager pipeline, plain and naive loops (a
+# knob variant), 3 rounds; compiling is in each round's first steps, so the warm-up is longer
+# (the first round compiles cold, ~20–40 s on an H200).
+COMPILED = ["bench.rounds=3", "bench.warmup_steps=10"]
+BENCHES: dict[str, tuple[list[str], int, bool]] = {  # name: overrides, timeout, optional
+    "224×224": (BIG, 150, False),
+    "64×64": (SMALL, 90, False),
+    "64-cuda-graphs": ([*SMALL, 'bench.knobs=["model.compile=reduce-overhead"]', *COMPILED], 150, True),
+    "224-compile": ([*BIG, 'bench.knobs=["model.compile=true"]', *COMPILED], 150, True),
+}  # fmt: skip
+BUDGET_S = 480  # make gpu-check's 8 minutes, the install included
 
 
 def bench_argv(python: str, overrides: list[str]) -> list[str]:
     """The bench's command: BENCH's overrides, less those `overrides` sets again, then those."""
     keys = {o.split("=", 1)[0] for o in overrides}
     return [python, *(o for o in BENCH if o.split("=", 1)[0] not in keys), *overrides]
-
-
-BUDGET_S = 480  # make gpu-check's 8 minutes, the install included
 
 
 @dataclass
@@ -84,16 +77,13 @@ def fits(check: Check, elapsed_s: float) -> bool:
 
 
 def plan(python: str, out_dir: Path) -> list[Check]:
-    """The checks, in order: the gpu-marked tests, then the benches."""
+    """The checks, in order: the gpu-marked tests, the benches, then the optional ones (run while
+    the budget allows)."""
     checks = [Check("tests marked gpu", [python, "-m", "pytest", "-m", "gpu", "-q", "tests"], 240)]
-    for name, overrides in BENCHES.items():
-        output = out_dir / f"gpu-check-bench-{name}.json"
+    for name, (overrides, timeout_s, optional) in BENCHES.items():
+        output = out_dir / f"gpu-check-bench-{name.split('×')[0]}.json"
         argv = bench_argv(python, [*overrides, override("bench.output", output)])
-        checks.append(Check(f"bench {name}×{name}", argv, 150 if name == "224" else 90, output))
-    for name, overrides in COMPILE_BENCHES.items():
-        output = out_dir / f"gpu-check-bench-{name}.json"
-        argv = bench_argv(python, [*overrides, *COMPILE_ROUNDS, override("bench.output", output)])
-        checks.append(Check(f"bench {name}", argv, 150, output, optional=True))
+        checks.append(Check(f"bench {name}", argv, timeout_s, output, optional))
     return checks
 
 

@@ -33,7 +33,7 @@ DEVICES = [
 ]
 
 
-def _total(ok: bool, device: torch.device = CPU) -> torch.Tensor:
+def _probe(ok: bool, device: torch.device = CPU) -> torch.Tensor:
     """A step_probe: 0 for a good step, NaN for a bad one."""
     return torch.tensor(0.0 if ok else math.nan, device=device)
 
@@ -46,7 +46,7 @@ def _drive(ring: FlagRing[str], bad: dict[int, float], num_steps: int) -> list[F
     for step in range(num_steps):
         seen.append(ring.read_due(step))
         loss = torch.tensor(bad.get(step, float(step)), device=device)
-        ring.push(step, _total(step not in bad, device), loss, payload=f"step {step}")
+        ring.push(step, _probe(step not in bad, device), loss, payload=f"step {step}")
     return seen
 
 
@@ -78,18 +78,18 @@ def test_a_full_ring_reads_its_oldest_flag_rather_than_overwrite_it() -> None:
     ring = FlagRing[str](device=CPU, lag=1, sticky=False)
     for step in range(7):
         loss = torch.tensor(-math.inf if step == 2 else float(step))
-        ring.push(step, _total(step != 2), loss, payload=f"step {step}")
+        ring.push(step, _probe(step != 2), loss, payload=f"step {step}")
     assert ring.read_all() == Flagged(2, -math.inf, "step 2")
 
 
 def test_read_all_reads_flags_not_yet_due_and_drop_forgets_them() -> None:
     ring = FlagRing[str](device=CPU, lag=5, sticky=False)
-    ring.push(0, _total(False), torch.tensor(math.inf), payload="step 0")
+    ring.push(0, _probe(False), torch.tensor(math.inf), payload="step 0")
     assert ring.read_due(1) is None
     assert ring.read_all() == Flagged(0, math.inf, "step 0")
 
     dropped = FlagRing[str](device=CPU, lag=5, sticky=False)
-    dropped.push(0, _total(False), None, payload="step 0")
+    dropped.push(0, _probe(False), None, payload="step 0")
     dropped.drop()
     assert dropped.read_all() is None
 
@@ -104,7 +104,7 @@ def test_a_sticky_flag_stays_set_and_a_fused_optimizer_skips_from_the_bad_step_o
     flags, weights = [], []
     for step, ok in enumerate([True, False, True, True]):
         weight.grad = torch.ones(3)
-        flag = ring.push(step, _total(ok), torch.tensor(1.0), payload=None)
+        flag = ring.push(step, _probe(ok), torch.tensor(1.0), payload=None)
         assert flag.dtype == torch.float32  # what a fused optimizer's found_inf must be
         flags.append(float(flag))
         if ring.sticky:

@@ -17,11 +17,12 @@ Two ways to check, one outcome:
   idles while the host queues the next.
 - deferred (a fused optimizer, `optimizer.fused`, on for CUDA by default): the step's flag
   goes into a FlagRing (pipeline.nonfinite_guard) on the device, is all-reduced over DDP
-  processes, and is read `lag` steps later (2), so the read rarely waits and all processes stop
-  together. Once set it stays set: the fused optimizer skips its update (torch's `found_inf`, as
-  the GradScaler uses) and the BatchNorm snapshot stops following the buffers. So the state saved
-  on divergence is the one before the first non-finite step, as at once; that step and the `lag`
-  after it ran without updating, so the checkpoint's step counter is `lag` + 1 higher.
+  processes, and is read `lag` steps later (2), or by a checkpoint about to save (which then
+  does not), so the read rarely waits and all processes stop together. Once set it stays set:
+  the fused optimizer skips its update (torch's `found_inf`, as the GradScaler uses) and the
+  BatchNorm snapshot stops following the buffers. So the state saved on divergence is the one
+  before the first non-finite step, as at once; that step and up to `lag` after it ran without
+  updating, so the checkpoint's step counter is up to `lag` + 1 higher.
 
 On stopping (mode raise) rank 0 writes `divergence.json` in the run directory (pipeline.divergence):
 the step, the loss, the failing batch's sample indices, and the per-block gradient norms of the
