@@ -264,9 +264,15 @@ def log_step_scalars(trainer: pl.Trainer, metrics: Mapping[str, float | Tensor])
     steps before this one), without self.log's ~0.7–1.3 ms a call here: for values Lightning
     need not keep (not in callback_metrics; reduced over DDP processes by the caller, if at all).
     A 0-dim tensor is read on the host here, on rank 0 and logging steps only."""
-    if trainer.is_global_zero and trainer.loggers and writes_step_logs(trainer):
+    if step_logs_due(trainer):
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
         log_scalars(trainer.loggers, metrics, step)
+
+
+def step_logs_due(trainer: pl.Trainer) -> bool:
+    """In on_train_batch_end: whether `log_step_scalars` writes this step (rank 0, a logger,
+    a step Lightning writes): a callback asks first, and makes its metrics only then."""
+    return bool(trainer.is_global_zero and trainer.loggers and writes_step_logs(trainer))
 
 
 def log_scalars(

@@ -4,6 +4,7 @@ optimizer skip; the buffer snapshot puts BatchNorm's statistics back bitwise aft
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -15,8 +16,9 @@ from pipeline.nonfinite_guard import (
     BufferSnapshot,
     Flagged,
     FlagRing,
-    nonfinite_flag,
-    step_probe,
+    fused_check_takes,
+    mark_nonfinite,
+    mark_nonfinite_by_sum,
 )
 
 CPU = torch.device("cpu")
@@ -34,8 +36,8 @@ DEVICES = [
 
 
 def _probe(ok: bool, device: torch.device = CPU) -> torch.Tensor:
-    """A step_probe: 0 for a good step, NaN for a bad one."""
-    return torch.tensor(0.0 if ok else math.nan, device=device)
+    """A step's flag as mark_nonfinite leaves it: 0.0 for a good step, 1.0 for a bad one."""
+    return torch.tensor(0.0 if ok else 1.0, device=device)
 
 
 def _drive(ring: FlagRing[str], bad: dict[int, float], num_steps: int) -> list[Flagged[str] | None]:
@@ -164,58 +166,80 @@ def test_take_follows_the_buffers_unless_told_to_keep_the_old_copy() -> None:
         assert torch.equal(buffer, after_good[name]), name
 
 
-def _finite(
-    losses: list[torch.Tensor], buffers: list[torch.Tensor], norms: torch.Tensor | None
-) -> bool:
-    probe = step_probe(losses, buffers, norms)
-    assert probe.dtype == torch.float32 and probe.dim() == 0
-    assert probe.item() == 0 or math.isnan(probe.item())
-    return probe.item() == 0
+def _finite_by(*tensors: torch.Tensor, flag: float = 0.0, by_sum: bool = False) -> bool:
+    """mark_nonfinite (or its other path) over `tensors`, with a flag that was `flag` before;
+    the values untouched."""
+    device = tensors[0].device if tensors else CPU
+    before = [t.clone() for t in tensors]
+    bad = torch.tensor(flag, device=device)
+    if by_sum:
+        mark_nonfinite_by_sum(list(tensors), bad)
+    else:
+        mark_nonfinite(list(tensors), bad, one=torch.ones((), device=device))
+    assert bad.dtype == torch.float32 and bad.dim() == 0
+    assert bad.item() in (0.0, 1.0)
+    for t, b in zip(tensors, before, strict=True):  # bitwise, NaN for NaN
+        assert t.dtype == b.dtype and torch.equal(t.isnan(), b.isnan())
+        assert torch.equal(t.nan_to_num(), b.nan_to_num())
+    return bad.item() == 0.0
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_a_step_is_finite_where_its_losses_statistics_and_gradient_norms_all_are(
-    device: torch.device,
+@pytest.mark.parametrize("by_sum", [False, True], ids=["fused", "by_sum"])
+def test_a_step_is_finite_where_its_losses_statistics_and_gradients_all_are(
+    device: torch.device, by_sum: bool
 ) -> None:
     """BatchNorm's running variance overflows while the loss stays finite (a training batch is
-    normalised by its own statistics): the guard checks the buffers each step too."""
+    normalised by its own statistics): the guard checks the buffers each step too. Both paths:
+    the fused check, and the sum a dtype takes where the fused check does not go."""
+    _finite = functools.partial(_finite_by, by_sum=by_sum)
     bn = nn.BatchNorm1d(3).to(device)
     views = BufferSnapshot(list(bn.buffers())).float_views()  # running mean and variance
     assert len(views) == 2  # not the batch count
-    loss, norms = torch.tensor([2.0], device=device), torch.tensor([1.0, 3.0], device=device)
-    assert _finite([loss], views, norms)
+    loss, grads = torch.tensor([2.0], device=device), torch.tensor([1.0, 3.0], device=device)
+    assert _finite(loss, *views, grads)
     bn.running_var[1] = float("inf")  # the views share the buffers' storage
-    assert not _finite([loss], views, norms)
-    bn.running_mean[0] = -float("inf")  # inf − inf: NaN, still not finite
-    assert not _finite([loss], views, norms)
+    assert not _finite(loss, *views, grads)
+    bn.running_mean[0] = -float("inf")  # inf and −inf
+    assert not _finite(loss, *views, grads)
     bn.running_var[1] = 1.0  # −inf alone
-    assert not _finite([loss], views, norms)
+    assert not _finite(loss, *views, grads)
     bn.running_mean[0] = float("nan")
-    assert not _finite([loss], views, norms)
+    assert not _finite(loss, *views, grads)
     bn.running_mean[0] = 0.0
-    assert not _finite([loss, loss.neg().log()], views, norms)  # a NaN window loss
-    assert not _finite([loss], views, norms.clone().fill_(float("nan")))
-    assert not _finite([], [], norms / 0)
-    assert not _finite([loss / 0], [], None)
-    # Finite values whose sum overflows their dtype are finite, in any float dtype beside any
-    # other; a double loss beside float buffers; 64-true's statistics near float64's largest.
+    assert not _finite(loss, loss.neg().log(), *views, grads)  # a NaN window loss
+    assert not _finite(loss, grads.clone().fill_(float("nan")))
+    assert not _finite(grads / 0)
+    assert not _finite(loss / 0)
+    assert not _finite(loss, flag=1.0)  # set stays set: a sticky flag can be marked in place
+    assert _finite()
+    # Finite values are finite, whatever their size, in any float dtype beside any other (on
+    # CUDA bfloat16 takes the other path): a double loss beside float buffers, float32 values
+    # whose squares overflow, 16-true values whose norm passes 65504, 64-true's statistics near
+    # float64's largest; and whatever their layout (channels_last gradients).
     big = torch.full((10_000,), 3e38, device=device)
     wide = torch.tensor([1e300], dtype=torch.float64, device=device)
     half = torch.full((4,), 6e4, dtype=torch.float16, device=device)
     brain = torch.full((4,), 3e38, dtype=torch.bfloat16, device=device)
-    assert _finite([wide], [big, half, brain], norms)
-    assert not _finite([wide], [big, half / 0, brain], norms)
-    assert not _finite([loss], [brain * 10], norms)  # bfloat16 overflowed: inf
+    assert _finite(wide, big, half, brain, grads)
+    assert not _finite(wide, big, half / 0, brain, grads)
+    assert not _finite(loss, brain * 10, grads)  # bfloat16 overflowed: inf
+    assert not _finite(loss, brain * 10)  # bfloat16 alone
     huge = torch.full((512,), 1e307, dtype=torch.float64, device=device)
-    assert _finite([wide], [huge, -huge], huge[:3])
-    assert not _finite([wide], [huge * 100], None)  # float64 overflowed: inf
-    assert _finite([], [torch.zeros(0, device=device)], None)
+    assert _finite(wide, huge, -huge, huge[:3])
+    assert not _finite(wide, huge * 100)  # float64 overflowed: inf
+    assert _finite(torch.zeros(0, device=device))
+    nhwc = torch.ones(2, 3, 4, 4, device=device).to(memory_format=torch.channels_last)
+    assert _finite(nhwc, nhwc.to(torch.bfloat16))
+    nhwc[1, 2, 3, 0] = float("nan")
+    assert not _finite(nhwc)
+    assert not _finite(nhwc.to(torch.bfloat16))
     assert BufferSnapshot([torch.zeros(2, dtype=torch.int64)]).float_views() == []
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_the_flag_is_one_exactly_where_the_probe_is_nan(device: torch.device) -> None:
-    probes = torch.tensor([0.0, -0.0, math.nan], device=device)
-    flags = [nonfinite_flag(p) for p in probes]
-    assert [f.item() for f in flags] == [0.0, 0.0, 1.0]
-    assert all(f.dtype == torch.float32 for f in flags)  # a fused optimizer's found_inf
+def test_the_fused_check_takes_every_float_dtype_on_a_cpu_and_all_but_bfloat16_on_cuda() -> None:
+    floats = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    assert all(fused_check_takes(CPU, d) for d in floats)
+    cuda = torch.device("cuda")
+    assert [fused_check_takes(cuda, d) for d in floats] == [True, False, True, True]
+    assert not fused_check_takes(torch.device("meta"), torch.float32)

@@ -7,9 +7,10 @@ inf into BatchNorm's running statistics, so the guard snapshots the float buffer
 accumulation window starts and puts them back before saving (pipeline.nonfinite_guard). A
 running variance can overflow first, while the loss is finite (a training batch is normalised
 by its own statistics; the defaults do near step 25): each step's flag covers the buffers too,
-and the message then names the statistic. A gradient counts as non-finite where its L2 norm is:
-it holds inf or NaN, or its sum of squares overflows its precision (in float32 a norm past
-~1.8e19, a step that carries the weights past float32's range at once); 64-true checks float64.
+and the message then names the statistic. The check is torch's fused one, the GradScaler's
+(pipeline.nonfinite_guard.mark_nonfinite): one operation over every loss, statistic and gradient
+value a step, in any precision (a finite value is finite: a gradient whose sum of squares
+overflows is not taken for divergence, nor a 16-true gradient norm past 65504).
 
 Two ways to check, one outcome:
 - at once (an optimizer that is not fused: on a CPU by default): the host reads the step's
@@ -28,9 +29,11 @@ On stopping (mode raise) rank 0 writes `divergence.json` in the run directory (p
 the step, the loss, the failing batch's sample indices, and the per-block gradient norms of the
 failing step and of the last finite logging step, and the message names the first block, in
 forward order, whose gradient norm overflowed or is NaN. What that costs a healthy run: the
-per-tensor gradient norms the check computes anyway are kept (a reference, per step until read;
-on logging steps a few more), and the data module keeps a reference to the latest batch's
-indices. The block sums and every host read happen only once the run has diverged.
+per-tensor gradient norms (one fused pass) on logging steps, shared with the gradient logger,
+and deferred on every step (a step's gradients are gone when its flag is read), kept as a
+reference until read; and the data module keeps a reference to the latest batch's indices. At
+once, the failing step's norms are taken when it fails. The block sums and every host read but
+the flag's happen only once the run has diverged.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from pipeline.nonfinite_guard import (
     BufferSnapshot,
     Flagged,
     FlagRing,
-    step_probe,
+    mark_nonfinite,
 )
 
 # What a step's flag carries to the host: its per-tensor gradient norms (P,), read only if it was
@@ -121,6 +124,8 @@ class NonFiniteGuard(pl.Callback):
         self._ring: FlagRing[_StepRecord] | None = None  # deferred only
         self._scaled = False  # 16-mixed's GradScaler: it checks the gradients itself
         self._saving = False
+        self._one = torch.ones(())
+        self._bad = torch.zeros(())  # at once: the step's flag, zeroed again only once set
         self._grad_norms = grad_norms or StepGradNorms()
         # for divergence.json
         self._index: Tensor | None = None  # (P,) each parameter's block
@@ -138,6 +143,8 @@ class NonFiniteGuard(pl.Callback):
             self._index = None
         self._logged = deque(maxlen=self.lag + 2)
         self._scaled = _uses_grad_scaler(trainer)  # the precision plugin is the fit's
+        self._one = torch.ones((), device=pl_module.device)  # the fused check's inverse scale
+        self._bad = torch.zeros((), device=pl_module.device)
         if self.deferred is None:
             self.deferred = bool(trainer.optimizers) and can_defer(trainer, trainer.optimizers[0])
         if self.deferred:
@@ -173,30 +180,51 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
         self._last_loss = loss.detach()
-        self._window_losses.append(self._last_loss.view(-1))  # checked with the step
+        self._window_losses.append(self._last_loss)  # checked with the step
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        norms = None  # (P,) per-tensor gradient norms: inf or NaN where a gradient holds one or overflows
-        if not self._scaled:
-            grads = [p.grad for p in self._params if p.grad is not None]
-            norms = self._grad_norms.of(grads) if grads else None  # one fused pass
-        # The window's losses, the statistics its forward passes left, the gradients' norms.
-        probe = step_probe(self._window_losses, self._buffer_views, norms)
-        if norms is not None and len(norms) != len(self._params):
-            norms = None  # not aligned with the blocks' index
+        # The gradients, unless 16-mixed's GradScaler checks them itself.
+        grads = [] if self._scaled else [p.grad for p in self._params if p.grad is not None]
+        # The window's losses, the statistics its forward passes left, the gradients: one check.
+        # Deferred, a flag a step (the ring holds it until read); at once, one for the run: the
+        # check only ever sets it, and it is read every step, so it is 0 until a step is bad.
+        bad = torch.zeros((), device=self._one.device) if self._ring is not None else self._bad
+        mark_nonfinite([*self._window_losses, *self._buffer_views, *grads], bad, one=self._one)
         self._window_open, self._window_losses = False, []
         step, batches = trainer.global_step, self._window_indices
+        logged = is_due(step, trainer.log_every_n_steps)  # type: ignore[attr-defined]  # set by Lightning
+        # (P,) per-tensor gradient norms, for divergence.json and the message's first block: a
+        # deferred step carries its own (its gradients are gone when its flag is read); at once
+        # they are taken when the step is bad, and on logging steps (shared with the logger).
+        norms = self._norms(grads) if self._ring is not None or logged else None
         if self._ring is not None:
-            flag = self._ring.push(step, probe, self._last_loss, (norms, batches))
+            flag = self._ring.push(step, bad, self._last_loss, (norms, batches))
             if self._ring.sticky:
                 optimizer.found_inf = flag  # the fused update does nothing while it is 1
-        elif trainer.strategy.reduce_boolean_decision(not math.isfinite(probe.item()), all=False):
+        elif trainer.strategy.reduce_boolean_decision(self._read_bad(), all=False):
             loss_value = float(self._last_loss) if self._last_loss is not None else float("nan")
+            if norms is None:
+                norms = self._norms(grads)
             self._diverged(trainer, step, loss_value, norms, batches)
-        if is_due(step, trainer.log_every_n_steps):  # type: ignore[attr-defined]  # set by Lightning
+        if logged:
             self._logged.append((step, norms))  # a reference; summed by block only on divergence
+
+    def _read_bad(self) -> bool:
+        """At once: whether this step was non-finite; the flag zeroed again where it was."""
+        if self._bad.item() == 0:
+            return False
+        self._bad.zero_()  # warn mode trains on
+        return True
+
+    def _norms(self, grads: list[Tensor]) -> Tensor | None:
+        """(P,) the gradients' norms, one fused pass (shared: computed once a step), or None
+        where they are not every parameter's (not aligned with the blocks' index)."""
+        if not grads:
+            return None
+        norms = self._grad_norms.of(grads)
+        return norms if len(norms) == len(self._params) else None
 
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]

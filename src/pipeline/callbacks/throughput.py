@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from pipeline.loggers import log_step_scalars
+from pipeline.loggers import log_step_scalars, step_logs_due
 
 log = logging.getLogger(__name__)
 FIRST_STEP_MESSAGE = "first training step began %.2f s after the process started"
@@ -75,11 +75,13 @@ class Throughput(pl.Callback):
     ) -> None:
         now = time.perf_counter()
         assert self._last is not None  # set by on_train_batch_start
-        rate = images_per_sec(len(batch[0]), trainer.world_size, now - self._last)
-        self._last = now
+        seconds, self._last = now - self._last, now
         if self._first_start is not None:  # this process's first batch
             log.info(FIRST_STEP_TOOK, now - self._first_start, COMPILING if self.compile else "")
             self._first_start = None
+        if not step_logs_due(trainer):  # the figures only on the steps that write them
+            return
+        rate = images_per_sec(len(batch[0]), trainer.world_size, seconds)
         metrics = {"perf/images_per_sec": rate}  # nothing else reads them
         if self.forward_flops:
             metrics["perf/model_tflops_per_sec"] = model_tflops(self.forward_flops, rate)
