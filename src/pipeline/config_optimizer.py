@@ -20,6 +20,7 @@ from pipeline.config_rules import (
     locate,
     refused_arguments,
 )
+from pipeline.resources import parameter_dtype
 
 OURS = ("_target_", "_partial_", "fused")  # Hydra's keys, and fused (auto|true|false: build.py)
 
@@ -46,12 +47,13 @@ def optimizer_target(target: str) -> tuple[Any, str | None]:
     return found, None
 
 
-def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
+def optimizer_problems(optimizer: Any, already: list[str], precision: Any = "32-true") -> list[str]:
     """optimizer._target_ names an optimizer; optimizer.fused names an implementation the class
     has; every other optimizer.X is an argument of the class, of the type its default has (a
     bool for nesterov: torch takes any value, "abc" as true); then, if nothing else is wrong
     with optimizer.* (`already`: the problems found so far), the class's own checks of the
-    values (momentum=-1, a string…)."""
+    values (momentum=-1, a string…), and one step of it on a weight of `precision`'s dtype
+    (16-true: an lr past float16's 65504 cannot be applied to float16 weights)."""
     if not isinstance(optimizer, DictConfig):
         return ["optimizer must be a mapping: _target_ and the optimizer's arguments"]
     target = str(optimizer.get("_target_"))
@@ -95,13 +97,32 @@ def optimizer_problems(optimizer: Any, already: list[str]) -> list[str]:
         refused_arguments(
             "optimizer",
             name,
-            lambda **kw: made_by([torch.zeros(1, requires_grad=True)], **kw),  # a dummy
+            lambda **kw: build_and_step(made_by, parameter_dtype(str(precision)), **kw),
             {k: v for k, v in arguments.items() if f"optimizer.{k}" not in wrong_type},
             defaults=defaults,
             defaults_of=whose,
         )
         + beside
     )
+
+
+def build_and_step(made_by: Any, dtype: torch.dtype, **arguments: Any) -> None:
+    """An optimizer of `made_by` over one zero weight of `dtype`, and one step of it (a closure,
+    as Lightning steps it): raises what torch refuses, in the constructor or in the step, where
+    the run would meet it after its first backward pass."""
+    weight = torch.zeros(1, dtype=dtype, requires_grad=True)
+    optimizer = made_by([weight], **arguments)
+
+    def closure() -> torch.Tensor:
+        weight.grad = torch.zeros_like(weight)
+        return torch.zeros(())
+
+    try:
+        optimizer.step(closure)
+    except Exception as exc:
+        raise ValueError(
+            f"its step on {str(dtype).removeprefix('torch.')} weights fails: {exc}"
+        ) from exc
 
 
 def type_problems(

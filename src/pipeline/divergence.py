@@ -164,9 +164,9 @@ def divergence_message(
         )
     elif loss_name == "sum_diff":
         why = (
-            "the seed's loss (pred − labels).sum() has no minimum, so SGD drives the logits to −∞ "
-            "until they overflow; use loss=mse or loss=cross_entropy for long runs, or fewer "
-            "steps (trainer.max_steps)"
+            "the seed's loss (pred − labels).sum() has no minimum, so any optimizer drives the "
+            "logits to −∞ until they overflow (the sooner, the higher optimizer.lr); use loss=mse "
+            "or loss=cross_entropy for long runs, or fewer steps (trainer.max_steps)"
         )
     else:
         why = "lower optimizer.lr" + (

@@ -324,6 +324,19 @@ def test_a_key_of_another_option_of_the_group_is_no_misspelling() -> None:
     assert other.endswith("optimizer=sgd has it: choose that or drop optimizer.nesterov")
 
 
+def test_an_lr_float16_weights_cannot_take_is_one_line_under_16_true() -> None:
+    """torch applies SGD's -lr to float16 weights as a float16 value: lr 1e20 ended in a
+    traceback at the first step (exit 1). The optimizer takes one step on a weight of the run's
+    dtype while the config is checked; the same lr in 32-true, or 65504 in 16-true, is fine."""
+    (problem,) = _problems("precision=16-true", "optimizer.lr=1e20", "optimizer.fused=false")
+    assert problem.startswith("optimizer.lr=1e+20 is refused by SGD: its step on float16 weights"), problem
+    assert "cannot be converted to type c10::Half" in problem
+    assert problem.endswith("; optimizer=sgd's default: optimizer.lr=0.001"), problem
+    assert _problems("optimizer.lr=1e20", "optimizer.fused=false") == []
+    assert _problems("precision=16-true", "optimizer.lr=65504", "optimizer.fused=false") == []
+    assert _problems("precision=bf16-true", "optimizer.lr=1e20", "optimizer.fused=false") == []
+
+
 def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:
     """The optimizer option's default (the value a run starts from), else the library's."""
     assert _problems("optimizer=adamw", "optimizer.betas=[0.9,1.5]") == [
