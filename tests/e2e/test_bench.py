@@ -114,7 +114,7 @@ def test_the_overhead_mode_times_three_loops_around_a_zero_cost_model(
                              "bench.overhead_steps=6", "bench.rounds=2"])  # fmt: skip
     figures = measure(cfg, tmp_path, [])
     us = figures["us_per_step"]
-    assert set(us) == {"plain", "lightning", "pipeline"}
+    assert set(us) == {"plain", "lightning", "pipeline", "pipeline, no logging step"}
     assert all(len(v) == 2 for v in figures["per_round_step_us"].values())  # one per round
     assert len(figures["hooks_timed_round_step_us"]) == 2  # its own loop: not the pipeline's figure
     assert figures["lightning_over_plain_us"] == pytest.approx(us["lightning"] - us["plain"])
@@ -125,6 +125,9 @@ def test_the_overhead_mode_times_three_loops_around_a_zero_cost_model(
     assert all(0 < v < 10**7 for v in us.values())  # µs a step: a step of this model, not seconds
     out = " ".join(capsys.readouterr().out.split())  # the console wraps its lines
     assert "Lightning's loop over the plain one" in out and "the pipeline over Lightning's" in out
+    split = figures["every_step_over_lightning_paired_us"] + figures["logging_steps_paired_us"]
+    assert split == pytest.approx(figures["pipeline_over_lightning_paired_us"])
+    assert "of which every step pays" in out and "the logging steps add" in out
     json.dumps(figures)  # bench.output writes it as JSON
 
 

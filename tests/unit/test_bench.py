@@ -28,7 +28,12 @@ from pipeline.bench.outside import (
     outside_figures,
     wall_clock,
 )
-from pipeline.bench.overhead import ZeroCostNet, overhead_figures, paired_difference_us
+from pipeline.bench.overhead import (
+    QUIET,
+    ZeroCostNet,
+    overhead_figures,
+    paired_difference_us,
+)
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
 from pipeline.bench.variants import bare_config, instrument_frequencies, knob_configs, parse_knob
@@ -325,6 +330,19 @@ def test_overhead_figures_are_medians_and_their_differences() -> None:
     # Paired by round: differences 2000, 1500, 1000 µs.
     assert figures["pipeline_over_lightning_paired_us"] == pytest.approx(1500)
     assert figures["pipeline_over_lightning_paired_se_us"] == pytest.approx(500 / 3**0.5)
+    assert "logging_steps_paired_us" not in figures  # no quiet loop: no split
+
+
+def test_the_quiet_loop_splits_the_pipeline_s_cost_into_every_step_and_logging_steps() -> None:
+    step_s = {"plain": [1e-3, 1e-3], "lightning": [4e-3, 6e-3], "pipeline": [6e-3, 9e-3],
+              QUIET: [5e-3, 6.5e-3]}  # fmt: skip
+    figures = overhead_figures(step_s, {})
+    # every step: 1000 and 500 µs over Lightning; the logging steps: 1000 and 2500 more
+    assert figures["every_step_over_lightning_paired_us"] == pytest.approx(750)
+    assert figures["every_step_over_lightning_paired_se_us"] == pytest.approx(250)
+    assert figures["logging_steps_paired_us"] == pytest.approx(1750)
+    assert figures["logging_steps_paired_se_us"] == pytest.approx(750)
+    assert figures["pipeline_over_lightning_paired_us"] == pytest.approx(750 + 1750)
 
 
 def test_a_paired_difference_is_the_mean_of_each_round_s_difference_with_its_error() -> None:

@@ -329,7 +329,9 @@ def test_an_lr_float16_weights_cannot_take_is_one_line_under_16_true() -> None:
     traceback at the first step (exit 1). The optimizer takes one step on a weight of the run's
     dtype while the config is checked; the same lr in 32-true, or 65504 in 16-true, is fine."""
     (problem,) = _problems("precision=16-true", "optimizer.lr=1e20", "optimizer.fused=false")
-    assert problem.startswith("optimizer.lr=1e+20 is refused by SGD: its step on float16 weights"), problem
+    assert problem.startswith(
+        "optimizer.lr=1e+20 is refused by SGD: its step on float16 weights"
+    ), problem
     assert "cannot be converted to type c10::Half" in problem
     assert problem.endswith("; optimizer=sgd's default: optimizer.lr=0.001"), problem
     assert _problems("optimizer.lr=1e20", "optimizer.fused=false") == []

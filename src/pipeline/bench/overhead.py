@@ -4,8 +4,10 @@ forward costs nothing (ZeroCostNet), so the difference between loops is host wor
 Three loops around the same model, data path and optimizer, interleaved over bench.rounds:
 `plain` (the hand-written loop), `lightning` (a Trainer with no callbacks, logger, checkpoint or
 progress bar: Lightning's own loop) and `pipeline` (the run's Trainer, every callback and
-logger). Figures: µs a step of each, Lightning's cost over the plain loop, the pipeline's over
-Lightning, and each pipeline callback's own hooks (hook_clock, in a fourth loop: the clock
+logger); and the pipeline with no logging step in the window (QUIET), which splits its cost
+into what every step pays and what the logging steps add. Figures: µs a step of each,
+Lightning's cost over the plain loop, the pipeline's over Lightning, and each pipeline
+callback's own hooks (hook_clock, in a fourth loop: the clock
 costs the step ~1 µs a hook call, which the pipeline's own figure leaves out). Small images
 keep the data path's share (the same in all loops) and its noise small: data.image_size=8.
 """
@@ -31,6 +33,9 @@ from pipeline.model import ResNetClassifier
 # The pipeline's loop again, each callback's hooks timed (hook_clock): its hook figures only. The
 # clock's wrapping costs ~1 µs a hook call, ~20 µs a step, so the pipeline's step is timed without.
 HOOKS_TIMED = "pipeline, hooks timed"
+# The pipeline's loop with no logging step in the timed window (no scalars, norms, update ratios,
+# histograms or analytic check there): what every step pays, apart from what logging steps add.
+QUIET = "pipeline, no logging step"
 
 
 class ZeroCostNet(nn.Module):
@@ -91,7 +96,7 @@ def overhead_figures(
     the pipeline's difference from Lightning paired by round (`paired_difference_us`)."""
     us = {name: statistics.median(v) * 1e6 for name, v in step_s.items()}
     paired, se = paired_difference_us(step_s["pipeline"], step_s["lightning"])
-    return {
+    figures = {
         "us_per_step": us,
         "lightning_over_plain_us": us["lightning"] - us["plain"],
         "pipeline_over_lightning_us": us["pipeline"] - us["lightning"],
@@ -100,6 +105,16 @@ def overhead_figures(
         "hook_us_per_step": {k: statistics.median(v) * 1e6 for k, v in hook_s.items()},
         "per_round_step_us": {k: [s * 1e6 for s in v] for k, v in step_s.items()},
     }
+    if QUIET in step_s:  # every step's share, and what the logging steps add to it, paired
+        every, every_se = paired_difference_us(step_s[QUIET], step_s["lightning"])
+        logging, logging_se = paired_difference_us(step_s["pipeline"], step_s[QUIET])
+        figures |= {
+            "every_step_over_lightning_paired_us": every,
+            "every_step_over_lightning_paired_se_us": every_se,
+            "logging_steps_paired_us": logging,
+            "logging_steps_paired_se_us": logging_se,
+        }
+    return figures
 
 
 def run_overhead(cfg: DictConfig) -> dict[str, Any]:
@@ -109,6 +124,11 @@ def run_overhead(cfg: DictConfig) -> dict[str, Any]:
     # Not compiled: model.compile compiles ResNet18's feature path, which ZeroCostNet has not.
     run_cfg = round_config(merged(cfg, {"bench": {"steps": steps}, "model": {"compile": False}}))
     device = build.run_device(run_cfg)
+    quiet_cfg = merged(run_cfg, {  # a logging interval past the run, histograms never
+        "trainer": {"log_every_n_steps": run_cfg.trainer.max_steps + 1},
+        "callbacks": {"gradients": {"histogram_every_n_steps": 0},
+                      "gradient_check": {"every_n_steps": 0}},  # the first step's: warm-up
+    })  # fmt: skip
     loops: dict[str, Variant] = {
         "plain": lambda _: time_plain_pytorch(
             run_cfg, device, warmup, steps, module=zero_cost_module
@@ -119,6 +139,9 @@ def run_overhead(cfg: DictConfig) -> dict[str, Any]:
         ),
         HOOKS_TIMED: lambda workdir: time_trainer(
             run_cfg, warmup, steps, workdir, module=zero_cost_module
+        ),
+        QUIET: lambda workdir: time_trainer(
+            quiet_cfg, warmup, steps, workdir, module=zero_cost_module, hook_clock=False
         ),
     }
     rounds = run_rounds(loops, cfg.bench.rounds, device)

@@ -98,6 +98,12 @@ def show_soak(figures: dict[str, Any], every: int) -> None:
     )
 
 
+def _paired(figures: dict[str, Any], name: str) -> str:
+    """`name`_paired_us with its standard error, as '+X ± SE'."""
+    se = figures[f"{name}_paired_se_us"]
+    return f"{figures[f'{name}_paired_us']:+.0f}" + ("" if se is None else f" ± {se:.0f}")
+
+
 def show_overhead(figures: dict[str, Any]) -> None:
     """The loops' own cost a step (`overhead.run_overhead`): each loop, then the differences."""
     us = figures["us_per_step"]
@@ -118,6 +124,13 @@ def show_overhead(figures: dict[str, Any]) -> None:
         + ("" if se is None else f" ± {se:.0f} (standard error)")
         + " µs a step (many short rounds narrow it: bench.rounds=60 bench.overhead_steps=100)"
     )
+    if "every_step_over_lightning_paired_us" in figures:
+        report.console.print(
+            "of which every step pays "
+            f"{_paired(figures, 'every_step_over_lightning')} µs (the pipeline with no logging "
+            f"step in the window, over Lightning's) and the logging steps add "
+            f"{_paired(figures, 'logging_steps')} µs a step, amortized"
+        )
     parts = [f"{name} {v:.0f} µs"
              for name, v in sorted(figures["hook_us_per_step"].items(), key=lambda item: -item[1])]  # fmt: skip
     report.console.print(
