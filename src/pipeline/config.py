@@ -132,7 +132,10 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
     found += [p for p in config_limits.number_problems(cfg) if key_of(p) not in ruled]
     found += optimizer_problems(
-        value(cfg, "optimizer"), already=found, precision=value(cfg, "precision")
+        value(cfg, "optimizer"),
+        already=found,
+        precision=value(cfg, "precision"),
+        on_cuda=is_cuda_run(str(value(cfg, "device.accelerator")), cuda_available),
     )
     found += _data_problems(cfg, cuda_available)
     found += _model_problems(cfg)

@@ -47,13 +47,17 @@ def optimizer_target(target: str) -> tuple[Any, str | None]:
     return found, None
 
 
-def optimizer_problems(optimizer: Any, already: list[str], precision: Any = "32-true") -> list[str]:
+def optimizer_problems(
+    optimizer: Any, already: list[str], precision: Any = "32-true", on_cuda: bool = False
+) -> list[str]:
     """optimizer._target_ names an optimizer; optimizer.fused names an implementation the class
     has; every other optimizer.X is an argument of the class, of the type its default has (a
     bool for nesterov: torch takes any value, "abc" as true); then, if nothing else is wrong
     with optimizer.* (`already`: the problems found so far), the class's own checks of the
-    values (momentum=-1, a string…), and one step of it on a weight of `precision`'s dtype
-    (16-true: an lr past float16's 65504 cannot be applied to float16 weights)."""
+    values (momentum=-1, a string…), and one step of it on a weight of `precision`'s dtype, in
+    the implementation the run takes (fused where optimizer.fused is true, or auto `on_cuda`):
+    torch's SGD cannot apply an lr past float16's 65504 to float16 weights (16-true), its
+    fused kernel can."""
     if not isinstance(optimizer, DictConfig):
         return ["optimizer must be a mapping: _target_ and the optimizer's arguments"]
     target = str(optimizer.get("_target_"))
@@ -92,12 +96,13 @@ def optimizer_problems(optimizer: Any, already: list[str], precision: Any = "32-
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
     arguments = {str(k): v for k, v in args.items() if k not in OURS}
+    fused = "fused" in known and (fused is True or (fused == "auto" and on_cuda))
     wrong_type = set(map(key_of, beside))  # reported above, not again as torch refuses them
     return (
         refused_arguments(
             "optimizer",
             name,
-            lambda **kw: build_and_step(made_by, parameter_dtype(str(precision)), **kw),
+            lambda **kw: build_and_step(made_by, parameter_dtype(str(precision)), fused, **kw),
             {k: v for k, v in arguments.items() if f"optimizer.{k}" not in wrong_type},
             defaults=defaults,
             defaults_of=whose,
@@ -106,12 +111,13 @@ def optimizer_problems(optimizer: Any, already: list[str], precision: Any = "32-
     )
 
 
-def build_and_step(made_by: Any, dtype: torch.dtype, **arguments: Any) -> None:
-    """An optimizer of `made_by` over one zero weight of `dtype`, and one step of it (a closure,
-    as Lightning steps it): raises what torch refuses, in the constructor or in the step, where
-    the run would meet it after its first backward pass."""
+def build_and_step(made_by: Any, dtype: torch.dtype, fused: bool, **arguments: Any) -> None:
+    """An optimizer of `made_by` over one zero weight of `dtype` (`fused`: its fused
+    implementation, on this machine's CPU), and one step of it (a closure, as Lightning steps
+    it): raises what torch refuses, in the constructor or in the step, where the run would meet
+    it after its first backward pass."""
     weight = torch.zeros(1, dtype=dtype, requires_grad=True)
-    optimizer = made_by([weight], **arguments)
+    optimizer = made_by([weight], **arguments, **({"fused": True} if fused else {}))
 
     def closure() -> torch.Tensor:
         weight.grad = torch.zeros_like(weight)

@@ -12,6 +12,7 @@ from torchvision.models import resnet18
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.config_dir import config_groups, group_options
+from pipeline.config_optimizer import optimizer_problems
 from pipeline.geometry import min_image_size
 
 
@@ -337,6 +338,13 @@ def test_an_lr_float16_weights_cannot_take_is_one_line_under_16_true() -> None:
     assert _problems("optimizer.lr=1e20", "optimizer.fused=false") == []
     assert _problems("precision=16-true", "optimizer.lr=65504", "optimizer.fused=false") == []
     assert _problems("precision=bf16-true", "optimizer.lr=1e20", "optimizer.fused=false") == []
+    # The step is the implementation's the run takes: the fused kernel applies such an lr.
+    assert _problems("precision=16-true", "optimizer.lr=1e5", "optimizer.fused=true") == []
+    auto = ["precision=16-true", "optimizer.lr=1e5"]  # fused: auto, on CUDA only
+    assert len(_problems(*auto)) == 1
+    optimizer = compose("train", auto).optimizer
+    assert optimizer_problems(optimizer, [], precision="16-true", on_cuda=True) == []
+    assert len(optimizer_problems(optimizer, [], precision="16-true", on_cuda=False)) == 1
 
 
 def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:
