@@ -97,12 +97,17 @@ def optimizer_problems(
     assert isinstance(args, dict)
     arguments = {str(k): v for k, v in args.items() if k not in OURS}
     fused = "fused" in known and (fused is True or (fused == "auto" and on_cuda))
+    # Stepped on the CPU: for a CUDA run only built (torch takes options there, capturable=True
+    # say, that a CPU weight's step refuses).
+    steps = 0 if on_cuda else 2
     wrong_type = set(map(key_of, beside))  # reported above, not again as torch refuses them
     return (
         refused_arguments(
             "optimizer",
             name,
-            lambda **kw: build_and_step(made_by, parameter_dtype(str(precision)), fused, **kw),
+            lambda **kw: build_and_step(
+                made_by, parameter_dtype(str(precision)), fused=fused, steps=steps, **kw
+            ),
             {k: v for k, v in arguments.items() if f"optimizer.{k}" not in wrong_type},
             defaults=defaults,
             defaults_of=whose,
@@ -111,11 +116,14 @@ def optimizer_problems(
     )
 
 
-def build_and_step(made_by: Any, dtype: torch.dtype, fused: bool, **arguments: Any) -> None:
-    """An optimizer of `made_by` over one zero weight of `dtype` (`fused`: its fused
-    implementation, on this machine's CPU), and one step of it (a closure, as Lightning steps
-    it): raises what torch refuses, in the constructor or in the step, where the run would meet
-    it after its first backward pass."""
+def build_and_step(
+    made_by: Any, dtype: torch.dtype, *, fused: bool, steps: int, **arguments: Any
+) -> None:
+    """An optimizer of `made_by` over one zero weight of `dtype` on the CPU (`fused`: its fused
+    implementation), and `steps` steps of it (a closure, as Lightning steps it; two: SGD's first
+    step only fills its momentum buffer, dampening is applied from the second): raises what
+    torch refuses, in the constructor or in a step, where the run would meet it after its first
+    backward passes."""
     weight = torch.zeros(1, dtype=dtype, requires_grad=True)
     optimizer = made_by([weight], **arguments, **({"fused": True} if fused else {}))
 
@@ -124,7 +132,8 @@ def build_and_step(made_by: Any, dtype: torch.dtype, fused: bool, **arguments: A
         return torch.zeros(())
 
     try:
-        optimizer.step(closure)
+        for _ in range(steps):
+            optimizer.step(closure)
     except Exception as exc:
         raise ValueError(
             f"its step on {str(dtype).removeprefix('torch.')} weights fails: {exc}"

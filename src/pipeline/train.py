@@ -77,10 +77,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             in_sweep=in_sweep,
             overrides=list(HydraConfig.get().overrides.task),
         )
+        accumulate = trainer.accumulate_grad_batches
         report.show_line(
             f"Training ResNet18: {cfg.trainer.max_steps} steps, global batch "
-            f"{trainer.world_size * cfg.data.batch_size} ({trainer.world_size} process(es) × "
-            f"data.batch_size={cfg.data.batch_size}), {cfg.data.image_size}×{cfg.data.image_size}, "
+            f"{trainer.world_size * cfg.data.batch_size * accumulate} ({trainer.world_size} "
+            f"process(es) × data.batch_size={cfg.data.batch_size}"
+            + (f" × trainer.accumulate_grad_batches={accumulate}" if accumulate > 1 else "")
+            + f"), {cfg.data.image_size}×{cfg.data.image_size}, "
             f"loss={cfg.loss.name}, precision={cfg.precision}"
         )
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)

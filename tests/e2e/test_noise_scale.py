@@ -145,6 +145,12 @@ def test_cli_logs_the_noise_scale_under_accumulation(tmp_path: Path, torch_home:
     args = [*TINY, "loss=mse", "trainer.accumulate_grad_batches=2", "data.num_samples=16"]
     result = run_cli("pipeline.train", args, tmp_path, torch_home)
     assert result.returncode == 0, result.stderr
+    # The start-up line counts the micro-batches of a step: it said "global batch 4".
+    started = " ".join(result.stdout.split())
+    assert (
+        "global batch 8 (1 process(es) × data.batch_size=4 × trainer.accumulate_grad_batches=2)"
+        in started
+    ), started
     tags = scalars(only_run_dir(tmp_path) / "tensorboard")
     assert tags["grad_noise/batch_size"] == [(0, 8.0), (1, 8.0)]
     for tag in ("grad_noise/b_simple", *(f"grad_noise/b_simple/{b}" for b in BLOCKS)):

@@ -345,6 +345,18 @@ def test_an_lr_float16_weights_cannot_take_is_one_line_under_16_true() -> None:
     optimizer = compose("train", auto).optimizer
     assert optimizer_problems(optimizer, [], precision="16-true", on_cuda=True) == []
     assert len(optimizer_problems(optimizer, [], precision="16-true", on_cuda=False)) == 1
+    # Two steps: SGD's first only fills its momentum buffer; 1 − dampening applies from the
+    # second (a traceback at the run's second step).
+    (problem,) = _problems(
+        "precision=16-true", "optimizer.fused=false", "+optimizer.dampening=-1e6"
+    )
+    assert "optimizer.dampening=-1000000.0" in problem, problem  # with momentum: together
+    assert "its step on float16 weights fails" in problem, problem
+    # A CUDA run's optimizer is built, not stepped on a CPU weight: capturable Adam is CUDA's.
+    capturable = compose("train", ["optimizer=adam", "+optimizer.capturable=true"]).optimizer
+    assert optimizer_problems(capturable, [], on_cuda=True) == []
+    (problem,) = optimizer_problems(capturable, [], on_cuda=False)
+    assert problem.startswith("optimizer.capturable=true is refused by Adam"), problem
 
 
 def test_a_value_a_library_refuses_gets_the_default_as_the_fix() -> None:

@@ -124,8 +124,8 @@ def run_overhead(cfg: DictConfig) -> dict[str, Any]:
     # Not compiled: model.compile compiles ResNet18's feature path, which ZeroCostNet has not.
     run_cfg = round_config(merged(cfg, {"bench": {"steps": steps}, "model": {"compile": False}}))
     device = build.run_device(run_cfg)
-    quiet_cfg = merged(run_cfg, {  # a logging interval past the run, histograms never
-        "trainer": {"log_every_n_steps": run_cfg.trainer.max_steps + 1},
+    quiet_cfg = merged(run_cfg, {  # the last step (untimed) logs, histograms never
+        "trainer": {"log_every_n_steps": run_cfg.trainer.max_steps},
         "callbacks": {"gradients": {"histogram_every_n_steps": 0},
                       "gradient_check": {"every_n_steps": 0}},  # the first step's: warm-up
     })  # fmt: skip

@@ -8,6 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from pipeline import report
+from pipeline.bench.overhead import QUIET
 
 
 def show(figures: dict[str, Any]) -> None:
@@ -128,7 +129,8 @@ def show_overhead(figures: dict[str, Any]) -> None:
         report.console.print(
             "of which every step pays "
             f"{_paired(figures, 'every_step_over_lightning')} µs (the pipeline with no logging "
-            f"step in the window, over Lightning's) and the logging steps add "
+            f"step in the window, {us[QUIET]:.0f} µs a step, over Lightning's) and the logging "
+            "steps add "
             f"{_paired(figures, 'logging_steps')} µs a step, amortized"
         )
     parts = [f"{name} {v:.0f} µs"
