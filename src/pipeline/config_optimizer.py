@@ -54,10 +54,11 @@ def optimizer_problems(
     has; every other optimizer.X is an argument of the class, of the type its default has (a
     bool for nesterov: torch takes any value, "abc" as true); then, if nothing else is wrong
     with optimizer.* (`already`: the problems found so far), the class's own checks of the
-    values (momentum=-1, a string…), and one step of it on a weight of `precision`'s dtype, in
-    the implementation the run takes (fused where optimizer.fused is true, or auto `on_cuda`):
-    torch's SGD cannot apply an lr past float16's 65504 to float16 weights (16-true), its
-    fused kernel can."""
+    values (momentum=-1, a string…); for a CPU run, by two steps of it on a weight of
+    `precision`'s dtype in the implementation the run takes (fused where optimizer.fused is
+    true; auto is not fused on a CPU): torch's SGD cannot apply an lr past float16's 65504 to
+    float16 weights (16-true), its fused kernel can. A CUDA run's optimizer (`on_cuda`) is only
+    built: a CPU weight's step refuses options torch takes there (capturable=True)."""
     if not isinstance(optimizer, DictConfig):
         return ["optimizer must be a mapping: _target_ and the optimizer's arguments"]
     target = str(optimizer.get("_target_"))
@@ -96,17 +97,15 @@ def optimizer_problems(
     args = OmegaConf.to_container(optimizer, resolve=True)
     assert isinstance(args, dict)
     arguments = {str(k): v for k, v in args.items() if k not in OURS}
-    fused = "fused" in known and (fused is True or (fused == "auto" and on_cuda))
-    # Stepped on the CPU: for a CUDA run only built (torch takes options there, capturable=True
-    # say, that a CPU weight's step refuses).
     steps = 0 if on_cuda else 2
+    fused_step = steps > 0 and fused is True and "fused" in known
     wrong_type = set(map(key_of, beside))  # reported above, not again as torch refuses them
     return (
         refused_arguments(
             "optimizer",
             name,
             lambda **kw: build_and_step(
-                made_by, parameter_dtype(str(precision)), fused=fused, steps=steps, **kw
+                made_by, parameter_dtype(str(precision)), fused=fused_step, steps=steps, **kw
             ),
             {k: v for k, v in arguments.items() if f"optimizer.{k}" not in wrong_type},
             defaults=defaults,
