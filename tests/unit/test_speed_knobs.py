@@ -52,6 +52,24 @@ def test_the_per_step_attributes_skip_nn_modules_lookup_and_the_rest_still_regis
     assert names == {"net.weight", "net.bias", "head.weight", "head.bias"}
 
 
+def test_lightnings_per_batch_read_of_training_steps_signature_is_made_once() -> None:
+    """Lightning reads training_step's signature on every batch (does it take batch_idx?): it is
+    made once, and still says so."""
+    import inspect
+
+    from lightning.pytorch.utilities.signature_utils import is_param_in_hook_signature
+    from torch import nn
+
+    module = model.ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=torch.optim.SGD, scheduler_kwargs={}, channels_last=False,
+    )  # fmt: skip
+    assert inspect.signature(module.training_step.__func__) is inspect.signature(
+        model.ResNetClassifier.training_step
+    )
+    assert is_param_in_hook_signature(module.training_step, "batch_idx", min_args=2)
+
+
 def test_cuda_flags_map_the_config_and_are_scoped_to_the_run() -> None:
     assert flags_for(cudnn_benchmark=True, tf32=True) == (True, True, True)
     assert flags_for(cudnn_benchmark=False, tf32=False) == (False, False, False)
