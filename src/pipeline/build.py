@@ -39,6 +39,7 @@ from pipeline.callbacks import (
 from pipeline.callbacks.inherited_hooks import skip_idle_batch_hooks
 from pipeline.callbacks.model_summary import RichSummaryWithFlops, SummaryWithFlops
 from pipeline.callbacks.step_checkpoint import StepAndEpochCheckpoint
+from pipeline.callbacks.step_scalar_writer import StepScalarWriter
 from pipeline.checkpoint_io import AtomicCheckpointIO
 from pipeline.data import SyntheticDataModule
 from pipeline.devices import is_cuda_run
@@ -151,6 +152,9 @@ def build_callbacks(
     policy = s.callbacks.checkpoint
     resolved_cfg = resolved(cfg)  # the whole run's config, for the checkpoint and TensorBoard
     callbacks: list[Callback] = [
+        # First: its hooks write the steps' scalars before the others' hooks read them (the
+        # progress bar's train/loss at the end) or the run ends.
+        StepScalarWriter(),
         # The kept step files first: last.ckpt, saved after them at a step, then holds their
         # state with this step's file in it, so a resume deletes it in its turn.
         *kept_checkpoints(ckpt_dir, policy.keep_last_k, policy.every_n_steps),

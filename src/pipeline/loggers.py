@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch import Tensor
 
+from pipeline import step_scalars
 from pipeline.errors import ResourceError
 from pipeline.layout import CSV_DIR, TENSORBOARD_DIR
 from pipeline.logging_steps import writes_step_logs
@@ -263,10 +264,31 @@ def log_step_scalars(trainer: pl.Trainer, metrics: Mapping[str, float | Tensor])
     writes the step's self.log values (logging_steps.writes_step_logs; at its count of optimizer
     steps before this one), without self.log's ~0.7–1.3 ms a call here: for values Lightning
     need not keep (not in callback_metrics; reduced over DDP processes by the caller, if at all).
-    A 0-dim tensor is read on the host here, on rank 0 and logging steps only."""
+    A tensor is read from its device without a wait (`add_step_scalars`)."""
     if step_logs_due(trainer):
         step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        add_step_scalars(trainer, step, metrics)
+
+
+def add_step_scalars(trainer: pl.Trainer, step: int, metrics: Mapping[str, float | Tensor]) -> None:
+    """`metrics` of `step` to rank 0's loggers (the caller is rank 0): into the run's step queue
+    (pipeline.step_scalars: one write a step; a tensor read from its device without a wait), or
+    at once for a Trainer without one."""
+    queue = step_scalars.queue_of(trainer)
+    if queue is None:
         log_scalars(trainer.loggers, metrics, step)
+    else:
+        queue.add(step, metrics)
+
+
+def add_step_read(trainer: pl.Trainer, step: int, values: Tensor, make: step_scalars.Make) -> None:
+    """The scalars `make` makes of `values` (as `Tensor.tolist()` gives them) at `step`, as
+    `add_step_scalars`: read from the device without a wait where the run has a step queue."""
+    queue = step_scalars.queue_of(trainer)
+    if queue is None:
+        log_scalars(trainer.loggers, make(values.tolist()), step)
+    else:
+        queue.add_read(step, values, make)
 
 
 def step_logs_due(trainer: pl.Trainer) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 
 from helpers import only_run_dir, run_cli, scalars
 from pipeline.gradients import BLOCKS
@@ -139,6 +140,23 @@ def server(run_dir: Path) -> Any:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_logged_steps_scalars_are_one_event(run_dir: Path) -> None:
+    """The module's, the throughput's, the gradient logger's, the noise scale's and the analytic
+    check's scalars of a step reach TensorBoard as one event (pipeline.step_scalars), where each
+    producer wrote its own (and Lightning's logger one a scalar)."""
+    step_tags: dict[int, list[set[str]]] = {}
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in LegacyEventFileLoader(str(events)).Load():
+            tags = {v.tag for v in event.summary.value if v.HasField("simple_value")}
+            if tags:
+                step_tags.setdefault(event.step, []).append(tags)
+    together = {"train/loss", "train/lr", "perf/images_per_sec", "grad_norm/total",
+                "update_ratio/fc", "grad_noise/b_simple", "gradcheck/passed"}  # fmt: skip
+    for step in (0, 1, 2, 3):  # debug=fast: every step logged
+        holding = [tags for tags in step_tags[step] if tags & together]
+        assert len(holding) == 1 and together <= holding[0], (step, holding)
 
 
 def test_server_lists_scalars_histograms_layout_and_hparams(server: str, run_dir: Path) -> None:

@@ -33,7 +33,7 @@ from pipeline.gradients import (
     seed_q_check,
     tolerance_for,
 )
-from pipeline.loggers import log_scalars
+from pipeline.loggers import add_step_scalars
 from pipeline.logging_steps import is_due
 from pipeline.losses import Loss
 
@@ -149,7 +149,7 @@ class AnalyticGradientCheck(pl.Callback):
             "gradcheck/passed": float(passed),
         }
         if trainer.is_global_zero:
-            log_scalars(trainer.loggers, metrics, trainer.global_step)
+            add_step_scalars(trainer, trainer.global_step, metrics)
         if not passed:
             worst, err = (
                 ("fc.bias.grad", bias_err)

@@ -12,8 +12,9 @@ the work. Tags:
 Cost on logged steps only: a fused norm pass over the gradients (shared with the non-finite
 guard, which takes it every step: StepGradNorms), a fused copy of the weights into a buffer kept
 for the run (memory: one copy of the model's weights), three fused passes after the step (the
-old weights' norms, the difference in place, its norms) and one host transfer, whose per-tensor
-norms are summed by block on the host. Nothing on other steps.
+old weights' norms, the difference in place, its norms) and one read of them to the host, which
+does not wait for the device (pipeline.step_scalars), where the per-tensor norms are summed by
+block. Nothing on other steps.
 Histograms are binned on the device (torch.histc), two small transfers for all of them.
 """
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -38,7 +40,7 @@ from pipeline.gradients import (
     update_norms_,
     update_ratio,
 )
-from pipeline.loggers import log_scalars
+from pipeline.loggers import add_step_read
 from pipeline.logging_steps import is_due, logs_this_step
 
 
@@ -123,27 +125,18 @@ class GradientLogger(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        """After the optimizer step of a logged step: the update ratios, and every scalar tag in
-        one host transfer. (Under accumulation only the window's last batch has a pending step.)"""
+        """After the optimizer step of a logged step: the update ratios, and every scalar tag from
+        one read of the device, which does not wait for it (loggers.add_step_read). (Under
+        accumulation only the window's last batch has a pending step.)"""
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        # One host transfer: each parameter's gradient, weight (before the step) and step norm,
-        # summed by block there.
+        # Each parameter's gradient, weight (before the step) and step norm, read together and
+        # summed by block on the host.
         with torch.no_grad():  # the parameters themselves, not detached copies
             steps = update_norms_(pending.before, pending.weights)
-        rows = torch.cat([pending.grad_norms[None], steps])
-        grad_rows, weight_rows, step_rows = rows.tolist()  # (3, P)
-        names = (*BLOCKS, "total")
-        grads, weight_norms, step_norms = norms_by_block_on_host(
-            [grad_rows, weight_rows, step_rows], pending.blocks, len(BLOCKS)
-        )
-        metrics: dict[str, float] = {}
-        metrics |= {f"grad_norm/{b}": v for b, v in zip(names, grads, strict=True)}
-        metrics |= {f"update_ratio/{b}": update_ratio(s, w)
-                    for b, s, w in zip(names, step_norms, weight_norms, strict=True)}  # fmt: skip
-        metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in grad_rows)
-        log_scalars(trainer.loggers, metrics, pending.step)
+        rows = torch.cat([pending.grad_norms[None], steps])  # (3, P)
+        add_step_read(trainer, pending.step, rows, partial(_scalars, blocks=pending.blocks))
 
     def _histograms(
         self,
@@ -172,3 +165,17 @@ class GradientLogger(pl.Callback):
             for tag, g, w in zip(tags, fields[: len(tags)], fields[len(tags) :], strict=True):
                 writer.add_histogram_raw(f"grad/{tag}", **g, global_step=step)
                 writer.add_histogram_raw(f"weight/{tag}", **w, global_step=step)
+
+
+def _scalars(rows: list[list[float]], *, blocks: list[int]) -> dict[str, float]:
+    """The logged step's tags from its (3, P) norms on the host: each parameter's gradient, weight
+    (before the step) and step norms, summed by block (`blocks`: each parameter's)."""
+    grad_rows = rows[0]
+    names = (*BLOCKS, "total")
+    grads, weight_norms, step_norms = norms_by_block_on_host(rows, blocks, len(BLOCKS))
+    metrics: dict[str, float] = {}
+    metrics |= {f"grad_norm/{b}": v for b, v in zip(names, grads, strict=True)}
+    metrics |= {f"update_ratio/{b}": update_ratio(s, w)
+                for b, s, w in zip(names, step_norms, weight_norms, strict=True)}  # fmt: skip
+    metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in grad_rows)
+    return metrics

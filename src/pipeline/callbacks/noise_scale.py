@@ -27,6 +27,7 @@ step. Rank 0 only.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import lightning.pytorch as pl
@@ -44,7 +45,7 @@ from pipeline.gradients import (
     noise_scale_terms,
     tensor_norms,
 )
-from pipeline.loggers import log_scalars
+from pipeline.loggers import add_step_read
 from pipeline.logging_steps import logs_this_step
 
 
@@ -196,7 +197,16 @@ class GradientNoiseScale(pl.Callback):
         self.averages = ema_update(self.averages, estimate, self.ema_decay)
         if not trainer.is_global_zero or not trainer.loggers:
             return
-        values = noise_scale(self.averages[1], self.averages[0]).tolist()  # one transfer
-        metrics = {"grad_noise/b_simple": values[-1], "grad_noise/batch_size": float(b_big)}
-        metrics |= {f"grad_noise/b_simple/{BLOCKS[i]}": values[i] for i in self._present}
-        log_scalars(trainer.loggers, metrics, trainer.global_step)
+        add_step_read(  # one read of the device, without a wait for it
+            trainer,
+            trainer.global_step,
+            noise_scale(self.averages[1], self.averages[0]),
+            partial(_scalars, b_big=b_big, present=self._present),
+        )
+
+
+def _scalars(values: list[float], *, b_big: int, present: list[int]) -> dict[str, float]:
+    """The tags of one estimate from its B_simple by block, then in total, on the host."""
+    metrics = {"grad_noise/b_simple": values[-1], "grad_noise/batch_size": float(b_big)}
+    metrics |= {f"grad_noise/b_simple/{BLOCKS[i]}": values[i] for i in present}
+    return metrics

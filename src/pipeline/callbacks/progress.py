@@ -11,6 +11,8 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar
 from torch import Tensor
 
+from pipeline import step_scalars
+from pipeline.logging_steps import training_is_done
 from pipeline.model import TRAIN_LOSS, logged_metric
 
 SHOWN = TRAIN_LOSS
@@ -22,8 +24,9 @@ REDRAW_PER_SECOND = 10
 class ProgressBar(RichProgressBar):
     """Lightning's RichProgressBar. train/loss is not a progress-bar metric in Lightning's
     sense: Lightning reads every such value back to the host on every batch (on a GPU, a wait
-    for the step's work). This bar shows the module's last logged value (model.logged_metric)
-    and reads it again only when it is a new one (on logging steps and the last)."""
+    for the step's work). This bar shows the last value written to the loggers (pipeline.
+    step_scalars, read from the device without a wait); with no logger, the module's last
+    logged value (model.logged_metric), read again only when it is a new one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,6 +102,12 @@ class ProgressBar(RichProgressBar):
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
+        queue = step_scalars.queue_of(trainer)
+        if queue is not None and SHOWN in queue.last and not training_is_done(trainer):
+            items[SHOWN] = queue.last[SHOWN]  # as written: no read of the device
+            return items
+        # None written (no logger), or the run's last step (kept, though not a logging step): the
+        # module's value, read when new.
         logged = logged_metric(trainer, SHOWN)
         # A new value has new storage: the one shown is held, so its memory is not reused.
         if logged is not None and (
