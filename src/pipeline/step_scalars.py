@@ -38,7 +38,7 @@ class _Step:
     """One step's scalars: those known on the host, and device reads still on their way."""
 
     step: int
-    scalars: dict[str, float] = field(default_factory=dict)
+    scalars: dict[str, float] = field(default_factory=dict)  # an int among them as it is
     reads: list[tuple[Tensor, Make]] = field(default_factory=list)  # host copies, and their tags
     arrived: torch.cuda.Event | None = None  # recorded after the step's last copy (CUDA only)
 
@@ -74,11 +74,13 @@ class StepScalars:
             if isinstance(value, Tensor):
                 self.add_read(step, value, partial(_tagged, tag=tag))
             else:
-                entry.scalars[tag] = float(value)
+                entry.scalars[tag] = value  # as it is: an int stays an int in the CSV
 
     def add_read(self, step: int, values: Tensor, make: Make) -> None:
         """The scalars `make` makes of `values` (any shape, on any device), once they reach the
-        host: at once on a CPU; on CUDA by a copy that does not wait, into pinned memory."""
+        host: at once on a CPU; on CUDA by a copy that does not wait, into pinned memory. On a
+        CPU `values` itself is held until the step is written: hand in a tensor that nothing
+        changes in place meanwhile (a fresh result, not a buffer the run reuses)."""
         entry = self._entry(step)
         values = values.detach()
         if values.device.type == "cuda":

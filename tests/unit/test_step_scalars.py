@@ -41,10 +41,11 @@ def test_a_steps_scalars_from_every_producer_are_one_write_with_tensors_read() -
     assert writes.calls == [] and len(queue) == 1  # nothing written before the next step
     queue.write_ready(writes)
     assert writes.calls == [
-        (3, {"train/loss": 0.25, "train/lr": 0.1, "epoch": 0.0,
+        (3, {"train/loss": 0.25, "train/lr": 0.1, "epoch": 0,
              "perf/images_per_sec": 123.0, "a": 3.0}),
     ]  # fmt: skip
     assert queue.last["train/loss"] == 0.25 and len(queue) == 0
+    assert type(writes.calls[0][1]["epoch"]) is int  # as given: the CSV writes 0, not 0.0
 
 
 def test_steps_are_written_in_order_and_a_step_in_flight_holds_back_the_later_ones() -> None:
