@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.models import ResNet
 
+from pipeline.collectives import mean_over_processes
 from pipeline.errors import ConfigError
 from pipeline.loggers import log_step_scalars
 from pipeline.logging_steps import (
@@ -233,9 +234,10 @@ class ResNetClassifier(pl.LightningModule):
 
     def _keep_loss(self) -> None:
         """`logged_loss`: the step's loss, its mean over DDP processes (a collective: every rank
-        calls it at the same steps; on a copy, as DDP's all_reduce works in place)."""
+        calls it at the same steps; on a copy, as DDP's all_reduce works in place), queued
+        without a wait for the GPU (collectives.mean_over_processes)."""
         assert self._step_loss is not None  # set by training_step
-        self.logged_loss = self.trainer.strategy.reduce(self._step_loss.clone(), reduce_op="mean")
+        self.logged_loss = mean_over_processes(self._step_loss.clone())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Where Lightning writes the step's logs, decided after the callbacks' hooks (a stop

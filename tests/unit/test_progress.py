@@ -96,3 +96,40 @@ def test_the_bar_sees_the_loss_of_the_step_it_draws(tmp_path: Path) -> None:
     trainer.fit(module, DataLoader(data, batch_size=2))
     assert len(seen) == 3 and all(shown == loss for shown, loss in seen), seen
     assert len({loss for _, loss in seen}) == 3  # three steps, three losses
+
+
+def test_an_epochs_bar_line_shows_its_last_logged_loss_where_no_validation_follows(
+    tmp_path: Path,
+) -> None:
+    """The bar shows train/loss as written to the loggers (pipeline.step_scalars), a step's at the
+    next step's start; an epoch that ends without validation has its last logged step written at
+    its end, so the epoch's line shows that step's loss (it showed the step before it)."""
+    from helpers import Recorder
+    from pipeline.callbacks.step_scalar_writer import StepScalarWriter
+    from pipeline.model import TRAIN_LOSS, ResNetClassifier
+
+    bar = ProgressBar(leave=True)
+    shown: list[float] = []
+
+    class AtEpochEnd(pl.Callback):  # after the writer and the bar, as the bar's line is drawn
+        def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
+            shown.append(bar.get_metrics(trainer, module)[TRAIN_LOSS])
+
+    module = ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
+        channels_last=False,
+    )  # fmt: skip
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=5, log_every_n_steps=1, logger=recorder,
+        callbacks=[StepScalarWriter(), bar, AtEpochEnd()], enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = torch.utils.data.TensorDataset(torch.rand(6, 1), torch.rand(6, 1))
+    trainer.fit(
+        module, DataLoader(data, batch_size=2)
+    )  # 3 batches an epoch: epoch 0 ends at step 2
+    losses = dict(recorder.tag(TRAIN_LOSS))
+    assert sorted(losses) == [0, 1, 2, 3, 4]
+    assert shown[0] == losses[2]

@@ -97,7 +97,10 @@ def test_a_cuda_read_makes_the_host_wait_for_nothing() -> None:
         queue.write_ready(writes)  # a query: writes if the copies arrived, else nothing
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    queue.write_all(writes)
+    torch.cuda.synchronize()  # the copies have arrived: the event's query says so
+    queue.write_ready(writes)
+    assert len(writes.calls) == 1 and len(queue) == 0
+    queue.write_all(writes)  # nothing left
     (step, values), *more = writes.calls
     assert step == 5 and not more
     assert values["train/loss"] == pytest.approx(float(y.sum()), rel=1e-5)

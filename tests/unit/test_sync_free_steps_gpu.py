@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from pipeline import build
+from pipeline import build, step_scalars
 from pipeline.override_checks import compose
 
 pytestmark = [
@@ -24,8 +24,14 @@ STEPS = 12  # logging steps 3, 7 (checked) and 11 (the last)
 
 
 class RaiseOnSync(pl.Callback):
+    """After the pipeline's callbacks (the step queue's writer writes first): at the last step's
+    start, what the run has written so far without waiting (no validation or epoch end before it
+    writes the rest)."""
+
     def __init__(self) -> None:
         self.checked: list[int] = []
+        self.written: dict[str, float] = {}
+        self.unwritten_steps = -1
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -34,6 +40,10 @@ class RaiseOnSync(pl.Callback):
         torch.cuda.set_sync_debug_mode("error" if 2 <= step < STEPS - 1 else "default")
         if 2 <= step < STEPS - 1:
             self.checked.append(step)
+        if step == STEPS - 1:
+            queue = step_scalars.queue_of(trainer)
+            assert queue is not None
+            self.written, self.unwritten_steps = dict(queue.last), len(queue)
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         torch.cuda.set_sync_debug_mode("default")
@@ -50,3 +60,6 @@ def test_logging_steps_read_the_device_without_waiting(tmp_path: Path) -> None:
         torch.cuda.set_sync_debug_mode("default")
     assert watch.checked == list(range(2, STEPS - 1))
     assert trainer.global_step == STEPS
+    # Steps 3 and 7 were written during the run (step 7's copy may still be in flight).
+    assert {"train/loss", "grad_norm/total", "update_ratio/total"} <= watch.written.keys()
+    assert watch.unwritten_steps <= 1

@@ -1,6 +1,7 @@
 """Writes the run's step scalars (pipeline.step_scalars) to the loggers: a step's at the next
-step's start once the device has them, all that are left before validation, at the end of the
-fit and when it fails. Rank 0's: the other ranks add none."""
+step's start once the device has them, all that are left before validation, at an epoch's end
+(the progress bar's line for the epoch shows its last logged loss), at the end of the fit and
+when it fails. Rank 0's: the other ranks add none."""
 
 from __future__ import annotations
 
@@ -34,6 +35,9 @@ class StepScalarWriter(pl.Callback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write_all()  # val/loss, which Lightning writes at validation's end, after them
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_all()  # the epoch's last logged step, for the bar's line of the epoch
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._write_all()
