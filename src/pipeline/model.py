@@ -237,7 +237,10 @@ class ResNetClassifier(pl.LightningModule):
         calls it at the same steps; on a copy, as DDP's all_reduce works in place), queued
         without a wait for the GPU (collectives.mean_over_processes)."""
         assert self._step_loss is not None  # set by training_step
-        self.logged_loss = mean_over_processes(self._step_loss.clone())
+        loss = self._step_loss.clone()
+        # The run's processes only (a single-device fit in a process that holds a group of its
+        # own reduces nothing, as Lightning's single-device strategy does not).
+        self.logged_loss = mean_over_processes(loss) if self.trainer.world_size > 1 else loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Where Lightning writes the step's logs, decided after the callbacks' hooks (a stop

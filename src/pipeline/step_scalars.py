@@ -78,7 +78,9 @@ class StepScalars:
 
     def add_read(self, step: int, values: Tensor, make: Make) -> None:
         """The scalars `make` makes of `values` (any shape, on any device), once they reach the
-        host: at once on a CPU; on CUDA by a copy that does not wait, into pinned memory. On a
+        host: at once on a CPU; on CUDA by a copy that does not wait, into pinned memory, on the
+        current stream (the step's event, recorded after its last copy, covers the ones before
+        it on that stream: a producer on another stream would need an event of its own). On a
         CPU `values` itself is held until the step is written: hand in a tensor that nothing
         changes in place meanwhile (a fresh result, not a buffer the run reuses)."""
         entry = self._entry(step)

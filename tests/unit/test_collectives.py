@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from lightning.fabric.utilities.distributed import _sync_ddp
+from torch import nn
 
 from pipeline.collectives import mean_over_processes
+from pipeline.model import ResNetClassifier
 
 
 def _rank(rank: int, init_file: str, out: str) -> None:
@@ -27,7 +30,16 @@ def _rank(rank: int, init_file: str, out: str) -> None:
         got = mean_over_processes(mine)
     finally:
         dist.barrier = barrier
-    torch.save({"got": got, "in_place": got is mine, "expected": expected}, f"{out}.{rank}")
+    # A single-device fit in a process that holds a group of its own averages nothing.
+    module = ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=nn.functional.mse_loss, optimizer_factory=torch.optim.SGD,
+        scheduler_kwargs={}, channels_last=False,
+    )  # fmt: skip
+    module.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False)
+    module._step_loss = torch.tensor(rank + 1.0)
+    module._keep_loss()
+    torch.save({"got": got, "in_place": got is mine, "expected": expected,
+                "single_device": module.logged_loss}, f"{out}.{rank}")  # fmt: skip
     dist.destroy_process_group()
 
 
@@ -38,6 +50,7 @@ def test_the_mean_over_processes_is_lightnings_without_its_barrier(tmp_path: Pat
         result = torch.load(f"{out}.{rank}", weights_only=True)
         assert result["in_place"]
         assert torch.equal(result["got"], result["expected"])  # bitwise, on every rank
+        assert result["single_device"].item() == rank + 1.0
 
 
 def test_one_process_is_left_as_it_is() -> None:
