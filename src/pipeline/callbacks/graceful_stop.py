@@ -2,8 +2,10 @@
 
 The handler only sets a flag; the step in flight finishes, the checkpoint is written at the
 batch's end, and the Trainer stops normally (TensorBoard's writer closes cleanly). Under DDP the
-flag is reduced over ranks every DDP_CHECK_EVERY steps (a collective, and a wait for the GPU, on
-every step would cost), so one signalled process stops them all at the same step. A second
+flag is reduced over ranks every DDP_CHECK_EVERY steps (a collective on every step would cost),
+queued without a wait for the GPU, and read at the next check, when it has long arrived: every
+rank reads the same value at the same step, so one signalled process stops them all at the same
+step, 8 to 16 steps after the signal. A second
 Ctrl-C raises KeyboardInterrupt at once. Under gradient accumulation the stop waits for the
 window's last batch (a checkpoint mid-window would lose the window's earlier batches on resume).
 A signal that arrives during the run's last step, or after it, stops nothing: the run ends as it
@@ -24,9 +26,9 @@ from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from pipeline.collectives import Queued, max_over_processes_queued
 from pipeline.logging_steps import is_due, training_is_done
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -54,6 +56,7 @@ class GracefulStop(pl.Callback):
         self.stopped_at_step: int | None = None  # set only where the signal cut the run short
         self.forced = False  # a second Ctrl-C stopped the run at once, mid-step
         self._previous: dict[int, Any] = {}
+        self._queued: Queued | None = None  # under DDP, the last check's reduction, unread
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
@@ -62,6 +65,7 @@ class GracefulStop(pl.Callback):
         self.received = signum
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._queued = None  # a fit of its own
         # After Lightning's own SIGTERM handler is registered, so this one replaces it.
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
@@ -97,14 +101,18 @@ class GracefulStop(pl.Callback):
         self.stopped_at_step = trainer.global_step
         trainer.should_stop = True
 
-    def _agreed_signal(self, trainer: pl.Trainer) -> int | None:
+    def _agreed_signal(self, trainer: pl.Trainer, *, now: bool = False) -> int | None:
         """The signal any rank received (the highest number, if they differ), or None: under DDP
-        one collective, so every rank stops, and knows why, at the same step."""
+        one collective, so every rank stops, and knows why, at the same step. As the ranks said
+        at the last check, whose reduction is read now, while this check's is queued (no wait
+        for the GPU); `now`: as they say now (a wait, at the run's end)."""
         if trainer.world_size == 1:
             return self.received
-        mine = torch.tensor(self.received or 0, device=trainer.strategy.root_device)
-        highest = int(trainer.strategy.reduce(mine, reduce_op="max").item())
-        return highest or None
+        queued = max_over_processes_queued(self.received or 0, trainer.strategy.root_device)
+        if now:
+            return queued.read() or None
+        earlier, self._queued = self._queued, queued
+        return (earlier.read() or None) if earlier is not None else None
 
     def _restore(self) -> None:
         """Put back the handlers this callback replaced, where its own is still installed. Runs at
@@ -120,7 +128,7 @@ class GracefulStop(pl.Callback):
         if trainer.world_size > 1 and self.stopped_at_step is None:
             # A signal to one rank after the ranks' last check: every rank learns it (one more
             # collective, at an end every rank reaches), so rank 0 can say the run completed.
-            self.received = self._agreed_signal(trainer)
+            self.received = self._agreed_signal(trainer, now=True)
         self._restore()
 
     def on_exception(
