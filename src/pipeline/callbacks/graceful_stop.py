@@ -5,10 +5,11 @@ batch's end, and the Trainer stops normally (TensorBoard's writer closes cleanly
 flag is reduced over ranks every DDP_CHECK_EVERY steps (a collective on every step would cost),
 queued without a wait for the GPU, and read at the next check, when it has long arrived: every
 rank reads the same value at the same step, so one signalled process stops them all at the same
-step, 8 to 16 steps after the signal. A second
-Ctrl-C raises KeyboardInterrupt at once. Under gradient accumulation the stop waits for the
-window's last batch (a checkpoint mid-window would lose the window's earlier batches on resume).
-A signal that arrives during the run's last step, or after it, stops nothing: the run ends as it
+step, 8 to 16 steps after the signal. A second Ctrl-C raises KeyboardInterrupt at once. Under
+gradient accumulation the stop waits for the window's last batch (a checkpoint mid-window would
+lose the window's earlier batches on resume).
+A signal that arrives during the run's last step, or after it (under DDP, after the last check
+that can still act on it: within the last 8 to 16 steps), stops nothing: the run ends as it
 would have (`received` is set, `stopped_at_step` not). A kept step file the stop's step is
 scheduled for is saved first, then last.ckpt (whose callback state then lists it, so a resume
 prunes it in turn); then the run's ModelCheckpoints learn that this step is saved, so the epoch's
