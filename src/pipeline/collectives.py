@@ -4,11 +4,11 @@ barrier makes the host wait for the GPU; an all_reduce is queued on the stream l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from pipeline.host_reads import HostRead, to_host
 
 
 def mean_over_processes(t: Tensor) -> Tensor:
@@ -24,44 +24,19 @@ def mean_over_processes(t: Tensor) -> Tensor:
     return t
 
 
-@dataclass
-class Queued:
-    """A reduction's result on its way to the host. Read it a while later (`read`): waiting for its
-    own event then costs nothing, where reading it at once (`.item()`) waits for every operation
-    queued before the read."""
-
-    host: Tensor  # the result, on the host once `arrived` has passed
-    arrived: torch.cuda.Event | None  # None: on the host already (a CPU run)
-
-    def read(self) -> int:
-        if self.arrived is not None:
-            self.arrived.synchronize()  # this reduction only, not the steps queued since
-        return int(self.host.item())
-
-
-def max_over_processes_queued(value: int, device: torch.device) -> Queued:
+def max_over_processes_queued(value: int, device: torch.device) -> HostRead:
     """The largest of the processes' `value`s, by an all_reduce queued on `device` without a
     barrier (every process calls it at the same point), copied to pinned host memory without a
     wait on CUDA."""
     t = torch.full((), value, dtype=torch.int64, device=device)  # a fill: no copy to the device
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return _queued(t)
+    return to_host(t)
 
 
-def rank_zeros_queued(value: int, device: torch.device) -> Queued:
+def rank_zeros_queued(value: int, device: torch.device) -> HostRead:
     """Rank 0's `value` on every process, by a broadcast queued on `device` (Lightning's
     `strategy.broadcast` pickles an object: under NCCL its sizes are read back to the host, a
     wait for the GPU), copied to pinned host memory without a wait on CUDA."""
     t = torch.full((), value, dtype=torch.int64, device=device)
     dist.broadcast(t, src=0)
-    return _queued(t)
-
-
-def _queued(t: Tensor) -> Queued:
-    if t.device.type != "cuda":
-        return Queued(t, None)
-    host = torch.empty((), dtype=t.dtype, pin_memory=True)
-    host.copy_(t, non_blocking=True)
-    arrived = torch.cuda.Event()
-    arrived.record()
-    return Queued(host, arrived)
+    return to_host(t)

@@ -28,6 +28,8 @@ from weakref import WeakKeyDictionary
 import torch
 from torch import Tensor
 
+from pipeline.host_reads import to_host
+
 # What turns a device read, as `Tensor.tolist()` gives it on the host, into scalars by tag.
 Make = Callable[[Any], Mapping[str, float]]
 Write = Callable[[Mapping[str, float], int], None]  # (scalars, step): to every logger
@@ -84,15 +86,10 @@ class StepScalars:
         CPU `values` itself is held until the step is written: hand in a tensor that nothing
         changes in place meanwhile (a fresh result, not a buffer the run reuses)."""
         entry = self._entry(step)
-        values = values.detach()
-        if values.device.type == "cuda":
-            host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
-            host.copy_(values, non_blocking=True)
-            entry.arrived = torch.cuda.Event()
-            entry.arrived.record()  # after this copy, on the current stream: the step's last
-        else:
-            host = values
-        entry.reads.append((host, make))
+        read = to_host(values)
+        if read.arrived is not None:
+            entry.arrived = read.arrived  # after this copy, on the current stream: the step's last
+        entry.reads.append((read.host, make))
 
     def write_ready(self, write: Write) -> None:
         """Writes the oldest steps whose reads have all arrived, stopping at the first that has

@@ -29,7 +29,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from pipeline.collectives import Queued, max_over_processes_queued
+from pipeline.collectives import max_over_processes_queued
+from pipeline.host_reads import HostRead
 from pipeline.logging_steps import is_due, training_is_done
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -57,7 +58,7 @@ class GracefulStop(pl.Callback):
         self.stopped_at_step: int | None = None  # set only where the signal cut the run short
         self.forced = False  # a second Ctrl-C stopped the run at once, mid-step
         self._previous: dict[int, Any] = {}
-        self._queued: Queued | None = None  # under DDP, the last check's reduction, unread
+        self._queued: HostRead | None = None  # under DDP, the last check's reduction, unread
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:

@@ -17,7 +17,8 @@ from typing import Any
 import lightning.pytorch as pl
 
 from pipeline.callbacks.graceful_stop import DDP_CHECK_EVERY
-from pipeline.collectives import Queued, rank_zeros_queued
+from pipeline.collectives import rank_zeros_queued
+from pipeline.host_reads import HostRead
 from pipeline.logging_steps import is_due
 
 
@@ -27,7 +28,7 @@ class TimedCheckpoint(pl.Callback):
         self.every_s = every_n_minutes * 60
         self._last_save = time.monotonic()
         self._last_step = -1
-        self._queued: Queued | None = None  # under DDP, the last check's broadcast, unread
+        self._queued: HostRead | None = None  # under DDP, the last check's broadcast, unread
         self._saved_since_check = False  # under DDP, on every rank alike (saves are collective)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
