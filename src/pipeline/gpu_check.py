@@ -19,6 +19,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +31,17 @@ from pipeline.errors import CHECK_FAILED_EXIT_CODE
 from pipeline.overrides import override
 
 WHEELS = Path("wheels")
-# module: distribution; google-crc32c is TensorBoard's fast checksum (tensorboard_events), a
-# binary wheel per Python version
+# module: distribution, each the pipeline needs and a bare GPU machine may lack, with what they
+# need in turn (pip installs into a folder of its own with --no-deps: see install_command).
+# google-crc32c is TensorBoard's fast checksum (tensorboard_events), a binary wheel per Python
+# version; the GPU machine's image has PyYAML and packaging.
 MISSING_ON_BARE_GPU = {
     "hydra": "hydra-core",
     "omegaconf": "omegaconf",
+    "antlr4": "antlr4-python3-runtime",  # hydra-core's and omegaconf's parser
     "google_crc32c": "google-crc32c",
+    "yaml": "pyyaml",
+    "packaging": "packaging",
 }
 BENCH = ["-m", "pipeline.bench", "device=gpu", "loss=mse", "bench.features=false",
          "bench.startup=false", "bench.knobs=[]", "bench.rounds=5", "bench.warmup_steps=5"]  # fmt: skip
@@ -53,6 +59,7 @@ BENCHES: dict[str, tuple[list[str], int, bool]] = {  # name: overrides, timeout,
     "224-compile": ([*BIG, 'bench.knobs=["model.compile=true"]', *COMPILED], 150, True),
 }  # fmt: skip
 BUDGET_S = 480  # make gpu-check's 8 minutes, the install included
+SITE_PREFIX = "pipeline-gpu-check-site-"  # the folder the missing packages go to, for the run
 
 
 def bench_argv(python: str, overrides: list[str]) -> list[str]:
@@ -87,13 +94,35 @@ def plan(python: str, out_dir: Path) -> list[Check]:
     return checks
 
 
-def install_command(python: str) -> list[str] | None:
-    """pip's command for what this Python lacks, from the carried wheels; None if nothing."""
+def install_command(python: str, site: Path) -> list[str] | None:
+    """pip's command for what this Python lacks, from the carried wheels, into `site` (a folder
+    of its own: a GPU machine's Python environment may not be writable; with --target pip
+    ignores what is installed, hence --no-deps and every need named); None if nothing."""
     missing = [dist for module, dist in MISSING_ON_BARE_GPU.items()
                if importlib.util.find_spec(module) is None]  # fmt: skip
     if not missing:
         return None
-    return [python, "-m", "pip", "install", "--no-index", "--find-links", str(WHEELS), *missing]
+    return [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+            "--target", str(site), "--find-links", str(WHEELS), *missing]  # fmt: skip
+
+
+def install_missing(python: str, site: Path) -> str | None:
+    """Install what this Python lacks into `site` and put it on PYTHONPATH for every check's
+    process (pytest, the benches, the runs they start); the problem, if that failed."""
+    command = install_command(python, site)
+    if command is None:
+        return None
+    if not WHEELS.is_dir():
+        return (f"this Python lacks {', '.join(command[command.index(str(WHEELS)) + 1 :])} and "
+                f"there is no {WHEELS}/ folder: run `make gpu-wheels` where PyPI is reachable and "
+                f"carry {WHEELS}/ with the checkout")  # fmt: skip
+    print("gpu-check: " + shlex.join(command), flush=True)
+    if subprocess.run(command).returncode != 0:
+        return f"installing from {WHEELS}/ failed (above); `make gpu-wheels` fills it"
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p
+    )
+    return None
 
 
 def bench_summary(name: str, figures: dict[str, Any]) -> str:
@@ -110,21 +139,9 @@ def bench_summary(name: str, figures: dict[str, Any]) -> str:
     )
 
 
-def main() -> None:
-    began = time.perf_counter()
-    out_dir = Path(os.environ.get("GPU_CHECK_OUT", "docs")).resolve()
-    checks = plan(sys.executable, out_dir)
-    install = install_command(sys.executable)
-    if not torch.cuda.is_available():
-        print("gpu-check: no CUDA device here; on a GPU machine it runs:")
-        if install:
-            print("  " + shlex.join(install))
-        for check in checks:
-            when = f"(if {check.timeout_s} s of the {BUDGET_S} are left) " if check.optional else ""
-            print("  " + when + shlex.join(check.argv))
-        return
-    if install:
-        subprocess.run(install, check=True)
+def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
+    """Each check in turn while the budget allows, gpu-check.json and the summary: the exit
+    code."""
     card = torch.cuda.get_device_name(0)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"card": card, "torch": torch.__version__, "checks": {}}
@@ -151,11 +168,29 @@ def main() -> None:
         print(f"  {check.name}: {status} in {outcome['seconds']:.0f} s")
         if check.output is not None and outcome["exit"] == 0:
             print("    " + bench_summary(check.name, json.loads(check.output.read_text())))
-    sys.exit(
-        0
-        if all(r["exit"] in (0, None) for r in results["checks"].values())
-        else CHECK_FAILED_EXIT_CODE
-    )
+    passed = all(r["exit"] in (0, None) for r in results["checks"].values())
+    return 0 if passed else CHECK_FAILED_EXIT_CODE
+
+
+def main() -> None:
+    began = time.perf_counter()
+    out_dir = Path(os.environ.get("GPU_CHECK_OUT", "docs")).resolve()
+    checks = plan(sys.executable, out_dir)
+    if not torch.cuda.is_available():
+        print("gpu-check: no CUDA device here; on a GPU machine it runs:")
+        install = install_command(sys.executable, Path(tempfile.gettempdir(), SITE_PREFIX + "…"))
+        if install:
+            print("  " + shlex.join(install))
+        for check in checks:
+            when = f"(if {check.timeout_s} s of the {BUDGET_S} are left) " if check.optional else ""
+            print("  " + when + shlex.join(check.argv))
+        return
+    with tempfile.TemporaryDirectory(prefix=SITE_PREFIX) as site:
+        problem = install_missing(sys.executable, Path(site))
+        if problem:
+            print(f"gpu-check: {problem}", file=sys.stderr)
+            sys.exit(CHECK_FAILED_EXIT_CODE)
+        sys.exit(run_checks(checks, began, out_dir))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
+import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,14 +21,58 @@ from pipeline.gpu_check import BUDGET_S, bench_summary, fits, install_command, p
 def test_what_a_bare_gpu_machine_lacks_comes_from_the_carried_wheels(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    assert install_command("python3") is None  # everything is installed here
+    site = Path("/tmp/site")
+    assert install_command("python3", site) is None  # everything is installed here
     real = importlib.util.find_spec
+    absent = {"hydra", "antlr4"}
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name: None if name == "hydra" else real(name)
+        importlib.util, "find_spec", lambda name: None if name in absent else real(name)
     )
-    assert install_command("python3") == [
-        "python3", "-m", "pip", "install", "--no-index", "--find-links", "wheels", "hydra-core"
+    assert install_command("python3", site) == [
+        "python3", "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
+        "--target", "/tmp/site", "--find-links", "wheels", "hydra-core", "antlr4-python3-runtime",
     ]  # fmt: skip
+
+
+def _wheel(folder: Path, module: str) -> None:
+    """A wheel of one module, `module` = 1, as pip builds them (PEP 427)."""
+    dist = module.replace("_", "-")
+    info = f"{module}-1.0.dist-info"
+    files = {
+        f"{module}.py": "VALUE = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(folder / f"{module}-1.0-py3-none-any.whl", "w") as wheel:
+        for name, text in files.items():
+            wheel.writestr(name, text)
+
+
+def test_the_carried_wheels_install_into_a_folder_every_check_process_imports_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pip installs what is missing into a folder of its own (a GPU machine's environment may be
+    read-only) and the checks' processes (pytest, the benches, the runs they start) find it on
+    PYTHONPATH."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "src")
+    monkeypatch.setattr(gpu_check, "MISSING_ON_BARE_GPU", {"gpu_check_probe": "gpu-check-probe"})
+    site = tmp_path / "site"
+    assert gpu_check.install_missing(sys.executable, site) == (
+        "this Python lacks gpu-check-probe and there is no wheels/ folder: run `make gpu-wheels` "
+        "where PyPI is reachable and carry wheels/ with the checkout"
+    )
+    (tmp_path / "wheels").mkdir()
+    problem = gpu_check.install_missing(sys.executable, site)
+    assert problem == "installing from wheels/ failed (above); `make gpu-wheels` fills it"
+    assert os.environ["PYTHONPATH"] == "src"
+    _wheel(tmp_path / "wheels", "gpu_check_probe")
+    assert gpu_check.install_missing(sys.executable, site) is None
+    assert os.environ["PYTHONPATH"] == os.pathsep.join([str(site), "src"])
+    child = subprocess.run([sys.executable, "-c", "import gpu_check_probe; print(gpu_check_probe.VALUE)"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert child.stdout == "1\n", child.stderr
 
 
 def test_a_bench_summary_names_the_figures_the_targets_are_about() -> None:
@@ -88,7 +135,7 @@ def test_on_a_gpu_machine_the_checks_run_in_order_and_the_compile_benches_wait_f
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
-    monkeypatch.setattr(gpu_check, "install_command", lambda python: None)
+    monkeypatch.setattr(gpu_check, "install_missing", lambda python, site: None)
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     monkeypatch.setenv("GPU_CHECK_OUT", str(tmp_path))
