@@ -4,19 +4,22 @@ On a CUDA machine, in under 8 minutes on one H200: installs what a bare GPU mach
 (hydra-core, omegaconf, google-crc32c) from wheels carried in wheels/ (`make gpu-wheels` fills
 it); runs the tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed
 model.channels_last=true loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults'
-64×64 batch 32; then, while the 8 minutes allow, torch.compile against eager: CUDA graphs
-(`model.compile=reduce-overhead`) at 64×64 batch 32, where the host's launches set the pace, and
-`model.compile=true` at 224×224; writes each bench's JSON and gpu-check.json to $GPU_CHECK_OUT
-(default docs/) and prints a summary naming the card. Without CUDA it prints what it would run
-and exits 0.
+64×64 batch 32; then, while the 8 minutes allow: CUDA graphs (`model.compile=reduce-overhead`)
+against eager at 64×64 batch 32, where the host's launches set the pace; a default 64×64 run
+under torch.profiler (where a small step's time goes); `model.compile=true` at 224×224. It writes each bench's JSON, the profile's trace and top operations and
+gpu-check.json to $GPU_CHECK_OUT (default docs/; 7 files at most, which a lent machine's $OUT
+brings back) and prints a summary naming the card. Without CUDA it prints what it would run and
+exits 0.
 """
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +31,9 @@ from typing import Any
 import torch
 
 from pipeline.errors import CHECK_FAILED_EXIT_CODE
+from pipeline.layout import PROFILE_DIR
 from pipeline.overrides import override
+from pipeline.profiling import TOP_OPS_FILE, TRACE_FILE
 
 WHEELS = Path("wheels")
 # module: distribution, each the pipeline needs and a bare GPU machine may lack, with what they
@@ -58,6 +63,15 @@ BENCHES: dict[str, tuple[list[str], int, bool]] = {  # name: overrides, timeout,
     "64-cuda-graphs": ([*SMALL, 'bench.knobs=["model.compile=reduce-overhead"]', *COMPILED], 150, True),
     "224-compile": ([*BIG, 'bench.knobs=["model.compile=true"]', *COMPILED], 150, True),
 }  # fmt: skip
+# Where a 64×64 step's time goes: a default run under torch.profiler, 5 steps recorded after 14
+# (its trace shows the host's work between kernels and the GPU's idle gaps), kept as
+# PROFILE_TRACE (gzipped, ~0.3 MB a CPU step) and PROFILE_TOP_OPS beside the benches' JSON.
+PROFILE = ["-m", "pipeline.train", "device=gpu", "loss=mse", "data.image_size=64",
+           "data.batch_size=32", "data.num_samples=1024", "trainer.max_steps=20", "profiler=torch",
+           "profiler.skip_first=12", "profiler.warmup=2", "profiler.active=5"]  # fmt: skip
+PROFILE_TIMEOUT_S = 90
+PROFILE_TRACE = "gpu-check-profile-64-trace.json.gz"
+PROFILE_TOP_OPS = "gpu-check-profile-64-top-ops.txt"
 BUDGET_S = 480  # make gpu-check's 8 minutes, the install included
 SITE_PREFIX = "pipeline-gpu-check-site-"  # the folder the missing packages go to, for the run
 
@@ -75,6 +89,7 @@ class Check:
     timeout_s: int  # the required checks' budgets add up to 8 minutes
     output: Path | None = None  # the bench's JSON
     optional: bool = False  # run only if its timeout fits in what is left of BUDGET_S
+    run_dir: Path | None = None  # a profiled run's: its trace and top operations are kept
 
 
 def fits(check: Check, elapsed_s: float) -> bool:
@@ -85,13 +100,31 @@ def fits(check: Check, elapsed_s: float) -> bool:
 
 def plan(python: str, out_dir: Path) -> list[Check]:
     """The checks, in order: the gpu-marked tests, the benches, then the optional ones (run while
-    the budget allows)."""
+    the budget allows): CUDA graphs, the profile, compile at 224×224."""
     checks = [Check("tests marked gpu", [python, "-m", "pytest", "-m", "gpu", "-q", "tests"], 240)]
     for name, (overrides, timeout_s, optional) in BENCHES.items():
         output = out_dir / f"gpu-check-bench-{name.split('×')[0]}.json"
         argv = bench_argv(python, [*overrides, override("bench.output", output)])
         checks.append(Check(f"bench {name}", argv, timeout_s, output, optional))
+    run_dir = out_dir / "gpu-check-profile-64-run"
+    argv = [python, *PROFILE, override("hydra.run.dir", run_dir)]
+    profile = Check("profile 64×64", argv, PROFILE_TIMEOUT_S, optional=True, run_dir=run_dir)
+    checks.insert(len(checks) - 1, profile)
     return checks
+
+
+def keep_profile(run_dir: Path, out_dir: Path) -> bool:
+    """The profiled run's trace (gzipped) and top operations into `out_dir`, and the run
+    directory deleted (its checkpoints are ~90 MB): whether both were there."""
+    profile_dir = run_dir / PROFILE_DIR
+    trace, top_ops = profile_dir / TRACE_FILE, profile_dir / TOP_OPS_FILE
+    kept = trace.is_file() and top_ops.is_file()
+    if kept:
+        with trace.open("rb") as source, gzip.open(out_dir / PROFILE_TRACE, "wb") as target:
+            shutil.copyfileobj(source, target)
+        shutil.copyfile(top_ops, out_dir / PROFILE_TOP_OPS)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return kept
 
 
 def install_command(python: str, site: Path) -> list[str] | None:
@@ -151,10 +184,14 @@ def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
             continue
         print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
         start = time.perf_counter()
+        if check.run_dir is not None:
+            shutil.rmtree(check.run_dir, ignore_errors=True)  # a run refuses a used directory
         try:
             code = subprocess.run(check.argv, timeout=check.timeout_s).returncode
         except subprocess.TimeoutExpired:
             code = -1
+        if check.run_dir is not None and not keep_profile(check.run_dir, out_dir) and code == 0:
+            code = CHECK_FAILED_EXIT_CODE  # the run ended well but left no profile
         results["checks"][check.name] = {"exit": code, "seconds": time.perf_counter() - start}
     (out_dir / "gpu-check.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"\ngpu-check on {card} (torch {torch.__version__}):")
@@ -168,6 +205,8 @@ def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
         print(f"  {check.name}: {status} in {outcome['seconds']:.0f} s")
         if check.output is not None and outcome["exit"] == 0:
             print("    " + bench_summary(check.name, json.loads(check.output.read_text())))
+        if check.run_dir is not None and outcome["exit"] == 0:
+            print(f"    {out_dir / PROFILE_TOP_OPS}, {out_dir / PROFILE_TRACE}")
     passed = all(r["exit"] in (0, None) for r in results["checks"].values())
     return 0 if passed else CHECK_FAILED_EXIT_CODE
 

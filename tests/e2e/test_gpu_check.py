@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +61,25 @@ def test_the_gpu_tests_collect_on_a_bare_gpu_machine() -> None:
     tests_here = [line for line in here.splitlines() if "::" in line]
     assert len(tests_here) >= 20
     assert [line for line in bare.splitlines() if "::" in line] == tests_here
+
+
+def test_the_profiled_run_records_its_steps_and_keeps_trace_and_top_operations(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """gpu-check's profiled run, on the CPU (the same overrides at 16×16): its schedule ends
+    inside the run, and the trace (gzipped) and top operations are kept beside the benches'
+    JSON, the run directory (checkpoints) deleted."""
+    from pipeline.gpu_check import PROFILE_TOP_OPS, PROFILE_TRACE, keep_profile, plan
+
+    (check,) = [c for c in plan(sys.executable, tmp_path) if c.run_dir is not None]
+    assert check.run_dir is not None
+    args = [{"device=gpu": "device=cpu", "data.image_size=64": "data.image_size=16"}.get(a, a)
+            for a in check.argv[3:]]  # fmt: skip
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert keep_profile(check.run_dir, tmp_path)
+    assert not check.run_dir.exists()
+    with gzip.open(tmp_path / PROFILE_TRACE, "rt") as trace:
+        names = {event.get("name") for event in json.load(trace)["traceEvents"]}
+    assert {f"ProfilerStep#{n}" for n in range(14, 19)} <= names  # the 5 recorded steps
+    assert "aten::convolution" in (tmp_path / PROFILE_TOP_OPS).read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import json
 import os
@@ -98,7 +99,11 @@ def test_the_compile_benches_run_only_where_they_end_inside_the_8_minutes() -> N
     required = [c for c in checks if not c.optional]
     assert sum(c.timeout_s for c in required) <= BUDGET_S == 480
     optional = [c for c in checks if c.optional]
-    assert [c.name for c in optional] == ["bench 64-cuda-graphs", "bench 224-compile"]
+    assert [c.name for c in optional] == [
+        "bench 64-cuda-graphs",
+        "profile 64×64",
+        "bench 224-compile",
+    ]
     compile_bench = optional[0]
     assert fits(compile_bench, BUDGET_S - compile_bench.timeout_s)
     assert not fits(compile_bench, BUDGET_S - compile_bench.timeout_s + 1)
@@ -113,9 +118,10 @@ def test_the_compile_benches_run_only_where_they_end_inside_the_8_minutes() -> N
 def test_on_a_gpu_machine_the_checks_run_in_order_and_the_compile_benches_wait_for_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The loop as a GPU machine runs it, its processes faked: each takes 100 s of a fake clock,
-    so after the three required checks (300 s) the first compile bench (150 s) fits in the 480
-    and the second does not; a skipped one fails nothing."""
+    """The loop as a GPU machine runs it, its processes faked: each takes 80 s of a fake clock,
+    so after the three required checks (240 s) the CUDA graphs bench (150 s) and the profile
+    (90 s) fit in the 480 and the compile bench at 224×224 (150 s) does not; a skipped one fails
+    nothing. The profiled run's trace and top operations are kept, its directory deleted."""
     clock = [0.0]
     ran: list[str] = []
     figures = {
@@ -126,11 +132,16 @@ def test_on_a_gpu_machine_the_checks_run_in_order_and_the_compile_benches_wait_f
     }  # fmt: skip
 
     def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-        clock[0] += 100
+        clock[0] += 80
         ran.append(" ".join(argv))
         for arg in argv:
             if arg.startswith("bench.output="):
                 Path(arg.removeprefix("bench.output=")).write_text(json.dumps(figures))
+            if arg.startswith("hydra.run.dir="):  # the profiled run
+                profile = Path(arg.removeprefix("hydra.run.dir=")) / "profile"
+                profile.mkdir(parents=True)
+                (profile / "trace.pt.trace.json").write_text('{"traceEvents": []}')
+                (profile / "top_ops.txt").write_text("aten::conv2d\n")
         return subprocess.CompletedProcess(argv, 0)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -142,13 +153,20 @@ def test_on_a_gpu_machine_the_checks_run_in_order_and_the_compile_benches_wait_f
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main()
     assert exit_info.value.code == 0
-    assert len(ran) == 4 and "model.compile=reduce-overhead" in ran[3]
+    assert (
+        len(ran) == 5 and "model.compile=reduce-overhead" in ran[3] and "profiler=torch" in ran[4]
+    )
     results = json.loads((tmp_path / "gpu-check.json").read_text())
     assert results["card"] == "Fake GPU"
     assert results["checks"]["bench 224-compile"] == {"exit": None, "seconds": 0.0}
     out = capsys.readouterr().out
-    assert "bench 64-cuda-graphs: passed in 100 s" in out
+    assert "bench 64-cuda-graphs: passed in 80 s" in out
+    assert "profile 64×64: passed in 80 s" in out
     assert "bench 224-compile: skipped: not enough of the 8 minutes left" in out
+    with gzip.open(tmp_path / "gpu-check-profile-64-trace.json.gz", "rt") as trace:
+        assert json.load(trace) == {"traceEvents": []}
+    assert (tmp_path / "gpu-check-profile-64-top-ops.txt").read_text() == "aten::conv2d\n"
+    assert not (tmp_path / "gpu-check-profile-64-run").exists()
 
 
 @pytest.mark.parametrize("folder", ["a,b", "it's", "x[1]", "a=b", "two words", "naïve"])
@@ -156,9 +174,16 @@ def test_each_bench_command_parses_back_to_its_output_in_any_folder(folder: str)
     """GPU_CHECK_OUT is any folder: a comma, a quote, brackets or '=' in it made a bench.output
     override Hydra could not parse, so every bench failed on the GPU machine, after the tests."""
     from pipeline.cli import compose
+    from pipeline.override_checks import compose as compose_with_hydra
 
     out = Path("/tmp") / folder
     for check in plan("python3", out)[1:]:
         overrides = [o for o in check.argv[3:] if not o.startswith("device=")]
+        if check.run_dir is not None:  # the profiled run
+            config = compose_with_hydra("train", overrides, with_hydra=True)
+            assert (
+                config.hydra.run.dir == str(check.run_dir) == str(out / "gpu-check-profile-64-run")
+            )
+            continue
         assert check.output is not None
         assert compose("bench", overrides).bench.output == str(check.output), check.name
