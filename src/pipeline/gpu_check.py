@@ -31,9 +31,8 @@ from typing import Any
 import torch
 
 from pipeline.errors import CHECK_FAILED_EXIT_CODE
-from pipeline.layout import PROFILE_DIR
+from pipeline.layout import PROFILE_DIR, TOP_OPS_FILE, TRACE_FILE
 from pipeline.overrides import override
-from pipeline.profiling import TOP_OPS_FILE, TRACE_FILE
 
 WHEELS = Path("wheels")
 # module: distribution, each the pipeline needs and a bare GPU machine may lack, with what they

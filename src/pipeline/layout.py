@@ -25,7 +25,12 @@ TENSORBOARD_DIR = "tensorboard"
 CSV_DIR = "csv"
 RUN_JSON = "run.json"
 DIVERGENCE_FILE = "divergence.json"
-PROFILE_DIR = "profile"
+PROFILE_DIR = "profile"  # profiler=torch writes these three in it (pipeline.profiling)
+TRACE_FILE = (
+    "trace.pt.trace.json"  # Chrome/Perfetto JSON; TensorBoard's profiler plugin reads the suffix
+)
+TOP_OPS_FILE = "top_ops.txt"
+MEMORY_SNAPSHOT_FILE = "memory_snapshot.pickle"  # CUDA: open in https://pytorch.org/memory_viz
 RUN_MARKERS = (HYDRA_DIR, CHECKPOINT_DIR)  # what a run directory holds once a run has started
 
 NAME_BYTES = 255  # the longest file name ext4, XFS, btrfs and tmpfs take, in bytes

@@ -18,14 +18,10 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from pipeline import report
+from pipeline.layout import MEMORY_SNAPSHOT_FILE, TOP_OPS_FILE, TRACE_FILE
 
 log = logging.getLogger(__name__)
 
-TRACE_FILE = (
-    "trace.pt.trace.json"  # Chrome/Perfetto JSON; TensorBoard's profiler plugin reads the suffix
-)
-TOP_OPS_FILE = "top_ops.txt"
-MEMORY_SNAPSHOT_FILE = "memory_snapshot.pickle"  # CUDA: open in https://pytorch.org/memory_viz
 MEMORY_HISTORY_ENTRIES = 100_000  # allocation events kept for the snapshot (a ring buffer)
 
 

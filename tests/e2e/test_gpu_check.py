@@ -39,14 +39,34 @@ def test_without_a_gpu_make_gpu_check_prints_the_plan_and_exits_0() -> None:
     assert not Path("/nonexistent/out").exists()  # a dry run writes nothing
 
 
+def with_tests_on_path(env: os._Environ[str] | dict[str, str]) -> dict[str, str]:
+    """`env` with tests/ first on PYTHONPATH (for bare_gpu_machine)."""
+    paths = (str(ROOT / "tests"), env.get("PYTHONPATH"))
+    return dict(env, PYTHONPATH=os.pathsep.join(p for p in paths if p))
+
+
+def test_before_its_install_gpu_check_imports_nothing_a_bare_gpu_machine_lacks() -> None:
+    """gpu-check runs in the GPU machine's own Python and installs hydra-core, omegaconf and
+    google-crc32c for its checks' processes, not for itself: a module it imported that imports
+    omegaconf (pipeline.profiling, for two file names) ended it before any check."""
+    env = with_tests_on_path(dict(os.environ, BARE_GPU_MACHINE_BEFORE_INSTALL="1",
+                                  CUDA_VISIBLE_DEVICES="", GPU_CHECK_OUT="/nonexistent/out"))  # fmt: skip
+    code = "import bare_gpu_machine, runpy; runpy.run_module('pipeline.gpu_check', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (install,) = [line for line in result.stdout.splitlines() if " -m pip install " in line]
+    assert install.split()[-4:] == [
+        "hydra-core", "omegaconf", "antlr4-python3-runtime", "google-crc32c"
+    ]  # fmt: skip
+
+
 def test_the_gpu_tests_collect_on_a_bare_gpu_machine() -> None:
     """make gpu-check runs `pytest -m gpu tests` there, which imports every test file first. A
     bare GPU machine lacks the extras (bare_gpu_machine hides them here): one test file that
     imported optuna stopped the whole run before any test ("Interrupted: 1 error during
     collection"). Every gpu-marked test collects there as here."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p
-    ))  # fmt: skip
+    env = with_tests_on_path(os.environ)
     hidden = subprocess.run([sys.executable, "-c", "import bare_gpu_machine, importlib.util as u; "
                              "print(u.find_spec('optuna'), u.find_spec('hydra') is not None)"],
                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
