@@ -2,7 +2,8 @@
 # make test    — install, then ruff, mypy and the whole pytest suite
 # make test-fast — the unit tests alone (no CLI runs, no Trainer fits): seconds, not minutes
 # make gpu-check — on a GPU machine, every GPU check in one call (< 8 min on an H200); elsewhere prints the plan
-# make gpu-wheels — the wheels gpu-check installs on a bare GPU machine (run here, where PyPI is reachable)
+# make gpu-wheels — the wheels gpu-check installs on a bare GPU machine (run here, where PyPI is reachable;
+#                  wheels/ is git-ignored: a device call carries it)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PACKAGES := $(VENV)/.packages-stamp
@@ -54,12 +55,12 @@ bench: install
 
 # No install: a bare GPU machine's python3 has torch and lightning; gpu-check adds the rest from wheels/.
 gpu-check:
-	PYTHONPATH=src $(if $(wildcard $(PY)),$(PY),python3) -m pipeline.gpu_check
+	PYTHONPATH=$(CURDIR)/src $(if $(wildcard $(PY)),$(PY),python3) -m pipeline.gpu_check
 
 gpu-wheels: install
 	$(PY) -m pip wheel --quiet --wheel-dir wheels 'hydra-core>=1.3,<1.4' 'omegaconf>=2.3,<2.4'
 	for v in 3.10 3.11 3.12 3.13; do $(PY) -m pip download --quiet --no-deps --only-binary=:all: \
-		--python-version $$v --platform manylinux2014_x86_64 --dest wheels 'google-crc32c>=1.5' || exit 1; done
+		--python-version $$v --platform manylinux2014_x86_64 --dest wheels 'google-crc32c>=1.5' 'pyyaml>=6' || exit 1; done
 
 clean:
 	rm -rf $(VENV) dist build .mypy_cache .ruff_cache .pytest_cache

@@ -1,25 +1,28 @@
 """`make gpu-check` (`python -m pipeline.gpu_check`): every check that needs a GPU, in one call.
 
 On a CUDA machine, in under 8 minutes on one H200: installs what a bare GPU machine lacks
-(hydra-core, omegaconf, google-crc32c) from wheels carried in wheels/ (`make gpu-wheels` fills
-it); runs the tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed
+(hydra-core, omegaconf, google-crc32c) from wheels carried in wheels/ (pipeline.gpu_check_install);
+runs the tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed
 model.channels_last=true loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults'
 64×64 batch 32; then, while the 8 minutes allow: CUDA graphs (`model.compile=reduce-overhead`)
 against eager at 64×64 batch 32, where the host's launches set the pace; a default 64×64 run
-under torch.profiler (where a small step's time goes); `model.compile=true` at 224×224. It writes each bench's JSON, the profile's trace and top operations and
-gpu-check.json to $GPU_CHECK_OUT (default docs/; 7 files at most, which a lent machine's $OUT
-brings back) and prints a summary naming the card. Without CUDA it prints what it would run and
-exits 0.
+under torch.profiler (where a small step's time goes); `model.compile=true` at 224×224. It writes
+each bench's JSON, the profile's trace and top operations and gpu-check.json (after every check,
+so a call cut short keeps what was done) to $GPU_CHECK_OUT (default docs/; 7 files at most,
+which a lent machine's $OUT brings back) and prints each check's outcome as it ends and a
+summary naming the card. A check that outlives its time is killed with everything it started.
+Without CUDA it prints what it would run and exits 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
-import importlib.util
 import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,22 +34,10 @@ from typing import Any
 import torch
 
 from pipeline.errors import CHECK_FAILED_EXIT_CODE
+from pipeline.gpu_check_install import NEEDED, WANTED, install_command, install_missing, missing
 from pipeline.layout import PROFILE_DIR, TOP_OPS_FILE, TRACE_FILE
 from pipeline.overrides import override
 
-WHEELS = Path("wheels")
-# module: distribution, each the pipeline needs and a bare GPU machine may lack, with what they
-# need in turn (pip installs into a folder of its own with --no-deps: see install_command).
-# google-crc32c is TensorBoard's fast checksum (tensorboard_events), a binary wheel per Python
-# version; the GPU machine's image has PyYAML and packaging.
-MISSING_ON_BARE_GPU = {
-    "hydra": "hydra-core",
-    "omegaconf": "omegaconf",
-    "antlr4": "antlr4-python3-runtime",  # hydra-core's and omegaconf's parser
-    "google_crc32c": "google-crc32c",
-    "yaml": "pyyaml",
-    "packaging": "packaging",
-}
 BENCH = ["-m", "pipeline.bench", "device=gpu", "loss=mse", "bench.features=false",
          "bench.startup=false", "bench.knobs=[]", "bench.rounds=5", "bench.warmup_steps=5"]  # fmt: skip
 BIG = ["data.image_size=224", "data.batch_size=256", "precision=bf16-mixed",
@@ -71,8 +62,12 @@ PROFILE = ["-m", "pipeline.train", "device=gpu", "loss=mse", "data.image_size=64
 PROFILE_TIMEOUT_S = 90
 PROFILE_TRACE = "gpu-check-profile-64-trace.json.gz"
 PROFILE_TOP_OPS = "gpu-check-profile-64-top-ops.txt"
-BUDGET_S = 480  # make gpu-check's 8 minutes, the install included
-SITE_PREFIX = "pipeline-gpu-check-site-"  # the folder the missing packages go to, for the run
+BUDGET_S = 480  # make gpu-check's 8 minutes, from the process's start, the install included
+MARGIN_S = 20  # kept at the end: a killed check's clean-up, the summary, make's own exit
+TESTS_TIMEOUT_S = 220  # with the two required benches' 150 + 90 and the margin: the 480
+SKIPPED = "skipped: not enough of the 8 minutes left"
+# A temporary folder's: the installed packages, the profiled run.
+SCRATCH_PREFIX = "pipeline-gpu-check-"
 
 
 def bench_argv(python: str, overrides: list[str]) -> list[str]:
@@ -85,27 +80,40 @@ def bench_argv(python: str, overrides: list[str]) -> list[str]:
 class Check:
     name: str
     argv: list[str]
-    timeout_s: int  # the required checks' budgets add up to 8 minutes
+    timeout_s: int  # the required checks' add up to BUDGET_S less MARGIN_S
     output: Path | None = None  # the bench's JSON
     optional: bool = False  # run only if its timeout fits in what is left of BUDGET_S
     run_dir: Path | None = None  # a profiled run's: its trace and top operations are kept
 
+    def outputs(self, out_dir: Path) -> list[Path]:
+        """The files it leaves in `out_dir` (deleted before it runs: none is stale)."""
+        if self.run_dir is not None:
+            return [out_dir / PROFILE_TRACE, out_dir / PROFILE_TOP_OPS]
+        return [self.output] if self.output is not None else []
+
+
+def time_left(elapsed_s: float) -> float:
+    """Seconds a check may still take, `elapsed_s` into gpu-check."""
+    return BUDGET_S - MARGIN_S - elapsed_s
+
 
 def fits(check: Check, elapsed_s: float) -> bool:
-    """Whether `check` runs, `elapsed_s` into gpu-check: a required one always; an optional one
-    if it would end inside BUDGET_S even at its timeout."""
-    return not check.optional or elapsed_s + check.timeout_s <= BUDGET_S
+    """Whether `check` runs, `elapsed_s` into gpu-check: a required one while any time is left
+    (cut to it); an optional one if it would end in time even at its timeout."""
+    left = time_left(elapsed_s)
+    return left > 0 if not check.optional else check.timeout_s <= left
 
 
-def plan(python: str, out_dir: Path) -> list[Check]:
+def plan(python: str, out_dir: Path, scratch: Path) -> list[Check]:
     """The checks, in order: the gpu-marked tests, the benches, then the optional ones (run while
-    the budget allows): CUDA graphs, the profile, compile at 224×224."""
-    checks = [Check("tests marked gpu", [python, "-m", "pytest", "-m", "gpu", "-q", "tests"], 240)]
+    the budget allows): CUDA graphs, the profile (its run in `scratch`), compile at 224×224."""
+    tests = [python, "-m", "pytest", "-m", "gpu", "-q", "tests"]
+    checks = [Check("tests marked gpu", tests, TESTS_TIMEOUT_S)]
     for name, (overrides, timeout_s, optional) in BENCHES.items():
         output = out_dir / f"gpu-check-bench-{name.split('×')[0]}.json"
         argv = bench_argv(python, [*overrides, override("bench.output", output)])
         checks.append(Check(f"bench {name}", argv, timeout_s, output, optional))
-    run_dir = out_dir / "gpu-check-profile-64-run"
+    run_dir = scratch / "profile-64-run"
     argv = [python, *PROFILE, override("hydra.run.dir", run_dir)]
     profile = Check("profile 64×64", argv, PROFILE_TIMEOUT_S, optional=True, run_dir=run_dir)
     checks.insert(len(checks) - 1, profile)
@@ -126,109 +134,145 @@ def keep_profile(run_dir: Path, out_dir: Path) -> bool:
     return kept
 
 
-def install_command(python: str, site: Path) -> list[str] | None:
-    """pip's command for what this Python lacks, from the carried wheels, into `site` (a folder
-    of its own: a GPU machine's Python environment may not be writable; with --target pip
-    ignores what is installed, hence --no-deps and every need named); None if nothing."""
-    missing = [dist for module, dist in MISSING_ON_BARE_GPU.items()
-               if importlib.util.find_spec(module) is None]  # fmt: skip
-    if not missing:
-        return None
-    return [python, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-            "--target", str(site), "--find-links", str(WHEELS), *missing]  # fmt: skip
+def process_age_s() -> float:
+    """Seconds since this process started (Linux's /proc; 0 where it cannot tell): importing
+    torch takes seconds of gpu-check's 8 minutes."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started_s)
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
-def install_missing(python: str, site: Path) -> str | None:
-    """Install what this Python lacks into `site` and put it on PYTHONPATH for every check's
-    process (pytest, the benches, the runs they start); the problem, if that failed."""
-    command = install_command(python, site)
-    if command is None:
+def run_one(argv: list[str], timeout_s: float) -> int | None:
+    """`argv`'s exit status, or None if it outlived `timeout_s`. It runs in a process group of
+    its own, killed when it ends, with whatever it left running (a timed-out test's runs, a
+    bench's workers), so that nothing of it holds the GPU during the next check."""
+    proc = subprocess.Popen(argv, preexec_fn=os.setpgrp)  # gpu-check has no threads to race it
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
         return None
-    if not WHEELS.is_dir():
-        return (f"this Python lacks {', '.join(command[command.index(str(WHEELS)) + 1 :])} and "
-                f"there is no {WHEELS}/ folder: run `make gpu-wheels` where PyPI is reachable and "
-                f"carry {WHEELS}/ with the checkout")  # fmt: skip
-    print("gpu-check: " + shlex.join(command), flush=True)
-    if subprocess.run(command).returncode != 0:
-        return f"installing from {WHEELS}/ failed (above); `make gpu-wheels` fills it"
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p
-    )
-    return None
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def bench_summary(name: str, figures: dict[str, Any]) -> str:
     """One line of a bench's figures: images/s and the model's training TFLOP/s at that rate,
-    the ratios the issue sets targets for, data."""
+    the ratios the issue sets targets for, data; and each knob's (compile) against eager."""
     ips, data = figures["images_per_sec"], figures["data"]
     tflops = figures.get("model_tflops_per_sec", {}).get("pipeline")
+    knobs = "".join(
+        f"; {variant.removeprefix('pipeline ')} {ips[variant]:.0f} images/s, step time "
+        f"{effect:+.1%} vs eager"
+        for variant, effect in figures.get("knob_effects", {}).items()
+    )
     return (
         f"{name}: pipeline {ips['pipeline']:.0f} images/s"
         f"{'' if tflops is None else f' ({tflops:.1f} model TFLOP/s)'}, plain {ips['plain']:.0f}, naive "
         f"{ips['naive']:.0f}; pipeline/plain {figures['pipeline_over_plain']:.3f}, pipeline/naive "
         f"{figures['pipeline_over_naive']:.3f}; data {data['make_us_per_image']:.1f} µs an image, "
         f"{data['share_of_step']:.2%} of a step; peak {figures['peak_memory_mb']['pipeline'] / 1024:.2f} GB"
+        f"{knobs}"
     )
 
 
+def outcome_of(check: Check, code: int | None, out_dir: Path) -> tuple[str, str | None]:
+    """(outcome, its figures' line) of a check that ran: "passed", "timed out", "exit N", or
+    "left no figures" for one that exited 0 without its files."""
+    if code is None:
+        return "timed out", None
+    if code != 0:
+        return f"exit {code}", None
+    if check.run_dir is not None:
+        if not keep_profile(check.run_dir, out_dir):
+            return "left no figures", None
+        return "passed", f"{out_dir / PROFILE_TOP_OPS}, {out_dir / PROFILE_TRACE}"
+    if check.output is None:
+        return "passed", None
+    try:
+        return "passed", bench_summary(check.name, json.loads(check.output.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "left no figures", None
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> None:
+    """gpu-check.json as it stands (after every check: a call cut short keeps what was done)."""
+    try:
+        (out_dir / "gpu-check.json").write_text(json.dumps(results, indent=2) + "\n")
+    except OSError as exc:
+        print(f"gpu-check: cannot write {out_dir / 'gpu-check.json'}: {exc}", flush=True)
+
+
 def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
-    """Each check in turn while the budget allows, gpu-check.json and the summary: the exit
-    code."""
+    """Each check in turn while the budget allows, its outcome printed and gpu-check.json
+    rewritten as it ends; then the summary. The exit code: 0 if every check that ran passed."""
     card = torch.cuda.get_device_name(0)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"card": card, "torch": torch.__version__, "checks": {}}
+    lines: list[str] = []
     for check in checks:
-        if not fits(check, time.perf_counter() - began):
-            results["checks"][check.name] = {"exit": None, "seconds": 0.0}
-            continue
-        print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
-        start = time.perf_counter()
-        if check.run_dir is not None:
-            shutil.rmtree(check.run_dir, ignore_errors=True)  # a run refuses a used directory
-        try:
-            code = subprocess.run(check.argv, timeout=check.timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            code = -1
-        if check.run_dir is not None and not keep_profile(check.run_dir, out_dir) and code == 0:
-            code = CHECK_FAILED_EXIT_CODE  # the run ended well but left no profile
-        results["checks"][check.name] = {"exit": code, "seconds": time.perf_counter() - start}
-    (out_dir / "gpu-check.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"\ngpu-check on {card} (torch {torch.__version__}):")
-    for check in checks:
-        outcome = results["checks"][check.name]
-        status = {
-            0: "passed",
-            -1: "timed out",
-            None: "skipped: not enough of the 8 minutes left",
-        }.get(outcome["exit"], f"exit {outcome['exit']}")
-        print(f"  {check.name}: {status} in {outcome['seconds']:.0f} s")
-        if check.output is not None and outcome["exit"] == 0:
-            print("    " + bench_summary(check.name, json.loads(check.output.read_text())))
-        if check.run_dir is not None and outcome["exit"] == 0:
-            print(f"    {out_dir / PROFILE_TOP_OPS}, {out_dir / PROFILE_TRACE}")
-    passed = all(r["exit"] in (0, None) for r in results["checks"].values())
+        for stale in check.outputs(out_dir):
+            stale.unlink(missing_ok=True)
+        elapsed = time.monotonic() - began
+        code, seconds, outcome, figures = None, 0.0, SKIPPED, None
+        if fits(check, elapsed):
+            print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
+            start = time.monotonic()
+            code = run_one(check.argv, min(check.timeout_s, time_left(elapsed)))
+            seconds = time.monotonic() - start
+            outcome, figures = outcome_of(check, code, out_dir)
+        results["checks"][check.name] = {"outcome": outcome, "exit": code, "seconds": seconds}
+        write_results(out_dir, results)
+        line = f"  {check.name}: {outcome}" + ("" if outcome == SKIPPED else f" in {seconds:.0f} s")
+        lines += [line, *([f"    {figures}"] if figures else [])]
+        print("gpu-check:" + line + (f"\n    {figures}" if figures else ""), flush=True)
+    print(f"\ngpu-check on {card} (torch {torch.__version__}):", *lines, sep="\n")
+    passed = all(r["outcome"] in ("passed", SKIPPED) for r in results["checks"].values())
     return 0 if passed else CHECK_FAILED_EXIT_CODE
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a device call's limit) exits: the check in flight ends with everything it
+    started (run_one's clean-up), where Python's default would leave them running."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def writable_problem(out_dir: Path) -> str | None:
+    """Why the figures could not be written to `out_dir`, found before anything runs."""
+    probe = out_dir / ".gpu-check-probe"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        return f"GPU_CHECK_OUT={out_dir}: cannot write the figures there ({exc.strerror or exc})"
+    return None
+
+
 def main() -> None:
-    began = time.perf_counter()
-    out_dir = Path(os.environ.get("GPU_CHECK_OUT", "docs")).resolve()
-    checks = plan(sys.executable, out_dir)
+    began = time.monotonic() - process_age_s()
+    out_dir = Path(os.environ.get("GPU_CHECK_OUT") or "docs").resolve()
     if not torch.cuda.is_available():
+        scratch = Path(tempfile.gettempdir(), SCRATCH_PREFIX + "…")
         print("gpu-check: no CUDA device here; on a GPU machine it runs:")
-        install = install_command(sys.executable, Path(tempfile.gettempdir(), SITE_PREFIX + "…"))
-        if install:
-            print("  " + shlex.join(install))
-        for check in checks:
+        for dists in (missing(NEEDED), *([d] for d in missing(WANTED))):
+            if dists:
+                print("  " + shlex.join(install_command(sys.executable, scratch / "site", dists)))
+        for check in plan(sys.executable, out_dir, scratch):
             when = f"(if {check.timeout_s} s of the {BUDGET_S} are left) " if check.optional else ""
             print("  " + when + shlex.join(check.argv))
         return
-    with tempfile.TemporaryDirectory(prefix=SITE_PREFIX) as site:
-        problem = install_missing(sys.executable, Path(site))
+    exit_on_sigterm()
+    with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as folder:
+        scratch = Path(folder)
+        problem = writable_problem(out_dir) or install_missing(sys.executable, scratch / "site")
         if problem:
             print(f"gpu-check: {problem}", file=sys.stderr)
             sys.exit(CHECK_FAILED_EXIT_CODE)
-        sys.exit(run_checks(checks, began, out_dir))
+        sys.exit(run_checks(plan(sys.executable, out_dir, scratch), began, out_dir))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""pipeline.overrides.override: `key=value` that Hydra parses back to exactly the value."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from omegaconf import OmegaConf
+
+from pipeline.overrides import override
+
+PARSER = OverridesParser.create()
+
+
+def parsed_back(text: str) -> object:
+    """The value a config key holds after Hydra parses `override("k", text)` and OmegaConf
+    reads it (interpolations resolved)."""
+    value = PARSER.parse_override(override("k", text)).value()
+    return OmegaConf.create({"k": value}).k
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["/tmp/out", "two words", "a,b", "it's", "x[1]", "a=b", "naïve", "/tmp/a${x}b",
+     "a\\${x}", "a\\\\${x}", "${", "$x", "a\\'b", "ends\\", "\\'${"],
+)  # fmt: skip
+def test_a_value_parses_back_to_itself(text: str) -> None:
+    """`${` was left as it is, and Hydra read `bench.output=/tmp/a${x}b` as an interpolation:
+    InterpolationKeyError, key 'x' not found."""
+    assert parsed_back(text) == text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab/ ,'\"\\${}[]=:%~é")), min_size=1, max_size=12))
+def test_any_path_like_text_parses_back_to_itself(text: str) -> None:
+    assert parsed_back(text) == text
