@@ -84,13 +84,16 @@ def optimizer_factory(cfg: DictConfig | RunSettings) -> Any:
     fused on CUDA where the class has a fused implementation (one kernel updates every
     parameter, and the non-finite guard can skip a step on the device instead of waiting for
     it), torch's own choice elsewhere (optimizer=adam optimizer._target_=torch.optim.NAdam: no
-    fused implementation, so auto is torch's choice)."""
+    fused implementation, so auto is torch's choice), and under 16-mixed on CUDA: there
+    Lightning leaves a fused step to unscale the GradScaler's gradients in its kernel, after the
+    instruments have read them scaled (and the guard cannot defer beside a GradScaler)."""
     s = _settings(cfg)
     options = dict(s.optimizer)
     fused = options.pop("fused", None)  # absent: an optimizer without a fused implementation
     if fused == "auto":
         has_fused = "fused" in optimizer_class_arguments(str(options["_target_"]))
-        fused = True if uses_cuda(s) and has_fused else None
+        grad_scaler = s.precision == "16-mixed"  # on CUDA: on a CPU it runs as bf16-mixed
+        fused = True if uses_cuda(s) and has_fused and not grad_scaler else None
     if fused is not None:
         options["fused"] = fused
     return instantiate(options)

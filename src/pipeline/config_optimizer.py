@@ -73,6 +73,13 @@ def optimizer_problems(
             f"optimizer.fused={str(fused).lower()}: {target} has no fused implementation; "
             "drop the key: ~optimizer.fused"
         )
+    elif fused is True and on_cuda and precision == "16-mixed":
+        found.append(
+            "optimizer.fused=true with precision=16-mixed on CUDA: a fused step unscales the "
+            "GradScaler's gradients inside its kernel, so the gradient instruments would read "
+            "them multiplied by the loss scale; use optimizer.fused=auto (not fused under "
+            "16-mixed) or precision=bf16-mixed"
+        )
     for key in map(str, optimizer):
         if key not in (*known, *OURS):
             found.append(
