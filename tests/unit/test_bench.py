@@ -405,3 +405,18 @@ def test_a_timed_process_that_fails_is_named_with_its_last_words() -> None:
     command = [sys.executable, "-c", "import sys; sys.exit('out of luck')"]
     with pytest.raises(TimedProcessFailed, match="exited 1: out of luck"):
         wall_clock(command)
+
+
+def test_the_naive_loop_runs_nchw_whatever_channels_last_says() -> None:
+    """The module converts its weights to NHWC under model.channels_last=true (gpu-check's
+    224×224 bench), and cuDNN runs NHWC convolutions when the weight is NHWC: the "naive fp32
+    NCHW" loop the ≥ 2× target is against ran channels_last."""
+    from pipeline import build
+    from pipeline.bench.loops import naive_net
+    from pipeline.cli import compose
+
+    cfg = compose("bench", ["model.channels_last=true", "data.image_size=16"])
+    assert not build.build_module(cfg).net.conv1.weight.is_contiguous()  # the module's: NHWC
+    net = naive_net(cfg, torch.device("cpu"))
+    convolutions = [p for p in net.parameters() if p.dim() == 4]
+    assert len(convolutions) == 20 and all(p.is_contiguous() for p in convolutions)

@@ -16,6 +16,7 @@ from typing import cast
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
+from torch import nn
 from torchvision.models import ResNet
 
 from pipeline import build
@@ -110,8 +111,8 @@ def time_plain_pytorch(
     if double:
         net = net.double()
     forward: Callable[[torch.Tensor], torch.Tensor] = net
-    if cfg.model.compile:
-        forward = compiled_forward(cast(ResNet, net))  # the module's compiled path
+    if cfg.model.compile:  # the module's compiled path, in the run's mode
+        forward = compiled_forward(cast(ResNet, net), cfg.model.compile)
     optimizer = model.optimizer_factory(net.parameters())
     loss_fn = LOSSES[cfg.loss.name].fn
     datamodule = build.build_datamodule(cfg)
@@ -127,20 +128,26 @@ def time_plain_pytorch(
             if double:
                 data = data.double()
             optimizer.zero_grad()
-            with autocast(cfg, device):
-                prediction = forward(data)
-            loss = loss_fn(prediction, labels)
+            with autocast(cfg, device):  # the loss too: Lightning's training_step runs inside it
+                loss = loss_fn(forward(data), labels)
             loss.backward()
             optimizer.step()
             clock.step_end()
     return clock.timing()
 
 
+def naive_net(cfg: DictConfig, device: torch.device) -> nn.Module:
+    """The run's ResNet18 with the same init as the other loops, in NCHW whatever
+    model.channels_last says (the module converts its weights to NHWC, and cuDNN then runs NHWC
+    convolutions for NCHW inputs too)."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    return build.build_module(cfg).net.to(device).to(memory_format=torch.contiguous_format)
+
+
 def time_naive(cfg: DictConfig, device: torch.device, warmup: int, steps: int) -> Timing:
     """The notebook as written: torch.rand batches, NCHW, float32, not compiled, the seed's loss,
     torch's default CUDA flags and the configured optimizer as torch builds it (not fused)."""
-    pl.seed_everything(cfg.seed, verbose=False)
-    model = build.build_module(cfg).net.to(device)  # the same init as the other loops
+    model = naive_net(cfg, device)
     optimizer = build.optimizer_factory(merged(cfg, {"optimizer": {"fused": None}}))(
         model.parameters()
     )
