@@ -133,3 +133,50 @@ def test_an_epochs_bar_line_shows_its_last_logged_loss_where_no_validation_follo
     losses = dict(recorder.tag(TRAIN_LOSS))
     assert sorted(losses) == [0, 1, 2, 3, 4]
     assert shown[0] == losses[2]
+
+
+def test_the_bar_never_reads_the_device_before_a_step_is_written(tmp_path: Path) -> None:
+    """Between the first logging step's end and the next step's start its loss is on its way to
+    the host (pipeline.step_scalars); a redraw there read the module's tensor (`float()`: on a
+    GPU a wait for every queued kernel, and under sync debug mode an error in the sync-free
+    GPU test). Counted here as torch's `_local_scalar_dense`, what `float()` dispatches to."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from helpers import Recorder
+    from pipeline.callbacks.step_scalar_writer import StepScalarWriter
+    from pipeline.model import TRAIN_LOSS, ResNetClassifier
+
+    class CountsReads(TorchDispatchMode):
+        reads = 0
+
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: Any = (), kwargs: Any = None
+        ) -> Any:
+            CountsReads.reads += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    bar = ProgressBar(leave=True)
+    shown: list[dict[str, Any]] = []
+
+    class AtBatchEnd(pl.Callback):  # after the bar: a redraw at the end of each batch
+        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+            with CountsReads():
+                shown.append(bar.get_metrics(trainer, module))
+
+    module = ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
+        channels_last=False,
+    )  # fmt: skip
+    recorder = Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=recorder,
+        callbacks=[StepScalarWriter(), bar, AtBatchEnd()], enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = torch.utils.data.TensorDataset(torch.rand(8, 1), torch.rand(8, 1))
+    trainer.fit(module, DataLoader(data, batch_size=2))
+    losses = dict(recorder.tag(TRAIN_LOSS))
+    assert sorted(losses) == [1, 3]  # logging steps: every 2nd
+    assert CountsReads.reads == 1  # the run's last step only (training done: the module's value)
+    assert [m.get(TRAIN_LOSS) for m in shown[:3]] == [None, None, losses[1]]
