@@ -96,7 +96,11 @@ class TorchProfile(Callback):
             return
         self._last_global_step = trainer.global_step
         if self.cuda:
-            torch.cuda.memory._record_memory_history(max_entries=MEMORY_HISTORY_ENTRIES)
+            # Python frames only: C++ frames are symbolized when the snapshot is dumped, minutes
+            # for a run's allocations (and torch.compile's code has hung the unwinder).
+            torch.cuda.memory._record_memory_history(
+                max_entries=MEMORY_HISTORY_ENTRIES, stacks="python"
+            )
         self._profiler = profile(
             activities=[ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if self.cuda else [])],
             schedule=schedule(wait=0, repeat=1, **self.steps),
