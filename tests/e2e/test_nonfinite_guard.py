@@ -5,6 +5,8 @@ steps later. Forced here on the CPU, where torch's fused SGD skips a step on fou
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +78,13 @@ def test_deferred_check_saves_what_the_immediate_check_saves(
     deferred_message, deferred, deferred_step = _diverge(tmp_path, deferred=True, extra=extra)
 
     assert DIVERGED.search(message)  # the same step and loss, each its own run directory
-    assert deferred_message == message.replace("/at_once", "/deferred")
+    assert _close(deferred_message, message.replace("/at_once", "/deferred"))
     # divergence.json: the same step, loss, samples and block norms, read lag steps later.
     records = [ckpt.pop("divergence.json") for ckpt in (at_once, deferred)]
     assert records[1]["checkpoint_global_step"] == records[0]["checkpoint_global_step"] + LAG + 1
     for record in records:
         record.pop("checkpoint_global_step")
-    assert records[0] == records[1]
+    assert _close(records[0], records[1])
     assert records[0]["indices"] and records[0]["grad_norm"]["last_finite"] is not None
     # Read after LAG more steps: the bad step and those LAG were counted and updated nothing.
     assert deferred_step == step + LAG + 1
@@ -137,6 +139,28 @@ def test_a_deferred_stop_never_leaves_non_finite_weights_in_last_ckpt(
     else:
         for name, value in torch.load(last, weights_only=True)["state_dict"].items():
             assert not value.is_floating_point() or bool(torch.isfinite(value).all()), name
+
+
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Equal on a CPU. On a GPU (see _same) a record's finite numbers, and those in a message,
+    within 1%: its block norms are sums that cuDNN's backward and index_add_'s atomics order
+    differently from run to run."""
+    if not torch.cuda.is_available():
+        return bool(a == b)
+    if isinstance(a, str) and isinstance(b, str):
+        numbers = [NUMBER.findall(text) for text in (a, b)]
+        parsed = [[float(n) if "." in n or "e" in n else int(n) for n in ns] for ns in numbers]
+        return NUMBER.sub("#", a) == NUMBER.sub("#", b) and _close(*parsed)  # steps exact
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b):
+        return abs(a - b) <= 1e-2 * max(abs(a), abs(b))
+    return bool(a == b) or (a != a and b != b)  # NaN is NaN
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:

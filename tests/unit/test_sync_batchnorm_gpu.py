@@ -88,8 +88,10 @@ def _relative_differences(
 
 
 def test_two_processes_with_sync_batchnorm_equal_one_process_on_the_whole_batch(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # _setup sets cuDNN deterministic in this process too: restored after, for the tests after
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", torch.backends.cudnn.deterministic)
     single = _train(*_setup())
     synced = _relative_differences(_two_processes(tmp_path, sync=True), single)
     worst = list(synced.items())[:3]

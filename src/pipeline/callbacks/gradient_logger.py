@@ -15,7 +15,8 @@ for the run (memory: one copy of the model's weights), three fused passes after 
 old weights' norms, the difference in place, its norms) and one read of them to the host, which
 does not wait for the device (pipeline.step_scalars), where the per-tensor norms are summed by
 block. Nothing on other steps.
-Histograms are binned on the device (torch.histc), two small transfers for all of them.
+Histograms are binned on the device (torch.histc), two small transfers for all of them, after one
+read of whether every gradient norm is finite (a step with one that is not has none).
 """
 
 from __future__ import annotations
