@@ -139,6 +139,7 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
     )
     found += _data_problems(cfg, cuda_available)
     found += _model_problems(cfg)
+    found += _cuda_graph_problems(cfg, cuda_available)
     found += _device_problems(cfg, cuda_available)
     found += trainer_problems(value(cfg, "trainer"), already=found)
     if not any(key_of(p).startswith(("trainer.", "data.", "device")) for p in found):
@@ -200,6 +201,26 @@ def _cxx_problems(cfg: DictConfig, asked: str, note: str = "") -> list[str]:
     return [
         f"{asked}: torch.compile finds no C++ compiler on this machine ({missing}); install one "
         f"(g++) or set {key}=false{note}"
+    ]
+
+
+def _cuda_graph_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
+    """CUDA graphs (model.compile=reduce-overhead or max-autotune, on CUDA) own the gradients
+    their backward makes: under accumulation the next batch's replay overwrites them before they
+    are summed (torch: "accessing gradient tensor output of CUDAGraphs that has been
+    overwritten")."""
+    mode, accumulate = value(cfg, "model.compile"), value(cfg, "trainer.accumulate_grad_batches")
+    if (
+        mode not in ("reduce-overhead", "max-autotune")
+        or not (is_int(accumulate) and accumulate > 1)
+        or not is_cuda_run(str(value(cfg, "device.accelerator")), cuda_available)
+    ):
+        return []
+    return [
+        f"model.compile={mode} with trainer.accumulate_grad_batches={accumulate} on CUDA: its "
+        "CUDA graphs' backward owns the gradients it makes, and the next batch's replay "
+        "overwrites them before they are summed; use model.compile=true or "
+        "max-autotune-no-cudagraphs, or trainer.accumulate_grad_batches=1"
     ]
 
 

@@ -563,3 +563,27 @@ def test_under_16_mixed_on_cuda_the_optimizer_is_not_fused() -> None:
     assert (
         validate(compose("train", ["precision=16-mixed", "optimizer.fused=true"])) == []
     )  # CPU: bf16
+
+
+def test_cuda_graphs_with_gradient_accumulation_are_refused_on_cuda(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The compiled backward's gradients live in CUDA graphs' memory: the next batch's replay
+    overwrote them before accumulation summed them, a traceback at the second batch."""
+    from pipeline import resources
+
+    monkeypatch.setattr(resources, "gpu_memory_bytes", lambda: 141 * 2**30)  # an H200's
+    both = ["model.compile=reduce-overhead", "trainer.accumulate_grad_batches=4"]
+    assert validate(compose("train", ["device=gpu", *both]), cuda_available=True) == [
+        "model.compile=reduce-overhead with trainer.accumulate_grad_batches=4 on CUDA: its CUDA "
+        "graphs' backward owns the gradients it makes, and the next batch's replay overwrites "
+        "them before they are summed; use model.compile=true or max-autotune-no-cudagraphs, or "
+        "trainer.accumulate_grad_batches=1"
+    ]
+    (problem,) = validate(compose("train", ["device=gpu", "model.compile=max-autotune", both[1]]),
+                          cuda_available=True)  # fmt: skip
+    assert problem.startswith("model.compile=max-autotune with trainer.accumulate_grad_batches=4")
+    for fine in (["device=gpu", both[0]], ["device=gpu", "model.compile=true", both[1]],
+                 ["device=gpu", "model.compile=max-autotune-no-cudagraphs", both[1]]):  # fmt: skip
+        assert validate(compose("train", fine), cuda_available=True) == [], fine
+    assert validate(compose("train", ["device=cpu", *both]), cuda_available=True) == []
