@@ -46,7 +46,7 @@ from pipeline.devices import is_cuda_run
 from pipeline.hparams import compared_hparams
 from pipeline.layout import CHECKPOINT_DIR, LAST_CHECKPOINT_NAME, PROFILE_DIR
 from pipeline.losses import LOSSES
-from pipeline.model import ResNetClassifier, build_resnet18
+from pipeline.model import GlobalMeanPool, ResNetClassifier, build_resnet18
 from pipeline.override_checks import optimizer_class_arguments
 from pipeline.profiling import TorchProfile, lightning_profiler
 from pipeline.resources import forward_flops
@@ -121,10 +121,13 @@ def build_datamodule(cfg: DictConfig) -> SyntheticDataModule:
 
 def build_module(cfg: DictConfig) -> ResNetClassifier:
     s = settings_of(cfg)
+    net = build_resnet18(
+        weights=s.model.weights, num_classes=s.model.num_classes, channels=s.data.channels
+    )
+    if s.deterministic and uses_cuda(s):  # torch refuses adaptive pooling's CUDA backward there
+        net.avgpool = GlobalMeanPool()
     return ResNetClassifier(
-        net=build_resnet18(
-            weights=s.model.weights, num_classes=s.model.num_classes, channels=s.data.channels
-        ),
+        net=net,
         loss_fn=LOSSES[s.loss].fn,
         optimizer_factory=optimizer_factory(s),
         scheduler_kwargs=s.scheduler,

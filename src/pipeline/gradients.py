@@ -273,6 +273,15 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
     )
 
 
+def bin_counts(values: Tensor, bins: int, low: float, high: float) -> Tensor:
+    """histc's counts of float32 `values` (all in [low, high], high > low), as float32, by a
+    bincount without weights (deterministic on CUDA: integer counts): bin ⌊(v − low)·bins /
+    (high − low)⌋, `high` in the last, as CUDA's histc computes it (a CPU's divides first: a
+    value on a bin's edge can land one bin over)."""
+    index = ((values - low) * bins / (high - low)).long().clamp_(0, bins - 1)
+    return torch.bincount(index, minlength=bins).float()
+
+
 def histograms(tensors: Sequence[Tensor], bins: int = 64) -> list[dict[str, Any]]:
     """For each tensor, the fields of TensorBoard's add_histogram_raw, binned on its device.
 
@@ -285,11 +294,16 @@ def histograms(tensors: Sequence[Tensor], bins: int = 64) -> list[dict[str, Any]
     flats = [t.detach().float().flatten() for t in tensors]
     ranges = torch.stack([torch.stack(torch.aminmax(f)) for f in flats]).tolist()  # transfer 1
     counts, stats = [], []
+    # torch has no deterministic histc on CUDA (trainer.deterministic=true refuses it)
+    deterministic = torch.are_deterministic_algorithms_enabled() and flats[0].is_cuda
     for f, (low, high) in zip(flats, ranges, strict=True):
         # All equal: one bucket at the value. histc's max bin is closed, so `high` lands in the last.
-        counts.append(
-            torch.histc(f, bins=bins, min=low, max=high) if high > low else f.new_zeros(bins)
-        )
+        if high <= low:
+            counts.append(f.new_zeros(bins))
+        elif deterministic:
+            counts.append(bin_counts(f, bins, low, high))
+        else:
+            counts.append(torch.histc(f, bins=bins, min=low, max=high))
         stats.append(torch.stack([f.sum(), (f * f).sum()]))
     both = torch.cat([torch.stack(counts), torch.stack(stats)], 1).tolist()  # transfer 2
     out = []

@@ -145,6 +145,15 @@ def weights_problems(weights: str, precision: str) -> list[str]:
     ]
 
 
+class GlobalMeanPool(nn.Module):
+    """ResNet's AdaptiveAvgPool2d((1, 1)) as a mean over height and width: the same values, and a
+    backward CUDA runs deterministically (an expand), where torch has no deterministic CUDA
+    kernel for adaptive pooling's backward and trainer.deterministic=true stopped at it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3), keepdim=True)
+
+
 def resnet_features(net: ResNet, images: Tensor) -> Tensor:
     """torchvision's ResNet forward up to the head: (B, C, H, W) → (B, 512)."""
     x = net.maxpool(net.relu(net.bn1(net.conv1(images))))

@@ -356,3 +356,36 @@ def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> Non
     assert weights_nonfinite_message(3, 5.0, "fc", None).startswith(
         "the gradients overflowed or went NaN at step 3 while train/loss was finite (5.0)"
     )
+
+
+def test_deterministic_bin_counts_are_histcs_but_for_values_on_a_bins_edge() -> None:
+    """Under trainer.deterministic=true torch refuses histc on CUDA; the histograms there count
+    with bincount (its CUDA formula; this CPU's histc divides first, so a value on an edge can
+    land one bin over)."""
+    from pipeline.gradients import bin_counts
+
+    torch.manual_seed(0)
+    for values in (torch.randn(100_000) * 3, torch.randint(-5, 5, (1000,)).float(), torch.rand(7)):
+        low, high = map(float, torch.aminmax(values))
+        histc = torch.histc(values, bins=64, min=low, max=high)
+        counts = bin_counts(values, 64, low, high)
+        assert counts.dtype == histc.dtype and counts.sum() == values.numel()
+        assert (counts - histc).abs().sum() <= 2  # at most one value one bin over
+        assert counts[-1] >= 1 and counts[0] >= 1  # high in the last bin, low in the first
+
+
+def test_under_deterministic_algorithms_a_cuda_runs_module_pools_by_a_mean() -> None:
+    """torch has no deterministic CUDA backward for AdaptiveAvgPool2d: trainer.deterministic=true
+    on CUDA stopped at the first backward. The mean over height and width is the same pooling."""
+    from pipeline import build
+    from pipeline.cli import compose
+    from pipeline.model import GlobalMeanPool
+
+    gpu = build.build_module(compose("train", ["device=gpu", "trainer.deterministic=true"])).net
+    assert isinstance(gpu.avgpool, GlobalMeanPool)
+    for overrides in (["device=gpu"], ["device=cpu", "trainer.deterministic=true"]):
+        net = build.build_module(compose("train", overrides)).net
+        assert isinstance(net.avgpool, torch.nn.AdaptiveAvgPool2d), overrides
+    x = torch.randn(4, 512, 7, 7)
+    torch.testing.assert_close(GlobalMeanPool()(x), net.avgpool(x), rtol=1e-6, atol=1e-7)
+    assert gpu.state_dict().keys() == net.state_dict().keys()  # torchvision's: no parameters
