@@ -194,3 +194,34 @@ def test_deferred_warn_mode_warns_once_and_trains_on(tmp_path: Path, torch_home:
         trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     assert trainer.global_step == 12
     assert sum(bool(DIVERGED.search(str(w.message))) for w in caught) == 1
+
+
+class _InfAtFirstStep(pl.Callback):
+    """A non-finite gradient on the fit's first step, before the guard looks."""
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, module: Any, optimizer: Any) -> None:
+        if trainer.global_step == 0:
+            next(module.parameters()).grad.fill_(float("inf"))
+
+
+@pytest.mark.parametrize("deferred", [False, True], ids=["at_once", "deferred"])
+def test_a_first_step_gone_non_finite_saves_no_optimizer_state(
+    tmp_path: Path, deferred: bool
+) -> None:
+    """Deferred, the fused SGD skipped the first step on the device, but made its momentum
+    buffers first (torch.empty_like) and never filled them: the divergence checkpoint held that
+    memory as momentum, and a resume trained on it. Now neither check saves any state there."""
+    from pipeline import build
+    from pipeline.cli import compose
+    from pipeline.errors import DivergenceError
+
+    cfg = compose("train", [*TINY, "optimizer.fused=true", "trainer.max_steps=10",
+                            "data.num_samples=80", "logger=none"])  # fmt: skip
+    trainer = build.build_trainer(cfg, tmp_path)
+    trainer.callbacks.insert(0, _InfAtFirstStep())
+    _with_guard(trainer, deferred=deferred, lag=LAG)
+    pl.seed_everything(cfg.seed, verbose=False)
+    with pytest.raises(DivergenceError, match="at step 0"):
+        trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["optimizer_states"][0]["state"] == {}

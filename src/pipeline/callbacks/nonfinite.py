@@ -131,6 +131,12 @@ class NonFiniteGuard(pl.Callback):
         self._index: Tensor | None = None  # (P,) each parameter's block
         self._window_indices: list[Tensor] = []  # the open window's micro-batches' indices
         self._logged: deque[tuple[int, Tensor | None]] = deque(maxlen=lag + 2)
+        self._first_step, self._fresh_optimizers = 0, True  # set at the train start
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The fit's first step, and whether its optimizers start without state (not resumed)."""
+        self._first_step = trainer.global_step
+        self._fresh_optimizers = not any(optimizer.state for optimizer in trainer.optimizers)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._snapshot = BufferSnapshot(list(pl_module.buffers()))
@@ -277,6 +283,12 @@ class NonFiniteGuard(pl.Callback):
             self._warned = True
             return
         self._restore_buffers()
+        if self._ring is not None and step == self._first_step and self._fresh_optimizers:
+            # Every step of this fit was skipped on the device, the first too: torch's fused SGD
+            # made its momentum buffers there (torch.empty_like) and filled nothing. The state
+            # the immediate check saves: none yet.
+            for optimizer in trainer.optimizers:
+                optimizer.state.clear()
         last = next(((s, n) for s, n in reversed(self._logged) if s < step), None)
 
         def record(checkpoint_global_step: int | None) -> Path | None:
