@@ -276,7 +276,7 @@ def unparsable(overrides: list[str]) -> list[str]:
         except HydraException as exc:
             key, _, value = line.partition("=")
             hint = (
-                f"; quote the value: {shell_word(override(key, value))}"
+                f"; quote the value: {shell_word(override(key, value, interpolate=True))}"
                 if not value.isascii() or any(c in value for c in " =,")  # a multirun job's folder
                 else ""
             )

@@ -8,15 +8,17 @@ import shlex
 PLAIN_VALUE = re.compile(r"[A-Za-z0-9_./:+\-]+")
 
 
-def override(key: str, value: object) -> str:
+def override(key: str, value: object, *, interpolate: bool = False) -> str:
     """`key=value` that Hydra parses back to exactly `value`: a path with spaces, quotes,
     commas or non-ASCII letters is single-quoted, with Hydra's escapes for quotes and the
-    backslashes before them, and OmegaConf's for `${` (else an interpolation)."""
+    backslashes before them, and OmegaConf's for `${` (else an interpolation); unless
+    `interpolate` (a value the user typed, whose `${…}` is OmegaConf's to resolve)."""
     text = str(value)
     if PLAIN_VALUE.fullmatch(text):
         return f"{key}={text}"
     escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", text)
-    escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", escaped)
+    if not interpolate:
+        escaped = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", escaped)
     escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)  # before the closing quote
     return f"{key}='{escaped}'"
 

@@ -155,8 +155,10 @@ def parse_space(params: Mapping[str, Any]) -> tuple[list[Param], list[str]]:
 
 
 def as_overrides(values: Mapping[str, Value]) -> list[str]:
-    """pipeline.train's overrides that set `values` ({key: value})."""
-    return [override(key, "null" if value is None else value) for key, value in values.items()]
+    """pipeline.train's overrides that set `values` ({key: value}, as the user gave them: a
+    `${…}` in one is an interpolation)."""
+    return [override(key, "null" if value is None else value, interpolate=True)
+            for key, value in values.items()]  # fmt: skip
 
 
 def corners(space: list[Param]) -> list[dict[str, Value]]:

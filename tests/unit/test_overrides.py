@@ -35,3 +35,15 @@ def test_a_value_parses_back_to_itself(text: str) -> None:
 @given(st.text(alphabet=st.sampled_from(list("ab/ ,'\"\\${}[]=:%~é")), min_size=1, max_size=12))
 def test_any_path_like_text_parses_back_to_itself(text: str) -> None:
     assert parsed_back(text) == text
+
+
+def test_a_value_the_user_typed_keeps_its_interpolation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A search's choices are the user's values: `choice(${oc.env:HOME}/w1.pt,none)` names a
+    file under the home folder, which escaping `${` made the literal text."""
+    from pipeline.search_space import as_overrides
+
+    monkeypatch.setenv("HOME", "/home/someone")
+    (line,) = as_overrides({"model.weights": "${oc.env:HOME}/w1.pt"})
+    value = PARSER.parse_override(line).value()
+    assert OmegaConf.create({"k": value}).k == "/home/someone/w1.pt"
+    assert parsed_back("${oc.env:HOME}/w1.pt") == "${oc.env:HOME}/w1.pt"  # a path: literal

@@ -180,3 +180,31 @@ def test_the_bar_never_reads_the_device_before_a_step_is_written(tmp_path: Path)
     assert sorted(losses) == [1, 3]  # logging steps: every 2nd
     assert CountsReads.reads == 1  # the run's last step only (training done: the module's value)
     assert [m.get(TRAIN_LOSS) for m in shown[:3]] == [None, None, losses[1]]
+
+
+def test_without_a_logger_the_bar_shows_the_modules_loss(tmp_path: Path) -> None:
+    """With logger=none nothing is written, so nothing reaches the step queue: the bar showed no
+    loss until the run's last step. It reads the module's value there, when new."""
+    from pipeline.callbacks.step_scalar_writer import StepScalarWriter
+    from pipeline.model import TRAIN_LOSS, ResNetClassifier
+
+    bar = ProgressBar(leave=True)
+    shown: list[Any] = []
+
+    class AtBatchEnd(pl.Callback):
+        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+            shown.append(bar.get_metrics(trainer, module).get(TRAIN_LOSS))
+
+    module = ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
+        channels_last=False,
+    )  # fmt: skip
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=False,
+        callbacks=[StepScalarWriter(), bar, AtBatchEnd()], enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = torch.utils.data.TensorDataset(torch.rand(8, 1), torch.rand(8, 1))
+    trainer.fit(module, DataLoader(data, batch_size=2))
+    assert shown[0] is None and all(isinstance(v, float) for v in shown[1:]), shown

@@ -103,12 +103,12 @@ class ProgressBar(RichProgressBar):
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)
         queue = step_scalars.queue_of(trainer)
-        if queue is not None and not training_is_done(trainer):
+        if queue is not None and trainer.loggers and not training_is_done(trainer):
             if SHOWN in queue.last:
                 items[SHOWN] = queue.last[SHOWN]  # as written: no read of the device
             return items  # none written yet (the first logging step's copy in flight): none shown
-        # No queue (no logger), or the run's last step (kept, though not a logging step): the
-        # module's value, read when new.
+        # No logger (nothing is written), or the run's last step (kept, though not a logging
+        # step): the module's value, read when new.
         logged = logged_metric(trainer, SHOWN)
         # A new value has new storage: the one shown is held, so its memory is not reused.
         if logged is not None and (
