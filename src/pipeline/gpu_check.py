@@ -17,6 +17,7 @@ Without CUDA it prints what it would run and exits 0.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import json
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,10 @@ PROFILE_TOP_OPS = "gpu-check-profile-64-top-ops.txt"
 BUDGET_S = 480  # make gpu-check's 8 minutes, from the process's start, the install included
 MARGIN_S = 20  # kept at the end: a killed check's clean-up, the summary, make's own exit
 TESTS_TIMEOUT_S = 220  # with the two required benches' 150 + 90 and the margin: the 480
-SKIPPED = "skipped: not enough of the 8 minutes left"
+SKIPPED = "skipped: not enough of the 8 minutes left"  # an optional check: fails nothing
+NOT_RUN = "not run: no time left"  # a required check: fails the call
+BELIEVED_AGE_S = 120  # a process age past this at gpu-check's start is /proc's mistake
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # A temporary folder's: the installed packages, the profiled run.
 SCRATCH_PREFIX = "pipeline-gpu-check-"
 
@@ -145,11 +150,31 @@ def process_age_s() -> float:
         return 0.0
 
 
+def _own_group_dying_with_parent(libc: ctypes.CDLL | None) -> Callable[[], None]:
+    """The check process's set-up, between fork and exec: a process group of its own, and a
+    SIGKILL when gpu-check dies (Linux's PR_SET_PDEATHSIG), killed itself or not."""
+
+    def preexec() -> None:
+        os.setpgrp()
+        if libc is not None:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+    return preexec
+
+
 def run_one(argv: list[str], timeout_s: float) -> int | None:
     """`argv`'s exit status, or None if it outlived `timeout_s`. It runs in a process group of
     its own, killed when it ends, with whatever it left running (a timed-out test's runs, a
-    bench's workers), so that nothing of it holds the GPU during the next check."""
-    proc = subprocess.Popen(argv, preexec_fn=os.setpgrp)  # gpu-check has no threads to race it
+    bench's workers), so that nothing of it holds the GPU during the next check; it dies with
+    gpu-check too."""
+    try:
+        libc: ctypes.CDLL | None = (
+            ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+        )
+    except OSError:
+        libc = None
+    # gpu-check has no threads: preexec_fn cannot race one
+    proc = subprocess.Popen(argv, preexec_fn=_own_group_dying_with_parent(libc))
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -209,24 +234,37 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 
 def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
     """Each check in turn while the budget allows, its outcome printed and gpu-check.json
-    rewritten as it ends; then the summary. The exit code: 0 if every check that ran passed."""
+    rewritten as it ends; then the summary. Every check's earlier figures are deleted first,
+    and gpu-check.json says "pending" until a check has run, "interrupted" for one a signal
+    ended. The exit code: 0 if every required check passed and every optional one that ran."""
     card = torch.cuda.get_device_name(0)
     results: dict[str, Any] = {"card": card, "torch": torch.__version__, "checks": {}}
+    for check in checks:
+        results["checks"][check.name] = {"outcome": "pending", "exit": None, "seconds": 0.0}
+        for stale in check.outputs(out_dir):  # an earlier call's: none may pass for this one's
+            stale.unlink(missing_ok=True)
+    write_results(out_dir, results)
     lines: list[str] = []
     for check in checks:
-        for stale in check.outputs(out_dir):
-            stale.unlink(missing_ok=True)
         elapsed = time.monotonic() - began
-        code, seconds, outcome, figures = None, 0.0, SKIPPED, None
+        code, seconds, figures = None, 0.0, None
+        outcome = SKIPPED if check.optional else NOT_RUN
         if fits(check, elapsed):
             print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
             start = time.monotonic()
-            code = run_one(check.argv, min(check.timeout_s, time_left(elapsed)))
+            try:
+                code = run_one(check.argv, min(check.timeout_s, time_left(elapsed)))
+            except (SystemExit, KeyboardInterrupt):  # a stop signal: recorded, then obeyed
+                results["checks"][check.name] = {"outcome": "interrupted", "exit": None,
+                                                 "seconds": time.monotonic() - start}  # fmt: skip
+                write_results(out_dir, results)
+                raise
             seconds = time.monotonic() - start
             outcome, figures = outcome_of(check, code, out_dir)
         results["checks"][check.name] = {"outcome": outcome, "exit": code, "seconds": seconds}
         write_results(out_dir, results)
-        line = f"  {check.name}: {outcome}" + ("" if outcome == SKIPPED else f" in {seconds:.0f} s")
+        ran = outcome not in (SKIPPED, NOT_RUN)
+        line = f"  {check.name}: {outcome}" + (f" in {seconds:.0f} s" if ran else "")
         lines += [line, *([f"    {figures}"] if figures else [])]
         print("gpu-check:" + line + (f"\n    {figures}" if figures else ""), flush=True)
     print(f"\ngpu-check on {card} (torch {torch.__version__}):", *lines, sep="\n")
@@ -234,10 +272,12 @@ def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
     return 0 if passed else CHECK_FAILED_EXIT_CODE
 
 
-def exit_on_sigterm() -> None:
-    """SIGTERM (a device call's limit) exits: the check in flight ends with everything it
-    started (run_one's clean-up), where Python's default would leave them running."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+def exit_on_stop_signals() -> None:
+    """SIGTERM (a device call's limit), SIGHUP and SIGINT exit: the check in flight ends with
+    everything it started (run_one's clean-up), where Python's default would leave them
+    running."""
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, lambda received, frame: sys.exit(128 + received))
 
 
 def writable_problem(out_dir: Path) -> str | None:
@@ -253,7 +293,8 @@ def writable_problem(out_dir: Path) -> str | None:
 
 
 def main() -> None:
-    began = time.monotonic() - process_age_s()
+    age = process_age_s()
+    began = time.monotonic() - (age if age <= BELIEVED_AGE_S else 0.0)  # else /proc is wrong
     out_dir = Path(os.environ.get("GPU_CHECK_OUT") or "docs").resolve()
     if not torch.cuda.is_available():
         scratch = Path(tempfile.gettempdir(), SCRATCH_PREFIX + "…")
@@ -265,7 +306,7 @@ def main() -> None:
             when = f"(if {check.timeout_s} s of the {BUDGET_S} are left) " if check.optional else ""
             print("  " + when + shlex.join(check.argv))
         return
-    exit_on_sigterm()
+    exit_on_stop_signals()
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as folder:
         scratch = Path(folder)
         problem = writable_problem(out_dir) or install_missing(sys.executable, scratch / "site")

@@ -161,16 +161,78 @@ def test_on_a_gpu_machine_the_checks_run_in_order_and_the_optional_ones_wait_for
 def test_the_8_minutes_count_from_the_process_start_and_a_bench_without_figures_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Importing torch took seconds before the clock started. Here the process is 150 s old at
-    main's start: after the required checks (240 s) only 70 s are left, too few for any optional
-    one. A bench that exits 0 without its JSON is a failure, not a crash of the summary."""
-    ran = fake_gpu_machine(monkeypatch, tmp_path, each_s=80, age_s=150, no_figures="bench-64.json")
+    """Importing torch took seconds before the clock started. Here the process is 100 s old at
+    main's start and each check takes 95 s: after the required checks (285 s) 75 s are left,
+    too few for any optional one. A bench that exits 0 without its JSON is a failure, not a crash of the summary."""
+    ran = fake_gpu_machine(monkeypatch, tmp_path, each_s=95, age_s=100, no_figures="bench-64.json")
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main()
     assert exit_info.value.code == 1 and len(ran) == 3
     results = json.loads((tmp_path / "gpu-check.json").read_text())
     assert results["checks"]["bench 64×64"]["outcome"] == "left no figures"
-    assert "  bench 64×64: left no figures in 80 s" in capsys.readouterr().out
+    assert "  bench 64×64: left no figures in 95 s" in capsys.readouterr().out
+
+
+def test_a_required_check_without_time_fails_the_call_and_a_wrong_age_is_not_believed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each check takes 200 s: the tests end at 300 s into the call (the process 100 s old at
+    main's start), the 224×224 bench gets the 160 s left and the 64×64 bench none: the call
+    fails (it exited 0 with its required checks skipped). A process age of days is /proc's
+    mistake, not believed."""
+    ran = fake_gpu_machine(monkeypatch, tmp_path, each_s=200, age_s=100)
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main()
+    assert exit_info.value.code == 1 and len(ran) == 2
+    checks = json.loads((tmp_path / "gpu-check.json").read_text())["checks"]
+    assert checks["bench 64×64"]["outcome"] == "not run: no time left"
+    ran = fake_gpu_machine(monkeypatch, tmp_path, each_s=80, age_s=86400.0)
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main()
+    assert exit_info.value.code == 0 and len(ran) == 5
+
+
+def test_a_call_cut_short_says_so_and_keeps_no_earlier_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop signal in the second check (SystemExit from gpu-check's handler): the first's
+    outcome, "interrupted", then "pending"; an earlier call's figures are gone from the start."""
+    fake_gpu_machine(monkeypatch, tmp_path, each_s=10)
+    earlier = [tmp_path / "gpu-check-bench-64.json", tmp_path / "gpu-check-profile-64-top-ops.txt"]
+    for path in earlier:
+        path.write_text("an earlier call's")
+    calls = [0]
+
+    def stopped_in_the_second(argv: list[str], timeout_s: float) -> int | None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise SystemExit(143)
+        return 0
+
+    monkeypatch.setattr(gpu_check, "run_one", stopped_in_the_second)
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main()
+    assert exit_info.value.code == 143
+    checks = json.loads((tmp_path / "gpu-check.json").read_text())["checks"]
+    assert [c["outcome"] for c in checks.values()] == [
+        "passed", "interrupted", "pending", "pending", "pending", "pending"
+    ]  # fmt: skip
+    assert not any(path.exists() for path in earlier)
+
+
+def test_a_check_dies_with_gpu_check(tmp_path: Path) -> None:
+    """gpu-check killed outright (SIGKILL: no handler runs) took nothing of its check down: the
+    check runs in a process group of its own. Linux's parent-death signal kills it."""
+    pid_file = tmp_path / "check"
+    check = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    driver = f"import sys; from pipeline import gpu_check; gpu_check.run_one([sys.executable, '-c', {check!r}], 120)"
+    proc = _started(pid_file, driver)
+    proc.kill()
+    proc.wait(timeout=30)
+    pid, deadline = int(pid_file.read_text()), time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
 
 
 def test_a_folder_the_figures_cannot_go_to_is_one_line_before_anything_runs(
@@ -223,7 +285,7 @@ def test_a_stop_of_gpu_check_ends_the_check_in_flight_with_what_it_started(
     pid_file = tmp_path / "grandchild"
     check = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
              f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")  # fmt: skip
-    driver = ("import sys; from pipeline import gpu_check; gpu_check.exit_on_sigterm(); "
+    driver = ("import sys; from pipeline import gpu_check; gpu_check.exit_on_stop_signals(); "
               f"gpu_check.run_one([sys.executable, '-c', {check!r}], 120)")  # fmt: skip
     proc = _started(pid_file, driver)
     proc.send_signal(signal.SIGTERM)
