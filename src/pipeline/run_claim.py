@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config_limits import disk_problems
 from pipeline.override_checks import compose, has_key
@@ -74,6 +76,32 @@ def run_dir_of(overrides: list[str]) -> Path:
     return Path(str(OverridesParser.create().parse_override(line).value()))
 
 
+def resolved_run_dir(config_name: str, overrides: list[str]) -> tuple[list[str], list[str]]:
+    """A hydra.run.dir the user gave with an interpolation (`${oc.env:HOME}/runs/a`), pinned to
+    the folder it names, as Hydra would resolve it: (overrides, problems). The claim, the lock
+    and the checks for a run already there acted on a literal folder `${oc.env:HOME}/runs/a` in
+    the working directory while the run went to the home folder. A folder whose name holds `${`
+    itself cannot be a run directory: Hydra reads it as an interpolation when it names train.log."""
+    line = next(o for o in reversed(overrides) if o.startswith("hydra.run.dir="))
+    if "${" not in line:
+        return overrides, []
+    given = line.split("=", 1)[1]
+    if "\\${" not in line:  # an interpolation, not a literal ${ (which Hydra cannot take)
+        try:
+            folder = OmegaConf.select(
+                compose(config_name, overrides, with_hydra=True), "hydra.run.dir"
+            )
+        except (OmegaConfBaseException, HydraException) as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return overrides, [f"hydra.run.dir={given} cannot be resolved: {why}"]
+        if "${" not in str(folder):
+            return [*overrides, override("hydra.run.dir", folder)], []
+    return overrides, [
+        f"hydra.run.dir={given}: a folder whose name holds '${{' cannot be a run directory "
+        "(Hydra reads it as an interpolation when it names train.log); choose another folder"
+    ]
+
+
 def empty_run_dir(overrides: list[str]) -> bool:
     """Whether the command line's last hydra.run.dir= is empty (bare, or empty quotes)."""
     given = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
@@ -92,6 +120,10 @@ def own_run_dir(
             "hydra.run.dir is empty, which would write the run into the working directory; "
             "name a folder, e.g. hydra.run.dir=outputs/my-run"
         ]
+    if explicit:
+        overrides, problems = resolved_run_dir(config_name, overrides)
+        if problems:
+            return overrides, problems
     existed = explicit and run_dir_of(overrides).exists()
     overrides, problems = claim_planned_run_dir(config_name, overrides)
     if problems or not is_launch_rank_zero():
