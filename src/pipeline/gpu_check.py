@@ -71,6 +71,7 @@ SKIPPED = "skipped: not enough of the 8 minutes left"  # an optional check: fail
 NOT_RUN = "not run: no time left"  # a required check: fails the call
 BELIEVED_AGE_S = 120  # a process age past this at gpu-check's start is /proc's mistake
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 # A temporary folder's: the installed packages, the profiled run.
 SCRATCH_PREFIX = "pipeline-gpu-check-"
 
@@ -154,10 +155,14 @@ def _own_group_dying_with_parent(libc: ctypes.CDLL | None) -> Callable[[], None]
     """The check process's set-up, between fork and exec: a process group of its own, and a
     SIGKILL when gpu-check dies (Linux's PR_SET_PDEATHSIG), killed itself or not."""
 
+    parent = os.getpid()
+
     def preexec() -> None:
         os.setpgrp()
         if libc is not None:
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:  # gpu-check died before the signal was asked for
+                os._exit(1)
 
     return preexec
 
@@ -179,10 +184,14 @@ def run_one(argv: list[str], timeout_s: float) -> int | None:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return None
-    finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    finally:  # a second stop signal waits until the group is killed
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def bench_summary(name: str, figures: dict[str, Any]) -> str:
@@ -226,48 +235,60 @@ def outcome_of(check: Check, code: int | None, out_dir: Path) -> tuple[str, str 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> None:
     """gpu-check.json as it stands (after every check: a call cut short keeps what was done)."""
-    try:
-        (out_dir / "gpu-check.json").write_text(json.dumps(results, indent=2) + "\n")
+    path = out_dir / "gpu-check.json"
+    try:  # whole or not at all: a signal mid-write left it empty
+        path.with_suffix(".json.tmp").write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(path.with_suffix(".json.tmp"), path)
     except OSError as exc:
         print(f"gpu-check: cannot write {out_dir / 'gpu-check.json'}: {exc}", flush=True)
 
 
-def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
-    """Each check in turn while the budget allows, its outcome printed and gpu-check.json
-    rewritten as it ends; then the summary. Every check's earlier figures are deleted first,
-    and gpu-check.json says "pending" until a check has run, "interrupted" for one a signal
-    ended. The exit code: 0 if every required check passed and every optional one that ran."""
-    card = torch.cuda.get_device_name(0)
-    results: dict[str, Any] = {"card": card, "torch": torch.__version__, "checks": {}}
+def start_results(checks: list[Check], out_dir: Path) -> dict[str, Any]:
+    """gpu-check.json before anything runs: every check "pending", and every check's figures
+    of an earlier call deleted (none may pass for this one's, whatever stops it)."""
+    results: dict[str, Any] = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    results["checks"] = {
+        c.name: {"outcome": "pending", "exit": None, "seconds": 0.0} for c in checks
+    }
     for check in checks:
-        results["checks"][check.name] = {"outcome": "pending", "exit": None, "seconds": 0.0}
-        for stale in check.outputs(out_dir):  # an earlier call's: none may pass for this one's
+        for stale in check.outputs(out_dir):
             stale.unlink(missing_ok=True)
     write_results(out_dir, results)
+    return results
+
+
+def run_checks(checks: list[Check], began: float, out_dir: Path, results: dict[str, Any]) -> int:
+    """Each check in turn while the budget allows, its outcome printed and gpu-check.json
+    rewritten as it starts ("running": one left so was killed outright) and as it ends
+    ("interrupted" for one a stop signal ended); then the summary. The exit code: 0 if every
+    required check passed and every optional one that ran."""
     lines: list[str] = []
     for check in checks:
         elapsed = time.monotonic() - began
         code, seconds, figures = None, 0.0, None
         outcome = SKIPPED if check.optional else NOT_RUN
-        if fits(check, elapsed):
-            print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
-            start = time.monotonic()
-            try:
-                code = run_one(check.argv, min(check.timeout_s, time_left(elapsed)))
-            except (SystemExit, KeyboardInterrupt):  # a stop signal: recorded, then obeyed
-                results["checks"][check.name] = {"outcome": "interrupted", "exit": None,
-                                                 "seconds": time.monotonic() - start}  # fmt: skip
+        start = time.monotonic()
+        try:
+            if fits(check, elapsed):
+                print(f"gpu-check: {check.name}: {shlex.join(check.argv)}", flush=True)
+                results["checks"][check.name] = {"outcome": "running", "exit": None,
+                                                 "seconds": 0.0, "started_s": elapsed}  # fmt: skip
                 write_results(out_dir, results)
-                raise
-            seconds = time.monotonic() - start
-            outcome, figures = outcome_of(check, code, out_dir)
+                code = run_one(check.argv, min(check.timeout_s, time_left(elapsed)))
+                seconds = time.monotonic() - start
+                outcome, figures = outcome_of(check, code, out_dir)
+        except (SystemExit, KeyboardInterrupt):  # a stop signal: recorded, then obeyed
+            results["checks"][check.name] = {"outcome": "interrupted", "exit": None,
+                                             "seconds": time.monotonic() - start}  # fmt: skip
+            write_results(out_dir, results)
+            raise
         results["checks"][check.name] = {"outcome": outcome, "exit": code, "seconds": seconds}
         write_results(out_dir, results)
         ran = outcome not in (SKIPPED, NOT_RUN)
         line = f"  {check.name}: {outcome}" + (f" in {seconds:.0f} s" if ran else "")
         lines += [line, *([f"    {figures}"] if figures else [])]
         print("gpu-check:" + line + (f"\n    {figures}" if figures else ""), flush=True)
-    print(f"\ngpu-check on {card} (torch {torch.__version__}):", *lines, sep="\n")
+    print(f"\ngpu-check on {results['card']} (torch {results['torch']}):", *lines, sep="\n")
     passed = all(r["outcome"] in ("passed", SKIPPED) for r in results["checks"].values())
     return 0 if passed else CHECK_FAILED_EXIT_CODE
 
@@ -275,8 +296,9 @@ def run_checks(checks: list[Check], began: float, out_dir: Path) -> int:
 def exit_on_stop_signals() -> None:
     """SIGTERM (a device call's limit), SIGHUP and SIGINT exit: the check in flight ends with
     everything it started (run_one's clean-up), where Python's default would leave them
-    running."""
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    running. (SIGKILL cannot be caught: the check's own process dies with gpu-check, by the
+    parent-death signal, but what it started lives on until the device call's own clean-up.)"""
+    for signum in STOP_SIGNALS:
         signal.signal(signum, lambda received, frame: sys.exit(128 + received))
 
 
@@ -307,13 +329,19 @@ def main() -> None:
             print("  " + when + shlex.join(check.argv))
         return
     exit_on_stop_signals()
+    problem = writable_problem(out_dir)
+    if problem:
+        print(f"gpu-check: {problem}", file=sys.stderr)
+        sys.exit(CHECK_FAILED_EXIT_CODE)
     with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX) as folder:
         scratch = Path(folder)
-        problem = writable_problem(out_dir) or install_missing(sys.executable, scratch / "site")
+        checks = plan(sys.executable, out_dir, scratch)
+        results = start_results(checks, out_dir)
+        problem = install_missing(sys.executable, scratch / "site")
         if problem:
             print(f"gpu-check: {problem}", file=sys.stderr)
             sys.exit(CHECK_FAILED_EXIT_CODE)
-        sys.exit(run_checks(plan(sys.executable, out_dir, scratch), began, out_dir))
+        sys.exit(run_checks(checks, began, out_dir, results))
 
 
 if __name__ == "__main__":

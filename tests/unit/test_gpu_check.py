@@ -202,10 +202,13 @@ def test_a_call_cut_short_says_so_and_keeps_no_earlier_figures(
     for path in earlier:
         path.write_text("an earlier call's")
     calls = [0]
+    seen: list[str] = []
 
     def stopped_in_the_second(argv: list[str], timeout_s: float) -> int | None:
         calls[0] += 1
-        if calls[0] == 2:
+        if calls[0] == 2:  # what a SIGKILL now would leave: this check "running"
+            checks = json.loads((tmp_path / "gpu-check.json").read_text())["checks"]
+            seen.extend(c["outcome"] for c in checks.values())
             raise SystemExit(143)
         return 0
 
@@ -218,6 +221,21 @@ def test_a_call_cut_short_says_so_and_keeps_no_earlier_figures(
         "passed", "interrupted", "pending", "pending", "pending", "pending"
     ]  # fmt: skip
     assert not any(path.exists() for path in earlier)
+    assert seen == ["passed", "running", "pending", "pending", "pending", "pending"]
+
+
+def test_a_failed_install_leaves_no_earlier_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_gpu_machine(monkeypatch, tmp_path, each_s=10)
+    earlier = tmp_path / "gpu-check-bench-224.json"
+    earlier.write_text("an earlier call's")
+    monkeypatch.setattr(gpu_check, "install_missing", lambda python, site: "no wheels")
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main()
+    assert exit_info.value.code == 1 and not earlier.exists()
+    checks = json.loads((tmp_path / "gpu-check.json").read_text())["checks"]
+    assert {c["outcome"] for c in checks.values()} == {"pending"}
 
 
 def test_a_check_dies_with_gpu_check(tmp_path: Path) -> None:
