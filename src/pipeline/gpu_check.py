@@ -16,19 +16,14 @@ Without CUDA it prints what it would run and exits 0.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gzip
 import json
 import os
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +32,7 @@ import torch
 
 from pipeline.errors import CHECK_FAILED_EXIT_CODE
 from pipeline.gpu_check_install import NEEDED, WANTED, install_command, install_missing, missing
+from pipeline.gpu_check_processes import exit_on_stop_signals, process_age_s, run_one
 from pipeline.layout import PROFILE_DIR, TOP_OPS_FILE, TRACE_FILE
 from pipeline.overrides import override
 
@@ -70,8 +66,6 @@ TESTS_TIMEOUT_S = 220  # with the two required benches' 150 + 90 and the margin:
 SKIPPED = "skipped: not enough of the 8 minutes left"  # an optional check: fails nothing
 NOT_RUN = "not run: no time left"  # a required check: fails the call
 BELIEVED_AGE_S = 120  # a process age past this at gpu-check's start is /proc's mistake
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 # A temporary folder's: the installed packages, the profiled run.
 SCRATCH_PREFIX = "pipeline-gpu-check-"
 
@@ -138,60 +132,6 @@ def keep_profile(run_dir: Path, out_dir: Path) -> bool:
         shutil.copyfile(top_ops, out_dir / PROFILE_TOP_OPS)
     shutil.rmtree(run_dir, ignore_errors=True)
     return kept
-
-
-def process_age_s() -> float:
-    """Seconds since this process started (Linux's /proc; 0 where it cannot tell): importing
-    torch takes seconds of gpu-check's 8 minutes."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        started_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
-        return max(0.0, float(Path("/proc/uptime").read_text().split()[0]) - started_s)
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _own_group_dying_with_parent(libc: ctypes.CDLL | None) -> Callable[[], None]:
-    """The check process's set-up, between fork and exec: a process group of its own, and a
-    SIGKILL when gpu-check dies (Linux's PR_SET_PDEATHSIG), killed itself or not."""
-
-    parent = os.getpid()
-
-    def preexec() -> None:
-        os.setpgrp()
-        if libc is not None:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:  # gpu-check died before the signal was asked for
-                os._exit(1)
-
-    return preexec
-
-
-def run_one(argv: list[str], timeout_s: float) -> int | None:
-    """`argv`'s exit status, or None if it outlived `timeout_s`. It runs in a process group of
-    its own, killed when it ends, with whatever it left running (a timed-out test's runs, a
-    bench's workers), so that nothing of it holds the GPU during the next check; it dies with
-    gpu-check too."""
-    try:
-        libc: ctypes.CDLL | None = (
-            ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
-        )
-    except OSError:
-        libc = None
-    # gpu-check has no threads: preexec_fn cannot race one
-    proc = subprocess.Popen(argv, preexec_fn=_own_group_dying_with_parent(libc))
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return None
-    finally:  # a second stop signal waits until the group is killed
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def bench_summary(name: str, figures: dict[str, Any]) -> str:
@@ -291,15 +231,6 @@ def run_checks(checks: list[Check], began: float, out_dir: Path, results: dict[s
     print(f"\ngpu-check on {results['card']} (torch {results['torch']}):", *lines, sep="\n")
     passed = all(r["outcome"] in ("passed", SKIPPED) for r in results["checks"].values())
     return 0 if passed else CHECK_FAILED_EXIT_CODE
-
-
-def exit_on_stop_signals() -> None:
-    """SIGTERM (a device call's limit), SIGHUP and SIGINT exit: the check in flight ends with
-    everything it started (run_one's clean-up), where Python's default would leave them
-    running. (SIGKILL cannot be caught: the check's own process dies with gpu-check, by the
-    parent-death signal, but what it started lives on until the device call's own clean-up.)"""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda received, frame: sys.exit(128 + received))
 
 
 def writable_problem(out_dir: Path) -> str | None:

@@ -280,6 +280,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _starts_a_sleep(pid_file: Path) -> str:
+    """Python code that starts a `sleep 60` of its own, writes its pid to `pid_file`, and
+    sleeps: a check that leaves a process running."""
+    return (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")  # fmt: skip
+
+
 def _gone(pid: int, within_s: float = 10) -> bool:
     """Whether `pid` ends within `within_s` (a SIGKILL to a group is delivered to each of its
     processes in its own time: only the direct child is waited for)."""
@@ -292,10 +299,8 @@ def _gone(pid: int, within_s: float = 10) -> bool:
 def test_a_check_that_outlives_its_time_is_killed_with_what_it_started(tmp_path: Path) -> None:
     """A timed-out `pytest -m gpu` left its runs holding the GPU through the next checks."""
     pid_file = tmp_path / "grandchild"
-    code = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")  # fmt: skip
     start = time.monotonic()
-    assert run_one([sys.executable, "-c", code], timeout_s=3) is None
+    assert run_one([sys.executable, "-c", _starts_a_sleep(pid_file)], timeout_s=3) is None
     assert time.monotonic() - start < 30
     assert _gone(int(pid_file.read_text()))
     assert run_one([sys.executable, "-c", "raise SystemExit(7)"], timeout_s=30) == 7
@@ -307,8 +312,7 @@ def test_a_stop_of_gpu_check_ends_the_check_in_flight_with_what_it_started(
     """SIGTERM (the device call's limit) to gpu-check: the check's process group is killed, not
     left running on the GPU in a group of its own."""
     pid_file = tmp_path / "grandchild"
-    check = (f"import subprocess, time; p = subprocess.Popen(['sleep', '60']); "
-             f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")  # fmt: skip
+    check = _starts_a_sleep(pid_file)
     driver = ("import sys; from pipeline import gpu_check; gpu_check.exit_on_stop_signals(); "
               f"gpu_check.run_one([sys.executable, '-c', {check!r}], 120)")  # fmt: skip
     proc = _started(pid_file, driver)

@@ -68,10 +68,35 @@ def test_the_bar_counts_batches_to_the_last_step_under_accumulation(
     assert "6/6" in capsys.readouterr().out
 
 
+def _one_weight_module() -> Any:
+    """The pipeline's module (it keeps train/loss for the bar) around one weight."""
+    from pipeline.model import ResNetClassifier
+
+    return ResNetClassifier(
+        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
+        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
+        channels_last=False,
+    )  # fmt: skip
+
+
+def _fit_one_weight(tmp_path: Path, callbacks: list[pl.Callback], *, logger: Any, max_steps: int,
+                    log_every_n_steps: int, samples: int) -> None:  # fmt: skip
+    """The pipeline's module around one weight, fitted with `callbacks` on `samples` random
+    pairs, 2 a batch."""
+    module = _one_weight_module()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=max_steps, log_every_n_steps=log_every_n_steps,
+        logger=logger, callbacks=callbacks, enable_checkpointing=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    data = torch.utils.data.TensorDataset(torch.rand(samples, 1), torch.rand(samples, 1))
+    trainer.fit(module, DataLoader(data, batch_size=2))
+
+
 def test_the_bar_sees_the_loss_of_the_step_it_draws(tmp_path: Path) -> None:
     """Lightning calls the callbacks' batch-end hooks before the module's: the module keeps
     train/loss in training_step, so the bar (a callback) draws this step's, not the last one's."""
-    from pipeline.model import ResNetClassifier, logged_metric
+    from pipeline.model import logged_metric
 
     seen: list[tuple[float, float]] = []
 
@@ -82,11 +107,7 @@ def test_the_bar_sees_the_loss_of_the_step_it_draws(tmp_path: Path) -> None:
                 (float(shown) if shown is not None else float("nan"), float(module._step_loss))
             )
 
-    module = ResNetClassifier(
-        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
-        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
-        channels_last=False,
-    )  # fmt: skip
+    module = _one_weight_module()
     trainer = pl.Trainer(
         accelerator="cpu", max_steps=3, log_every_n_steps=1, logger=False,
         callbacks=[SeesWhatTheBarSees()], enable_checkpointing=False, enable_progress_bar=False,
@@ -106,7 +127,7 @@ def test_an_epochs_bar_line_shows_its_last_logged_loss_where_no_validation_follo
     its end, so the epoch's line shows that step's loss (it showed the step before it)."""
     from helpers import Recorder
     from pipeline.callbacks.step_scalar_writer import StepScalarWriter
-    from pipeline.model import TRAIN_LOSS, ResNetClassifier
+    from pipeline.model import TRAIN_LOSS
 
     bar = ProgressBar(leave=True)
     shown: list[float] = []
@@ -115,21 +136,10 @@ def test_an_epochs_bar_line_shows_its_last_logged_loss_where_no_validation_follo
         def on_train_epoch_end(self, trainer: pl.Trainer, module: Any) -> None:
             shown.append(bar.get_metrics(trainer, module)[TRAIN_LOSS])
 
-    module = ResNetClassifier(
-        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
-        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
-        channels_last=False,
-    )  # fmt: skip
     recorder = Recorder()
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=5, log_every_n_steps=1, logger=recorder,
-        callbacks=[StepScalarWriter(), bar, AtEpochEnd()], enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    data = torch.utils.data.TensorDataset(torch.rand(6, 1), torch.rand(6, 1))
-    trainer.fit(
-        module, DataLoader(data, batch_size=2)
-    )  # 3 batches an epoch: epoch 0 ends at step 2
+    # 3 batches an epoch: epoch 0 ends at step 2
+    _fit_one_weight(tmp_path, [StepScalarWriter(), bar, AtEpochEnd()], logger=recorder,
+                    max_steps=5, log_every_n_steps=1, samples=6)  # fmt: skip
     losses = dict(recorder.tag(TRAIN_LOSS))
     assert sorted(losses) == [0, 1, 2, 3, 4]
     assert shown[0] == losses[2]
@@ -144,7 +154,7 @@ def test_the_bar_never_reads_the_device_before_a_step_is_written(tmp_path: Path)
 
     from helpers import Recorder
     from pipeline.callbacks.step_scalar_writer import StepScalarWriter
-    from pipeline.model import TRAIN_LOSS, ResNetClassifier
+    from pipeline.model import TRAIN_LOSS
 
     class CountsReads(TorchDispatchMode):
         reads = 0
@@ -163,19 +173,9 @@ def test_the_bar_never_reads_the_device_before_a_step_is_written(tmp_path: Path)
             with CountsReads():
                 shown.append(bar.get_metrics(trainer, module))
 
-    module = ResNetClassifier(
-        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
-        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
-        channels_last=False,
-    )  # fmt: skip
     recorder = Recorder()
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=recorder,
-        callbacks=[StepScalarWriter(), bar, AtBatchEnd()], enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    data = torch.utils.data.TensorDataset(torch.rand(8, 1), torch.rand(8, 1))
-    trainer.fit(module, DataLoader(data, batch_size=2))
+    _fit_one_weight(tmp_path, [StepScalarWriter(), bar, AtBatchEnd()], logger=recorder,
+                    max_steps=4, log_every_n_steps=2, samples=8)  # fmt: skip
     losses = dict(recorder.tag(TRAIN_LOSS))
     assert sorted(losses) == [1, 3]  # logging steps: every 2nd
     assert CountsReads.reads == 1  # the run's last step only (training done: the module's value)
@@ -186,7 +186,7 @@ def test_without_a_logger_the_bar_shows_the_modules_loss(tmp_path: Path) -> None
     """With logger=none nothing is written, so nothing reaches the step queue: the bar showed no
     loss until the run's last step. It reads the module's value there, when new."""
     from pipeline.callbacks.step_scalar_writer import StepScalarWriter
-    from pipeline.model import TRAIN_LOSS, ResNetClassifier
+    from pipeline.model import TRAIN_LOSS
 
     bar = ProgressBar(leave=True)
     shown: list[Any] = []
@@ -195,16 +195,6 @@ def test_without_a_logger_the_bar_shows_the_modules_loss(tmp_path: Path) -> None
         def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
             shown.append(bar.get_metrics(trainer, module).get(TRAIN_LOSS))
 
-    module = ResNetClassifier(
-        net=nn.Linear(1, 1), loss_fn=torch.nn.functional.mse_loss,
-        optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), scheduler_kwargs={"name": "none"},
-        channels_last=False,
-    )  # fmt: skip
-    trainer = pl.Trainer(
-        accelerator="cpu", max_steps=4, log_every_n_steps=2, logger=False,
-        callbacks=[StepScalarWriter(), bar, AtBatchEnd()], enable_checkpointing=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
-    data = torch.utils.data.TensorDataset(torch.rand(8, 1), torch.rand(8, 1))
-    trainer.fit(module, DataLoader(data, batch_size=2))
+    _fit_one_weight(tmp_path, [StepScalarWriter(), bar, AtBatchEnd()], logger=False,
+                    max_steps=4, log_every_n_steps=2, samples=8)  # fmt: skip
     assert shown[0] is None and all(isinstance(v, float) for v in shown[1:]), shown
