@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 NOT_REPRODUCED_EXIT_CODE = 1  # replay: the step stayed finite
-CHECK_FAILED_EXIT_CODE = 1  # gpu-check: one of its checks failed
+CHECK_FAILED_EXIT_CODE = 1  # gpu-check: a check failed, or it could not start (out folder, install)
 CONFIG_ERROR_EXIT_CODE = 2
 DIVERGED_EXIT_CODE = 3
 GRADIENT_CHECK_EXIT_CODE = 4
