@@ -49,7 +49,8 @@ from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
 from pipeline.weights import is_torchvision_weights
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
-BF16_ON_CPU_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")  # 16-mixed runs as bf16 on a CPU
+# 16-mixed runs as bf16 on a CPU (pipeline.eval; training refuses it there)
+BF16_ON_CPU_PRECISIONS = ("bf16-mixed", "bf16-true", "16-mixed")
 NONFINITE_MODES = ("raise", "warn", "off")
 SCHEDULERS = ("none", "cosine", "step")
 _ABSENT = object()
@@ -124,8 +125,11 @@ RULES: tuple[Rule, ...] = (
 )  # fmt: skip
 
 
-def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str]:
-    """Every problem in a composed train config, one line each; empty when it can run."""
+def validate(
+    cfg: DictConfig, *, cuda_available: bool | None = None, training: bool = True
+) -> list[str]:
+    """Every problem in a composed train config, one line each; empty when it can run.
+    `training=False` (pipeline.eval): what only training needs is not asked of it."""
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     found = problems(cfg, RULES)
@@ -137,10 +141,10 @@ def validate(cfg: DictConfig, *, cuda_available: bool | None = None) -> list[str
         precision=value(cfg, "precision"),
         on_cuda=is_cuda_run(str(value(cfg, "device.accelerator")), cuda_available),
     )
-    found += _data_problems(cfg, cuda_available)
+    found += _data_problems(cfg, cuda_available, training)
     found += _model_problems(cfg)
     found += _cuda_graph_problems(cfg, cuda_available)
-    found += _device_problems(cfg, cuda_available)
+    found += _device_problems(cfg, cuda_available, training)
     found += trainer_problems(value(cfg, "trainer"), already=found)
     if not any(key_of(p).startswith(("trainer.", "data.", "device")) for p in found):
         found += config_limits.epoch_problems(
@@ -168,11 +172,12 @@ def _world_size(cfg: DictConfig, cuda_available: bool) -> int:
     return config_limits.processes(cfg, torch.cuda.device_count() if cuda_available else 0)
 
 
-def _data_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
-    """What the sizes leave for BatchNorm and the last batch; a C++ compiler for data.compile."""
+def _data_problems(cfg: DictConfig, cuda_available: bool, training: bool) -> list[str]:
+    """What the sizes leave for BatchNorm and the last batch in training (evaluation normalises
+    by the running statistics: a batch of one image is fine); a C++ compiler for data.compile."""
     found = []
     size, batch = value(cfg, "data.image_size"), value(cfg, "data.batch_size")
-    if is_int(size) and is_int(batch) and size >= 1 and batch >= 1:
+    if training and is_int(size) and is_int(batch) and size >= 1 and batch >= 1:
         if batch * resnet_final_size(size) ** 2 < 2:
             found.append(
                 f"data.image_size={size} with data.batch_size={batch} leaves 1 value per channel in "
@@ -252,10 +257,16 @@ def _model_problems(cfg: DictConfig) -> list[str]:
     return found
 
 
-def _device_problems(cfg: DictConfig, cuda_available: bool) -> list[str]:
-    """A GPU device needs a GPU; SyncBatchNorm needs CUDA."""
+def _device_problems(cfg: DictConfig, cuda_available: bool, training: bool) -> list[str]:
+    """A GPU device needs a GPU; SyncBatchNorm needs CUDA; training in 16-mixed needs CUDA."""
     found = []
     accel, name = value(cfg, "device.accelerator"), value(cfg, "device.name")
+    if training and value(cfg, "precision") == "16-mixed" and is_cpu_run(accel, cuda_available):
+        found.append(
+            f"precision=16-mixed on a CPU (device={name}): float16 autocast is CUDA's, and Lightning "
+            "would train in bf16-mixed instead while the run says 16-mixed; set "
+            "precision=bf16-mixed, or train on a GPU"
+        )
     if accel == "gpu" and not cuda_available:
         found.append(
             f"device={name} needs a CUDA GPU, but torch sees none (torch.cuda.is_available() is False); "

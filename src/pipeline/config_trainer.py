@@ -28,6 +28,12 @@ OWNED_TRAINER_ARGS = {
     "enable_progress_bar": "callbacks.progress_bar=false",
     "default_root_dir": "hydra.run.dir=…",
 }
+# Trainer arguments that would break the run directory's contract; refused where set to anything on.
+BREAKS_THE_RUN_DIR = {
+    "fast_dev_run": "turns off the loggers and checkpoints (the run directory would hold neither "
+    "tensorboard/ nor checkpoints/last.ckpt); for a smoke run use debug=fast, or set "
+    "trainer.max_steps=N",
+}
 PIPELINE_TRAINER_KEYS = ("detect_nonfinite",)  # ours, popped before lightning.Trainer sees them
 
 
@@ -50,6 +56,8 @@ def trainer_problems(trainer: Any, already: list[str]) -> list[str]:
             found.append(
                 f"trainer.{key} is set by the pipeline; use {OWNED_TRAINER_ARGS[key]} instead"
             )
+        elif key in BREAKS_THE_RUN_DIR and trainer[key] not in (False, 0, None):
+            found.append(f"trainer.{key}={hydra_value(trainer[key])} {BREAKS_THE_RUN_DIR[key]}")
         elif key not in known:
             close = [k for k in sorted(known) if k.startswith(key[:4])][:4]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""

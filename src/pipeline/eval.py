@@ -130,7 +130,7 @@ def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
         return problems
     keys = overridden_keys(overrides)
     run_cfg, problems = run_config_for_eval(cfg, keys)
-    problems += validate(run_cfg)
+    problems += validate(run_cfg, training=False)
     if "trainer.limit_val_batches" in keys and not problems:
         problems += scores_nothing_problems(run_cfg)
     return problems

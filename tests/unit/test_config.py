@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from pipeline.build import build_module
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.config_dir import config_groups, group_options
@@ -560,9 +561,55 @@ def test_under_16_mixed_on_cuda_the_optimizer_is_not_fused() -> None:
         "multiplied by the loss scale; use optimizer.fused=auto (not fused under 16-mixed) or "
         "precision=bf16-mixed"
     ]
-    assert (
-        validate(compose("train", ["precision=16-mixed", "optimizer.fused=true"])) == []
-    )  # CPU: bf16
+    on_cpu = compose("train", ["precision=16-mixed", "optimizer.fused=true", "device=cpu"])
+    assert validate(on_cpu, training=False) == []  # eval on a CPU: bf16, no GradScaler
+    assert [p.split(":")[0] for p in validate(on_cpu)] == [
+        "precision=16-mixed on a CPU (device=cpu)"
+    ]
+
+
+def test_16_mixed_on_a_cpu_is_refused_for_training() -> None:
+    """Lightning swaps it for bf16-mixed on a CPU, while the start line, hparams and the run's
+    config all said 16-mixed; evaluation (no GradScaler, nothing recorded as trained) takes it."""
+    refused = (
+        "precision=16-mixed on a CPU (device=cpu): float16 autocast is CUDA's, and Lightning "
+        "would train in bf16-mixed instead while the run says 16-mixed; set "
+        "precision=bf16-mixed, or train on a GPU"
+    )
+    assert validate(compose("train", ["precision=16-mixed", "device=cpu"])) == [refused]
+    ddp_cpu = validate(compose("train", ["precision=16-mixed", "device=ddp_cpu"]))
+    assert [p.split(":")[0] for p in ddp_cpu] == ["precision=16-mixed on a CPU (device=ddp_cpu)"]
+    auto = compose("train", ["precision=16-mixed"])
+    assert validate(auto, cuda_available=False) == [refused.replace("device=cpu", "device=auto")]
+    from pipeline.config import _device_problems
+
+    assert _device_problems(auto, cuda_available=True, training=True) == []  # CUDA's autocast
+    assert validate(compose("train", ["precision=16-mixed", "device=cpu"]), training=False) == []
+    assert validate(compose("train", ["precision=bf16-mixed", "device=cpu"])) == []
+
+
+def test_a_batch_of_one_is_refused_for_training_not_for_evaluation() -> None:
+    """Evaluation normalises by BatchNorm's running statistics: one image at 32×32 scores."""
+    cfg = compose("train", ["data.image_size=32", "data.batch_size=1", "device=cpu"])
+    (problem,) = validate(cfg)
+    assert "leaves 1 value per channel in ResNet18's last BatchNorm (training needs > 1)" in problem
+    assert validate(cfg, training=False) == []
+    module = build_module(cfg).eval()
+    with torch.no_grad():
+        assert torch.isfinite(module(torch.rand(1, 3, 32, 32))).all()
+
+
+def test_fast_dev_run_is_refused_it_would_leave_no_tensorboard_or_checkpoint() -> None:
+    problems = validate(compose("train", ["+trainer.fast_dev_run=true", "device=cpu"]))
+    assert problems == [
+        "trainer.fast_dev_run=true turns off the loggers and checkpoints (the run directory would "
+        "hold neither tensorboard/ nor checkpoints/last.ckpt); for a smoke run use debug=fast, or "
+        "set trainer.max_steps=N"
+    ]
+    assert validate(compose("train", ["+trainer.fast_dev_run=3", "device=cpu"]))[0].startswith(
+        "trainer.fast_dev_run=3 turns off"
+    )
+    assert validate(compose("train", ["+trainer.fast_dev_run=false", "device=cpu"])) == []
 
 
 def test_cuda_graphs_with_gradient_accumulation_are_refused_on_cuda(
