@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config_limits import disk_problems
+from pipeline.launch_rank import is_launch_rank_zero
 from pipeline.override_checks import compose, has_key
 from pipeline.overrides import override, shell_word
 from pipeline.rundir import (
@@ -21,7 +22,6 @@ from pipeline.rundir import (
     claim_run_dir,
     hand_over_run_dir,
     holds_run,
-    is_launch_rank_zero,
     is_slurm_requeue,
     lock_run_dir,
     receive_run_dir,

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
+import shutil
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,7 @@ def claim_run_dir(wanted: Path) -> Path:
             candidate.mkdir()
         except FileExistsError:
             continue
+        _created_here.add(candidate.resolve())
         return candidate
     raise FileExistsError(f"{wanted} and {MAX_SUFFIX - 1} numbered variants all exist")
 
@@ -99,22 +102,21 @@ def receive_run_dir(timeout_s: float) -> Path:
 
 
 LOCK_FILE = ".lock"
+_created_here: set[Path] = set()  # run directories this process made (not there before it)
 _held_locks: list[
     Any
 ] = []  # open lock files: a run directory stays claimed while this process lives
 
 
+def created_here() -> list[Path]:
+    """The run directories this process made (claim_run_dir, lock_run_dir), resolved: they held
+    nothing before it."""
+    return sorted(_created_here)
+
+
 def holds_run(path: Path) -> bool:
     """Whether `path` already holds a run (its config or its checkpoints)."""
     return any((path / marker).exists() for marker in RUN_MARKERS)
-
-
-def is_launch_rank_zero() -> bool:
-    """Whether this process is the one that owns the run directory: not a process Lightning,
-    torchrun or SLURM started as another rank (they use the directory rank 0 claimed)."""
-    return all(
-        os.environ.get(v, "0") == "0" for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
-    )
 
 
 def is_slurm_requeue() -> bool:
@@ -130,7 +132,9 @@ def lock_run_dir(run_dir: Path) -> None:
     """Claim `run_dir` for this process's lifetime: an exclusive flock on `<run_dir>/.lock`,
     which the kernel releases when the process ends, however it ends (kill -9 included), so a
     dead run never keeps its directory. Raises RunDirInUse naming the holder's pid."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not run_dir.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _created_here.add(run_dir.resolve())
     handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open until the process ends)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -144,6 +148,19 @@ def lock_run_dir(run_dir: Path) -> None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _held_locks.append(handle)
+
+
+def discard_run_dir(run_dir: Path) -> None:
+    """Remove a run directory this process made and everything in it (a run stopped before it
+    trained): the log files into it closed first, then the claim released."""
+    for name in [None, *logging.Logger.manager.loggerDict]:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+            if Path(handler.baseFilename).resolve().is_relative_to(run_dir.resolve()):
+                logger.removeHandler(handler)
+                handler.close()
+    release_run_dir(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def release_run_dir(run_dir: Path) -> None:

@@ -6,11 +6,18 @@ checkpoints/last.ckpt) and prints where it is at the end.
 
 from __future__ import annotations
 
+# Before the imports below: a stop signal in the seconds torch and Lightning take is recorded too.
+if __name__ == "__main__":  # python -m pipeline.train
+    from pipeline import early_signals as _early
+
+    _early.install()
+
 import logging
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
 import lightning.pytorch as pl
@@ -18,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import build, cli, report
+from pipeline import build, cli, early_signals, report
 from pipeline.callbacks import HydraFilesAtStart, Provenance, graceful_stop_of
 from pipeline.checkpoints import read_checkpoint
 from pipeline.config import validate, warnings_for
@@ -36,10 +43,11 @@ from pipeline.errors import (
     is_out_of_memory,
     stopped_by_signal_exit_code,
 )
+from pipeline.launch_rank import is_launch_rank_zero
 from pipeline.layout import HYDRA_DIR, LAST_CHECKPOINT
 from pipeline.overrides import shell_word
 from pipeline.provenance import provenance
-from pipeline.rundir import is_launch_rank_zero
+from pipeline.rundir import created_here, discard_run_dir
 
 log = logging.getLogger(__name__)
 report.silence_known_warnings()
@@ -61,10 +69,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     for note in warnings_for(cfg):
         log.warning(note)
     trainer: pl.Trainer | None = None
+    early_signals.rearm()  # a sweep's next job: a stop signal before it trains stops the sweep
     try:
+        stop_if_signalled(run_dir)
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build.build_datamodule(cfg)
         module = build.build_module(cfg)
+        stop_if_signalled(run_dir)  # later, GracefulStop takes it: a stop after the first step
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         trainer = build.build_trainer(
             cfg,
@@ -91,7 +102,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.train")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
+    except KeyboardInterrupt:  # a second Ctrl-C before fit (early_signals)
+        if not early_signals.forced():
+            raise
+        stop_before_training(run_dir, signal.SIGINT, forced=True)
     except SystemExit:  # Lightning's exit(1) after a KeyboardInterrupt: a second Ctrl-C's?
+        if early_signals.forced():  # during Lightning's setup, before training
+            stop_before_training(run_dir, signal.SIGINT, forced=True)
         forced = graceful_stop_of(trainer) if trainer is not None else None
         if forced is None or not forced.forced:
             raise
@@ -146,6 +163,35 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
 
 
+def stop_if_signalled(run_dir: Path) -> None:
+    """A stop signal since the command started (early_signals): stop before training."""
+    if (signum := early_signals.received()) is not None:
+        stop_before_training(run_dir, signum, forced=False)
+
+
+def stop_before_training(run_dir: Path, signum: int, *, forced: bool) -> NoReturn:
+    """One line, and the exit of a stop by `signum`; a run directory this command made, holding
+    nothing trained, is removed (nothing half-written is left), any other is left as it was."""
+    how = (
+        "stopped at once by a second Ctrl-C"
+        if forced
+        else f"stopped by {signal.Signals(signum).name}"
+    )
+    if (
+        is_launch_rank_zero()
+        and run_dir.resolve() in created_here()
+        and not (run_dir / LAST_CHECKPOINT).exists()
+    ):
+        discard_run_dir(run_dir)
+        message = f"{how} before training started; nothing was trained, and {run_dir} is removed"
+    else:
+        message = f"{how} before training started; nothing was trained; {resume_line(run_dir)}"
+        report.log_to_file(message, with_traceback=False)
+    if is_launch_rank_zero():
+        report.show_error("pipeline.train", message)
+    sys.exit(stopped_by_signal_exit_code(signum))
+
+
 def deferred_hydra_files(cfg: DictConfig, run_dir: Path) -> list[pl.Callback]:
     """A resume told Hydra not to rewrite `.hydra/` (cli.py): write it once training starts."""
     hydra_cfg = HydraConfig.get()
@@ -196,7 +242,27 @@ def out_of_memory_message(cfg: DictConfig) -> str:
 
 def main() -> None:
     """Console entry point `pipeline-train`."""
-    cli.run(train, "train", "pipeline.train", validate)
+    early_signals.install()
+    try:
+        if (signum := early_signals.received()) is not None:  # during the imports
+            name = signal.Signals(signum).name
+            report.show_error("pipeline.train", f"stopped by {name} before training started")
+            sys.exit(stopped_by_signal_exit_code(signum))
+        cli.run(train, "train", "pipeline.train", validate)
+    except KeyboardInterrupt:  # a second Ctrl-C outside run()'s try: before or around Hydra's job
+        if not early_signals.forced():
+            raise
+        removed = [d for d in created_here() if not (d / LAST_CHECKPOINT).exists()]
+        for run_dir in removed:  # nothing trained in it
+            discard_run_dir(run_dir)
+        report.show_error(
+            "pipeline.train",
+            "stopped at once by a second Ctrl-C before training started"
+            + "".join(f"; {d} is removed" for d in removed),
+        )
+        sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
+    finally:
+        early_signals.uninstall()
 
 
 if __name__ == "__main__":

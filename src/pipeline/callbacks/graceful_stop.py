@@ -29,11 +29,12 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from pipeline import early_signals
 from pipeline.collectives import max_over_processes_queued
+from pipeline.early_signals import STOP_SIGNALS
 from pipeline.host_reads import HostRead
 from pipeline.logging_steps import is_due, training_is_done
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 DDP_CHECK_EVERY = 8  # optimizer steps between the ranks' agreement on the flag
 
 
@@ -68,6 +69,12 @@ class GracefulStop(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._queued = None  # a fit of its own
+        # A signal since the command's start (early_signals) stops the run after its first step.
+        # Lightning's own SIGTERM handler, which ran too if it came during its setup, would end
+        # the run at the epoch's end with an exception that exits 0: this stop is the one.
+        if (early := early_signals.take()) is not None:
+            self.received = early
+            trainer._signal_connector.received_sigterm = False
         # After Lightning's own SIGTERM handler is registered, so this one replaces it.
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}

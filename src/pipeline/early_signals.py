@@ -1,0 +1,99 @@
+"""Ctrl-C (SIGINT) and SIGTERM from `python -m pipeline.train`'s start to its first step.
+
+Before training starts no GracefulStop is listening: a Ctrl-C raised KeyboardInterrupt wherever
+the program was (a traceback from inside the model's build, or, in a finalizer or a callback
+from C, a KeyboardInterrupt Python prints and drops: the run trained to its end). From `install`
+on, a stop signal is only recorded; the program asks `received()` between its phases and stops
+with one line, and the run's GracefulStop `take`s a signal that arrived during Lightning's setup
+(it stops after the first step, saving it). A second Ctrl-C raises KeyboardInterrupt at once
+(`forced()` says so). Once taken, the handler passes signals on to the handler it replaced.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from pipeline.launch_rank import is_launch_rank_zero
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
+_received: list[int] = []  # the first stop signal, while armed
+_state = {"armed": False, "forced": False}
+
+
+def install() -> None:
+    """Record stop signals from now until `take()` (main thread only; a second call is a no-op)."""
+    if _replaced or threading.current_thread() is not threading.main_thread():
+        return
+    _received.clear()
+    _state.update(armed=True, forced=False)
+    for s in STOP_SIGNALS:
+        _replaced[s] = signal.signal(s, _handle)
+
+
+def uninstall() -> None:
+    """Put back the handlers `install()` replaced, where its own is still in (the command's end:
+    a process that called main(), a notebook's, keeps no handler of ours)."""
+    for s, previous in _replaced.items():
+        if signal.getsignal(s) == _handle:
+            signal.signal(s, previous)
+    _replaced.clear()
+    _received.clear()
+    _state.update(armed=False, forced=False)
+
+
+def rearm() -> None:
+    """Record again once taken, as from `install()` (a sweep's next job); nothing where never
+    installed, or not yet taken (what arrived before the first job is kept)."""
+    if _replaced and not _state["armed"]:
+        _received.clear()
+        _state.update(armed=True, forced=False)
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    if not _state["armed"]:
+        _pass_on(signum, frame)
+    elif _received and _received[0] == signal.SIGINT == signum:
+        _state["forced"] = True
+        raise KeyboardInterrupt  # asked twice: stop now
+    elif not _received:
+        _received.append(signum)
+        if is_launch_rank_zero():  # a phase before training can be long (a download, a wait)
+            name = signal.Signals(signum).name
+            again = "; Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
+            os.write(
+                2, f"pipeline.train: {name}: stopping before training starts{again}\n".encode()
+            )
+
+
+def _pass_on(signum: int, frame: FrameType | None) -> None:
+    """What the replaced handler would have done: call it, ignore, or the default action."""
+    previous = _replaced.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # delivered again, to the default action
+
+
+def received() -> int | None:
+    """The stop signal that arrived since `install()` and before `take()`, or None."""
+    return _received[0] if _state["armed"] and _received else None
+
+
+def forced() -> bool:
+    """Whether a second Ctrl-C before training raised KeyboardInterrupt."""
+    return _state["forced"]
+
+
+def take() -> int | None:
+    """Training starts (GracefulStop listens from here): the signal recorded so far, if any; from
+    now on the handler passes signals on."""
+    signum = received()
+    _state["armed"] = False
+    return signum
