@@ -20,6 +20,7 @@ from hydra.core.override_parser.types import Override, ValueType
 from hydra.errors import HydraException
 from omegaconf import DictConfig
 
+from pipeline import report
 from pipeline.config_dir import config_groups
 from pipeline.config_rules import hydra_value
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
@@ -35,7 +36,7 @@ from pipeline.override_checks import (
     unparsable,
     unresolvable,
 )
-from pipeline.resume import expand_resume
+from pipeline.resume import expand_resume, restart_line
 from pipeline.run_claim import own_run_dir
 
 __all__ = ["command_line", "compose", "preflight", "prepare", "report_problems", "run"]
@@ -156,7 +157,10 @@ def prepare(
     overrides, problems = preflight(config_name, resume.overrides, multirun, validate)
     if problems or multirun:
         return overrides, problems
-    return own_run_dir(config_name, overrides, resume.run_dir)
+    overrides, problems = own_run_dir(config_name, overrides, resume.run_dir)
+    if resume.restart and resume.run_dir is not None and not problems:
+        report.show_line(restart_line(resume.run_dir))
+    return overrides, problems
 
 
 _typed: list[str] = []  # the command line as typed, before run() rewrites sys.argv

@@ -27,6 +27,11 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings(
         "ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended"
     )
+    # A resume= writes into its own checkpoints/ (a new run's directory is refused if it holds a
+    # run); ckpt_path= from another run into a new one rightly keeps none of that run's step-file
+    # list (a resume= of this run prunes only its own files): every resume said one of these.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from ")
 
 
 def route_lightning_logs_to_hydra() -> None:

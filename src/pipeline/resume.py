@@ -14,7 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS, SAVED_OVERRIDES
-from pipeline.overrides import override
+from pipeline.overrides import override, shell_word
 
 RESUME_KEY = "resume="
 DEFER_HYDRA_FILES = "hydra.output_subdir=null"
@@ -56,11 +56,12 @@ class Resume:
     overrides: list[str]
     run_dir: Path | None  # the run being resumed; None without resume=
     problems: list[str]
+    restart: bool = False  # the run saved no checkpoint: it starts again from step 0 there
 
 
 def expand_resume(overrides: list[str]) -> Resume:
     """`resume=<run dir>` → that run's saved overrides, then the command line's, then its
-    last.ckpt and its directory."""
+    last.ckpt and its directory; a run that saved no checkpoint starts again there (`restart`)."""
     wanted = [o for o in overrides if o.startswith(RESUME_KEY)]
     if not wanted:
         return Resume(overrides, None, [])
@@ -79,10 +80,11 @@ def expand_resume(overrides: list[str]) -> Resume:
             f"resume={given} is not a run directory (it has no {SAVED_OVERRIDES}); "
             "give a run's folder under outputs/, e.g. resume=outputs/2026-11-25/21-32-58"
         ])  # fmt: skip
-    if not ckpt.is_file():
+    restart = not ckpt.is_file()
+    if restart and any(ckpt.parent.glob("*.ckpt")):  # a kill between a step file and last.ckpt
         return Resume(overrides, None, [
-            f"resume={given}: the run saved no checkpoint yet ({LAST_CHECKPOINT} is missing), so there "
-            "is nothing to continue from; start it again without resume="
+            f"resume={given}: the run has step checkpoints but no {LAST_CHECKPOINT}; continue from "
+            f"one of them with ckpt_path=<it> hydra.run.dir=<a new folder>"
         ])  # fmt: skip
     rest = [o for o in overrides if not o.startswith(RESUME_KEY)]
     given_again = {_key(o) for o in rest}  # the command line's win: not the saved ones beside them
@@ -95,10 +97,20 @@ def expand_resume(overrides: list[str]) -> Resume:
         [
             *previous,
             *rest,
-            override("ckpt_path", ckpt),
+            *([] if restart else [override("ckpt_path", ckpt)]),
             override("hydra.run.dir", run_dir),
             DEFER_HYDRA_FILES,
         ],
         run_dir,
         [],
+        restart,
+    )
+
+
+def restart_line(run_dir: Path) -> str:
+    """What a resume of a run that saved no checkpoint does (a stop or a kill before its first)."""
+    return (
+        f"{shell_word(f'resume={run_dir}')}: the run saved no checkpoint, so it starts again from step 0 in that "
+        "directory, with its own overrides (its earlier logs stay; TensorBoard shows the new steps "
+        "in their place)"
     )

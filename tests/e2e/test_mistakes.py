@@ -134,14 +134,60 @@ def test_a_kill_mid_epoch_loses_at_most_the_timed_checkpoint_interval(
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_resume_of_a_run_killed_before_its_first_checkpoint_says_so(
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again_there(
     tmp_path: Path, torch_home: Path
 ) -> None:
+    """It said "start it again without resume=", and the same hydra.run.dir was then refused
+    as holding a run: a dead end (hostile review). It now starts again from step 0 there, with
+    the run's own overrides."""
     run_dir = tmp_path / "outputs" / "d" / "t"
     (run_dir / ".hydra").mkdir(parents=True)
-    (run_dir / ".hydra" / "overrides.yaml").write_text("- loss=mse\n")
+    saved = "".join(f"- {o}\n" for o in [*SHORT, "loss=mse", "trainer.max_steps=2"])
+    (run_dir / ".hydra" / "overrides.yaml").write_text(saved)
+    again = run_cli("pipeline.train", [f"resume={run_dir}"], tmp_path, torch_home)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resume={run_dir}: the run saved no checkpoint, so it starts again from step 0" in (
+        again.stdout
+    )
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 2
+    assert "- loss=mse" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    step_file = run_dir / "checkpoints" / "step-000001.ckpt"  # a kill between it and last.ckpt
+    (run_dir / "checkpoints" / "last.ckpt").rename(step_file)
     [problem] = problems_of(run_cli("pipeline.train", [f"resume={run_dir}"], tmp_path, torch_home))
-    assert "saved no checkpoint yet" in problem
+    assert problem.endswith("has step checkpoints but no checkpoints/last.ckpt; continue from "
+                            "one of them with ckpt_path=<it> hydra.run.dir=<a new folder>")  # fmt: skip
+
+
+def caught_signals(pid: int) -> int:
+    """The process's mask of signals it has handlers for (/proc/<pid>/status, SigCgt)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(
+        next(line for line in status.splitlines() if line.startswith("SigCgt:")).split()[1], 16
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_while_it_imports_stops_it_with_one_line_and_writes_nothing(
+    tmp_path: Path, torch_home: Path, signum: int
+) -> None:
+    """Before training no GracefulStop listened: a Ctrl-C was a traceback from wherever the
+    program was, or (in a finalizer, or with SIGINT ignored as a shell's background job has it)
+    nothing at all: the run trained to its end (hostile review). Sent once the handler is in
+    (its SIGTERM bit in SigCgt), while torch and Lightning import (seconds)."""
+    proc = start_cli("pipeline.train", SHORT, tmp_path, torch_home, fresh_interpreter=True)
+    deadline = time.monotonic() + 30
+    while not caught_signals(proc.pid) & (1 << (signal.SIGTERM - 1)):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, err[-2000:]
+    assert (
+        err.strip().splitlines()[-1] == f"pipeline.train: stopped by {name} before training started"
+    )
+    assert "Traceback" not in err and not (tmp_path / "outputs").exists()
 
 
 def test_numbers_out_of_any_range_and_bad_trainer_values_are_one_line_each(
