@@ -23,15 +23,17 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
 _received: list[int] = []  # the first stop signal, while armed
-_state = {"armed": False, "forced": False}
+_state = {"armed": False, "forced": False, "importing": False}
 
 
-def install() -> None:
-    """Record stop signals from now until `take()` (main thread only; a second call is a no-op)."""
+def install(*, importing: bool = False) -> None:
+    """Record stop signals from now until `take()` (main thread only; a second call is a no-op).
+    `importing`: until `imported()`, a second Ctrl-C ends the process at once, with one line
+    (nothing is written before the command's main starts)."""
     if _replaced or threading.current_thread() is not threading.main_thread():
         return
     _received.clear()
-    _state.update(armed=True, forced=False)
+    _state.update(armed=True, forced=False, importing=importing)
     for s in STOP_SIGNALS:
         _replaced[s] = signal.signal(s, _handle)
 
@@ -44,7 +46,7 @@ def uninstall() -> None:
             signal.signal(s, previous)
     _replaced.clear()
     _received.clear()
-    _state.update(armed=False, forced=False)
+    _state.update(armed=False, forced=False, importing=False)
 
 
 def rearm() -> None:
@@ -60,15 +62,18 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _pass_on(signum, frame)
     elif _received and _received[0] == signal.SIGINT == signum:
         _state["forced"] = True
+        if _state["importing"]:  # no try of ours to catch it yet: a traceback from an import
+            os.write(
+                2, b"pipeline.train: stopped at once by a second Ctrl-C before training started\n"
+            )
+            os._exit(128 + signal.SIGINT)
         raise KeyboardInterrupt  # asked twice: stop now
     elif not _received:
         _received.append(signum)
         if is_launch_rank_zero():  # a phase before training can be long (a download, a wait)
             name = signal.Signals(signum).name
-            again = "; Ctrl-C again to stop at once" if signum == signal.SIGINT else ""
-            os.write(
-                2, f"pipeline.train: {name}: stopping before training starts{again}\n".encode()
-            )
+            again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
+            os.write(2, f"pipeline.train: {name} received; stopping{again}\n".encode())
 
 
 def _pass_on(signum: int, frame: FrameType | None) -> None:
@@ -79,6 +84,11 @@ def _pass_on(signum: int, frame: FrameType | None) -> None:
     elif previous == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)  # delivered again, to the default action
+
+
+def imported() -> None:
+    """The command's main has started: a second Ctrl-C raises KeyboardInterrupt, which it catches."""
+    _state["importing"] = False
 
 
 def received() -> int | None:

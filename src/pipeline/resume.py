@@ -56,7 +56,7 @@ class Resume:
     overrides: list[str]
     run_dir: Path | None  # the run being resumed; None without resume=
     problems: list[str]
-    restart: bool = False  # the run saved no checkpoint: it starts again from step 0 there
+    restart: bool = False  # the run saved no checkpoint: it starts again there, as it started
 
 
 def expand_resume(overrides: list[str]) -> Resume:
@@ -88,10 +88,10 @@ def expand_resume(overrides: list[str]) -> Resume:
         ])  # fmt: skip
     rest = [o for o in overrides if not o.startswith(RESUME_KEY)]
     given_again = {_key(o) for o in rest}  # the command line's win: not the saved ones beside them
-    previous = [
+    previous = [  # a restart keeps the run's own ckpt_path=: the state it started from
         str(o)
         for o in OmegaConf.load(saved)
-        if not str(o).startswith(NOT_CARRIED) and _key(str(o)) not in given_again
+        if (restart or not str(o).startswith(NOT_CARRIED)) and _key(str(o)) not in given_again
     ]
     return Resume(
         [
@@ -110,7 +110,7 @@ def expand_resume(overrides: list[str]) -> Resume:
 def restart_line(run_dir: Path) -> str:
     """What a resume of a run that saved no checkpoint does (a stop or a kill before its first)."""
     return (
-        f"{shell_word(f'resume={run_dir}')}: the run saved no checkpoint, so it starts again from step 0 in that "
-        "directory, with its own overrides (its earlier logs stay; TensorBoard shows the new steps "
-        "in their place)"
+        f"{shell_word(f'resume={run_dir}')}: the run saved no checkpoint, so it starts again in "
+        "that directory from where it started, with its own overrides (the earlier attempt's "
+        "TensorBoard events stay beside the new ones)"
     )

@@ -114,6 +114,11 @@ def created_here() -> list[Path]:
     return sorted(_created_here)
 
 
+def forget_created() -> None:
+    """The command has ended: what it made is no longer removable as unused by this process."""
+    _created_here.clear()
+
+
 def holds_run(path: Path) -> bool:
     """Whether `path` already holds a run (its config or its checkpoints)."""
     return any((path / marker).exists() for marker in RUN_MARKERS)
@@ -161,6 +166,7 @@ def discard_run_dir(run_dir: Path) -> None:
                 handler.close()
     release_run_dir(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
+    _created_here.discard(run_dir.resolve())
 
 
 def release_run_dir(run_dir: Path) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 if __name__ == "__main__":  # python -m pipeline.train
     from pipeline import early_signals as _early
 
-    _early.install()
+    _early.install(importing=True)
 
 import logging
 import signal
@@ -47,7 +47,7 @@ from pipeline.launch_rank import is_launch_rank_zero
 from pipeline.layout import HYDRA_DIR, LAST_CHECKPOINT
 from pipeline.overrides import shell_word
 from pipeline.provenance import provenance
-from pipeline.rundir import created_here, discard_run_dir
+from pipeline.rundir import created_here, discard_run_dir, forget_created
 
 log = logging.getLogger(__name__)
 report.silence_known_warnings()
@@ -164,8 +164,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
 
 
 def stop_if_signalled(run_dir: Path) -> None:
-    """A stop signal since the command started (early_signals): stop before training."""
-    if (signum := early_signals.received()) is not None:
+    """A stop signal since the command started (early_signals): stop before training. On a rank
+    Lightning or torchrun started, the run's GracefulStop takes it, and every rank stops at the
+    same step (a rank that left alone would leave the others waiting for it, then killed)."""
+    if is_launch_rank_zero() and (signum := early_signals.received()) is not None:
         stop_before_training(run_dir, signum, forced=False)
 
 
@@ -243,8 +245,10 @@ def out_of_memory_message(cfg: DictConfig) -> str:
 def main() -> None:
     """Console entry point `pipeline-train`."""
     early_signals.install()
+    early_signals.imported()
     try:
-        if (signum := early_signals.received()) is not None:  # during the imports
+        signum = early_signals.received() if is_launch_rank_zero() else None  # other ranks: below
+        if signum is not None:  # during the imports
             name = signal.Signals(signum).name
             report.show_error("pipeline.train", f"stopped by {name} before training started")
             sys.exit(stopped_by_signal_exit_code(signum))
@@ -257,12 +261,12 @@ def main() -> None:
             discard_run_dir(run_dir)
         report.show_error(
             "pipeline.train",
-            "stopped at once by a second Ctrl-C before training started"
-            + "".join(f"; {d} is removed" for d in removed),
+            "stopped at once by a second Ctrl-C" + "".join(f"; {d} is removed" for d in removed),
         )
         sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
     finally:
         early_signals.uninstall()
+        forget_created()  # a later command in this process (a notebook's) removes none of these
 
 
 if __name__ == "__main__":

@@ -33,3 +33,21 @@ def test_a_key_given_again_replaces_the_saved_one(tmp_path: Path) -> None:
     (run / LAST_CHECKPOINT).write_bytes(b"")
     expanded = expand_resume([f"resume={run}", "trainer.max_epochs=4", "optimizer=sgd"])
     assert expanded.overrides[:3] == ["loss=mse", "trainer.max_epochs=4", "optimizer=sgd"]
+
+
+def test_a_restart_starts_from_where_the_run_started_its_ckpt_path_kept(tmp_path: Path) -> None:
+    """A run started from another run's checkpoint, killed before its first save: the restart
+    dropped its ckpt_path= (a resume sets its own) and trained from scratch (hostile review)."""
+    run = tmp_path / "run"
+    (run / SAVED_OVERRIDES).parent.mkdir(parents=True)
+    (run / SAVED_OVERRIDES).write_text("- loss=mse\n- ckpt_path=/runs/base/last.ckpt\n")
+    expanded = expand_resume([f"resume={run}"])
+    assert expanded.restart and expanded.problems == []
+    assert "ckpt_path=/runs/base/last.ckpt" in expanded.overrides
+    (run / LAST_CHECKPOINT).parent.mkdir(parents=True)
+    (run / LAST_CHECKPOINT).write_bytes(b"")
+    resumed = expand_resume([f"resume={run}"])
+    assert not resumed.restart
+    assert [o for o in resumed.overrides if o.startswith("ckpt_path=")] == [
+        f"ckpt_path={run / LAST_CHECKPOINT}"
+    ]

@@ -147,3 +147,6 @@ class GracefulStop(pl.Callback):
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
+        # The command's end, or a sweep's next job (Hydra composes it before its run starts): a
+        # stop signal is recorded again, and the next job stops before it trains.
+        early_signals.rearm()

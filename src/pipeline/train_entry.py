@@ -1,0 +1,13 @@
+"""The `pipeline-train` command: a stop signal is recorded from its first line, before torch and
+Lightning import (seconds), as `python -m pipeline.train` records it (early_signals)."""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from pipeline import early_signals
+
+    early_signals.install(importing=True)
+    from pipeline.train import main as train_main
+
+    train_main()
