@@ -73,7 +73,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         if is_launch_rank_zero():  # a phase before training can be long (a download, a wait)
             name = signal.Signals(signum).name
             again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-            os.write(2, f"pipeline.train: {name} received; stopping{again}\n".encode())
+            os.write(2, f"pipeline.train: {name} received{again}\n".encode())
 
 
 def _pass_on(signum: int, frame: FrameType | None) -> None:

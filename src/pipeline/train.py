@@ -143,6 +143,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             "pipeline.train", f"a process of this DDP run failed, died or timed out: {first}"
         )
         sys.exit(PROCESS_FAILED_EXIT_CODE)
+    if stopped is not None and stopped.received is None:  # after the fit's end (re-armed)
+        stopped.received = early_signals.received()
     if stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
         if stopped.stopped_at_step is None:

@@ -203,7 +203,7 @@ def test_a_stop_signal_while_it_imports_stops_it_with_one_line_and_writes_nothin
     again = " (Ctrl-C again to stop at once)" if signals[0] == signal.SIGINT else ""
     how = "stopped at once by a second Ctrl-C" if len(signals) == 2 else f"stopped by {name}"
     assert err.splitlines() == [
-        f"pipeline.train: {name} received; stopping{again}",
+        f"pipeline.train: {name} received{again}",
         f"pipeline.train: {how} before training started",
     ]
     assert not (tmp_path / "outputs").exists()
