@@ -23,7 +23,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
 _received: list[int] = []  # the first stop signal, while armed
-_state = {"armed": False, "forced": False, "importing": False}
+_state = {"armed": False, "forced": False, "importing": False, "after": False}
 
 
 def install(*, importing: bool = False) -> None:
@@ -33,7 +33,7 @@ def install(*, importing: bool = False) -> None:
     if _replaced or threading.current_thread() is not threading.main_thread():
         return
     _received.clear()
-    _state.update(armed=True, forced=False, importing=importing)
+    _state.update(armed=True, forced=False, importing=importing, after=False)
     for s in STOP_SIGNALS:
         _replaced[s] = signal.signal(s, _handle)
 
@@ -46,15 +46,38 @@ def uninstall() -> None:
             signal.signal(s, previous)
     _replaced.clear()
     _received.clear()
-    _state.update(armed=False, forced=False, importing=False)
+    _state.update(armed=False, forced=False, importing=False, after=False)
 
 
 def rearm() -> None:
-    """Record again once taken, as from `install()` (a sweep's next job); nothing where never
-    installed, or not yet taken (what arrived before the first job is kept)."""
-    if _replaced and not _state["armed"]:
+    """A run starts (a sweep's next job too): record again if taken, as from `install()`; what
+    arrived before it (since the last fit's end, or the command's start) is kept. Nothing where
+    never installed."""
+    if not _replaced:
+        return
+    if not _state["armed"]:
         _received.clear()
         _state.update(armed=True, forced=False)
+    _state["after"] = False
+
+
+def ended() -> None:
+    """A fit has ended (GracefulStop, at its train end or teardown): record again, as after
+    training, until the command's end or the next job's run. Passed on instead, a Ctrl-C in
+    Lightning's teardown was its exit 1 with no line, a SIGTERM the default action's kill."""
+    if _replaced and not _state["armed"]:
+        _received.clear()
+        _state.update(armed=True, forced=False, after=True)
+
+
+def after_training() -> bool:
+    """Whether the record is of the time after a fit's end (`ended`), not before training."""
+    return _state["after"]
+
+
+def clear() -> None:
+    """The signal recorded so far has been reported: record the next one afresh."""
+    _received.clear()
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
@@ -97,7 +120,7 @@ def received() -> int | None:
 
 
 def forced() -> bool:
-    """Whether a second Ctrl-C before training raised KeyboardInterrupt."""
+    """Whether a second Ctrl-C (before training, or after a fit's end) raised KeyboardInterrupt."""
     return _state["forced"]
 
 

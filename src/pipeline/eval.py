@@ -9,6 +9,7 @@ outputs/eval/YYYY-MM-DD/HH-MM-SS/.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.config import checkpoint_problems, validate
 from pipeline.config_dir import CONFIG_DIR, config_groups
 from pipeline.config_limits import limited_batches
-from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, stopped_by_signal_exit_code
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 from pipeline.settings import resolved
 
@@ -195,7 +196,11 @@ def main() -> None:
     if problems:
         cli.report_problems(problems, "pipeline.eval")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
+    try:
+        cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
+    except KeyboardInterrupt:  # while it checks or loads (in Lightning's loop: its exit 1)
+        report.show_error("pipeline.eval", "stopped by SIGINT; nothing was scored")
+        sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
 
 
 if __name__ == "__main__":

@@ -257,13 +257,17 @@ def main() -> None:
     if importlib.util.find_spec("optuna") is None:
         report.show_error(PROGRAM, "needs Optuna; install it with: pip install -e '.[search]'")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    from pipeline.search_run import SearchStopped, open_study, run_trials, show_result
+    try:  # a Ctrl-C while it checks the space and opens the study: one line, not a traceback
+        from pipeline.search_run import SearchStopped, open_study, run_trials, show_result
 
-    plan, problems = make_plan(argv)
+        plan, problems = make_plan(argv)
+        study, problems = open_study(plan) if plan is not None else (None, problems)
+    except KeyboardInterrupt:
+        report.show_error(PROGRAM, "stopped by SIGINT before its first trial")
+        sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
     if plan is None:
         cli.report_problems(problems, PROGRAM)
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    study, problems = open_study(plan)
     if study is None:
         cli.report_problems(problems, PROGRAM)
         sys.exit(CONFIG_ERROR_EXIT_CODE)

@@ -107,6 +107,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
             raise
         stop_before_training(run_dir, signal.SIGINT, forced=True)
     except SystemExit:  # Lightning's exit(1) after a KeyboardInterrupt: a second Ctrl-C's?
+        if early_signals.forced() and early_signals.after_training():  # in Lightning's teardown
+            stop_as_it_ended(run_dir)
         if early_signals.forced():  # during Lightning's setup, before training
             stop_before_training(run_dir, signal.SIGINT, forced=True)
         forced = graceful_stop_of(trainer) if trainer is not None else None
@@ -145,6 +147,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
         sys.exit(PROCESS_FAILED_EXIT_CODE)
     if stopped is not None and stopped.received is None:  # after the fit's end (re-armed)
         stopped.received = early_signals.received()
+        early_signals.clear()  # said below; one after this, at the command's end
     if stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
         if stopped.stopped_at_step is None:
@@ -163,6 +166,16 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
                 report.show_error("pipeline.train", message)
             sys.exit(stopped_by_signal_exit_code(stopped.received))
     report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
+
+
+def stop_as_it_ended(run_dir: Path) -> NoReturn:
+    """A second Ctrl-C after the run's last step, in Lightning's teardown: one line, exit 130."""
+    cut = "stopped at once by a second Ctrl-C as the run was ending"
+    message = forced_stop_message(run_dir, None, cut=cut)
+    report.log_to_file(message, with_traceback=False)
+    if is_launch_rank_zero():
+        report.show_error("pipeline.train", message)
+    sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
 
 
 def stop_if_signalled(run_dir: Path) -> None:
@@ -218,16 +231,19 @@ def resume_line(run_dir: Path) -> str:
     return f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
 
 
-def forced_stop_message(run_dir: Path, stopped_at_step: int | None) -> str:
+def forced_stop_message(
+    run_dir: Path,
+    stopped_at_step: int | None,
+    cut: str = "stopped at once by a second Ctrl-C, mid-step, saving nothing",
+) -> str:
     """What a second Ctrl-C left: the first one's save, if it was done (`stopped_at_step`), else
-    whatever last.ckpt holds from before (its step read from the file)."""
+    whatever last.ckpt holds from before (its step read from the file); `cut`: where it came."""
     if stopped_at_step is not None:
         return (
             f"{stopped_line('SIGINT', stopped_at_step, run_dir)}; a second Ctrl-C cut the run's "
             f"end short; {resume_line(run_dir)}"
         )
     checkpoint = run_dir / LAST_CHECKPOINT
-    cut = "stopped at once by a second Ctrl-C, mid-step, saving nothing"
     try:
         step = read_checkpoint(str(checkpoint))["global_step"]
     except ConfigError:  # none, or not one of ours: nothing to resume from
@@ -255,9 +271,19 @@ def main() -> None:
             report.show_error("pipeline.train", f"stopped by {name} before training started")
             sys.exit(stopped_by_signal_exit_code(signum))
         cli.run(train, "train", "pipeline.train", validate)
+        if (late := early_signals.received()) is not None and is_launch_rank_zero():
+            name = signal.Signals(late).name
+            report.show_line(
+                f"{name} arrived as the run ended: it stopped nothing; the run is complete"
+            )
     except KeyboardInterrupt:  # a second Ctrl-C outside run()'s try: before or around Hydra's job
         if not early_signals.forced():
             raise
+        if early_signals.after_training():  # the run's own files are written
+            report.show_error(
+                "pipeline.train", "stopped at once by a second Ctrl-C as the run ended"
+            )
+            sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
         removed = [d for d in created_here() if not (d / LAST_CHECKPOINT).exists()]
         for run_dir in removed:  # nothing trained in it
             discard_run_dir(run_dir)

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 
@@ -88,7 +89,25 @@ def test_the_runs_graceful_stop_takes_a_signal_from_before_training(
     # Taken at the train start; recorded again from the fit's end (a sweep's next job: Hydra
     # composes it before its run starts, where a Ctrl-C was a traceback through Hydra)
     os.kill(os.getpid(), signal.SIGINT)
-    assert early_signals.received() == signal.SIGINT
+    assert early_signals.received() == signal.SIGINT and early_signals.after_training()
+    early_signals.rearm()  # the next job's run: its record kept, as before its training
+    assert early_signals.received() == signal.SIGINT and not early_signals.after_training()
+
+
+def test_a_ctrl_c_in_lightnings_teardown_stops_nothing(installed: None, tmp_path: Path) -> None:
+    """After the last step, passed on to Python's handler, a Ctrl-C in Lightning's teardown was
+    its exit 1 with no line (third review); now recorded, for the run's closing warning."""
+
+    class CtrlCInTeardown(pl.Callback):
+        def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = compose("train", ["debug=fast", "loss=mse", "trainer.max_steps=2", "logger=none",
+                            "callbacks=minimal", "device=cpu"])  # fmt: skip
+    trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=[CtrlCInTeardown()])
+    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    assert trainer.global_step == 2
+    assert early_signals.received() == signal.SIGINT and early_signals.after_training()
 
 
 def test_a_run_directory_made_here_is_removed_with_its_log_file_closed(tmp_path: Path) -> None:

@@ -139,14 +139,16 @@ class GracefulStop(pl.Callback):
             # collective, at an end every rank reaches), so rank 0 can say the run completed.
             self.received = self._agreed_signal(trainer, now=True)
         self._restore()
+        early_signals.ended()
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._restore()
+        early_signals.ended()
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._restore()
-        # The command's end, or a sweep's next job (Hydra composes it before its run starts): a
-        # stop signal is recorded again, and the next job stops before it trains.
-        early_signals.rearm()
+        # Until the command's end, or a sweep's next job (Hydra composes it before its run
+        # starts): a stop signal is recorded, and that job stops before it trains.
+        early_signals.ended()
