@@ -23,7 +23,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
 _received: list[int] = []  # the first stop signal, while armed
-_state = {"armed": False, "forced": False, "importing": False, "after": False}
+_state = {"armed": False, "forced": False, "importing": False, "after": False, "reported": False}
 
 
 def install(*, importing: bool = False) -> None:
@@ -33,7 +33,7 @@ def install(*, importing: bool = False) -> None:
     if _replaced or threading.current_thread() is not threading.main_thread():
         return
     _received.clear()
-    _state.update(armed=True, forced=False, importing=importing, after=False)
+    _state.update(armed=True, forced=False, importing=importing, after=False, reported=False)
     for s in STOP_SIGNALS:
         _replaced[s] = signal.signal(s, _handle)
 
@@ -46,7 +46,7 @@ def uninstall() -> None:
             signal.signal(s, previous)
     _replaced.clear()
     _received.clear()
-    _state.update(armed=False, forced=False, importing=False, after=False)
+    _state.update(armed=False, forced=False, importing=False, after=False, reported=False)
 
 
 def rearm() -> None:
@@ -57,7 +57,7 @@ def rearm() -> None:
         return
     if not _state["armed"]:
         _received.clear()
-        _state.update(armed=True, forced=False)
+        _state.update(armed=True, forced=False, reported=False)
     _state["after"] = False
 
 
@@ -65,9 +65,17 @@ def ended() -> None:
     """A fit has ended (GracefulStop, at its train end or teardown): record again, as after
     training, until the command's end or the next job's run. Passed on instead, a Ctrl-C in
     Lightning's teardown was its exit 1 with no line, a SIGTERM the default action's kill."""
-    if _replaced and not _state["armed"]:
+    if not _replaced:
+        return
+    if not _state["armed"]:
         _received.clear()
-        _state.update(armed=True, forced=False, after=True)
+        _state.update(armed=True, forced=False, after=True, reported=False)
+    if threading.current_thread() is threading.main_thread():
+        # Ours, not Lightning's SIGTERM handler (GracefulStop put it back), until Lightning's
+        # teardown restores its originals (ours): under DDP that handler kills the other ranks
+        # and broadcasts to them, and a completed run's teardown failed on it (exit 5).
+        for s in STOP_SIGNALS:
+            signal.signal(s, _handle)
 
 
 def after_training() -> bool:
@@ -75,9 +83,14 @@ def after_training() -> bool:
     return _state["after"]
 
 
-def clear() -> None:
-    """The signal recorded so far has been reported: record the next one afresh."""
-    _received.clear()
+def mark_reported() -> None:
+    """The signal recorded has been named to the user (kept: a sweep's next job stops on it)."""
+    _state["reported"] = True
+
+
+def unreported() -> int | None:
+    """The recorded signal, where nothing has named it yet."""
+    return None if _state["reported"] else received()
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:

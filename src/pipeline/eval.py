@@ -164,19 +164,27 @@ def evaluate(cfg: DictConfig) -> None:
         datamodule = build.build_datamodule(run_cfg)
         module = build.build_module(run_cfg)
         trainer_args = resolved(run_cfg.trainer) if "trainer" in run_cfg else {}
+        interrupted = SeesKeyboardInterrupt()
         trainer = pl.Trainer(
             accelerator=run_cfg.device.accelerator,
             devices=1,
             precision=run_cfg.precision,
             logger=build.build_loggers(run_cfg, run_dir) or False,
+            callbacks=[interrupted],
             enable_checkpointing=False,
             enable_model_summary=False,
             default_root_dir=run_dir,
             **{k: v for k, v in trainer_args.items() if f"trainer.{k}" in keys},
         )
-        (metrics,) = trainer.validate(
-            module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True, verbose=False
-        )
+        try:
+            (metrics,) = trainer.validate(
+                module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True,
+                verbose=False,
+            )  # fmt: skip
+        except SystemExit:  # Lightning's exit(1) after a Ctrl-C in its loop: no line of its own
+            if interrupted.seen:
+                raise KeyboardInterrupt from None  # main's one line, exit 130
+            raise
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.eval")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
@@ -189,6 +197,18 @@ def evaluate(cfg: DictConfig) -> None:
     report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
 
 
+class SeesKeyboardInterrupt(pl.Callback):
+    """Whether Lightning's loop ended on a KeyboardInterrupt (which it turns into exit 1)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.seen = self.seen or isinstance(exception, KeyboardInterrupt)
+
+
 def main() -> None:
     """Console entry point `pipeline-eval`."""
     overrides = list(cli.parse_command_line().overrides)
@@ -198,7 +218,7 @@ def main() -> None:
         sys.exit(CONFIG_ERROR_EXIT_CODE)
     try:
         cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
-    except KeyboardInterrupt:  # while it checks or loads (in Lightning's loop: its exit 1)
+    except KeyboardInterrupt:  # while it checks, loads or scores
         report.show_error("pipeline.eval", "stopped by SIGINT; nothing was scored")
         sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
 

@@ -147,7 +147,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
         sys.exit(PROCESS_FAILED_EXIT_CODE)
     if stopped is not None and stopped.received is None:  # after the fit's end (re-armed)
         stopped.received = early_signals.received()
-        early_signals.clear()  # said below; one after this, at the command's end
+        early_signals.mark_reported()  # said below; kept: a sweep's next job stops on it
     if stopped is not None and stopped.received is not None:
         name = signal.Signals(stopped.received).name
         if stopped.stopped_at_step is None:
@@ -171,7 +171,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
 def stop_as_it_ended(run_dir: Path) -> NoReturn:
     """A second Ctrl-C after the run's last step, in Lightning's teardown: one line, exit 130."""
     cut = "stopped at once by a second Ctrl-C as the run was ending"
-    message = forced_stop_message(run_dir, None, cut=cut)
+    message = forced_stop_message(run_dir, None, cut=cut, resume=False)  # it trained to its end
     report.log_to_file(message, with_traceback=False)
     if is_launch_rank_zero():
         report.show_error("pipeline.train", message)
@@ -235,6 +235,7 @@ def forced_stop_message(
     run_dir: Path,
     stopped_at_step: int | None,
     cut: str = "stopped at once by a second Ctrl-C, mid-step, saving nothing",
+    resume: bool = True,
 ) -> str:
     """What a second Ctrl-C left: the first one's save, if it was done (`stopped_at_step`), else
     whatever last.ckpt holds from before (its step read from the file); `cut`: where it came."""
@@ -248,7 +249,9 @@ def forced_stop_message(
         step = read_checkpoint(str(checkpoint))["global_step"]
     except ConfigError:  # none, or not one of ours: nothing to resume from
         return f"{cut}; no checkpoint was saved"
-    return f"{cut}; {checkpoint} holds step {step}; {resume_line(run_dir)}"
+    return f"{cut}; {checkpoint} holds step {step}" + (
+        f"; {resume_line(run_dir)}" if resume else ""
+    )
 
 
 def out_of_memory_message(cfg: DictConfig) -> str:
@@ -271,7 +274,7 @@ def main() -> None:
             report.show_error("pipeline.train", f"stopped by {name} before training started")
             sys.exit(stopped_by_signal_exit_code(signum))
         cli.run(train, "train", "pipeline.train", validate)
-        if (late := early_signals.received()) is not None and is_launch_rank_zero():
+        if (late := early_signals.unreported()) is not None and is_launch_rank_zero():
             name = signal.Signals(late).name
             report.show_line(
                 f"{name} arrived as the run ended: it stopped nothing; the run is complete"

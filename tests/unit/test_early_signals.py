@@ -90,7 +90,9 @@ def test_the_runs_graceful_stop_takes_a_signal_from_before_training(
     # composes it before its run starts, where a Ctrl-C was a traceback through Hydra)
     os.kill(os.getpid(), signal.SIGINT)
     assert early_signals.received() == signal.SIGINT and early_signals.after_training()
-    early_signals.rearm()  # the next job's run: its record kept, as before its training
+    early_signals.mark_reported()  # the job's "arrived too late" warning names it
+    assert early_signals.unreported() is None
+    early_signals.rearm()  # the next job's run: the record kept, and it stops that job
     assert early_signals.received() == signal.SIGINT and not early_signals.after_training()
 
 
@@ -100,13 +102,18 @@ def test_a_ctrl_c_in_lightnings_teardown_stops_nothing(installed: None, tmp_path
 
     class CtrlCInTeardown(pl.Callback):
         def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+            # Ours, not Lightning's SIGTERM handler: under DDP it killed the other ranks and
+            # broadcast to them, and a completed run's teardown failed on it (exit 5)
+            self.sigterm = signal.getsignal(signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGINT)
 
     cfg = compose("train", ["debug=fast", "loss=mse", "trainer.max_steps=2", "logger=none",
                             "callbacks=minimal", "device=cpu"])  # fmt: skip
-    trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=[CtrlCInTeardown()])
+    in_teardown = CtrlCInTeardown()
+    trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=[in_teardown])
     trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
     assert trainer.global_step == 2
+    assert in_teardown.sigterm is early_signals._handle
     assert early_signals.received() == signal.SIGINT and early_signals.after_training()
 
 
