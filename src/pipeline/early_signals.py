@@ -32,8 +32,8 @@ def install(*, importing: bool = False) -> None:
     (nothing is written before the command's main starts)."""
     if _replaced or threading.current_thread() is not threading.main_thread():
         return
-    _received.clear()
-    _state.update(armed=True, forced=False, importing=importing, after=False, reported=False)
+    _arm()
+    _state["importing"] = importing
     for s in STOP_SIGNALS:
         _replaced[s] = signal.signal(s, _handle)
 
@@ -56,8 +56,7 @@ def rearm() -> None:
     if not _replaced:
         return
     if not _state["armed"]:
-        _received.clear()
-        _state.update(armed=True, forced=False, reported=False)
+        _arm()
     _state["after"] = False
 
 
@@ -68,14 +67,19 @@ def ended() -> None:
     if not _replaced:
         return
     if not _state["armed"]:
-        _received.clear()
-        _state.update(armed=True, forced=False, after=True, reported=False)
+        _arm(after=True)
     if threading.current_thread() is threading.main_thread():
         # Ours, not Lightning's SIGTERM handler (GracefulStop put it back), until Lightning's
         # teardown restores its originals (ours): under DDP that handler kills the other ranks
         # and broadcasts to them, and a completed run's teardown failed on it (exit 5).
         for s in STOP_SIGNALS:
             signal.signal(s, _handle)
+
+
+def _arm(*, after: bool = False) -> None:
+    """Record afresh: nothing received, forced or reported yet."""
+    _received.clear()
+    _state.update(armed=True, forced=False, after=after, reported=False)
 
 
 def after_training() -> bool:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from pipeline.layout import RUN_MARKERS
+from pipeline.layout import LAST_CHECKPOINT, RUN_MARKERS
 
 MAX_SUFFIX = 1000
 RUN_DIR_HANDOVER_TIMEOUT_S = 120
@@ -112,6 +112,12 @@ def created_here() -> list[Path]:
     """The run directories this process made (claim_run_dir, lock_run_dir), resolved: they held
     nothing before it."""
     return sorted(_created_here)
+
+
+def untrained_made_here() -> list[Path]:
+    """The run directories this process made (claim_run_dir, lock_run_dir), resolved, that hold
+    no last.ckpt: nothing was in them before it, and nothing it trained is."""
+    return [d for d in created_here() if not (d / LAST_CHECKPOINT).exists()]
 
 
 def forget_created() -> None:

@@ -47,7 +47,7 @@ from pipeline.launch_rank import is_launch_rank_zero
 from pipeline.layout import HYDRA_DIR, LAST_CHECKPOINT
 from pipeline.overrides import shell_word
 from pipeline.provenance import provenance
-from pipeline.rundir import created_here, discard_run_dir, forget_created
+from pipeline.rundir import discard_run_dir, forget_created, untrained_made_here
 
 log = logging.getLogger(__name__)
 report.silence_known_warnings()
@@ -194,11 +194,7 @@ def stop_before_training(run_dir: Path, signum: int, *, forced: bool) -> NoRetur
         if forced
         else f"stopped by {signal.Signals(signum).name}"
     )
-    if (
-        is_launch_rank_zero()
-        and run_dir.resolve() in created_here()
-        and not (run_dir / LAST_CHECKPOINT).exists()
-    ):
+    if is_launch_rank_zero() and run_dir.resolve() in untrained_made_here():
         discard_run_dir(run_dir)
         message = f"{how} before training started; nothing was trained, and {run_dir} is removed"
     else:
@@ -287,7 +283,7 @@ def main() -> None:
                 "pipeline.train", "stopped at once by a second Ctrl-C as the run ended"
             )
             sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
-        removed = [d for d in created_here() if not (d / LAST_CHECKPOINT).exists()]
+        removed = untrained_made_here()
         for run_dir in removed:  # nothing trained in it
             discard_run_dir(run_dir)
         report.show_error(
