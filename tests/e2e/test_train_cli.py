@@ -135,6 +135,7 @@ def test_help_lists_groups_and_options(tmp_path: Path, torch_home: Path) -> None
     assert "optimizer: adam, adamw, rmsprop, sgd" in result.stdout
     assert "device: auto, cpu, ddp, ddp_cpu, gpu" in result.stdout
     assert "batch_size: 32" in result.stdout
+    assert "resume=latest" in result.stdout  # not a config key: only the examples name it
     # Not pipeline.search's space nor Hydra's launchers: no group a run takes.
     assert "\nsearch:" not in result.stdout and "\nhydra:" not in result.stdout
 
