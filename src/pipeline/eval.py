@@ -8,6 +8,12 @@ outputs/eval/YYYY-MM-DD/HH-MM-SS/.
 
 from __future__ import annotations
 
+# Before the imports below: a stop signal in the seconds torch and Lightning take is one line.
+if __name__ == "__main__":  # python -m pipeline.eval
+    from pipeline import stop_now as _stop_now
+
+    _stop_now.install("pipeline.eval")
+
 import logging
 import signal
 import sys
@@ -22,13 +28,14 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from pipeline import build, cli, report
+from pipeline import build, cli, report, stop_now
 from pipeline.checkpoints import read_checkpoint, run_config_of
 from pipeline.config import checkpoint_problems, validate
 from pipeline.config_dir import CONFIG_DIR, config_groups
 from pipeline.config_limits import limited_batches
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, stopped_by_signal_exit_code
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
+from pipeline.rundir import created_here, discard_run_dir, forget_created
 from pipeline.settings import resolved
 
 log = logging.getLogger(__name__)
@@ -182,8 +189,8 @@ def evaluate(cfg: DictConfig) -> None:
                 verbose=False,
             )  # fmt: skip
         except SystemExit:  # Lightning's exit(1) after a Ctrl-C in its loop: no line of its own
-            if interrupted.seen:
-                raise KeyboardInterrupt from None  # main's one line, exit 130
+            if interrupted.seen is not None:
+                raise interrupted.seen from None  # main's one line, exit 128 + N
             raise
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.eval")
@@ -195,32 +202,44 @@ def evaluate(cfg: DictConfig) -> None:
         table.add_row(name, f"{value:.6g}")
     report.console.print(table)
     report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
+    stop_now.finished()  # the score is out: a Ctrl-C from here on changes nothing
 
 
 class SeesKeyboardInterrupt(pl.Callback):
-    """Whether Lightning's loop ended on a KeyboardInterrupt (which it turns into exit 1)."""
+    """The KeyboardInterrupt (or stop_now.Stopped) Lightning's loop ended on, which it turns
+    into exit 1; None if none."""
 
     def __init__(self) -> None:
-        self.seen = False
+        self.seen: KeyboardInterrupt | None = None
 
     def on_exception(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
-        self.seen = self.seen or isinstance(exception, KeyboardInterrupt)
+        if self.seen is None and isinstance(exception, KeyboardInterrupt):
+            self.seen = exception
 
 
 def main() -> None:
-    """Console entry point `pipeline-eval`."""
-    overrides = list(cli.parse_command_line().overrides)
-    problems = training_keys_problems(overridden_keys(overrides))
-    if problems:
-        cli.report_problems(problems, "pipeline.eval")
-        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    """Console entry point `pipeline-eval` (through pipeline.entry_points)."""
+    stop_now.install("pipeline.eval")
     try:
+        stop_now.started()
+        overrides = list(cli.parse_command_line().overrides)
+        problems = training_keys_problems(overridden_keys(overrides))
+        if problems:
+            cli.report_problems(problems, "pipeline.eval")
+            sys.exit(CONFIG_ERROR_EXIT_CODE)
         cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
-    except KeyboardInterrupt:  # while it checks, loads or scores
-        report.show_error("pipeline.eval", "stopped by SIGINT; nothing was scored")
-        sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
+    except KeyboardInterrupt as exc:  # while it checks, loads or scores: SIGTERM too (stop_now)
+        signum = stop_now.signal_of(exc)
+        for run_dir in created_here():  # its outputs/eval/… folder: nothing was scored into it
+            discard_run_dir(run_dir)
+        name = signal.Signals(signum).name
+        report.show_error("pipeline.eval", f"stopped by {name}; nothing was scored")
+        sys.exit(stopped_by_signal_exit_code(signum))
+    finally:
+        stop_now.uninstall(unless_finished=True)
+        forget_created()
 
 
 if __name__ == "__main__":

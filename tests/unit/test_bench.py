@@ -224,6 +224,22 @@ def test_warmup_needs_a_step_before_the_timed_window() -> None:
     assert any("bench.warmup_steps must be ≥ 1 (got 0)" in p for p in problems), problems
 
 
+def test_two_modes_at_once_or_a_mode_flag_not_true_or_false_are_refused() -> None:
+    """The bench ran the first mode set and dropped the others without a word, and took
+    bench.data_only=maybe for true (hostile review)."""
+    problems = validate_bench(compose("bench", ["bench.data_only=true", "bench.soak_steps=5"]))
+    assert problems == [
+        "bench.soak_steps=5 and bench.data_only=true each choose what the bench measures, and it "
+        "measures one a command; keep one of them"
+    ]
+    problems = validate_bench(compose("bench", ["bench.data_only=maybe", "bench.startup=1"]))
+    assert [p.split(" (got")[0] for p in problems] == [
+        "bench.data_only must be true or false",
+        "bench.startup must be true or false",
+    ]
+    assert validate_bench(compose("bench", ["bench.overhead_steps=5"])) == []
+
+
 def test_a_soak_that_samples_every_0_steps_is_refused() -> None:
     problems = validate_bench(compose("bench", ["bench.soak_steps=10", "bench.soak_every=0"]))
     assert "bench.soak_every must be ≥ 1 (got 0); set bench.soak_every=1000" in problems

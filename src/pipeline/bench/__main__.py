@@ -3,7 +3,14 @@
 
 from __future__ import annotations
 
+# Before the imports below: a stop signal in the seconds torch and Lightning take is one line.
+if __name__ == "__main__":  # python -m pipeline.bench
+    from pipeline import stop_now as _stop_now
+
+    _stop_now.install("pipeline.bench")
+
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -12,18 +19,23 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from pipeline import cli, report
+from pipeline import cli, report, stop_now
 from pipeline.bench.config import validate_bench
 from pipeline.bench.loops import BenchStopped
 from pipeline.bench.modes import measure
 from pipeline.bench.outside import TimedProcessFailed
 from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import (
+    CONFIG_ERROR_EXIT_CODE,
     DIVERGED_EXIT_CODE,
     PROCESS_FAILED_EXIT_CODE,
     DivergenceError,
     stopped_by_signal_exit_code,
 )
+from pipeline.overrides import shell_word
+from pipeline.rundir import created_here, discard_run_dir, forget_created
+
+PROGRAM = "pipeline.bench"
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="bench", version_base="1.3")
@@ -35,28 +47,54 @@ def bench(cfg: DictConfig) -> None:
         figures = measure(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
     except DivergenceError as exc:
         report.show_error(
-            "pipeline.bench",
+            PROGRAM,
             f"a timed run diverged, so its steps are not the same work ({exc}); "
             "bench with loss=mse, or a smaller data.batch_size",
         )
         sys.exit(DIVERGED_EXIT_CODE)
     except TimedProcessFailed as exc:
-        report.show_error("pipeline.bench", f"{exc}; no figures made")
+        report.show_error(PROGRAM, f"{exc}; no figures made")
         sys.exit(PROCESS_FAILED_EXIT_CODE)
     except BenchStopped as exc:
-        name = signal.Signals(exc.signum).name
-        report.show_error(
-            "pipeline.bench", f"stopped by {name} during a timed run; no figures made"
-        )
-        sys.exit(stopped_by_signal_exit_code(exc.signum))
+        raise stop_now.Stopped(exc.signum) from None  # main's line: no figures made
     if cfg.bench.output:
-        Path(cfg.bench.output).write_text(json.dumps(figures, indent=2) + "\n")
-        report.console.print(f"figures written to {cfg.bench.output}")
+        write_figures(Path(cfg.bench.output), figures)
+    stop_now.finished()  # the figures are out: a Ctrl-C from here on changes nothing
+
+
+def write_figures(path: Path, figures: dict[str, object]) -> None:
+    """bench.output as JSON, whole or not at all: written beside it and renamed over it (a kill
+    mid-write left a cut file); a write that fails is one line, exit 2, the figures printed."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(json.dumps(figures, indent=2) + "\n")
+        os.replace(partial, path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        report.show_error(
+            PROGRAM, f"cannot write bench.output={shell_word(str(path))} ({exc.strerror or exc}); "
+            "the figures are printed above"
+        )  # fmt: skip
+        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    report.console.print(f"figures written to {shell_word(str(path))}", markup=False)
 
 
 def main() -> None:
-    """Console entry point `pipeline-bench`."""
-    cli.run(bench, "bench", "pipeline.bench", validate_bench)
+    """Console entry point `pipeline-bench` (through pipeline.entry_points)."""
+    stop_now.install(PROGRAM)
+    try:
+        stop_now.started()
+        cli.run(bench, "bench", PROGRAM, validate_bench)
+    except KeyboardInterrupt as exc:  # SIGTERM too (stop_now); mid-measure, BenchStopped's
+        signum = stop_now.signal_of(exc)
+        for run_dir in created_here():  # its outputs/bench/… folder: no figures came of it
+            discard_run_dir(run_dir)
+        name = signal.Signals(signum).name
+        report.show_error(PROGRAM, f"stopped by {name}; no figures made")
+        sys.exit(stopped_by_signal_exit_code(signum))
+    finally:
+        stop_now.uninstall(unless_finished=True)
+        forget_created()
 
 
 if __name__ == "__main__":

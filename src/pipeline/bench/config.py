@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.bench.outside import LONG
 from pipeline.bench.variants import feature_variants, parse_knob, with_knob
 from pipeline.config import validate
-from pipeline.config_rules import integer
+from pipeline.config_rules import flag, integer
 from pipeline.config_rules import problems as rule_problems
 
 _ABSENT = object()
@@ -22,13 +22,18 @@ BENCH_RULES = (
     integer("bench.soak_every", 1, 1000),
     integer("bench.overhead_steps", 0, 0),
     integer("bench.outside_rounds", 0, 0),
+    flag("bench.data_only"),  # a string was taken as true ('maybe': the data path alone)
+    flag("bench.startup"),
 )
+# The modes that measure instead of the interleaved benchmark (modes.measure): one a command
+MODES = ("bench.soak_steps", "bench.overhead_steps", "bench.outside_rounds", "bench.data_only")
 
 
 def validate_bench(cfg: DictConfig) -> list[str]:
     """Every problem of the config, the train's and the bench's: one line each, with the fix."""
     problems = validate(cfg)
     problems += rule_problems(cfg, BENCH_RULES)
+    problems += mode_problems(cfg, problems)
     features, known_features = cfg.bench.features, list(feature_variants(cfg))
     if not isinstance(features, bool) and not (
         OmegaConf.is_list(features) and all(f in known_features for f in features)
@@ -64,6 +69,23 @@ def validate_bench(cfg: DictConfig) -> list[str]:
             f"device={cfg.device.name}: the bench runs one process; set device=cpu or device=gpu"
         )
     return problems
+
+
+def mode_problems(cfg: DictConfig, known: list[str]) -> list[str]:
+    """More than one mode set: the bench ran the first (soak, overhead, outside, data path) and
+    dropped the others without a word. Modes whose value is refused (`known`) aside."""
+    given = [
+        f"{key}={OmegaConf.select(cfg, key)}".replace("True", "true")
+        for key in MODES
+        if OmegaConf.select(cfg, key) not in (0, False, None)
+        and not any(p.startswith(key) for p in known)
+    ]
+    if len(given) < 2:
+        return []
+    return [
+        f"{' and '.join(given)} each choose what the bench measures, and it measures one a "
+        "command; keep one of them"
+    ]
 
 
 def knob_problems(cfg: DictConfig, knob: str, known: list[str]) -> list[str]:

@@ -1,0 +1,93 @@
+"""Ctrl-C and SIGTERM for the commands that have nothing to save when stopped: pipeline.eval and
+pipeline.bench (pipeline.train records them instead, to stop between steps: early_signals).
+
+Without it a Ctrl-C while the command imported torch was a traceback of a hundred lines, and a
+SIGTERM at any moment outside the bench's timed runs the default action's silent kill (exit
+143, no line), leaving the command's output folder behind (hostile review). From `install` (the
+command's first line, before torch imports) to `started()`, a stop signal ends the process at
+once with one line: nothing is written before the command's main starts. From `started()` on it
+raises `Stopped`, a KeyboardInterrupt naming its signal, so Lightning's loop and the command's
+`except KeyboardInterrupt` take a SIGTERM as they take a Ctrl-C: one line, exit 128 + N. From
+`finished()`, once the command's result is out, a stop signal is named and changes nothing
+(a Ctrl-C just after the score was printed exited 130 with no line); a second one acts as if
+the handler were not there. The handler stays for the interpreter's end once finished.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+_replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
+_state: dict[str, Any] = {"command": "", "phase": "importing", "named": False}
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived while the command worked (Ctrl-C or SIGTERM alike)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def signal_of(exc: KeyboardInterrupt) -> int:
+    """The stop signal behind `exc`: Stopped's, else SIGINT (Python's own KeyboardInterrupt)."""
+    return exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+
+
+def install(command: str) -> None:
+    """Handle stop signals for `command` (its name in the lines it prints), as it imports; a
+    second call (main() after the module's own top line) keeps the phase it is in."""
+    if _replaced or threading.current_thread() is not threading.main_thread():
+        return
+    _state.update(command=command, phase="importing", named=False)
+    for s in STOP_SIGNALS:
+        _replaced[s] = signal.signal(s, _handle)
+
+
+def started() -> None:
+    """The command's main runs, inside its try: a stop signal raises Stopped."""
+    _state["phase"] = "working"
+
+
+def finished() -> None:
+    """The command's result is out: a stop signal is named and changes nothing."""
+    _state["phase"] = "finished"
+
+
+def uninstall(*, unless_finished: bool = False) -> None:
+    """Put back the handlers `install()` replaced, where its own is still in; `unless_finished`:
+    not once the command's result is out (it names a signal in the process's last moments)."""
+    if unless_finished and _state["phase"] == "finished":
+        return
+    for s, previous in _replaced.items():
+        if signal.getsignal(s) == _handle:
+            signal.signal(s, previous)
+    _replaced.clear()
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    name = signal.Signals(signum).name
+    command, phase = _state["command"], _state["phase"]
+    if phase == "importing":  # no try of the command's to catch it yet, and nothing written
+        os.write(2, f"{command}: stopped by {name} as it started; nothing was done\n".encode())
+        os._exit(128 + signum)
+    if phase == "working":
+        raise Stopped(signum)
+    if not _state["named"]:  # the process's last moments: Hydra's job end, the interpreter's
+        _state["named"] = True
+        os.write(
+            2, f"{command}: {name} arrived after its work was done; it stopped nothing\n".encode()
+        )
+        return
+    previous = _replaced.get(signum, signal.SIG_DFL)  # asked again: as if we were not there
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)

@@ -1,0 +1,72 @@
+"""Stop signals in pipeline.eval and pipeline.bench (pipeline.stop_now): one line at once while
+the command imports, a KeyboardInterrupt naming the signal while it works (SIGTERM was the
+default action's silent kill), nothing once its result is out, the handlers put back after."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline import stop_now
+
+
+@pytest.fixture
+def installed() -> Iterator[None]:
+    """stop_now installed for the test; the process's handlers as they were afterwards."""
+    before = {s: signal.getsignal(s) for s in stop_now.STOP_SIGNALS}
+    stop_now.install("pipeline.test")
+    try:
+        yield
+    finally:
+        stop_now.uninstall()
+        assert {s: signal.getsignal(s) for s in stop_now.STOP_SIGNALS} == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_while_it_works_a_stop_signal_raises_a_keyboard_interrupt_naming_it(
+    installed: None, signum: int
+) -> None:
+    stop_now.started()
+    with pytest.raises(KeyboardInterrupt) as caught:
+        os.kill(os.getpid(), signum)
+    assert stop_now.signal_of(caught.value) == signum
+    assert stop_now.signal_of(KeyboardInterrupt()) == signal.SIGINT  # Python's own
+
+
+def test_once_finished_a_signal_is_named_once_and_a_second_acts_as_before(
+    installed: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    stop_now.started()
+    stop_now.finished()
+    os.kill(os.getpid(), signal.SIGINT)  # nothing raised: the result is out
+    assert capfd.readouterr().err == (
+        "pipeline.test: SIGINT arrived after its work was done; it stopped nothing\n"
+    )
+    with pytest.raises(KeyboardInterrupt):  # Python's default_int_handler, as before install
+        os.kill(os.getpid(), signal.SIGINT)
+    stop_now.uninstall(unless_finished=True)  # kept for the process's last moments
+    assert signal.getsignal(signal.SIGINT) == stop_now._handle
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_while_it_imports_a_stop_signal_ends_it_at_once_with_one_line(signum: int) -> None:
+    code = (
+        "import os, signal, time\n"
+        "from pipeline import stop_now\n"
+        "stop_now.install('pipeline.eval')\n"
+        f"os.kill(os.getpid(), {int(signum)})\n"
+        "time.sleep(30)\n"
+        "print('not stopped')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 128 + signum
+    name = signal.Signals(signum).name
+    assert done.stderr == f"pipeline.eval: stopped by {name} as it started; nothing was done\n"
+    assert done.stdout == ""
