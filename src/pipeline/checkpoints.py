@@ -90,6 +90,22 @@ def run_config_of(ckpt: dict[str, Any], path: str, key: str = "ckpt_path") -> di
     return config
 
 
+def own_config_problems(ckpt: dict[str, Any], run_cfg: DictConfig, path: str) -> list[str]:
+    """Whether a checkpoint's weights fit the config saved in it (`run_cfg`, as eval builds its
+    model from): a hand-edited checkpoint, or another tool's, was Lightning's size-mismatch
+    traceback at load (hostile review)."""
+    net = resnet18_on_meta(run_cfg.model.num_classes, run_cfg.data.channels)
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
+    mismatch = state_dict_mismatch(net, state)
+    if not mismatch:
+        return []
+    return [
+        f"ckpt_path={path}: its weights do not fit the config saved in it (model.num_classes="
+        f"{run_cfg.model.num_classes}, data.channels={run_cfg.data.channels}: {'; '.join(mismatch)}); "
+        "it was changed after its run saved it: evaluate the run's own checkpoint"
+    ]
+
+
 def checkpoint_fit_problems(
     ckpt: dict[str, Any], saved: dict[str, Any], cfg: DictConfig, path: str
 ) -> list[str]:
@@ -142,3 +158,27 @@ def checkpoint_fit_problems(
             f"model.weights={path}"
         )
     return problems
+
+
+# What a continued run may change from the checkpoint's config, and what the change means for
+# its curves: each is named in train.log and on the console as it starts (a resume with another
+# data.image_size or loss trained on without a word, one train/loss tag over two losses).
+NAMED_ON_RESUME = ("data", "loss", "precision")
+
+
+def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """`KEY=new (the checkpoint's run had old)` for each leaf under NAMED_ON_RESUME that `cfg`
+    sets otherwise than the config saved in the checkpoint (`saved`)."""
+    before, now = OmegaConf.create(saved), cfg
+    changes = []
+    for group in NAMED_ON_RESUME:
+        old, new = OmegaConf.select(before, group), OmegaConf.select(now, group)
+        if old is None:
+            continue
+        pairs: list[tuple[str, Any, Any]] = (
+            [(group + "." + str(k), old.get(k), new.get(k)) for k in new]
+            if isinstance(new, DictConfig) and isinstance(old, DictConfig)
+            else [(group, old, new)]
+        )
+        changes += [f"{key}={b} (the checkpoint's run had {a})" for key, a, b in pairs if a != b]
+    return changes

@@ -23,17 +23,20 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
 _received: list[int] = []  # the first stop signal, while armed
+_command = ["pipeline.train"]  # named in the lines the handler writes
 _state = {"armed": False, "forced": False, "importing": False, "after": False, "reported": False}
 
 
-def install(*, importing: bool = False) -> None:
+def install(*, importing: bool = False, command: str = "pipeline.train") -> None:
     """Record stop signals from now until `take()` (main thread only; a second call is a no-op).
     `importing`: until `imported()`, a second Ctrl-C ends the process at once, with one line
-    (nothing is written before the command's main starts)."""
+    (nothing is written before the command's main starts). `command`: its name in those lines
+    (pipeline.search runs its trials as pipeline.train runs in its own process)."""
     if _replaced or threading.current_thread() is not threading.main_thread():
         return
     _arm()
     _state["importing"] = importing
+    _command[0] = command
     for s in STOP_SIGNALS:
         _replaced[s] = signal.signal(s, _handle)
 
@@ -104,7 +107,8 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         _state["forced"] = True
         if _state["importing"]:  # no try of ours to catch it yet: a traceback from an import
             os.write(
-                2, b"pipeline.train: stopped at once by a second Ctrl-C before training started\n"
+                2,
+                f"{_command[0]}: stopped at once by a second Ctrl-C before training started\n".encode(),
             )
             os._exit(128 + signal.SIGINT)
         raise KeyboardInterrupt  # asked twice: stop now
@@ -113,7 +117,7 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         if is_launch_rank_zero():  # a phase before training can be long (a download, a wait)
             name = signal.Signals(signum).name
             again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""
-            os.write(2, f"pipeline.train: {name} received{again}\n".encode())
+            os.write(2, f"{_command[0]}: {name} received{again}\n".encode())
 
 
 def _pass_on(signum: int, frame: FrameType | None) -> None:

@@ -1,6 +1,7 @@
-"""The `pipeline-eval` and `pipeline-bench` commands: their stop signals are handled from the
-first line, before torch and Lightning import (seconds), as `python -m` handles them (stop_now).
-`pipeline-train` has its own (train_entry: early_signals)."""
+"""The `pipeline-eval`, `pipeline-bench` and `pipeline-search` commands: their stop signals are
+handled from the first line, before torch and Lightning import (seconds), as `python -m` handles
+them (stop_now; the search's trials are pipeline.train runs: early_signals). `pipeline-train`
+has its own (train_entry)."""
 
 from __future__ import annotations
 
@@ -19,5 +20,14 @@ def bench() -> None:
 
     stop_now.install("pipeline.bench")
     from pipeline.bench.__main__ import main
+
+    main()
+
+
+def search() -> None:
+    from pipeline import early_signals
+
+    early_signals.install(importing=True, command="pipeline.search")
+    from pipeline.search import main
 
     main()

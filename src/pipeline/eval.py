@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from pipeline import build, cli, report, stop_now
-from pipeline.checkpoints import read_checkpoint, run_config_of
+from pipeline.checkpoints import own_config_problems, read_checkpoint, run_config_of
 from pipeline.config import checkpoint_problems, validate
 from pipeline.config_dir import CONFIG_DIR, config_groups
 from pipeline.config_limits import limited_batches
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, stopped_by_signal_exit_code
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
+from pipeline.overrides import shell_word
 from pipeline.rundir import created_here, discard_run_dir, forget_created
 from pipeline.settings import resolved
 
@@ -139,6 +140,8 @@ def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
     keys = overridden_keys(overrides)
     run_cfg, problems = run_config_for_eval(cfg, keys)
     problems += validate(run_cfg, training=False)
+    if not problems:
+        problems += own_config_problems(read_checkpoint(str(path)), run_cfg, str(path))
     if "trainer.limit_val_batches" in keys and not problems:
         problems += scores_nothing_problems(run_cfg)
     return problems
@@ -195,7 +198,9 @@ def evaluate(cfg: DictConfig) -> None:
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.eval")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    table = Table(title=f"{cfg.ckpt_path}")
+    # The path as a line of its own: a table's title wraps it at the table's width (uncopyable).
+    report.console.print(f"Scored {shell_word(str(cfg.ckpt_path))}", markup=False, soft_wrap=True)
+    table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():

@@ -6,9 +6,11 @@ options composes them side by side: cfg.logger == {"tensorboard": {...}, "csv": 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.util
 import logging
+import sqlite3
 import tempfile
 import time
 from argparse import Namespace
@@ -50,13 +52,56 @@ def missing_modules(modules: tuple[str, ...]) -> list[str]:
 
 
 def logger_problems(loggers: Mapping[str, Any], missing: list[str]) -> list[str]:
-    """Why the chosen loggers cannot run: MLflow asked for and `missing` some of its modules."""
-    if "mlflow" not in loggers or not missing:
+    """Why the chosen loggers cannot run: MLflow asked for and `missing` some of its modules, or
+    a tracking_uri it cannot open (mlflow_store_problems)."""
+    if "mlflow" not in loggers:
         return []
-    return [
-        f"logger=mlflow needs MLflow, which is not installed here (no module {', '.join(missing)}); "
-        f"install it with: {MLFLOW_INSTALL}"
-    ]
+    if missing:
+        return [
+            f"logger=mlflow needs MLflow, which is not installed here (no module {', '.join(missing)}); "
+            f"install it with: {MLFLOW_INSTALL}"
+        ]
+    return mlflow_store_problems(str(loggers["mlflow"].get("tracking_uri")))
+
+
+REMOTE_STORES = ("http://", "https://", "databricks", "postgresql", "mysql", "mssql")
+
+
+def mlflow_store_problems(uri: str) -> list[str]:
+    """A tracking_uri MLflow cannot open, found before the run: a SQLite file in a folder that
+    cannot be written, or a file that is not a database; a folder (MLflow's file store, which
+    MLflow 3 refuses: 'in maintenance mode'). Each was a traceback of ~260 lines once the run
+    had started, its run directory left half-made. A server's address is MLflow's to reach."""
+    if uri.startswith(REMOTE_STORES):
+        return []
+    key = f"logger.mlflow.tracking_uri={uri}"
+    if not uri.startswith(SQLITE_PREFIX):
+        return [
+            f"{key}: MLflow 3 takes no folder as its store (its file store is in maintenance "
+            f"mode); use a SQLite file: logger.mlflow.tracking_uri={SQLITE_PREFIX}outputs/mlflow.db"
+        ]
+    path = Path(uri.removeprefix(SQLITE_PREFIX))
+    if path.is_dir():
+        return [
+            f"{key}: {path} is a folder; name a file in it: {SQLITE_PREFIX}{path / 'mlflow.db'}"
+        ]
+    if path.exists():
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            return [f"{key}: {path} is not a SQLite database MLflow can open ({exc})"]
+        return []
+    folder = next(p for p in path.absolute().parents if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        return [
+            f"{key}: the database cannot be created in {folder} ({why}); choose a writable folder"
+        ]
+    return []
 
 
 def build_loggers(loggers: Mapping[str, Any], run_dir: Path) -> list[Logger]:
@@ -247,6 +292,16 @@ def mlflow_logger(
         tags={"run_dir": str(run_dir.resolve())},
         artifact_location=str(Path(artifact_location).resolve()),
     )
+
+
+def mark_stopped(loggers: Sequence[Logger]) -> None:
+    """A run a signal stopped: its MLflow run KILLED, not FINISHED (Lightning ends a stopped fit
+    as it ends a completed one, and MLflow's UI showed the stopped run as complete)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger) and logger.run_id is not None:
+            logger.experiment.set_terminated(logger.run_id, status="KILLED")
 
 
 def run_name(run_dir: Path) -> str:

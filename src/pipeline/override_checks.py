@@ -7,6 +7,7 @@ one way the pre-flight (and tests) compose a config.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import inspect
 from collections.abc import Iterable
@@ -189,6 +190,9 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
         )
         if parent == "optimizer" and (more := takes - {*node, "fused"}):
             where += f" (and its class takes: {', '.join(sorted(more))})"
+        if parent == "trainer":  # eval's trainer has no keys of its own: "no keys" misled
+            close = difflib.get_close_matches(name, trainer_arguments(), n=3)
+            where += f" (and lightning.Trainer takes any argument of its own{': ' + ', '.join(close) + '?' if close else ''})"
         problems.append(f"{key} is not a config key (got {as_typed(o)}); {where}; fix the spelling")
     return rewritten, problems
 

@@ -21,6 +21,12 @@ Exit codes: 0 a best trial exists; 2 a bad command line, space or study (nothing
 
 from __future__ import annotations
 
+# Before the imports below: a stop signal in the seconds torch and Lightning take is recorded.
+if __name__ == "__main__":  # python -m pipeline.search
+    from pipeline import early_signals as _early
+
+    _early.install(importing=True, command="pipeline.search")
+
 import importlib.util
 import signal
 import sys
@@ -30,7 +36,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import cli, override_checks, report
+from pipeline import cli, early_signals, override_checks, report
 from pipeline.config import validate
 from pipeline.config_dir import SEARCH_GROUP, group_options
 from pipeline.config_rules import Rule, choice, integer, key_of, problems, value
@@ -101,8 +107,8 @@ def compose_search(search: list[str]) -> tuple[DictConfig | None, list[str]]:
 
 
 SETTINGS_RULES = (
-    Rule("search.study", "a name of letters, digits, _ . -",
-         lambda v: isinstance(v, str) and bool(v) and all(ch.isalnum() or ch in "_.-" for ch in v),
+    Rule("search.study", "a name of letters, digits, _ . - (not . or ..: a folder's own names)",
+         lambda v: isinstance(v, str) and v.strip(".") != "" and all(ch.isalnum() or ch in "_.-" for ch in v),
          "lr_wd"),
     choice("search.metric", METRICS, "val/loss"),
     choice("search.direction", ("minimize", "maximize"), "minimize"),
@@ -249,7 +255,20 @@ def make_plan(argv: list[str]) -> tuple[Plan | None, list[str]]:
 
 
 def main() -> None:
-    """Console entry point `pipeline-search`."""
+    """Console entry point `pipeline-search`. A stop signal is recorded (early_signals) from here,
+    or from the module's first line under `python -m`: before the first trial it stops the
+    search with one line; during a trial's setup it stops the trial before or after its first
+    step, as it stops pipeline.train (it was a Ctrl-C raised in Lightning's setup, the trial
+    recorded as failed and the search going on; a SIGTERM there killed the search silently)."""
+    early_signals.install(command=PROGRAM)
+    early_signals.imported()
+    try:
+        search()
+    finally:
+        early_signals.uninstall()
+
+
+def search() -> None:
     argv = sys.argv[1:]
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
@@ -257,20 +276,21 @@ def main() -> None:
     if importlib.util.find_spec("optuna") is None:
         report.show_error(PROGRAM, "needs Optuna; install it with: pip install -e '.[search]'")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    try:  # a Ctrl-C while it checks the space and opens the study: one line, not a traceback
+    try:  # a second Ctrl-C while it checks the space and opens the study: one line
         from pipeline.search_run import SearchStopped, open_study, run_trials, show_result
 
         plan, problems = make_plan(argv)
         study, problems = open_study(plan) if plan is not None else (None, problems)
     except KeyboardInterrupt:
-        report.show_error(PROGRAM, "stopped by SIGINT before its first trial")
+        report.show_error(PROGRAM, "stopped at once by a second Ctrl-C before its first trial")
         sys.exit(stopped_by_signal_exit_code(signal.SIGINT))
-    if plan is None:
+    if plan is None or study is None:
         cli.report_problems(problems, PROGRAM)
         sys.exit(CONFIG_ERROR_EXIT_CODE)
-    if study is None:
-        cli.report_problems(problems, PROGRAM)
-        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    if (signum := early_signals.received()) is not None:
+        name = signal.Signals(signum).name
+        report.show_error(PROGRAM, f"stopped by {name} before its first trial")
+        sys.exit(stopped_by_signal_exit_code(signum))
     try:
         run_trials(study, plan)
     except SearchStopped as exc:

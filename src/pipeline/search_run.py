@@ -140,7 +140,8 @@ def run_train(overrides: list[str], extra_callbacks: Sequence[pl.Callback]) -> i
     argv = sys.argv
     sys.argv = [train.__file__, *overrides]
     try:
-        cli.run(app, "train", "pipeline.train", validate)
+        with train.without_resume_hint():
+            cli.run(app, "train", "pipeline.train", validate)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     finally:
@@ -227,7 +228,8 @@ def show_result(study: optuna.Study, plan: Plan) -> int:
         f"best {plan.metric}: {best.value:.6g} (trial {best.number}, {best.user_attrs.get('run_dir')})"
     )
     print(f"reproduce it: {plan.train_command(values)}")
-    print(
-        f"compare the trials: tensorboard --logdir {shell_word(str(TRIALS_DIR / plan.study))} (HParams tab)"
-    )
+    if any((TRIALS_DIR / plan.study).glob("*/tensorboard")):  # not under logger=none or csv
+        print(
+            f"compare the trials: tensorboard --logdir {shell_word(str(TRIALS_DIR / plan.study))} (HParams tab)"
+        )
     return 0

@@ -15,7 +15,8 @@ if __name__ == "__main__":  # python -m pipeline.train
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import build, cli, early_signals, report
 from pipeline.callbacks import HydraFilesAtStart, Provenance, graceful_stop_of
-from pipeline.checkpoints import read_checkpoint
+from pipeline.checkpoints import read_checkpoint, resume_changes, run_config_of
 from pipeline.config import validate, warnings_for
 from pipeline.config_dir import CONFIG_DIR
 from pipeline.errors import (
@@ -45,6 +46,7 @@ from pipeline.errors import (
 )
 from pipeline.launch_rank import is_launch_rank_zero
 from pipeline.layout import HYDRA_DIR, LAST_CHECKPOINT
+from pipeline.loggers import mark_stopped
 from pipeline.overrides import shell_word
 from pipeline.provenance import provenance
 from pipeline.rundir import discard_run_dir, forget_created, untrained_made_here
@@ -53,10 +55,37 @@ log = logging.getLogger(__name__)
 report.silence_known_warnings()
 
 
+# A sweep's jobs that ended with an exit code of their own (diverged, failed a check, out of
+# memory): (the job's run directory, the code). The sweep goes on to its other jobs.
+_failed_jobs: list[tuple[Path, int]] = []
+
+
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
 def train(cfg: DictConfig) -> None:
-    """One run of a config that cli.preflight has validated (main() always runs it first)."""
-    run(cfg)
+    """One run of a config that cli.preflight has validated (main() always runs it first). In a
+    sweep, a job that fails is recorded and the next one runs, as Hydra treats a job's
+    exception; a job's sys.exit ended the whole sweep, the jobs after it never run (hostile
+    review: `-m optimizer.lr=1e-5,0.1,1e-4`, the 0.1 diverged and 1e-4 never ran). A signal's
+    stop still ends the sweep."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        run(cfg)
+        return
+    try:
+        run(cfg)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if code == 0 or code >= 128:
+            raise
+        _failed_jobs.append((Path(HydraConfig.get().runtime.output_dir), code))
+
+
+def failed_jobs_line(failed: list[tuple[Path, int]]) -> str:
+    """The sweep's closing line when some of its jobs failed (each said why above)."""
+    jobs = "; ".join(f"{d.name} (exit {code})" for d, code in failed)
+    return (
+        f"{len(failed)} job(s) of the sweep failed, each named above with its reason: {jobs}; "
+        f"the other jobs ran to their end (in {failed[0][0].parent})"
+    )
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
@@ -68,6 +97,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     report.show_config(cfg)
     for note in warnings_for(cfg):
         log.warning(note)
+    if cfg.ckpt_path is not None and is_launch_rank_zero():  # checked in the pre-flight
+        saved = run_config_of(read_checkpoint(str(cfg.ckpt_path)), str(cfg.ckpt_path))
+        if changes := resume_changes(saved, cfg):
+            log.warning(
+                "continuing from %s with %s: the curves after its step are of another setting",
+                cfg.ckpt_path, ", ".join(changes),
+            )  # fmt: skip
     trainer: pl.Trainer | None = None
     early_signals.rearm()  # a sweep's next job: a stop signal before it trains stops the sweep
     try:
@@ -159,10 +195,12 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
                 )
         else:
             message = (
-                f"{stopped_line(name, stopped.stopped_at_step, run_dir)}; {resume_line(run_dir)}"
+                f"{stopped_line(name, stopped.stopped_at_step, run_dir)}{continue_hint(run_dir)}"
             )
             report.log_to_file(message, with_traceback=False)
             if is_launch_rank_zero():  # every rank stops and exits so; one says it
+                if trainer is not None:
+                    mark_stopped(trainer.loggers)
                 report.show_error("pipeline.train", message)
             sys.exit(stopped_by_signal_exit_code(stopped.received))
     report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
@@ -198,7 +236,7 @@ def stop_before_training(run_dir: Path, signum: int, *, forced: bool) -> NoRetur
         discard_run_dir(run_dir)
         message = f"{how} before training started; nothing was trained, and {run_dir} is removed"
     else:
-        message = f"{how} before training started; nothing was trained; {resume_line(run_dir)}"
+        message = f"{how} before training started; nothing was trained{continue_hint(run_dir)}"
         report.log_to_file(message, with_traceback=False)
     if is_launch_rank_zero():
         report.show_error("pipeline.train", message)
@@ -223,8 +261,26 @@ def stopped_line(signal_name: str, step: int, run_dir: Path) -> str:
     return f"stopped by {signal_name} after step {step}; saved {run_dir / LAST_CHECKPOINT}"
 
 
-def resume_line(run_dir: Path) -> str:
-    return f"continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
+_HINTS = {"resume": True}  # off while pipeline.search runs a trial (without_resume_hint)
+
+
+def continue_hint(run_dir: Path) -> str:
+    """How to continue a stopped run: its resume= command; nothing for a search's trial, whose
+    search continues by running its own command again (it said so too: two ways, one a resume
+    of a trial the study keeps as it was)."""
+    if not _HINTS["resume"]:
+        return ""
+    return f"; continue with: python -m pipeline.train {shell_word(f'resume={run_dir}')}"
+
+
+@contextmanager
+def without_resume_hint() -> Iterator[None]:
+    """pipeline.search's trials: their stop lines name no resume= (continue_hint)."""
+    _HINTS["resume"] = False
+    try:
+        yield
+    finally:
+        _HINTS["resume"] = True
 
 
 def forced_stop_message(
@@ -238,16 +294,14 @@ def forced_stop_message(
     if stopped_at_step is not None:
         return (
             f"{stopped_line('SIGINT', stopped_at_step, run_dir)}; a second Ctrl-C cut the run's "
-            f"end short; {resume_line(run_dir)}"
+            f"end short{continue_hint(run_dir)}"
         )
     checkpoint = run_dir / LAST_CHECKPOINT
     try:
         step = read_checkpoint(str(checkpoint))["global_step"]
     except ConfigError:  # none, or not one of ours: nothing to resume from
         return f"{cut}; no checkpoint was saved"
-    return f"{cut}; {checkpoint} holds step {step}" + (
-        f"; {resume_line(run_dir)}" if resume else ""
-    )
+    return f"{cut}; {checkpoint} holds step {step}" + (continue_hint(run_dir) if resume else "")
 
 
 def out_of_memory_message(cfg: DictConfig) -> str:
@@ -269,12 +323,17 @@ def main() -> None:
             name = signal.Signals(signum).name
             report.show_error("pipeline.train", f"stopped by {name} before training started")
             sys.exit(stopped_by_signal_exit_code(signum))
+        _failed_jobs.clear()
         cli.run(train, "train", "pipeline.train", validate)
+        if _failed_jobs and is_launch_rank_zero():
+            report.show_error("pipeline.train", failed_jobs_line(_failed_jobs))
         if (late := early_signals.unreported()) is not None and is_launch_rank_zero():
             name = signal.Signals(late).name
             report.show_line(
                 f"{name} arrived as the run ended: it stopped nothing; the run is complete"
             )
+        if _failed_jobs:
+            sys.exit(_failed_jobs[0][1])  # the first failed job's code
     except KeyboardInterrupt:  # a second Ctrl-C outside run()'s try: before or around Hydra's job
         if not early_signals.forced():
             raise

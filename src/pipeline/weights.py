@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models import ResNet18_Weights
 
 from pipeline.errors import ConfigError
+from pipeline.layout import LAST_CHECKPOINT
 from pipeline.resources import parameter_dtype
 
 TORCHVISION_WEIGHTS = (*(w.name for w in ResNet18_Weights), "DEFAULT")
@@ -102,8 +103,13 @@ def load_file(path: str, key: str) -> Any:
     Any failure (no file, truncated, foreign, unsafe) is a ConfigError naming `key`.
     """
     file = Path(path).expanduser()
+    if (file / LAST_CHECKPOINT).is_file():  # a run's folder, given for its checkpoint
+        raise ConfigError([
+            f"{key}={path} is a run's folder; its checkpoint is {key}={file / LAST_CHECKPOINT}"
+        ])  # fmt: skip
     if not file.is_file():
-        raise ConfigError([f"{key}={path} is not a file; check the path"])
+        why = "no such file" if not file.exists() else "a folder"
+        raise ConfigError([f"{key}={path} is not a file ({why}); check the path"])
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except PermissionError as exc:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from helpers import TINY, cli_env, run_cli, start_cli
+from pipeline.checkpoints import CHECKPOINT_CONFIG_KEY
 
 
 def test_an_output_location_that_cannot_be_created_is_reported_before_training(
@@ -171,6 +172,16 @@ def test_a_checkpoint_with_nonfinite_weights_is_refused_by_eval(
         "damaged (with trainer.detect_nonfinite=raise the pipeline saves finite weights only); "
         "use another checkpoint of the run"
     )
+    # Weights that do not fit the checkpoint's own config (edited in it): a size-mismatch
+    # traceback at load, exit 1, its outputs/eval/… folder left (hostile review).
+    state = torch.load(ckpt, weights_only=True)
+    state[CHECKPOINT_CONFIG_KEY]["model"]["num_classes"] = 10
+    torch.save(state, damaged)
+    result = run_cli("pipeline.eval", [f"ckpt_path={damaged}"], tmp_path, torch_home)
+    assert result.returncode == 2, result.stderr
+    assert f"  - ckpt_path={damaged}: its weights do not fit the config saved in it " \
+        "(model.num_classes=10, data.channels=3: mis-shaped keys" in result.stderr  # fmt: skip
+    assert not (tmp_path / "outputs" / "eval").exists()
     # Training on from NaN in the optimizer's state stopped steps later, blaming optimizer.lr.
     state = torch.load(ckpt, weights_only=True)
     next(iter(state["optimizer_states"][0]["state"].values()))["momentum_buffer"][0] = math.nan

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from helpers import TINY, run_cli, scalars, start_cli
 from pipeline.config_dir import group_options
 from pipeline.search import make_plan
-from pipeline.search_run import open_study
+from pipeline.search_run import open_study, show_result
 from pipeline.search_space import Plan, corners, parse_space
 from pipeline.search_study import StudyLock, counted
 
@@ -99,6 +99,13 @@ def test_bad_inputs_are_one_line_each_and_write_nothing(
         "  - search.n_trials must be ≥ 1 (got 0); set search.n_trials=20",
     ]
     assert list(tmp_path.iterdir()) == []
+    for name in (".", ".."):  # outputs/search/.. put the trials in outputs/ (hostile review)
+        assert search_in_process([f"search.study={name}"], tmp_path, monkeypatch) == 2
+        assert capsys.readouterr().err.startswith(
+            f"pipeline.search: 1 config problem:\n  - search.study must be a name of letters, "
+            f"digits, _ . - (not . or ..: a folder's own names) (got '{name}')"
+        )
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_space_invalid_at_one_edge_is_refused_before_any_trial() -> None:
@@ -155,6 +162,51 @@ def test_killed_search_continues_to_n_trials_and_names_the_best_command(
     train.main()
     _, val_loss = scalars(tmp_path / "outputs" / "again" / "tensorboard")["val/loss"][-1]
     assert val_loss == pytest.approx(best.value, rel=1e-5)
+
+
+def test_a_sigterm_as_a_trial_sets_up_stops_the_search_with_its_line_and_frees_the_slot(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """Before a trial's GracefulStop listened, a SIGTERM killed the search silently (the trial
+    left RUNNING in the study), and a Ctrl-C was Lightning's exit 1: the trial recorded as
+    failed, counted, and the search went on to exit 0 (hostile review). Now the trial stops as
+    pipeline.train stops, naming no resume= of the trial, and the search says how to go on."""
+    args = ["search.study=stop", "search.n_trials=2", *SMALL]
+    proc = start_cli("pipeline.search", args, tmp_path, torch_home)
+    log = tmp_path / "outputs" / "search" / "stop" / "trial-0000" / "train.log"
+    deadline = time.monotonic() + 120
+    while not log.exists():  # the trial's Hydra job has started: it builds, then sets up
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "pipeline.search: stopped (exit code 143) during a trial; run the same command " in err
+    assert "resume=" not in err and "Traceback" not in err
+    counts = tally(study_at(tmp_path, "stop"))
+    assert (counts["counted"], counts["running"]) == (0, 0), counts
+
+
+def test_the_tensorboard_line_is_printed_only_where_the_trials_wrote_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under logger=none (or csv) the search ended by naming a TensorBoard over no event files."""
+    monkeypatch.chdir(tmp_path)
+    plan, problems = make_plan(["search.study=tip", "search.n_trials=1", *SMALL])
+    assert plan is not None, problems
+    study, problems = open_study(plan)
+    assert study is not None, problems
+    trial = study.ask()
+    for p in plan.space:
+        p.suggest(trial)
+    study.tell(trial, 1.0)
+    assert show_result(study, plan) == 0
+    assert "compare the trials" not in capsys.readouterr().out
+    (tmp_path / "outputs" / "search" / "tip" / "trial-0000" / "tensorboard").mkdir(parents=True)
+    assert show_result(study, plan) == 0
+    assert "compare the trials: tensorboard --logdir outputs/search/tip (HParams tab)" in (
+        capsys.readouterr().out
+    )
 
 
 def test_two_processes_share_one_study(tmp_path: Path, torch_home: Path) -> None:

@@ -76,6 +76,22 @@ def test_each_loss_runs(tmp_path: Path, torch_home: Path) -> None:
     assert losses[2] == pytest.approx(math.log(1000), rel=0.2)  # near-uniform over 1000 classes
 
 
+def test_a_failed_job_leaves_the_sweeps_other_jobs_to_run_and_sets_its_exit_code(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """A job's exit ended the whole sweep: the jobs after a diverged one never ran (review)."""
+    args = ["-m", "optimizer.lr=1e38,1e-3", *TINY, "loss=sum_diff", "callbacks=minimal"]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 3, result.stderr[-2000:]  # the diverged job's
+    diverged, trained = _job_dirs(tmp_path)
+    assert (diverged / "divergence.json").exists()
+    assert (trained / "checkpoints" / "last.ckpt").exists()
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pipeline.train: 1 job(s) of the sweep failed, each named above with its reason: "
+        f"{diverged.name} (exit 3); the other jobs ran to their end (in {diverged.parent})"
+    )
+
+
 def test_cpu_precisions_run(tmp_path: Path, torch_home: Path) -> None:
     result = run_cli(
         "pipeline.train",

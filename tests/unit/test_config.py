@@ -92,7 +92,10 @@ def test_defaults_are_the_seeds_optimizer_and_loss() -> None:
             "loss=cross_entropy needs model.num_classes ≥ 2 (got 1)",
         ),
         (["model.weights=/no/such/file.pt"], "model.weights=/no/such/file.pt is not a file"),
-        (["trainer.max_step=3"], "trainer.max_step is not a config key"),
+        (
+            ["trainer.max_step=3"],
+            "(and lightning.Trainer takes any argument of its own: max_steps, max_time, min_steps?)",
+        ),
         (["+trainer.not_an_arg=1"], "trainer.not_an_arg is not a lightning.Trainer argument"),
         (
             ["trainer.precision=16"],

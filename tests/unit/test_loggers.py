@@ -16,7 +16,7 @@ from pipeline import build
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.hparams import compared_hparams
-from pipeline.loggers import PacedTensorBoardLogger, StepRowsCSVLogger
+from pipeline.loggers import PacedTensorBoardLogger, StepRowsCSVLogger, mlflow_store_problems
 from pipeline.settings import resolved
 
 # What every job's table holds besides the swept key: the compared keys, then what TINY set.
@@ -245,3 +245,37 @@ def test_a_histogram_steps_burst_of_events_does_not_wait_for_the_writer_thread(
     logger.finalize("success")
     logged = scalars(tmp_path / "tb")["grad_norm/total"]
     assert logged == [(s, float(s)) for s in range(burst_size)]
+
+
+def test_an_mlflow_store_mlflow_cannot_open_is_one_line_before_the_run(tmp_path: Path) -> None:
+    """Each was a ~260-line traceback once the run had started, its run directory left
+    half-made and then refused as holding a run (hostile review)."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("not a folder")
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database")
+    refused = {
+        str(tmp_path / "store"): "MLflow 3 takes no folder as its store",
+        f"sqlite:///{tmp_path}": "is a folder; name a file in it",
+        f"sqlite:///{a_file}/sub/mlflow.db": "the database cannot be created in",
+        f"sqlite:///{junk}": "is not a SQLite database MLflow can open",
+    }
+    for uri, why in refused.items():
+        [problem] = mlflow_store_problems(uri)
+        assert problem.startswith(f"logger.mlflow.tracking_uri={uri}: ") and why in problem
+    for uri in (f"sqlite:///{tmp_path}/new/mlflow.db", "http://127.0.0.1:9"):
+        assert mlflow_store_problems(uri) == []
+    assert not (tmp_path / "new").exists()  # looked at, nothing made
+
+
+def test_a_stopped_runs_mlflow_run_is_killed_not_finished(tmp_path: Path) -> None:
+    """Lightning ends a fit a signal stopped as it ends a completed one: MLflow showed FINISHED."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from pipeline.loggers import mark_stopped
+
+    logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", run_name="r")
+    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger.finalize("success")  # what Lightning does at a stopped fit's end
+    mark_stopped([logger])
+    assert logger.experiment.get_run(logger.run_id).info.status == "KILLED"

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
+from pipeline.checkpoints import resume_changes
+from pipeline.cli import compose
 from pipeline.layout import LAST_CHECKPOINT, SAVED_OVERRIDES
 from pipeline.resume import expand_resume
 
@@ -50,4 +53,19 @@ def test_a_restart_starts_from_where_the_run_started_its_ckpt_path_kept(tmp_path
     assert not resumed.restart
     assert [o for o in resumed.overrides if o.startswith("ckpt_path=")] == [
         f"ckpt_path={run / LAST_CHECKPOINT}"
+    ]
+
+
+def test_a_continued_run_names_the_data_loss_and_precision_it_changes() -> None:
+    """`resume=<run> data.image_size=32 loss=cross_entropy` trained on without a word: one
+    train/loss tag over two losses, hparams.yaml naming only the new size."""
+    saved = OmegaConf.to_container(compose("train", ["data.image_size=16", "loss=mse"]))
+    assert isinstance(saved, dict)
+    same = compose("train", ["data.image_size=16", "loss=mse", "optimizer.lr=0.1"])
+    assert resume_changes(saved, same) == []  # the optimizer's: restored_optimizer names it
+    changed = compose("train", ["data.image_size=32", "loss=cross_entropy", "precision=bf16-mixed"])
+    assert resume_changes(saved, changed) == [
+        "data.image_size=32 (the checkpoint's run had 16)",
+        "loss.name=cross_entropy (the checkpoint's run had mse)",
+        "precision=bf16-mixed (the checkpoint's run had 32-true)",
     ]

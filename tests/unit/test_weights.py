@@ -13,6 +13,7 @@ from torchvision.models import resnet18
 from pipeline.config import checkpoint_problems
 from pipeline.errors import ConfigError
 from pipeline.model import build_resnet18
+from pipeline.weights import load_file
 
 
 class Evil:
@@ -307,4 +308,22 @@ def test_an_unreadable_file_is_called_unreadable_not_damaged(
         load_file(path, "model.weights")
     assert info.value.problems == [
         f"model.weights={path} cannot be read (Permission denied); check its permissions"
+    ]
+
+
+def test_a_runs_folder_given_for_a_checkpoint_names_the_checkpoint_in_it(tmp_path: Path) -> None:
+    """`ckpt_path=<run folder>` said "is not a file; check the path", as for a missing file."""
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(ConfigError) as caught:
+        load_file(str(tmp_path / "run"), "ckpt_path")
+    assert caught.value.problems == [
+        f"ckpt_path={tmp_path / 'run'} is a run's folder; its checkpoint is "
+        f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}"
+    ]
+    with pytest.raises(ConfigError) as caught:
+        load_file(str(tmp_path / "none.ckpt"), "ckpt_path")
+    assert caught.value.problems == [
+        f"ckpt_path={tmp_path / 'none.ckpt'} is not a file (no such file); check the path"
     ]

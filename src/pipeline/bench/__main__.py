@@ -36,6 +36,7 @@ from pipeline.overrides import shell_word
 from pipeline.rundir import created_here, discard_run_dir, forget_created
 
 PROGRAM = "pipeline.bench"
+report.silence_known_warnings()  # as train and eval: Lightning's, asking nothing of the user
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="bench", version_base="1.3")
