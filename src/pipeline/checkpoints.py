@@ -164,6 +164,7 @@ def checkpoint_fit_problems(
 # its curves: each is named in train.log and on the console as it starts (a resume with another
 # data.image_size or loss trained on without a word, one train/loss tag over two losses).
 NAMED_ON_RESUME = ("data", "loss", "precision")
+SAME_SAMPLES = ("data.num_workers", "data.compile")  # how samples are made, not which
 
 
 def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
@@ -176,9 +177,13 @@ def resume_changes(saved: dict[str, Any], cfg: DictConfig) -> list[str]:
         if old is None:
             continue
         pairs: list[tuple[str, Any, Any]] = (
-            [(group + "." + str(k), old.get(k), new.get(k)) for k in new]
+            [(group + "." + str(k), old.get(k), new.get(k)) for k in new if k in old]
             if isinstance(new, DictConfig) and isinstance(old, DictConfig)
             else [(group, old, new)]
-        )
-        changes += [f"{key}={b} (the checkpoint's run had {a})" for key, a, b in pairs if a != b]
+        )  # a key the checkpoint's config lacks (an older version's) is no change of the user's
+        changes += [
+            f"{key}={b} (the checkpoint's run had {a})"
+            for key, a, b in pairs
+            if a != b and key not in SAME_SAMPLES
+        ]
     return changes

@@ -195,6 +195,7 @@ def evaluate(cfg: DictConfig) -> None:
             if interrupted.seen is not None:
                 raise interrupted.seen from None  # main's one line, exit 128 + N
             raise
+        stop_now.finished()  # scored: a Ctrl-C from here on changes nothing, the table prints
     except ConfigError as exc:
         cli.report_problems(exc.problems, "pipeline.eval")
         sys.exit(CONFIG_ERROR_EXIT_CODE)
@@ -207,7 +208,6 @@ def evaluate(cfg: DictConfig) -> None:
         table.add_row(name, f"{value:.6g}")
     report.console.print(table)
     report.show_run_dir(run_dir, tensorboard="tensorboard" in (cfg.logger or {}))
-    stop_now.finished()  # the score is out: a Ctrl-C from here on changes nothing
 
 
 class SeesKeyboardInterrupt(pl.Callback):
@@ -236,6 +236,7 @@ def main() -> None:
             sys.exit(CONFIG_ERROR_EXIT_CODE)
         cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
     except KeyboardInterrupt as exc:  # while it checks, loads or scores: SIGTERM too (stop_now)
+        stop_now.stopping()
         signum = stop_now.signal_of(exc)
         for run_dir in created_here():  # its outputs/eval/… folder: nothing was scored into it
             discard_run_dir(run_dir)

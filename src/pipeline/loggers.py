@@ -10,6 +10,7 @@ import contextlib
 import csv
 import importlib.util
 import logging
+import os
 import sqlite3
 import tempfile
 import time
@@ -72,9 +73,14 @@ def mlflow_store_problems(uri: str) -> list[str]:
     cannot be written, or a file that is not a database; a folder (MLflow's file store, which
     MLflow 3 refuses: 'in maintenance mode'). Each was a traceback of ~260 lines once the run
     had started, its run directory left half-made. A server's address is MLflow's to reach."""
-    if uri.startswith(REMOTE_STORES):
-        return []
+    scheme, _, rest = uri.partition("://")
+    if uri.lower().startswith(REMOTE_STORES) or (scheme.lower() == "sqlite" and rest in ("", "/")):
+        return []  # a server's, or SQLite in memory
     key = f"logger.mlflow.tracking_uri={uri}"
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+        return []  # MLflow's own opt-in to its file store: its rules, not ours
+    if scheme.lower() == "sqlite" and rest.startswith("/"):
+        uri = SQLITE_PREFIX + rest[1:]
     if not uri.startswith(SQLITE_PREFIX):
         return [
             f"{key}: MLflow 3 takes no folder as its store (its file store is in maintenance "
@@ -88,9 +94,12 @@ def mlflow_store_problems(uri: str) -> list[str]:
     if path.exists():
         try:
             with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.Error as exc:
             return [f"{key}: {path} is not a SQLite database MLflow can open ({exc})"]
+        if tables and "experiments" not in tables:  # MLflow would add its tables beside them
+            return [f"{key}: {path} is another tool's database (it has no MLflow tables); "
+                    f"name a new file, e.g. {SQLITE_PREFIX}outputs/mlflow.db"]  # fmt: skip
         return []
     folder = next(p for p in path.absolute().parents if p.exists())
     try:

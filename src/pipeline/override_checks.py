@@ -192,7 +192,10 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
             where += f" (and its class takes: {', '.join(sorted(more))})"
         if parent == "trainer":  # eval's trainer has no keys of its own: "no keys" misled
             close = difflib.get_close_matches(name, trainer_arguments(), n=3)
-            where += f" (and lightning.Trainer takes any argument of its own{': ' + ', '.join(close) + '?' if close else ''})"
+            trainer_takes = "lightning.Trainer takes any argument of its own" + (
+                f": {', '.join(close)}?" if close else ""
+            )
+            where = f"{where} (and {trainer_takes})" if keys else trainer_takes
         problems.append(f"{key} is not a config key (got {as_typed(o)}); {where}; fix the spelling")
     return rewritten, problems
 

@@ -294,16 +294,16 @@ def search() -> None:
     try:
         run_trials(study, plan)
     except SearchStopped as exc:
-        stopped(exc.code, plan)
+        stopped(exc.code, plan, exc.where)
     except KeyboardInterrupt:
         stopped(stopped_by_signal_exit_code(signal.SIGINT), plan)
     sys.exit(show_result(study, plan))
 
 
-def stopped(code: int, plan: Plan) -> None:
+def stopped(code: int, plan: Plan, where: str = "during a trial") -> None:
     report.show_error(
         PROGRAM,
-        f"stopped (exit code {code}) during a trial; run the same command again to continue "
+        f"stopped (exit code {code}) {where}; run the same command again to continue "
         f"study {plan.study} in {plan.storage}",
     )
     sys.exit(code)

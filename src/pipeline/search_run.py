@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
-from pipeline import cli, report
+from pipeline import cli, early_signals, report
 from pipeline.callbacks.trial_reports import TrialReports
 from pipeline.config import validate
 from pipeline.config_dir import CONFIG_DIR
@@ -32,6 +32,7 @@ from pipeline.errors import (
     GRADIENT_CHECK_EXIT_CODE,
     NO_COMPLETED_TRIAL_EXIT_CODE,
     RESOURCE_EXIT_CODE,
+    stopped_by_signal_exit_code,
 )
 from pipeline.overrides import override, shell_word
 from pipeline.rundir import claim_run_dir, release_run_dir
@@ -63,11 +64,13 @@ class TrialFailed(Exception):
 
 
 class SearchStopped(Exception):
-    """A signal stopped the trial in flight: the search stops too, with the trial's exit code."""
+    """A signal stopped the trial in flight, or came between trials: the search stops too,
+    with the trial's exit code (or the signal's)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, where: str = "during a trial") -> None:
         super().__init__(f"exit code {code}")
         self.code = code
+        self.where = where
 
 
 def open_study(plan: Plan) -> tuple[optuna.Study | None, list[str]]:
@@ -192,6 +195,9 @@ def run_trials(study: optuna.Study, plan: Plan) -> None:
     """Trials one after another until the study's finished and running trials reach n_trials."""
     lock = StudyLock(sqlite_path(plan.storage))
     while True:
+        if (signum := early_signals.received()) is not None:  # after a trial's end: not the
+            # next trial's start, config and pre-flight, to stop it there (review)
+            raise SearchStopped(stopped_by_signal_exit_code(signum), "between trials")
         lock.acquire()
         try:
             for number in fail_dead_trials(study):

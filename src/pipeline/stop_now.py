@@ -8,9 +8,10 @@ command's first line, before torch imports) to `started()`, a stop signal ends t
 once with one line: nothing is written before the command's main starts. From `started()` on it
 raises `Stopped`, a KeyboardInterrupt naming its signal, so Lightning's loop and the command's
 `except KeyboardInterrupt` take a SIGTERM as they take a Ctrl-C: one line, exit 128 + N. From
-`finished()`, once the command's result is out, a stop signal is named and changes nothing
-(a Ctrl-C just after the score was printed exited 130 with no line); a second one acts as if
-the handler were not there. The handler stays for the interpreter's end once finished.
+`finished()`, once the command's result is made, a stop signal is named and changes nothing
+(a Ctrl-C just after the score was printed exited 130 with no line), and a second one ends the
+process at once with one line. The handler stays for the interpreter's end once finished.
+`stopping()`: the command stops and cleans up, and further signals are ignored.
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ def started() -> None:
 
 
 def finished() -> None:
-    """The command's result is out: a stop signal is named and changes nothing."""
+    """The command's result is made: a stop signal is named and changes nothing (its printing
+    and writing go on whole); a second one ends the process at once, with one line."""
     _state["phase"] = "finished"
+
+
+def stopping() -> None:
+    """The command stops on a signal and cleans up: later signals are ignored, so the clean-up
+    runs whole (a second Ctrl-C there was a traceback, the folder left half-removed)."""
+    _state["phase"] = "stopping"
 
 
 def uninstall(*, unless_finished: bool = False) -> None:
@@ -79,15 +87,13 @@ def _handle(signum: int, frame: FrameType | None) -> None:
         os._exit(128 + signum)
     if phase == "working":
         raise Stopped(signum)
-    if not _state["named"]:  # the process's last moments: Hydra's job end, the interpreter's
+    if phase == "stopping":
+        return
+    if not _state["named"]:  # its output, Hydra's job end, the interpreter's last moments
         _state["named"] = True
         os.write(
             2, f"{command}: {name} arrived after its work was done; it stopped nothing\n".encode()
         )
         return
-    previous = _replaced.get(signum, signal.SIG_DFL)  # asked again: as if we were not there
-    if callable(previous):
-        previous(signum, frame)
-    elif previous == signal.SIG_DFL:
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
+    os.write(2, f"{command}: stopped at once by a second {name}; its result stands\n".encode())
+    os._exit(128 + signum)  # asked twice: nothing of the command's is left to write

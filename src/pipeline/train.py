@@ -18,13 +18,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import hydra
 import lightning.pytorch as pl
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from torch.multiprocessing.spawn import ProcessRaisedException
 
 from pipeline import build, cli, early_signals, report
 from pipeline.callbacks import HydraFilesAtStart, Provenance, graceful_stop_of
@@ -56,8 +57,10 @@ report.silence_known_warnings()
 
 
 # A sweep's jobs that ended with an exit code of their own (diverged, failed a check, out of
-# memory): (the job's run directory, the code). The sweep goes on to its other jobs.
+# memory): (the job's run directory, the code); the sweep goes on to its other jobs. And how
+# many jobs started, and the sweep's folder.
 _failed_jobs: list[tuple[Path, int]] = []
+_sweep: dict[str, Any] = {"jobs": 0, "dir": None}
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
@@ -70,6 +73,8 @@ def train(cfg: DictConfig) -> None:
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         run(cfg)
         return
+    _sweep["jobs"] += 1
+    _sweep["dir"] = Path(HydraConfig.get().sweep.dir).absolute()
     try:
         run(cfg)
     except SystemExit as exc:
@@ -79,13 +84,38 @@ def train(cfg: DictConfig) -> None:
         _failed_jobs.append((Path(HydraConfig.get().runtime.output_dir), code))
 
 
-def failed_jobs_line(failed: list[tuple[Path, int]]) -> str:
+# What a spawned rank's error, raised again in the parent as text, means: its exit code.
+SPAWNED_ERRORS = {
+    DivergenceError.__name__: DIVERGED_EXIT_CODE,
+    GradientCheckError.__name__: GRADIENT_CHECK_EXIT_CODE,
+    ResourceError.__name__: RESOURCE_EXIT_CODE,
+}
+
+
+def spawned_rank_failure(text: str) -> tuple[int, str]:
+    """(exit code, line) for a rank Lightning spawned that failed (`text`: torch's
+    ProcessRaisedException, the rank's traceback as text). A DDP job of a sweep runs its ranks
+    so: its divergence was an 80-line traceback and exit 1 where a single run says one line."""
+    lines = text.strip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        name, _, message = lines[i].partition(": ")
+        if name.startswith("pipeline.errors.") and name.rsplit(".", 1)[1] in SPAWNED_ERRORS:
+            said = " ".join([message, *lines[i + 1 :]]).strip()
+            return SPAWNED_ERRORS[name.rsplit(".", 1)[1]], said
+    last = lines[-1] if lines else "no error text"
+    return PROCESS_FAILED_EXIT_CODE, f"a process of this DDP run failed: {last[:300]}"
+
+
+def failed_jobs_line(failed: list[tuple[Path, int]], jobs: int, sweep_dir: Path | None) -> str:
     """The sweep's closing line when some of its jobs failed (each said why above)."""
-    jobs = "; ".join(f"{d.name} (exit {code})" for d, code in failed)
-    return (
-        f"{len(failed)} job(s) of the sweep failed, each named above with its reason: {jobs}; "
-        f"the other jobs ran to their end (in {failed[0][0].parent})"
-    )
+
+    def shown(job_dir: Path) -> str:
+        inside = sweep_dir is not None and job_dir.is_relative_to(sweep_dir)
+        return str(job_dir.relative_to(sweep_dir)) if inside else str(job_dir)  # type: ignore[arg-type]
+
+    named = "; ".join(f"{shown(d)} (exit {code})" for d, code in failed)
+    where = f" in {sweep_dir}" if sweep_dir is not None else ""
+    return f"{len(failed)} of the sweep's {jobs} job(s) failed, each named above with its reason{where}: {named}"
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
@@ -168,6 +198,11 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
         report.log_to_file("the run ran out of disk")
         report.show_error("pipeline.train", str(exc))
         sys.exit(RESOURCE_EXIT_CODE)
+    except ProcessRaisedException as exc:  # a rank Lightning spawned (a sweep's DDP job)
+        code, message = spawned_rank_failure(str(exc))
+        report.log_to_file(message, with_traceback=False)
+        report.show_error("pipeline.train", message)
+        sys.exit(code)
     except (RuntimeError, MemoryError) as exc:
         if is_out_of_memory(exc):
             report.log_to_file("a training step ran out of memory")
@@ -324,9 +359,14 @@ def main() -> None:
             report.show_error("pipeline.train", f"stopped by {name} before training started")
             sys.exit(stopped_by_signal_exit_code(signum))
         _failed_jobs.clear()
-        cli.run(train, "train", "pipeline.train", validate)
-        if _failed_jobs and is_launch_rank_zero():
-            report.show_error("pipeline.train", failed_jobs_line(_failed_jobs))
+        _sweep.update(jobs=0, dir=None)
+        try:
+            cli.run(train, "train", "pipeline.train", validate)
+        finally:  # also when a later job's signal or exception ends the sweep
+            if _failed_jobs and is_launch_rank_zero():
+                report.show_error(
+                    "pipeline.train", failed_jobs_line(_failed_jobs, _sweep["jobs"], _sweep["dir"])
+                )
         if (late := early_signals.unreported()) is not None and is_launch_rank_zero():
             name = signal.Signals(late).name
             report.show_line(

@@ -87,8 +87,8 @@ def test_a_failed_job_leaves_the_sweeps_other_jobs_to_run_and_sets_its_exit_code
     assert (diverged / "divergence.json").exists()
     assert (trained / "checkpoints" / "last.ckpt").exists()
     assert result.stderr.strip().splitlines()[-1] == (
-        f"pipeline.train: 1 job(s) of the sweep failed, each named above with its reason: "
-        f"{diverged.name} (exit 3); the other jobs ran to their end (in {diverged.parent})"
+        f"pipeline.train: 1 of the sweep's 2 job(s) failed, each named above with its reason in "
+        f"{diverged.parent}: {diverged.name} (exit 3)"
     )
 
 

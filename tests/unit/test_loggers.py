@@ -3,7 +3,9 @@ logger stored, read back with its own reader."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -247,7 +249,9 @@ def test_a_histogram_steps_burst_of_events_does_not_wait_for_the_writer_thread(
     assert logged == [(s, float(s)) for s in range(burst_size)]
 
 
-def test_an_mlflow_store_mlflow_cannot_open_is_one_line_before_the_run(tmp_path: Path) -> None:
+def test_an_mlflow_store_mlflow_cannot_open_is_one_line_before_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each was a ~260-line traceback once the run had started, its run directory left
     half-made and then refused as holding a run (hostile review)."""
     a_file = tmp_path / "afile"
@@ -263,9 +267,21 @@ def test_an_mlflow_store_mlflow_cannot_open_is_one_line_before_the_run(tmp_path:
     for uri, why in refused.items():
         [problem] = mlflow_store_problems(uri)
         assert problem.startswith(f"logger.mlflow.tracking_uri={uri}: ") and why in problem
-    for uri in (f"sqlite:///{tmp_path}/new/mlflow.db", "http://127.0.0.1:9"):
-        assert mlflow_store_problems(uri) == []
+    other = tmp_path / "other.db"  # another tool's (an Optuna study's, say)
+    with contextlib.closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE studies (id INTEGER)")
+    [problem] = mlflow_store_problems(f"sqlite:///{other}")
+    assert "is another tool's database (it has no MLflow tables)" in problem
+    ours = tmp_path / "ours.db"
+    with contextlib.closing(sqlite3.connect(ours)) as db:
+        db.execute("CREATE TABLE experiments (id INTEGER)")
+    accepted = (f"sqlite:///{tmp_path}/new/mlflow.db", f"SQLite:///{ours}", "sqlite://",
+                "http://127.0.0.1:9", "HTTPS://127.0.0.1:9")  # fmt: skip
+    for uri in accepted:
+        assert mlflow_store_problems(uri) == [], uri
     assert not (tmp_path / "new").exists()  # looked at, nothing made
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: its rules
+    assert mlflow_store_problems(str(tmp_path / "store")) == []
 
 
 def test_a_stopped_runs_mlflow_run_is_killed_not_finished(tmp_path: Path) -> None:

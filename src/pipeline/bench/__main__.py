@@ -58,9 +58,9 @@ def bench(cfg: DictConfig) -> None:
         sys.exit(PROCESS_FAILED_EXIT_CODE)
     except BenchStopped as exc:
         raise stop_now.Stopped(exc.signum) from None  # main's line: no figures made
+    stop_now.finished()  # measured and printed: a Ctrl-C from here on changes nothing
     if cfg.bench.output:
         write_figures(Path(cfg.bench.output), figures)
-    stop_now.finished()  # the figures are out: a Ctrl-C from here on changes nothing
 
 
 def write_figures(path: Path, figures: dict[str, object]) -> None:
@@ -70,8 +70,10 @@ def write_figures(path: Path, figures: dict[str, object]) -> None:
     try:
         partial.write_text(json.dumps(figures, indent=2) + "\n")
         os.replace(partial, path)
-    except OSError as exc:
+    except BaseException as exc:  # a failed write, or anything that cut it: no .partial left
         partial.unlink(missing_ok=True)
+        if not isinstance(exc, OSError):
+            raise
         report.show_error(
             PROGRAM, f"cannot write bench.output={shell_word(str(path))} ({exc.strerror or exc}); "
             "the figures are printed above"
@@ -87,6 +89,7 @@ def main() -> None:
         stop_now.started()
         cli.run(bench, "bench", PROGRAM, validate_bench)
     except KeyboardInterrupt as exc:  # SIGTERM too (stop_now); mid-measure, BenchStopped's
+        stop_now.stopping()
         signum = stop_now.signal_of(exc)
         for run_dir in created_here():  # its outputs/bench/… folder: no figures came of it
             discard_run_dir(run_dir)
