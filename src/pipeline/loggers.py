@@ -73,15 +73,17 @@ def mlflow_store_problems(uri: str) -> list[str]:
     cannot be written, or a file that is not a database; a folder (MLflow's file store, which
     MLflow 3 refuses: 'in maintenance mode'). Each was a traceback of ~260 lines once the run
     had started, its run directory left half-made. A server's address is MLflow's to reach."""
-    scheme, _, rest = uri.partition("://")
-    if uri.lower().startswith(REMOTE_STORES) or (scheme.lower() == "sqlite" and rest in ("", "/")):
-        return []  # a server's, or SQLite in memory
+    scheme, sep, rest = uri.partition("://")
     key = f"logger.mlflow.tracking_uri={uri}"
-    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
-        return []  # MLflow's own opt-in to its file store: its rules, not ours
-    if scheme.lower() == "sqlite" and rest.startswith("/"):
-        uri = SQLITE_PREFIX + rest[1:]
+    if sep and scheme != scheme.lower():  # SQLAlchemy's dialect names are lower case
+        return [f"{key}: write its scheme in lower case: {scheme.lower()}://{rest}"]
+    if uri.startswith(REMOTE_STORES) or (scheme == "sqlite" and rest in ("", "/")):
+        return []  # a server's, or SQLite in memory
+    if scheme == "sqlite" and not rest.startswith("/"):
+        return [f"{key}: a SQLite file takes three slashes: {SQLITE_PREFIX}{rest}"]
     if not uri.startswith(SQLITE_PREFIX):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+            return []  # MLflow's own opt-in to its file store: its rules there, not ours
         return [
             f"{key}: MLflow 3 takes no folder as its store (its file store is in maintenance "
             f"mode); use a SQLite file: logger.mlflow.tracking_uri={SQLITE_PREFIX}outputs/mlflow.db"

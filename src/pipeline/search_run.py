@@ -195,9 +195,6 @@ def run_trials(study: optuna.Study, plan: Plan) -> None:
     """Trials one after another until the study's finished and running trials reach n_trials."""
     lock = StudyLock(sqlite_path(plan.storage))
     while True:
-        if (signum := early_signals.received()) is not None:  # after a trial's end: not the
-            # next trial's start, config and pre-flight, to stop it there (review)
-            raise SearchStopped(stopped_by_signal_exit_code(signum), "between trials")
         lock.acquire()
         try:
             for number in fail_dead_trials(study):
@@ -205,7 +202,10 @@ def run_trials(study: optuna.Study, plan: Plan) -> None:
                     f"trial {number}: its process is gone; marked failed, not counted", flush=True
                 )
             if taken_slots(study) >= plan.n_trials:
-                return
+                return  # done: a signal after the last trial stopped nothing
+            if (signum := early_signals.received()) is not None:  # after a trial's end: not
+                # the next trial's start, config and pre-flight, to stop it there (review)
+                raise SearchStopped(stopped_by_signal_exit_code(signum), "between trials")
             study.optimize(
                 lambda trial: objective(trial, plan, lock), n_trials=1, catch=(TrialFailed,)
             )

@@ -19,13 +19,15 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _replaced: dict[int, Any] = {}  # installed: each stop signal's handler before ours
-_state: dict[str, Any] = {"command": "", "phase": "importing", "named": False}
+_state: dict[str, Any] = {"command": "", "phase": "importing", "named": False, "held": []}
 
 
 class Stopped(KeyboardInterrupt):
@@ -68,6 +70,21 @@ def stopping() -> None:
     _state["phase"] = "stopping"
 
 
+@contextmanager
+def held() -> Iterator[None]:
+    """While a write that must be whole runs (bench.output, after its result is made): a stop
+    signal waits for its end, then counts as it would have (a second Ctrl-C there ended the
+    process mid-write, leaving a .partial file and no output)."""
+    phase, _state["phase"] = _state["phase"], "holding"
+    try:
+        yield
+    finally:
+        _state["phase"] = phase
+        waiting, _state["held"] = _state["held"], []
+        for signum in waiting:
+            _handle(signum, None)
+
+
 def uninstall(*, unless_finished: bool = False) -> None:
     """Put back the handlers `install()` replaced, where its own is still in; `unless_finished`:
     not once the command's result is out (it names a signal in the process's last moments)."""
@@ -88,6 +105,9 @@ def _handle(signum: int, frame: FrameType | None) -> None:
     if phase == "working":
         raise Stopped(signum)
     if phase == "stopping":
+        return
+    if phase == "holding":
+        _state["held"].append(signum)
         return
     if not _state["named"]:  # its output, Hydra's job end, the interpreter's last moments
         _state["named"] = True

@@ -82,6 +82,9 @@ def train(cfg: DictConfig) -> None:
         if code == 0 or code >= 128:
             raise
         _failed_jobs.append((Path(HydraConfig.get().runtime.output_dir), code))
+    except Exception:  # a bug's traceback: Hydra's, once the other jobs have run; named too
+        _failed_jobs.append((Path(HydraConfig.get().runtime.output_dir), 1))
+        raise
 
 
 # What a spawned rank's error, raised again in the parent as text, means: its exit code.
@@ -115,7 +118,7 @@ def failed_jobs_line(failed: list[tuple[Path, int]], jobs: int, sweep_dir: Path 
 
     named = "; ".join(f"{shown(d)} (exit {code})" for d, code in failed)
     where = f" in {sweep_dir}" if sweep_dir is not None else ""
-    return f"{len(failed)} of the sweep's {jobs} job(s) failed, each named above with its reason{where}: {named}"
+    return f"{len(failed)} of the {jobs} job(s) the sweep ran failed, each named above with its reason{where}: {named}"
 
 
 def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:

@@ -87,7 +87,7 @@ def test_a_failed_job_leaves_the_sweeps_other_jobs_to_run_and_sets_its_exit_code
     assert (diverged / "divergence.json").exists()
     assert (trained / "checkpoints" / "last.ckpt").exists()
     assert result.stderr.strip().splitlines()[-1] == (
-        f"pipeline.train: 1 of the sweep's 2 job(s) failed, each named above with its reason in "
+        f"pipeline.train: 1 of the 2 job(s) the sweep ran failed, each named above with its reason in "
         f"{diverged.parent}: {diverged.name} (exit 3)"
     )
 

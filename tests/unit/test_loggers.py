@@ -275,13 +275,20 @@ def test_an_mlflow_store_mlflow_cannot_open_is_one_line_before_the_run(
     ours = tmp_path / "ours.db"
     with contextlib.closing(sqlite3.connect(ours)) as db:
         db.execute("CREATE TABLE experiments (id INTEGER)")
-    accepted = (f"sqlite:///{tmp_path}/new/mlflow.db", f"SQLite:///{ours}", "sqlite://",
-                "http://127.0.0.1:9", "HTTPS://127.0.0.1:9")  # fmt: skip
+    accepted = (f"sqlite:///{tmp_path}/new/mlflow.db", f"sqlite:///{ours}", "sqlite://",
+                "http://127.0.0.1:9")  # fmt: skip
     for uri in accepted:
         assert mlflow_store_problems(uri) == [], uri
     assert not (tmp_path / "new").exists()  # looked at, nothing made
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: its rules
+    # SQLAlchemy's dialect names are lower case (SQLITE:/// passed, then failed the run)
+    assert mlflow_store_problems(f"SQLITE:///{ours}") == [
+        f"logger.mlflow.tracking_uri=SQLITE:///{ours}: write its scheme in lower case: "
+        f"sqlite:///{ours}"
+    ]
+    assert "takes three slashes" in mlflow_store_problems("sqlite://rel.db")[0]
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: a folder
     assert mlflow_store_problems(str(tmp_path / "store")) == []
+    assert mlflow_store_problems(f"sqlite:///{junk}") != []  # its SQLite files still checked
 
 
 def test_a_stopped_runs_mlflow_run_is_killed_not_finished(tmp_path: Path) -> None:

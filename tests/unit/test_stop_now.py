@@ -92,3 +92,18 @@ def test_while_it_imports_a_stop_signal_ends_it_at_once_with_one_line(signum: in
     name = signal.Signals(signum).name
     assert done.stderr == f"pipeline.eval: stopped by {name} as it started; nothing was done\n"
     assert done.stdout == ""
+
+
+def test_a_signal_during_a_held_write_waits_for_its_end(
+    installed: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A second Ctrl-C during bench.output's write ended the process there: a .partial file
+    and no output (review). Held, it counts once the write is whole."""
+    stop_now.started()
+    stop_now.finished()
+    with stop_now.held():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert capfd.readouterr().err == ""  # not yet: the write goes on
+    assert capfd.readouterr().err == (
+        "pipeline.test: SIGINT arrived after its work was done; it stopped nothing\n"
+    )

@@ -60,7 +60,8 @@ def bench(cfg: DictConfig) -> None:
         raise stop_now.Stopped(exc.signum) from None  # main's line: no figures made
     stop_now.finished()  # measured and printed: a Ctrl-C from here on changes nothing
     if cfg.bench.output:
-        write_figures(Path(cfg.bench.output), figures)
+        with stop_now.held():  # whole: a signal waits for the write's end
+            write_figures(Path(cfg.bench.output), figures)
 
 
 def write_figures(path: Path, figures: dict[str, object]) -> None:
