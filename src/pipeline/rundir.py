@@ -27,16 +27,30 @@ class HandoverError(Exception):
     """Rank 0 of a torchrun job could not give the other ranks its run directory."""
 
 
+def _make_parents(path: Path) -> None:
+    """`path`'s missing parent folders made, and remembered: discard_run_dir removes them again
+    when it leaves them empty (a stopped eval left outputs/eval/<date>/ behind, empty)."""
+    missing = [p.absolute() for p in path.parents if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _parents_made_here.update(p.resolve() for p in missing)
+
+
 def claim_run_dir(wanted: Path) -> Path:
     """Create `wanted`, or `wanted-1`, `wanted-2`, … if taken; the creation itself is the claim
     (mkdir is atomic), so concurrent runs get distinct folders. Raises OSError if unwritable."""
-    wanted.parent.mkdir(parents=True, exist_ok=True)
+    _make_parents(wanted)
     for n in range(MAX_SUFFIX):
         candidate = wanted if n == 0 else wanted.with_name(f"{wanted.name}-{n}")
         try:
             candidate.mkdir()
         except FileExistsError:
             continue
+        except FileNotFoundError:  # another command removed the empty parent it had made
+            _make_parents(wanted)
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
         _created_here.add(candidate.resolve())
         return candidate
     raise FileExistsError(f"{wanted} and {MAX_SUFFIX - 1} numbered variants all exist")
@@ -103,6 +117,7 @@ def receive_run_dir(timeout_s: float) -> Path:
 
 LOCK_FILE = ".lock"
 _created_here: set[Path] = set()  # run directories this process made (not there before it)
+_parents_made_here: set[Path] = set()  # and the folders it made on the way (outputs/<date>)
 _held_locks: list[
     Any
 ] = []  # open lock files: a run directory stays claimed while this process lives
@@ -123,6 +138,7 @@ def untrained_made_here() -> list[Path]:
 def forget_created() -> None:
     """The command has ended: what it made is no longer removable as unused by this process."""
     _created_here.clear()
+    _parents_made_here.clear()
 
 
 def holds_run(path: Path) -> bool:
@@ -144,7 +160,8 @@ def lock_run_dir(run_dir: Path) -> None:
     which the kernel releases when the process ends, however it ends (kill -9 included), so a
     dead run never keeps its directory. Raises RunDirInUse naming the holder's pid."""
     if not run_dir.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _make_parents(run_dir)
+        run_dir.mkdir(exist_ok=True)
         _created_here.add(run_dir.resolve())
     handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held open until the process ends)
     try:
@@ -173,6 +190,14 @@ def discard_run_dir(run_dir: Path) -> None:
     release_run_dir(run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     _created_here.discard(run_dir.resolve())
+    for parent in run_dir.resolve().parents:  # the folders made on the way, where left empty
+        if parent not in _parents_made_here:
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # another run's folder is in it, or a file
+            break
+        _parents_made_here.discard(parent)
 
 
 def release_run_dir(run_dir: Path) -> None:

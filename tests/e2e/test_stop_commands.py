@@ -44,3 +44,4 @@ def test_a_stop_signal_while_it_works_is_one_line_and_leaves_no_folder(
     assert err.strip().splitlines()[-1] == f"{module}: {line}"
     assert "Traceback" not in err
     assert not any(folders.glob("*/*")), list(folders.glob("*/*/*"))
+    assert not folders.exists()  # nor the folders made on the way (outputs/eval/<date>/)

@@ -127,9 +127,16 @@ def test_a_run_directory_made_here_is_removed_with_its_log_file_closed(tmp_path:
     try:
         discard_run_dir(run_dir)
         assert handler not in root.handlers and handler.stream is None
-        assert not run_dir.exists() and (tmp_path / "outputs").is_dir()
+        # The folder it made on the way too (outputs/<date>/ was left, empty), not tmp_path
+        assert not (tmp_path / "outputs").exists() and tmp_path.is_dir()
     finally:
         root.removeHandler(handler)
+    lock_run_dir(tmp_path / "outputs" / "a")
+    lock_run_dir(tmp_path / "outputs" / "b")
+    discard_run_dir(tmp_path / "outputs" / "a")
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["b"]  # another run's: kept
+    discard_run_dir(tmp_path / "outputs" / "b")
+    assert not (tmp_path / "outputs").exists()
     existing = tmp_path / "mine"
     existing.mkdir()
     lock_run_dir(existing)
