@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import TINY, run_cli, scalars
-from pipeline.loggers import MLFLOW_INSTALL, MLFLOW_MODULES, missing_modules
+from pipeline.loggers import MLFLOW_INSTALL, MLFLOW_MODULES, mark_stopped, missing_modules
 
 HAS_MLFLOW = not missing_modules(MLFLOW_MODULES)
 NEEDS_MLFLOW = pytest.mark.skipif(
@@ -157,3 +157,10 @@ def test_mlflow_store_holds_each_job_as_a_run_with_params_metrics_and_its_direct
             from_csv = _csv_column(job, tag)
             assert [s for s, _ in history] == [s for s, _ in from_csv], tag
             assert [v for _, v in history] == pytest.approx([v for _, v in from_csv]), tag
+    # A run a signal stopped: KILLED, not FINISHED (Lightning ends a stopped fit as a completed
+    # one, and MLflow's UI showed the stopped run as complete): what train.py calls then.
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    stopped = runs[str(jobs[-1])].info.run_id
+    mark_stopped([MLFlowLogger(tracking_uri=client.tracking_uri, run_id=stopped)])
+    assert client.get_run(stopped).info.status == "KILLED"

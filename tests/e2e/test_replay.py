@@ -114,9 +114,12 @@ def test_the_defaults_divergence_stops_where_batchnorms_statistics_overflow(
     assert replay.returncode == 0, replay.stderr[-2000:]
     float32 = next(line for line in replay.stdout.splitlines() if "float32:" in line)
     assert f"forward: {statistic} (BatchNorm2d's running statistic" in float32, replay.stdout
-    # detect_nonfinite=warn names it too (it said "train/loss became -3.6e+30")
+    # detect_nonfinite=warn names it too (it said "train/loss became -3.6e+30"): the step
+    # again from the state saved before it (a resume is bitwise the run that would have been)
     step = record["step"]
-    warn = [*args, f"trainer.max_steps={step + 1}", "trainer.detect_nonfinite=warn"]
+    saved = run_dir / "checkpoints" / "last.ckpt"
+    warn = [*args, f"ckpt_path={saved}", f"trainer.max_steps={step + 1}",
+            "trainer.detect_nonfinite=warn"]  # fmt: skip
     (tmp_path / "warn").mkdir()
     warned = run_cli("pipeline.train", warn, tmp_path / "warn", torch_home)
     assert warned.returncode == 0, warned.stderr[-2000:]

@@ -289,16 +289,3 @@ def test_an_mlflow_store_mlflow_cannot_open_is_one_line_before_the_run(
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow's own opt-in: a folder
     assert mlflow_store_problems(str(tmp_path / "store")) == []
     assert mlflow_store_problems(f"sqlite:///{junk}") != []  # its SQLite files still checked
-
-
-def test_a_stopped_runs_mlflow_run_is_killed_not_finished(tmp_path: Path) -> None:
-    """Lightning ends a fit a signal stopped as it ends a completed one: MLflow showed FINISHED."""
-    from lightning.pytorch.loggers import MLFlowLogger
-
-    from pipeline.loggers import mark_stopped
-
-    logger = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", run_name="r")
-    logger.log_metrics({"train/loss": 1.0}, step=0)
-    logger.finalize("success")  # what Lightning does at a stopped fit's end
-    mark_stopped([logger])
-    assert logger.experiment.get_run(logger.run_id).info.status == "KILLED"
