@@ -14,9 +14,10 @@ from pipeline.resources import resnet18_on_meta
 from pipeline.weights import load_file, state_dict_mismatch
 
 
-def read_checkpoint(path: str, key: str = "ckpt_path") -> dict[str, Any]:
-    """A Lightning checkpoint written by this package; ConfigError if it is anything else."""
-    ckpt = load_file(path, key)
+def read_checkpoint(path: str, key: str = "ckpt_path", *, mmap: bool = False) -> dict[str, Any]:
+    """A Lightning checkpoint written by this package; ConfigError if it is anything else.
+    `mmap`: its tensors mapped, not read (for its saved config, its step, its shapes)."""
+    ckpt = load_file(path, key, mmap=mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
         raise ConfigError(
             [f"{key}={path} is not a Lightning checkpoint; give a run's {LAST_CHECKPOINT}"]
@@ -90,13 +91,20 @@ def run_config_of(ckpt: dict[str, Any], path: str, key: str = "ckpt_path") -> di
     return config
 
 
+def shape_mismatch(ckpt: dict[str, Any], cfg: DictConfig) -> list[str]:
+    """How the checkpoint's weights differ from the model `cfg` builds (its model.num_classes
+    and data.channels), key by key; empty where they fit."""
+    net = resnet18_on_meta(cfg.model.num_classes, cfg.data.channels)
+    return state_dict_mismatch(
+        net, {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
+    )
+
+
 def own_config_problems(ckpt: dict[str, Any], run_cfg: DictConfig, path: str) -> list[str]:
     """Whether a checkpoint's weights fit the config saved in it (`run_cfg`, as eval builds its
     model from): a hand-edited checkpoint, or another tool's, was Lightning's size-mismatch
     traceback at load (hostile review)."""
-    net = resnet18_on_meta(run_cfg.model.num_classes, run_cfg.data.channels)
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
-    mismatch = state_dict_mismatch(net, state)
+    mismatch = shape_mismatch(ckpt, run_cfg)
     if not mismatch:
         return []
     return [
@@ -114,9 +122,7 @@ def checkpoint_fit_problems(
     mismatch never gets as far as the run's files."""
 
     problems = []
-    net = resnet18_on_meta(cfg.model.num_classes, cfg.data.channels)
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()}
-    mismatch = state_dict_mismatch(net, state)
+    mismatch = shape_mismatch(ckpt, cfg)
     if mismatch:
         keys = {"model.num_classes": cfg.model.num_classes, "data.channels": cfg.data.channels}
         saved_cfg = OmegaConf.create(saved)

@@ -15,7 +15,6 @@ if __name__ == "__main__":  # python -m pipeline.eval
     _stop_now.install("pipeline.eval")
 
 import logging
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -33,10 +32,9 @@ from pipeline.checkpoints import own_config_problems, read_checkpoint, run_confi
 from pipeline.config import checkpoint_problems, validate
 from pipeline.config_dir import CONFIG_DIR, config_groups
 from pipeline.config_limits import limited_batches
-from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError, stopped_by_signal_exit_code
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
 from pipeline.overrides import shell_word
-from pipeline.rundir import created_here, discard_run_dir, forget_created
 from pipeline.settings import resolved
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,8 @@ def overridden_keys(overrides: list[str]) -> list[str]:
 def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, list[str]]:
     """The training config from the checkpoint with this command's overrides of `keys`, and a
     problem for each key eval does not take. Eval runs one process (devices=1)."""
-    run_cfg = OmegaConf.create(run_config_of(read_checkpoint(cfg.ckpt_path), cfg.ckpt_path))
+    ckpt = read_checkpoint(cfg.ckpt_path, mmap=True)  # its config: no weights read
+    run_cfg = OmegaConf.create(run_config_of(ckpt, cfg.ckpt_path))
     problems = []
     for key in keys:
         if key.split(".")[0] not in EVAL_GROUPS:
@@ -141,7 +140,8 @@ def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
     run_cfg, problems = run_config_for_eval(cfg, keys)
     problems += validate(run_cfg, training=False)
     if not problems:
-        problems += own_config_problems(read_checkpoint(str(path)), run_cfg, str(path))
+        ckpt = read_checkpoint(str(path), mmap=True)  # the weights' shapes: no weights read
+        problems += own_config_problems(ckpt, run_cfg, str(path))
     if "trainer.limit_val_batches" in keys and not problems:
         problems += scores_nothing_problems(run_cfg)
     return problems
@@ -226,26 +226,13 @@ class SeesKeyboardInterrupt(pl.Callback):
 
 def main() -> None:
     """Console entry point `pipeline-eval` (through pipeline.entry_points)."""
-    stop_now.install("pipeline.eval")
-    try:
-        stop_now.started()
+    with stop_now.command("pipeline.eval", "nothing was scored"):
         overrides = list(cli.parse_command_line().overrides)
         problems = training_keys_problems(overridden_keys(overrides))
         if problems:
             cli.report_problems(problems, "pipeline.eval")
             sys.exit(CONFIG_ERROR_EXIT_CODE)
         cli.run(evaluate, "eval", "pipeline.eval", lambda cfg: validate_eval(cfg, overrides))
-    except KeyboardInterrupt as exc:  # while it checks, loads or scores: SIGTERM too (stop_now)
-        stop_now.stopping()
-        signum = stop_now.signal_of(exc)
-        for run_dir in created_here():  # its outputs/eval/… folder: nothing was scored into it
-            discard_run_dir(run_dir)
-        name = signal.Signals(signum).name
-        report.show_error("pipeline.eval", f"stopped by {name}; nothing was scored")
-        sys.exit(stopped_by_signal_exit_code(signum))
-    finally:
-        stop_now.uninstall(unless_finished=True)
-        forget_created()
 
 
 if __name__ == "__main__":

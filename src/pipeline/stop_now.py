@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -83,6 +84,32 @@ def held() -> Iterator[None]:
         waiting, _state["held"] = _state["held"], []
         for signum in waiting:
             _handle(signum, None)
+
+
+@contextmanager
+def command(program: str, unfinished: str) -> Iterator[None]:
+    """A command's main, from `started()` to its end: a stop signal (KeyboardInterrupt or
+    Stopped) is one line, `<program>: stopped by SIGx; <unfinished>`, and exit 128 + N, the
+    folders the command made removed (nothing came of them); afterwards the handlers are put
+    back unless its result is made."""
+    from pipeline import report  # the command has imported them: nothing more to load here
+    from pipeline.errors import stopped_by_signal_exit_code
+    from pipeline.rundir import created_here, discard_run_dir, forget_created
+
+    install(program)
+    started()
+    try:
+        yield
+    except KeyboardInterrupt as exc:  # while it checks, loads or works: SIGTERM too
+        stopping()
+        signum = signal_of(exc)
+        for run_dir in created_here():
+            discard_run_dir(run_dir)
+        report.show_error(program, f"stopped by {signal.Signals(signum).name}; {unfinished}")
+        sys.exit(stopped_by_signal_exit_code(signum))
+    finally:
+        uninstall(unless_finished=True)
+        forget_created()
 
 
 def uninstall(*, unless_finished: bool = False) -> None:

@@ -102,9 +102,9 @@ def spawned_rank_failure(text: str) -> tuple[int, str]:
     lines = text.strip().splitlines()
     for i in range(len(lines) - 1, -1, -1):
         name, _, message = lines[i].partition(": ")
-        if name.startswith("pipeline.errors.") and name.rsplit(".", 1)[1] in SPAWNED_ERRORS:
-            said = " ".join([message, *lines[i + 1 :]]).strip()
-            return SPAWNED_ERRORS[name.rsplit(".", 1)[1]], said
+        error = name.removeprefix("pipeline.errors.")
+        if error != name and error in SPAWNED_ERRORS:
+            return SPAWNED_ERRORS[error], " ".join([message, *lines[i + 1 :]]).strip()
     last = lines[-1] if lines else "no error text"
     return PROCESS_FAILED_EXIT_CODE, f"a process of this DDP run failed: {last[:300]}"
 
@@ -113,8 +113,9 @@ def failed_jobs_line(failed: list[tuple[Path, int]], jobs: int, sweep_dir: Path 
     """The sweep's closing line when some of its jobs failed (each said why above)."""
 
     def shown(job_dir: Path) -> str:
-        inside = sweep_dir is not None and job_dir.is_relative_to(sweep_dir)
-        return str(job_dir.relative_to(sweep_dir)) if inside else str(job_dir)  # type: ignore[arg-type]
+        if sweep_dir is not None and job_dir.is_relative_to(sweep_dir):
+            return str(job_dir.relative_to(sweep_dir))
+        return str(job_dir)
 
     named = "; ".join(f"{shown(d)} (exit {code})" for d, code in failed)
     where = f" in {sweep_dir}" if sweep_dir is not None else ""
@@ -131,7 +132,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> None:
     for note in warnings_for(cfg):
         log.warning(note)
     if cfg.ckpt_path is not None and is_launch_rank_zero():  # checked in the pre-flight
-        saved = run_config_of(read_checkpoint(str(cfg.ckpt_path)), str(cfg.ckpt_path))
+        ckpt = read_checkpoint(str(cfg.ckpt_path), mmap=True)  # its config: no weights read
+        saved = run_config_of(ckpt, str(cfg.ckpt_path))
         if changes := resume_changes(saved, cfg):
             log.warning(
                 "continuing from %s with %s: the curves after its step are of another setting",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,10 @@ def download(weights: str, cache: Path) -> None:
         socket.setdefaulttimeout(before)
 
 
-def load_file(path: str, key: str) -> Any:
+def load_file(path: str, key: str, *, mmap: bool = False) -> Any:
     """torch.load with weights_only=True: a pickle that would run code is refused, not run.
+    `mmap`: the tensors are mapped from the file, read only where touched (a caller after the
+    saved config or the shapes reads next to nothing of a checkpoint).
 
     Any failure (no file, truncated, foreign, unsafe) is a ConfigError naming `key`.
     """
@@ -111,7 +114,9 @@ def load_file(path: str, key: str) -> Any:
         why = "no such file" if not file.exists() else "a folder"
         raise ConfigError([f"{key}={path} is not a file ({why}); check the path"])
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        # torch maps only its zip format (any torch.save since 1.6; an older file is read whole)
+        mapped = mmap and zipfile.is_zipfile(file)
+        return torch.load(file, map_location="cpu", weights_only=True, mmap=mapped)
     except PermissionError as exc:
         raise ConfigError(
             [f"{key}={path} cannot be read ({exc.strerror}); check its permissions"]

@@ -11,7 +11,6 @@ if __name__ == "__main__":  # python -m pipeline.bench
 
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -30,10 +29,8 @@ from pipeline.errors import (
     DIVERGED_EXIT_CODE,
     PROCESS_FAILED_EXIT_CODE,
     DivergenceError,
-    stopped_by_signal_exit_code,
 )
 from pipeline.overrides import shell_word
-from pipeline.rundir import created_here, discard_run_dir, forget_created
 
 PROGRAM = "pipeline.bench"
 report.silence_known_warnings()  # as train and eval: Lightning's, asking nothing of the user
@@ -85,21 +82,8 @@ def write_figures(path: Path, figures: dict[str, object]) -> None:
 
 def main() -> None:
     """Console entry point `pipeline-bench` (through pipeline.entry_points)."""
-    stop_now.install(PROGRAM)
-    try:
-        stop_now.started()
+    with stop_now.command(PROGRAM, "no figures made"):  # mid-measure, BenchStopped's signal too
         cli.run(bench, "bench", PROGRAM, validate_bench)
-    except KeyboardInterrupt as exc:  # SIGTERM too (stop_now); mid-measure, BenchStopped's
-        stop_now.stopping()
-        signum = stop_now.signal_of(exc)
-        for run_dir in created_here():  # its outputs/bench/… folder: no figures came of it
-            discard_run_dir(run_dir)
-        name = signal.Signals(signum).name
-        report.show_error(PROGRAM, f"stopped by {name}; no figures made")
-        sys.exit(stopped_by_signal_exit_code(signum))
-    finally:
-        stop_now.uninstall(unless_finished=True)
-        forget_created()
 
 
 if __name__ == "__main__":
