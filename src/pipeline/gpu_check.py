@@ -5,11 +5,14 @@ On a CUDA machine, in under 8 minutes on one H200: installs what a bare GPU mach
 runs the tests marked `gpu`; benches 224×224 batch 256 `precision=bf16-mixed
 model.channels_last=true loss=mse` (pipeline, plain loop, naive fp32 NCHW loop) and the defaults'
 64×64 batch 32; then, while the 8 minutes allow: CUDA graphs (`model.compile=reduce-overhead`)
-against eager at 64×64 batch 32, where the host's launches set the pace; a default 64×64 run
-under torch.profiler (where a small step's time goes); `model.compile=true` at 224×224. It writes
-each bench's JSON, the profile's trace and top operations and gpu-check.json (after every check,
-so a call cut short keeps what was done) to $GPU_CHECK_OUT (default docs/; 7 files at most,
-which a lent machine's $OUT brings back) and prints each check's outcome as it ends and a
+against eager at 64×64 batch 32, where the host's launches set the pace; the loops' own host
+cost a step (the overhead bench: plain, bare Lightning and the pipeline around a model whose
+forward costs nothing, on CUDA, where a foreach operation is one multi-tensor kernel and not the
+CPU's loop of one dispatch a tensor); a default 64×64 run under torch.profiler (where a small
+step's time goes); `model.compile=true` at 224×224. It writes each bench's JSON, the profile's
+trace and top operations and gpu-check.json (after every check, so a call cut short keeps what
+was done) to $GPU_CHECK_OUT (default docs/; 8 files at most, which a lent machine's $OUT brings
+back) and prints each check's outcome as it ends and a
 summary naming the card. A check that outlives its time is killed with everything it started.
 Without CUDA it prints what it would run and exits 0.
 """
@@ -45,10 +48,14 @@ SMALL = ["data.image_size=64", "data.batch_size=32", "bench.steps=50"]
 # knob variant), 3 rounds; compiling is in each round's first steps, so the warm-up is longer
 # (the first round compiles cold, ~20–40 s on an H200).
 COMPILED = ["bench.rounds=3", "bench.warmup_steps=10"]
+# Issue 13's host work a step: 10 rounds of 100 steps of each loop around the zero-cost model,
+# paired by round (on the 2-core CPU 3 rounds took 17 s with the process's start).
+OVERHEAD = ["data.image_size=8", "bench.overhead_steps=100", "bench.rounds=10"]
 BENCHES: dict[str, tuple[list[str], int, bool]] = {  # name: overrides, timeout, optional
     "224×224": (BIG, 150, False),
     "64×64": (SMALL, 90, False),
     "64-cuda-graphs": ([*SMALL, 'bench.knobs=["model.compile=reduce-overhead"]', *COMPILED], 150, True),
+    "overhead": (OVERHEAD, 100, True),
     "224-compile": ([*BIG, 'bench.knobs=["model.compile=true"]', *COMPILED], 150, True),
 }  # fmt: skip
 # Where a 64×64 step's time goes: a default run under torch.profiler, 5 steps recorded after 14
@@ -154,6 +161,29 @@ def bench_summary(name: str, figures: dict[str, Any]) -> str:
     )
 
 
+def overhead_summary(name: str, figures: dict[str, Any]) -> str:
+    """One line of the overhead bench's figures: each loop's µs a step, and the pipeline's cost
+    over bare Lightning paired by round (± its standard error), split into what every step pays
+    and what the logging steps add."""
+    us = figures["us_per_step"]
+
+    def paired(key: str) -> str:
+        se = figures.get(f"{key}_se_us")
+        return f"{figures[f'{key}_us']:+.0f}" + ("" if se is None else f" ± {se:.0f}")
+
+    split = (
+        f" (every step {paired('every_step_over_lightning_paired')}, the logging steps "
+        f"{paired('logging_steps_paired')})"
+        if "every_step_over_lightning_paired_us" in figures
+        else ""
+    )
+    return (
+        f"{name}: a step of the zero-cost model, plain {us['plain']:.0f} µs, bare Lightning "
+        f"{us['lightning']:.0f}, pipeline {us['pipeline']:.0f}; the pipeline over Lightning "
+        f"{paired('pipeline_over_lightning_paired')} µs a step{split}"
+    )
+
+
 def outcome_of(check: Check, code: int | None, out_dir: Path) -> tuple[str, str | None]:
     """(outcome, its figures' line) of a check that ran: "passed", "timed out", "exit N", or
     "left no figures" for one that exited 0 without its files."""
@@ -168,7 +198,9 @@ def outcome_of(check: Check, code: int | None, out_dir: Path) -> tuple[str, str 
     if check.output is None:
         return "passed", None
     try:
-        return "passed", bench_summary(check.name, json.loads(check.output.read_text()))
+        figures = json.loads(check.output.read_text())
+        summary = overhead_summary if "us_per_step" in figures else bench_summary
+        return "passed", summary(check.name, figures)
     except (OSError, ValueError, KeyError, TypeError):
         return "left no figures", None
 

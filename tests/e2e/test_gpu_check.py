@@ -36,6 +36,9 @@ def test_without_a_gpu_make_gpu_check_prints_the_plan_and_exits_0() -> None:
     assert len(optional) == 2
     assert "data.image_size=64" in optional[0] and "model.compile=reduce-overhead" in optional[0]
     assert "data.image_size=224" in optional[1] and "model.compile=true" in optional[1]
+    # and the loops' own host cost a step on CUDA (the zero-cost model's overhead bench)
+    assert any(line.lstrip().startswith("(if 100 s of the 480 are left)")
+               and "bench.overhead_steps=100" in line for line in lines)  # fmt: skip
     assert not Path("/nonexistent/out").exists()  # a dry run writes nothing
 
 

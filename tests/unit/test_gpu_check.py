@@ -60,6 +60,7 @@ def test_the_optional_checks_run_only_where_they_end_inside_the_8_minutes() -> N
     optional = [c for c in checks if c.optional]
     assert [c.name for c in optional] == [
         "bench 64-cuda-graphs",
+        "bench overhead",
         "profile 64×64",
         "bench 224-compile",
     ]
@@ -73,8 +74,31 @@ def test_the_optional_checks_run_only_where_they_end_inside_the_8_minutes() -> N
         assert len(keys) == len(set(keys)), check.name
     assert 'bench.knobs=["model.compile=reduce-overhead"]' in graphs.argv
     assert "bench.rounds=3" in graphs.argv and "bench.knobs=[]" not in graphs.argv
+    overhead = optional[1]  # the zero-cost model's loops, one mode of the bench
+    assert {"bench.overhead_steps=100", "bench.rounds=10", "data.image_size=8"} <= {*overhead.argv}
     (profile,) = [c for c in checks if c.run_dir is not None]
     assert profile.run_dir == SCRATCH / "profile-64-run"  # not in the folder that is sent back
+
+
+OVERHEAD_FIGURES = {
+    "us_per_step": {"plain": 2100.4, "lightning": 2400.0, "pipeline": 2461.0},
+    "pipeline_over_lightning_paired_us": 58.3, "pipeline_over_lightning_paired_se_us": 12.1,
+    "every_step_over_lightning_paired_us": 20.4, "every_step_over_lightning_paired_se_us": 9.6,
+    "logging_steps_paired_us": 37.9, "logging_steps_paired_se_us": 11.0,
+}  # fmt: skip
+
+
+def test_the_overhead_summary_names_the_paired_figures() -> None:
+    assert gpu_check.overhead_summary("bench overhead", OVERHEAD_FIGURES) == (
+        "bench overhead: a step of the zero-cost model, plain 2100 µs, bare Lightning 2400, "
+        "pipeline 2461; the pipeline over Lightning +58 ± 12 µs a step (every step +20 ± 10, "
+        "the logging steps +38 ± 11)"
+    )
+    one_round = {k: v for k, v in OVERHEAD_FIGURES.items() if k.startswith(("us", "pipeline"))}
+    one_round["pipeline_over_lightning_paired_se_us"] = None
+    assert gpu_check.overhead_summary("bench overhead", one_round).endswith(
+        "the pipeline over Lightning +58 µs a step"
+    )
 
 
 FIGURES = {
@@ -98,7 +122,8 @@ def fake_gpu_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, each_s:
         ran.append(" ".join(argv))
         for arg in argv:
             if arg.startswith("bench.output=") and not (no_figures and no_figures in arg):
-                Path(arg.removeprefix("bench.output=")).write_text(json.dumps(FIGURES))
+                figures = OVERHEAD_FIGURES if "bench.overhead_steps=100" in argv else FIGURES
+                Path(arg.removeprefix("bench.output=")).write_text(json.dumps(figures))
             if arg.startswith("hydra.run.dir="):  # the profiled run
                 profile = Path(arg.removeprefix("hydra.run.dir=")) / "profile"
                 profile.mkdir(parents=True)
@@ -120,30 +145,30 @@ def fake_gpu_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, each_s:
 def test_on_a_gpu_machine_the_checks_run_in_order_and_the_optional_ones_wait_for_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Each check takes 80 s: after the three required (240 s) the CUDA graphs bench (150 s) and
-    the profile (90 s) end inside the 460 and the compile bench at 224×224 (150 s) would not; a
-    skipped one fails nothing and leaves no stale figures. The profiled run's trace and top
-    operations are kept beside the benches' JSON."""
-    ran = fake_gpu_machine(monkeypatch, tmp_path, each_s=80)
+    """Each check takes 70 s: after the three required (210 s) the CUDA graphs bench (150 s),
+    the overhead bench (100 s) and the profile (90 s) end inside the 460 and the compile bench at
+    224×224 (150 s) would not; a skipped one fails nothing and leaves no stale figures. The
+    profiled run's trace and top operations are kept beside the benches' JSON."""
+    ran = fake_gpu_machine(monkeypatch, tmp_path, each_s=70)
     stale = tmp_path / "gpu-check-bench-224-compile.json"
     stale.write_text("{}")  # an earlier gpu-check's
     with pytest.raises(SystemExit) as exit_info:
         gpu_check.main()
     assert exit_info.value.code == 0
-    assert (
-        len(ran) == 5 and "model.compile=reduce-overhead" in ran[3] and "profiler=torch" in ran[4]
-    )
+    assert len(ran) == 6 and "model.compile=reduce-overhead" in ran[3]
+    assert "bench.overhead_steps=100" in ran[4] and "profiler=torch" in ran[5]
     results = json.loads((tmp_path / "gpu-check.json").read_text())
     assert results["card"] == "Fake GPU"
     assert results["checks"]["bench 224-compile"] == {
         "outcome": "skipped: not enough of the 8 minutes left", "exit": None, "seconds": 0.0
     }  # fmt: skip
-    assert results["checks"]["profile 64×64"] == {"outcome": "passed", "exit": 0, "seconds": 80}
+    assert results["checks"]["profile 64×64"] == {"outcome": "passed", "exit": 0, "seconds": 70}
     assert not stale.exists()
     out = capsys.readouterr().out
-    assert "gpu-check:  bench 224×224: passed in 80 s\n    bench 224×224: pipeline 3000" in out
-    assert "  bench 64-cuda-graphs: passed in 80 s" in out
-    assert "  profile 64×64: passed in 80 s" in out
+    assert "gpu-check:  bench 224×224: passed in 70 s\n    bench 224×224: pipeline 3000" in out
+    assert "  bench 64-cuda-graphs: passed in 70 s" in out
+    assert "  bench overhead: passed in 70 s\n    bench overhead: a step of the zero-cost" in out
+    assert "  profile 64×64: passed in 70 s" in out
     assert "  bench 224-compile: skipped: not enough of the 8 minutes left" in out
     with gzip.open(tmp_path / "gpu-check-profile-64-trace.json.gz", "rt") as trace:
         assert json.load(trace) == {"traceEvents": []}
@@ -152,10 +177,11 @@ def test_on_a_gpu_machine_the_checks_run_in_order_and_the_optional_ones_wait_for
         "gpu-check-bench-224.json",
         "gpu-check-bench-64-cuda-graphs.json",
         "gpu-check-bench-64.json",
+        "gpu-check-bench-overhead.json",
         "gpu-check-profile-64-top-ops.txt",
         "gpu-check-profile-64-trace.json.gz",
         "gpu-check.json",
-    ]  # fmt: skip  (7 files at most come back from a lent machine: 6 here)
+    ]  # fmt: skip  (8 files at most come back from a lent machine: 7 here)
 
 
 def test_the_8_minutes_count_from_the_process_start_and_a_bench_without_figures_fails(
@@ -218,10 +244,10 @@ def test_a_call_cut_short_says_so_and_keeps_no_earlier_figures(
     assert exit_info.value.code == 143
     checks = json.loads((tmp_path / "gpu-check.json").read_text())["checks"]
     assert [c["outcome"] for c in checks.values()] == [
-        "passed", "interrupted", "pending", "pending", "pending", "pending"
+        "passed", "interrupted", "pending", "pending", "pending", "pending", "pending"
     ]  # fmt: skip
     assert not any(path.exists() for path in earlier)
-    assert seen == ["passed", "running", "pending", "pending", "pending", "pending"]
+    assert seen == ["passed", "running", "pending", "pending", "pending", "pending", "pending"]
 
 
 def test_a_failed_install_leaves_no_earlier_figures(
