@@ -38,12 +38,13 @@ class TwoBlocks(pl.LightningModule):
 class StepProbe(pl.Callback):
     """Before each optimizer step (and before clipping): the weights and gradients, by block."""
 
-    def __init__(self) -> None:
+    def __init__(self, blocks: tuple[str, ...] = ("conv1", "fc")) -> None:
+        self.blocks = blocks
         self.seen: list[dict[str, tuple[Tensor, Tensor]]] = []
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
         by_block: dict[str, tuple[Tensor, Tensor]] = {}
-        for block in ("conv1", "fc"):
+        for block in self.blocks:
             params = list(pl_module.net[block].parameters())
             weights = torch.cat([p.detach().flatten() for p in params]).clone()
             grads = torch.cat([p.grad.flatten() for p in params]).clone()  # type: ignore[union-attr]
@@ -111,3 +112,41 @@ def test_cli_update_ratio_is_adamws_real_step_not_lr_grad_over_weight(
         if block != "layer4":
             expected = lr * math.sqrt(numel[block]) / weight_norm
             assert ratio == pytest.approx(expected, rel=0.05), block
+
+
+class FreezeConv1(pl.Callback):
+    """From the batch of step `at` on, conv1 has no gradients (frozen mid-fit)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, i: int) -> None:
+        if trainer.global_step == self.at:
+            pl_module.net["conv1"].requires_grad_(False)
+
+
+def test_a_layer_frozen_mid_fit_drops_out_and_the_others_ratios_stay_right() -> None:
+    """The weights' copy before each logged step is reused without a check while the same
+    parameters have gradients; once conv1 is frozen it is made again for fc's alone (a reused
+    one of conv1's and fc's tensors would be copied into wrongly, or fail)."""
+    lr = 0.1
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 3, generator=g)
+    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True) + 1), batch_size=2)
+    probe, recorder = StepProbe(blocks=("fc",)), Recorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=4, log_every_n_steps=1, logger=recorder,
+        callbacks=[FreezeConv1(at=2), probe, GradientLogger(histogram_every_n_steps=0)],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    module = TwoBlocks(lr)
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=lr)  # type: ignore[method-assign]
+    trainer.fit(module, data)
+    assert [s for s, _ in recorder.tag("update_ratio/fc")] == [0, 1, 2, 3]
+    assert [s for s, _ in recorder.tag("update_ratio/conv1")] == [0, 1, 2, 3]
+    for step in range(4):
+        weights, grads = probe.seen[step]["fc"]
+        expected = lr * float(grads.norm()) / float(weights.norm())  # plain SGD
+        assert dict(recorder.tag("update_ratio/fc"))[step] == pytest.approx(expected, rel=1e-5)
+        conv1 = dict(recorder.tag("update_ratio/conv1"))[step]
+        assert conv1 > 0 if step < 2 else conv1 == 0.0  # frozen: no gradient, no step

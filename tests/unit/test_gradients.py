@@ -274,6 +274,10 @@ def test_copy_into_reuses_a_matching_buffer_and_replaces_one_that_no_longer_matc
     grown = copy_into(buffer, [torch.randn(3, 5), weights[1]])
     assert grown[0].shape == (3, 5) and grown[0].data_ptr() != storage[0]
     assert copy_into(buffer, [w.double() for w in weights])[1].dtype == torch.float64
+    weights[1].mul_(2.0)  # known to fit (made for these tensors): copied into, not checked
+    trusted = copy_into(buffer, weights, known_to_fit=True)
+    assert trusted is buffer and torch.equal(trusted[1], weights[1])
+    assert copy_into(None, weights, known_to_fit=True)[0].data_ptr() not in storage  # none yet
 
 
 def test_update_ratios_of_a_reused_buffer_follow_each_step() -> None:

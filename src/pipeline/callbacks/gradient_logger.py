@@ -67,6 +67,7 @@ class GradientLogger(pl.Callback):
         self._pending: _PendingStep | None = None
         self._grad_norms = grad_norms or StepGradNorms()
         self._before: list[torch.Tensor] | None = None  # reused every logged step
+        self._before_names: tuple[str, ...] = ()  # the parameters it was made for
         # The module's parameters, walked once a fit (~0.1 ms for ResNet18), and the blocks of
         # each set of them that has gradients (usually one set: all of them).
         self._named: list[tuple[str, torch.nn.Parameter]] = []
@@ -74,9 +75,11 @@ class GradientLogger(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._named, self._blocks = list(pl_module.named_parameters()), {}
+        self._before_names = ()  # a buffer of an earlier fit's is checked before it is reused
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._before, self._pending = None, None  # the model-sized buffer goes with the fit
+        self._before_names = ()
         self._named, self._blocks = [], {}  # the model is not ours to keep
 
     def on_train_batch_start(
@@ -97,7 +100,7 @@ class GradientLogger(pl.Callback):
         if not (log_scalars or log_histograms):
             return
         named = [(n, p) for n, p in self._named if p.grad is not None]
-        grads = [p.grad for _, p in named if p.grad is not None]
+        grads = [g for _, p in named if (g := p.grad) is not None]  # each read once: ~60 ns
         names = tuple(n for n, _ in named)
         if names not in self._blocks:
             self._blocks[names] = block_index(names).tolist()
@@ -106,8 +109,11 @@ class GradientLogger(pl.Callback):
             self._histograms(trainer, named, grads, step, each)
             return
         weights: list[torch.Tensor] = [p for _, p in named]  # read under no_grad: no detach each
-        with torch.no_grad():
-            self._before = copy_into(self._before, weights)
+        with torch.no_grad():  # made for these parameters (this fit's, with gradients): as they are
+            self._before = copy_into(
+                self._before, weights, known_to_fit=names == self._before_names
+            )
+        self._before_names = names
         self._pending = _PendingStep(
             step=step,
             weights=weights,

@@ -192,7 +192,7 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
         # The gradients, unless 16-mixed's GradScaler checks them itself.
-        grads = [] if self._scaled else [p.grad for p in self._params if p.grad is not None]
+        grads = [] if self._scaled else [g for p in self._params if (g := p.grad) is not None]
         # The window's losses, the statistics its forward passes left, the gradients: one check.
         # Deferred, a flag a step (the ring holds it until read); at once, one for the run: the
         # check only ever sets it, and it is read every step, so it is 0 until a step is bad.
