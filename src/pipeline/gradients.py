@@ -249,11 +249,16 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
     w.r.t. a tiny input image (with the channels of its first convolution): that gradient runs
     back through every layer's backward.
 
-    The logits are projected on 4 fixed random directions. Fast mode costs a few forwards; a
-    failing fast check re-runs in slow mode (one forward per input element, one backward per
-    output): 192 and 4 here, so even a failure takes seconds, not hours.
+    The copy is initialized afresh (`reinitialized`), whatever `net`'s weights: finite
+    differences agree with a correct backward only where the model is well-conditioned, and a
+    trained one need not be (a resumed run of the seed's loss, whose outputs reach ~1e19 by step
+    16, failed the check and was refused for autograd's sake). The backward kernels, the
+    architecture and the device are the run's. The logits are projected on 4 fixed random
+    directions. Fast mode costs a few forwards; a failing fast check re-runs in slow mode (one
+    forward per input element, one backward per output): 192 and 4 here, so even a failure
+    takes seconds, not hours.
     """
-    model = copy.deepcopy(net).double().eval()
+    model = reinitialized(copy.deepcopy(net).double().eval())
     for p in model.parameters():
         p.requires_grad_(False)
     device = next(model.parameters()).device  # checks the backward kernels the run will use
@@ -277,6 +282,20 @@ def gradcheck_model(net: torch.nn.Module, image_size: int = 8) -> bool:
             raise_exception=False,
         )
     )
+
+
+def reinitialized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """`model` with every module that has `reset_parameters` reset (torch's default
+    initialization, BatchNorm's statistics to 0 and 1), from `seed`, in place; the caller's
+    random state (CPU, and the model's CUDA device) is left as it was."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for module in model.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return model
 
 
 def bin_counts(values: Tensor, bins: int, low: float, high: float) -> Tensor:

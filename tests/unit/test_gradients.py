@@ -262,6 +262,20 @@ def test_gradcheck_catches_a_wrong_backward_in_the_model() -> None:
     assert not gradcheck_model(net)
 
 
+def test_the_models_gradcheck_holds_for_weights_where_finite_differences_do_not() -> None:
+    """A resumed run of the seed's loss was refused before training ("autograd disagrees with
+    finite differences", exit 4): by step 16 its last BatchNorm's bias is ~3e7, and finite
+    differences of the float64 logits lose the image's share to rounding. The check runs on a
+    fresh initialization of the same modules; the run's model and random state are untouched."""
+    net = resnet18()
+    with torch.no_grad():
+        net.layer4[1].bn2.bias.fill_(3e7)  # as a 16-step run of loss=sum_diff leaves it
+    state = torch.random.get_rng_state()
+    assert gradcheck_model(net)
+    assert torch.equal(net.layer4[1].bn2.bias, torch.full((512,), 3e7))
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 def test_copy_into_reuses_a_matching_buffer_and_replaces_one_that_no_longer_matches() -> None:
     weights = [torch.randn(3, 4), torch.randn(5)]
     buffer = copy_into(None, weights)
