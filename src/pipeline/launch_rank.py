@@ -12,3 +12,14 @@ def is_launch_rank_zero() -> bool:
     return all(
         os.environ.get(v, "0") == "0" for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
     )
+
+
+def launcher_rank() -> int | None:
+    """This process's global rank where a launcher started it as one of several processes
+    (torchrun: RANK; SLURM's srun, one task a rank: SLURM_PROCID), else None. Not a process
+    Lightning started (it names their logs itself)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return int(os.environ.get("RANK", "0"))
+    if "SLURM_PROCID" in os.environ:
+        return int(os.environ["SLURM_PROCID"])
+    return None

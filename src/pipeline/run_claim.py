@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config_limits import disk_problems
-from pipeline.launch_rank import is_launch_rank_zero
+from pipeline.launch_rank import is_launch_rank_zero, launcher_rank
 from pipeline.override_checks import compose, has_key
 from pipeline.overrides import override, shell_word
 from pipeline.rundir import (
@@ -37,8 +37,8 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
     parent's directory). Under torchrun, rank 0 claims and hands it to the other ranks through
     torch's store, on any node.
     """
-    if any(o.startswith("hydra.run.dir=") for o in overrides):
-        return overrides, []
+    if any(o.startswith("hydra.run.dir=") for o in overrides):  # every rank has the same
+        return [*overrides, *other_rank_outputs(overrides, launcher_rank())], []
     wanted = Path(
         str(OmegaConf.select(compose(config_name, overrides, with_hydra=True), "hydra.run.dir"))
     )
@@ -51,8 +51,7 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
         return [
             *overrides,
             override("hydra.run.dir", shared),
-            f"hydra.job.name=train_rank{rank}",
-            "hydra.output_subdir=null",
+            *other_rank_outputs(overrides, rank),
         ], []
     try:
         claimed = claim_run_dir(wanted)
@@ -68,6 +67,17 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
         except HandoverError as exc:
             return overrides, [f"torchrun rank 0: {exc}"]
     return [*overrides, override("hydra.run.dir", claimed)], []
+
+
+def other_rank_outputs(overrides: list[str], rank: int | None) -> list[str]:
+    """For a launcher's rank other than 0 (`launcher_rank`), which writes into rank 0's run
+    directory: a log of its own, train_rank<N>.log, and no .hydra/ (rank 0 writes it). Without
+    them every rank of a pinned hydra.run.dir (the SLURM recipe, torchrun with one) wrote
+    train.log, each line once a rank, and .hydra/ at once. Nothing where the command names its
+    job already (Lightning's own DDP children, `train_ddp_process_<N>`)."""
+    if not rank or any(o.startswith("hydra.job.name=") for o in overrides):
+        return []
+    return [f"hydra.job.name=train_rank{rank}", "hydra.output_subdir=null"]
 
 
 def run_dir_of(overrides: list[str]) -> Path:

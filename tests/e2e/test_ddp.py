@@ -156,13 +156,19 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_home: Path) -> None:
+@pytest.mark.parametrize("pinned", [False, True])
+def test_torchrun_two_processes_share_one_run_directory(
+    pinned: bool, tmp_path: Path, torch_home: Path
+) -> None:
+    """Each process composes its config, yet one directory; rank 1 logs to train_rank1.log,
+    also in a directory the command pins (each rank wrote train.log there: review)."""
     # torchrun's agent forked warm; its workers too, through tests/warm_python.py
+    pin = [f"hydra.run.dir={tmp_path / 'pinned run'}"] if pinned else []
     args = ["--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "pipeline.train",
-            "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false"]  # fmt: skip
+            "device=ddp_cpu", "debug=fast", "loss=mse", "callbacks.progress_bar=false", *pin]  # fmt: skip
     result = run_cli("torch.distributed.run", args, tmp_path, torch_home, timeout=300)
     assert result.returncode == 0, result.stderr
-    run = only_run_dir(tmp_path)  # each process started Hydra itself, yet one directory
+    run = tmp_path / "pinned run" if pinned else only_run_dir(tmp_path)
     assert {p.name for p in run.iterdir()} >= {
         "train.log",
         "train_rank1.log",
@@ -170,6 +176,8 @@ def test_torchrun_two_processes_share_one_run_directory(tmp_path: Path, torch_ho
         "checkpoints",
         ".hydra",
     }
+    assert "GLOBAL_RANK: 1" not in (run / "train.log").read_text()
+    assert "GLOBAL_RANK: 1" in (run / "train_rank1.log").read_text()
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
 

@@ -1,8 +1,12 @@
-"""The run directory's names: a multirun job's directory name fits any disk."""
+"""The run directory's names: a multirun job's directory name fits any disk; the log of each
+rank of a launch."""
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.layout import NAME_BYTES, sweep_job_dirname
+from pipeline.run_claim import claim_planned_run_dir
 
 
 def test_a_short_job_name_is_hydras_own() -> None:
@@ -24,3 +28,29 @@ def test_a_long_name_is_cut_between_characters_and_a_slash_makes_no_folder() -> 
     assert len(accented.encode()) <= NAME_BYTES
     assert accented.encode().decode() == accented  # whole characters only
     assert sweep_job_dirname(1, "data.root=/a/b") == "1_data.root=%2Fa%2Fb"
+
+
+def test_a_launchers_other_ranks_log_beside_rank_0_in_a_directory_the_user_pinned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torchrun or srun with hydra.run.dir (the README's SLURM recipe): every rank wrote
+    train.log, each line once a rank, and .hydra/ (review). Ranks other than 0 log to
+    train_rank<N>.log and leave .hydra/ to rank 0; Lightning's own children name their job."""
+    for var in ("TORCHELASTIC_RUN_ID", "RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(var, raising=False)
+    pinned = ["loss=mse", "hydra.run.dir=/runs/job 7"]
+    assert claim_planned_run_dir("train", pinned) == (pinned, [])  # not launched: as it was
+    monkeypatch.setenv("SLURM_PROCID", "3")  # srun's fourth task
+    assert claim_planned_run_dir("train", pinned) == (
+        [*pinned, "hydra.job.name=train_rank3", "hydra.output_subdir=null"],
+        [],
+    )
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")  # torchrun's RANK, under srun too
+    monkeypatch.setenv("RANK", "0")
+    assert claim_planned_run_dir("train", pinned) == (pinned, [])
+    monkeypatch.setenv("RANK", "1")
+    assert claim_planned_run_dir("train", pinned)[0][-2:] == [
+        "hydra.job.name=train_rank1", "hydra.output_subdir=null"
+    ]  # fmt: skip
+    child = [*pinned, "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert claim_planned_run_dir("train", child) == (child, [])  # Lightning's DDP child
