@@ -145,9 +145,10 @@ def report_problems(problems: list[str], program: str) -> None:
 
 
 def prepare(
-    config_name: str, given: list[str], multirun: bool, validate: Validator
+    config_name: str, given: list[str], multirun: bool, validate: Validator, claim: bool = True
 ) -> tuple[list[str], list[str]]:
-    """The command line's overrides as the @hydra.main app should get them, and the problems."""
+    """The command line's overrides as the @hydra.main app should get them, and the problems.
+    `claim`: the run directory too (not for a command that only shows the config)."""
     problems = stray_words(given)
     if problems:
         return given, problems
@@ -155,7 +156,7 @@ def prepare(
     if resume.problems:
         return given, resume.problems
     overrides, problems = preflight(config_name, resume.overrides, multirun, validate)
-    if problems or multirun:
+    if problems or multirun or not claim:
         return overrides, problems
     overrides, problems = own_run_dir(config_name, overrides, resume.run_dir)
     if resume.restart and resume.run_dir is not None and not problems:
@@ -188,8 +189,15 @@ def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: 
     _typed[:] = argv
     args = parse_command_line()
     overrides = list(args.overrides)
-    if not any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS):
-        overrides, problems = prepare(config_name, overrides, bool(args.multirun), validate)
+    shows = any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS)
+    if not getattr(args, "shell_completion", None):
+        # --cfg, --info and --help show the config the command line makes: resume= expanded,
+        # trainer.NAME=VALUE without Hydra's +, every key and option checked; not validated
+        # (`--cfg job device=gpu` shows a GPU run's config on a CPU) and no run directory made.
+        no_rules: Validator = lambda cfg: []  # noqa: E731
+        overrides, problems = prepare(
+            config_name, overrides, bool(args.multirun), no_rules if shows else validate, not shows
+        )
         if problems:
             report_problems(problems, program)
             sys.exit(CONFIG_ERROR_EXIT_CODE)

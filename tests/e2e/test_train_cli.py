@@ -156,6 +156,31 @@ def test_help_lists_groups_and_options(tmp_path: Path, torch_home: Path) -> None
     assert "\nsearch:" not in result.stdout and "\nhydra:" not in result.stdout
 
 
+def test_cfg_job_shows_the_config_the_command_line_makes_and_checks_it(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """`--cfg job` skipped the pre-flight (review): a typo was Hydra's multi-line error and exit
+    1, `trainer.NAME=VALUE` and `resume=` were refused as keys. Now resume= is expanded, a
+    Trainer argument passes, a typo is one line (exit 2), and nothing is made in outputs/."""
+    run = tmp_path / "a run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("- loss=mse\n- data.image_size=32\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")  # not read: only shown
+    args = [f"resume={run}", "trainer.max_steps=6", "trainer.benchmark=true", "--cfg", "job"]
+    result = run_cli("pipeline.train", args, tmp_path, torch_home)
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["loss"]["name"] == "mse" and shown["data"]["image_size"] == 32
+    assert shown["ckpt_path"] == str(run / "checkpoints" / "last.ckpt")
+    assert shown["trainer"]["max_steps"] == 6 and shown["trainer"]["benchmark"] is True
+    result = run_cli("pipeline.train", ["optimzer.lr=1", "--cfg", "job"], tmp_path, torch_home)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[1].startswith("  - optimzer.lr is not a config key")
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_eval_and_bench_have_help_of_their_own(tmp_path: Path, torch_home: Path) -> None:
     """pipeline.bench --help printed pipeline.train's text; pipeline.eval --help, Hydra's
     generic one listing the optimizer, scheduler and search groups, which eval does not take."""
