@@ -164,7 +164,9 @@ def prepare(
     return overrides, problems
 
 
-_typed: list[str] = []  # the command line as typed, before run() rewrites sys.argv
+# The command line as typed, before run() rewrites sys.argv: one entry once run() has begun (an
+# empty command line is one too: `_typed or sys.argv` recorded a bare run's pinned run directory).
+_typed: list[list[str]] = []
 
 
 def command_line() -> list[str]:
@@ -173,7 +175,7 @@ def command_line() -> list[str]:
     head = (
         ["python", "-m", f"pipeline.{Path(program).stem}"] if program.endswith(".py") else [program]
     )
-    return [*head, *(_typed or sys.argv[1:])]
+    return [*head, *(_typed[0] if _typed else sys.argv[1:])]
 
 
 def parse_command_line() -> Any:
@@ -186,7 +188,7 @@ def parse_command_line() -> Any:
 def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: Validator) -> None:
     """Check the command line, claim the run directory, then hand over to the @hydra.main app."""
     argv = sys.argv[1:]
-    _typed[:] = argv
+    _typed[:] = [argv]
     args = parse_command_line()
     overrides = list(args.overrides)
     shows = any(getattr(args, flag, None) for flag in HYDRA_INFO_FLAGS)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
+from pipeline import cli
 from pipeline.overrides import override
 
 PARSER = OverridesParser.create()
@@ -47,3 +51,17 @@ def test_a_value_the_user_typed_keeps_its_interpolation(monkeypatch: pytest.Monk
     value = PARSER.parse_override(line).value()
     assert OmegaConf.create({"k": value}).k == "/home/someone/w1.pt"
     assert parsed_back("${oc.env:HOME}/w1.pt") == "${oc.env:HOME}/w1.pt"  # a path: literal
+
+
+@pytest.mark.parametrize("typed", [[], ["loss=mse"]])
+def test_the_command_as_typed_is_what_was_typed(
+    typed: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """run.json's command: a bare `python -m pipeline.train` was recorded with the run
+    directory the pre-flight pinned (`hydra.run.dir=outputs/…`), which nobody typed (review)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["/somewhere/pipeline/train.py", *typed])
+    handed: list[list[str]] = []
+    cli.run(lambda: handed.append(sys.argv[1:]), "train", "pipeline.train", lambda cfg: [])
+    assert handed[0][-1].startswith("hydra.run.dir=")  # what Hydra gets
+    assert cli.command_line() == ["python", "-m", "pipeline.train", *typed]
