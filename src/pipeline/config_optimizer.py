@@ -84,7 +84,8 @@ def optimizer_problems(
         if key not in (*known, *OURS):
             found.append(
                 f"optimizer.{key}: {target} takes no argument {key} (it takes: "
-                f"{', '.join(sorted(known - {'params'}))}); drop it: ~optimizer.{key}"
+                f"{', '.join(sorted(known - {'params'}))}); drop +optimizer.{key}=… from the "
+                f"command line (or, where a config file sets it, remove it: ~optimizer.{key})"
             )
     name = target.rsplit(".", 1)[-1]
     option, ours = option_defaults(target)

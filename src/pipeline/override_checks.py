@@ -151,8 +151,17 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     rewritten, problems = [], []
     # Each class's arguments (of any, for a sweep: each job's own check refuses what its lacks)
     takes = set().union(*map(optimizer_class_arguments, optimizer_targets(overrides, base)))
+    added_keys: set[str] = set()  # keys the command line adds before a later override's turn
     for o in overrides:
         key = o.key_or_group
+        plain_key = o.package is None and key not in groups and "/" not in key
+        removes = o.is_delete() and plain_key and not key.startswith("hydra")
+        if removes and not has_key(base, key) and key not in added_keys:
+            # Hydra's line had no fix: "Could not delete from config. '…' does not exist."
+            problems.append(f"{as_typed(o)}: the config has no {key} to remove; drop it")
+            continue
+        if o.is_add() or o.is_force_add():
+            added_keys.add(key)
         passes = o.package is not None or o.is_delete() or key in groups or "/" in key
         if passes or key.startswith("hydra") or has_key(base, key):
             rewritten.append(as_typed(o))
@@ -305,6 +314,10 @@ def stray_words(overrides: list[str]) -> list[str]:
             f"; a value with spaces must be quoted as one argument: '{before} {word}'"
             if "=" in before
             else ""
+        )
+        hint = (
+            hint
+            or "; an override is KEY=VALUE (optimizer.lr=0.01), +KEY=VALUE to add a key, ~KEY to remove one"
         )
         problems.append(f"'{word}' is not KEY=VALUE{hint}")
     return problems

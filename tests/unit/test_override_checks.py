@@ -73,3 +73,27 @@ def test_a_sweep_of_optimizer_classes_takes_each_ones_arguments_without_plus() -
         "has: _target_, _partial_, lr, momentum, weight_decay, fused); optimizer=adam and "
         "optimizer=adamw have it: choose one or drop optimizer.amsgrad"
     ]
+
+
+def test_each_fix_a_line_names_works_where_it_is_given() -> None:
+    """Review: `+optimizer.foo=1` said "drop it: ~optimizer.foo", which Hydra then refused
+    ("Could not delete from config"), a line with no fix, as was "'foo' is not KEY=VALUE"."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pipeline.cli import preflight
+    from pipeline.config import validate
+
+    _, problems = preflight("train", ["+optimizer.foo=1"], False, validate)
+    assert problems[0].endswith(
+        "drop +optimizer.foo=… from the command line (or, where a config file sets it, remove "
+        "it: ~optimizer.foo)"
+    )
+    parse = OverridesParser.create().parse_overrides
+    base = compose("train", [])
+    _, problems = override_checks.resolve_keys(parse(["~optimizer.foo"]), base)
+    assert problems == ["~optimizer.foo: the config has no optimizer.foo to remove; drop it"]
+    for fine in (["+optimizer.foo=1", "~optimizer.foo"], ["~optimizer.momentum"], ["~seed"]):
+        assert override_checks.resolve_keys(parse(fine), base)[1] == [], fine
+    assert preflight("train", ["+optimizer.foo=1", "~optimizer.foo"], False, validate)[1] == []
+    (line,) = override_checks.stray_words(["foo"])
+    assert line.endswith("+KEY=VALUE to add a key, ~KEY to remove one")
