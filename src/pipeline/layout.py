@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 
 OUTPUTS = "outputs"  # where runs land (hydra.run.dir and hydra.sweep.dir in conf/train.yaml)
+SEARCH_TRIALS = "search"  # pipeline.search's trials: outputs/search/<study>/trial-NNNN/
 HYDRA_DIR = ".hydra"
 SAVED_OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
 CHECKPOINT_DIR = "checkpoints"

@@ -34,6 +34,7 @@ from pipeline.errors import (
     RESOURCE_EXIT_CODE,
     stopped_by_signal_exit_code,
 )
+from pipeline.layout import OUTPUTS, SEARCH_TRIALS
 from pipeline.overrides import override, shell_word
 from pipeline.rundir import claim_run_dir, release_run_dir
 from pipeline.search_space import Plan, as_overrides, suggest
@@ -50,7 +51,7 @@ from pipeline.search_study import (
     worker_id,
 )
 
-TRIALS_DIR = Path("outputs") / "search"  # outputs/search/<study>/trial-NNNN/
+TRIALS_DIR = Path(OUTPUTS) / SEARCH_TRIALS  # outputs/search/<study>/trial-NNNN/
 OUTCOMES = {  # a trial's exit code → how it failed
     DIVERGED_EXIT_CODE: "diverged",
     GRADIENT_CHECK_EXIT_CODE: "failed its gradient check",

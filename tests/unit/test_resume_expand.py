@@ -72,3 +72,24 @@ def test_a_continued_run_names_the_data_loss_and_precision_it_changes() -> None:
         "loss.name=cross_entropy (the checkpoint's run had mse)",
         "precision=bf16-mixed (the checkpoint's run had 32-true)",
     ]
+
+
+def test_latest_is_the_newest_run_not_a_search_trial(tmp_path: Path) -> None:
+    """resume=latest continued a trial of pipeline.search (review): the study keeps the value the
+    trial measured while the resume retrains it in place. Trials are passed over; sweep jobs not."""
+    import os
+
+    from pipeline.resume import latest_run
+
+    outputs = tmp_path / "outputs"
+    runs = [outputs / "2026-12-02" / "09-00-00", outputs / "multirun" / "d" / "t" / "0_lr=1",
+            outputs / "search" / "study" / "trial-0001"]  # fmt: skip
+    for age, run in enumerate(reversed(runs)):  # the trial newest, the plain run oldest
+        (run / SAVED_OVERRIDES).parent.mkdir(parents=True)
+        (run / SAVED_OVERRIDES).write_text("- loss=mse\n")
+        (run / LAST_CHECKPOINT).parent.mkdir(parents=True)
+        (run / LAST_CHECKPOINT).write_bytes(b"")
+        os.utime(run / LAST_CHECKPOINT, (1e9 - age, 1e9 - age))
+    assert latest_run(outputs) == runs[1]  # the sweep job, newer than the plain run
+    (runs[1] / LAST_CHECKPOINT).unlink()
+    assert latest_run(outputs) == runs[0]
