@@ -72,6 +72,8 @@ def test_update_ratio_is_the_clipped_step_under_accumulation() -> None:
         total_grad = torch.cat([gr for _, gr in by_block.values()]).norm()
         scale = min(1.0, clip / (float(total_grad) + 1e-6))
         assert scale < 0.5  # clipping is on
+        # what clipping did, a tag of its own (review: the norms are before it, and nothing said)
+        assert dict(recorder.tag("grad/clip_scale"))[step] == pytest.approx(scale, rel=1e-6)
         for block, (weights, grads) in by_block.items():
             logged = dict(recorder.tag(f"update_ratio/{block}"))[step]
             expected = lr * scale * float(grads.norm()) / float(weights.norm())
@@ -144,9 +146,35 @@ def test_a_layer_frozen_mid_fit_drops_out_and_the_others_ratios_stay_right() -> 
     trainer.fit(module, data)
     assert [s for s, _ in recorder.tag("update_ratio/fc")] == [0, 1, 2, 3]
     assert [s for s, _ in recorder.tag("update_ratio/conv1")] == [0, 1, 2, 3]
+    assert recorder.tag("grad/clip_scale") == []  # no clipping, no tag
     for step in range(4):
         weights, grads = probe.seen[step]["fc"]
         expected = lr * float(grads.norm()) / float(weights.norm())  # plain SGD
         assert dict(recorder.tag("update_ratio/fc"))[step] == pytest.approx(expected, rel=1e-5)
         conv1 = dict(recorder.tag("update_ratio/conv1"))[step]
         assert conv1 > 0 if step < 2 else conv1 == 0.0  # frozen: no gradient, no step
+
+
+def test_a_gradient_past_float32s_sum_of_squares_is_logged_as_it_is() -> None:
+    """fc's gradient ~1e21, finite in float32 while its sum of squares is not: grad_norm/fc read
+    inf, grad/nonfinite_count 1 and the step's histograms were skipped (review, under bf16-true's
+    exploding layer4). The norm is the float64 one now, and nothing is counted as non-finite."""
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(x, torch.zeros(8, 1)), batch_size=8)
+    module = TwoBlocks(lr=1e-30)
+    with torch.no_grad():
+        module.net["conv1"].weight.fill_(3e10)  # h ~1e11: the loss ~1e23 is finite
+    probe, recorder = StepProbe(), Recorder()
+    logger = GradientLogger(histogram_every_n_steps=1)
+    trainer = pl.Trainer(
+        accelerator="cpu", max_steps=1, log_every_n_steps=1, logger=recorder,
+        callbacks=[probe, logger], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    _, grads = probe.seen[0]["fc"]
+    assert torch.isinf((grads.float() ** 2).sum())  # float32's sum of squares overflows
+    logged = dict(recorder.tag("grad_norm/fc"))[0]
+    assert math.isfinite(logged) and logged == pytest.approx(float(grads.double().norm()), rel=1e-6)
+    assert dict(recorder.tag("grad/nonfinite_count"))[0] == 0
+    assert logger.skipped_histograms == 0

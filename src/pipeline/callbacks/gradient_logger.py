@@ -5,9 +5,11 @@ unscaled under 16-mixed (and not yet clipped). On logged steps it also copies th
 and in on_train_batch_end, after the optimizer step, measures the step the optimizer took.
 Rank 0 only: after DDP's all-reduce its gradients are the global ones, and other ranks skip
 the work. Tags:
-  on the steps Lightning logs (trainer.log_every_n_steps): grad_norm/total, grad_norm/<block>,
+  on the steps Lightning logs (trainer.log_every_n_steps): grad_norm/total, grad_norm/<block>
+                           (before clipping), grad/clip_scale (with trainer.gradient_clip_val by
+                           norm: what clipping multiplied the gradients by, 1 when it did not),
                            update_ratio/total, update_ratio/<block> (‖w_after − w_before‖/‖w_before‖),
-                           grad/nonfinite_count (parameters whose gradient norm overflowed or is NaN)
+                           grad/nonfinite_count (parameters whose gradient holds inf or NaN)
   every histogram_every_n_steps, and the first and last step (0: never): grad/<param>, weight/<param> histograms
 Cost on logged steps only: a fused norm pass over the gradients (shared with the non-finite
 guard, which takes it every step: StepGradNorms), a fused copy of the weights into a buffer kept
@@ -54,6 +56,7 @@ class _PendingStep:
     before: list[torch.Tensor]  # their copies before the step (the logger's buffer)
     blocks: list[int]  # each parameter's block (gradients.block_index)
     grad_norms: torch.Tensor  # (P,) each parameter's
+    clip: float | None  # the norm Lightning clips the gradients to, after these were read
 
 
 class GradientLogger(pl.Callback):
@@ -120,6 +123,7 @@ class GradientLogger(pl.Callback):
             before=self._before,
             blocks=self._blocks[names],
             grad_norms=each,
+            clip=clip_norm(trainer),
         )
         if log_histograms:
             self._histograms(trainer, named, grads, step, each)
@@ -143,7 +147,8 @@ class GradientLogger(pl.Callback):
         with torch.no_grad():  # the parameters themselves, not detached copies
             steps = update_norms_(pending.before, pending.weights)
         rows = torch.cat([pending.grad_norms[None], steps])  # (3, P)
-        add_step_read(trainer, pending.step, rows, partial(_scalars, blocks=pending.blocks))
+        make = partial(_scalars, blocks=pending.blocks, clip=pending.clip)
+        add_step_read(trainer, pending.step, rows, make)
 
     def _histograms(
         self,
@@ -174,9 +179,28 @@ class GradientLogger(pl.Callback):
                 writer.add_histogram_raw(f"weight/{tag}", **w, global_step=step)
 
 
-def _scalars(rows: list[list[float]], *, blocks: list[int]) -> dict[str, float]:
+def clip_norm(trainer: pl.Trainer) -> float | None:
+    """The norm Lightning clips the gradients to before the optimizer step
+    (trainer.gradient_clip_val, by norm: the default algorithm), or None: no clipping, or by value."""
+    value, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+    if not value or value <= 0 or algorithm not in (None, "norm"):
+        return None
+    return float(value)
+
+
+def clip_scale(clip: float, total: float) -> float:
+    """What gradient clipping multiplied the gradients by, from their total norm before it:
+    torch's clip_grad_norm_ coefficient, max_norm / (total + 1e-6), at most 1 (NaN stays NaN)."""
+    scale = clip / (total + 1e-6)
+    return scale if scale < 1.0 or math.isnan(scale) else 1.0
+
+
+def _scalars(
+    rows: list[list[float]], *, blocks: list[int], clip: float | None = None
+) -> dict[str, float]:
     """The logged step's tags from its (3, P) norms on the host: each parameter's gradient, weight
-    (before the step) and step norms, summed by block (`blocks`: each parameter's)."""
+    (before the step) and step norms, summed by block (`blocks`: each parameter's); with `clip`,
+    the clipping's scale."""
     grad_rows = rows[0]
     names = (*BLOCKS, "total")
     grads, weight_norms, step_norms = norms_by_block_on_host(rows, blocks, len(BLOCKS))
@@ -185,4 +209,6 @@ def _scalars(rows: list[list[float]], *, blocks: list[int]) -> dict[str, float]:
     metrics |= {f"update_ratio/{b}": update_ratio(s, w)
                 for b, s, w in zip(names, step_norms, weight_norms, strict=True)}  # fmt: skip
     metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in grad_rows)
+    if clip is not None:
+        metrics["grad/clip_scale"] = clip_scale(clip, grads[-1])
     return metrics
