@@ -432,3 +432,16 @@ def test_the_clip_scale_is_torchs_coefficient_at_most_one() -> None:
     assert clip_scale(1.0, 12.6462) == pytest.approx(1.0 / (12.6462 + 1e-6))
     assert clip_scale(1.0, 0.5) == 1.0 and clip_scale(1.0, math.inf) == 0.0
     assert math.isnan(clip_scale(1.0, math.nan))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_fused_norms_are_summed_in_float64() -> None:
+    """On CUDA tensor_norms asks the fused kernel for float64 norms and checks nothing on the
+    host: a finite gradient past float32's sum of squares, in float32 and bfloat16, is exact."""
+    for dtype in (torch.float32, torch.bfloat16):
+        tensors = [torch.full((1000,), 6e34, device="cuda").to(dtype), torch.ones(3, device="cuda")]
+        norms = tensor_norms(tensors)
+        assert norms.dtype == torch.float64
+        exact = [float(t.double().norm()) for t in tensors]
+        assert norms.tolist() == pytest.approx(exact, rel=1e-6), dtype
