@@ -44,7 +44,7 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 # Lightning's hook name (set around each of its ~45 hook calls a step) and the step's values.
 # nn.Module.__setattr__ looks each one up among those first (~4 µs here, 0.5 µs without).
 PLAIN_STEP_ATTRIBUTES = frozenset(
-    {"_current_fx_name", "_step_loss", "_step_lr", "_loss_kept", "logged_loss"}
+    {"_current_fx_name", "_step_loss", "_step_lr", "_loss_kept", "logged_loss", "_window_size"}
 )
 TRAIN_LOSS = "train/loss"
 
@@ -197,8 +197,10 @@ class ResNetClassifier(pl.LightningModule):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
-        # The step in flight's loss and lr (read before the scheduler steps), for the loggers.
+        # The step in flight's loss and lr (read before the scheduler steps), for the loggers:
+        # under gradient accumulation the sum of its window's micro-batch losses so far.
         self._step_loss: Tensor | None = None
+        self._window_size = 1  # micro-batches summed in _step_loss
         self._step_lr = 0.0
         # train/loss as last kept (the mean over DDP processes): on logging steps and the run's
         # last. The progress bar's and the run's final figure (`logged_metric`).
@@ -234,7 +236,15 @@ class ResNetClassifier(pl.LightningModule):
         # train/loss goes to the loggers on logging steps only (on_train_batch_end): not through
         # self.log, ~1 ms a call here (Lightning moves its result record to the value's device
         # on every call), nor reduced over DDP processes or read on the host on other steps.
-        self._step_loss = loss.detach()
+        # Under accumulation the step's loss is its window's mean, as its gradient is (Lightning
+        # logged the last micro-batch's: 1/k of the data; review); one add a micro-batch.
+        if batch_idx % self.trainer.accumulate_grad_batches == 0 or self._step_loss is None:
+            self._step_loss, self._window_size = loss.detach(), 1  # Lightning zeroes the grads here
+        else:
+            self._step_loss, self._window_size = (
+                self._step_loss + loss.detach(),
+                self._window_size + 1,
+            )
         self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self._loss_kept = logs_this_step(self.trainer) or is_last_step(self.trainer)
         if self._loss_kept:
@@ -246,7 +256,11 @@ class ResNetClassifier(pl.LightningModule):
         calls it at the same steps; on a copy, as DDP's all_reduce works in place), queued
         without a wait for the GPU (collectives.mean_over_processes)."""
         assert self._step_loss is not None  # set by training_step
-        loss = self._step_loss.clone()
+        loss = (
+            self._step_loss / self._window_size
+            if self._window_size > 1
+            else self._step_loss.clone()
+        )
         # The run's processes only (a single-device fit in a process that holds a group of its
         # own reduces nothing, as Lightning's single-device strategy does not).
         self.logged_loss = mean_over_processes(loss) if self.trainer.world_size > 1 else loss
