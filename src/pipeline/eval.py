@@ -175,10 +175,17 @@ def evaluate(cfg: DictConfig) -> None:
         module = build.build_module(run_cfg)
         trainer_args = resolved(run_cfg.trainer) if "trainer" in run_cfg else {}
         interrupted = SeesKeyboardInterrupt()
+        precision = run_cfg.precision
+        if precision == "16-mixed" and build.run_device(run_cfg).type == "cpu":
+            # What Lightning does there, said in a line of ours (its own warning named its file)
+            log.warning(
+                "precision=16-mixed scores in bf16-mixed on a CPU: float16 autocast is CUDA's"
+            )
+            precision = "bf16-mixed"
         trainer = pl.Trainer(
             accelerator=run_cfg.device.accelerator,
             devices=1,
-            precision=run_cfg.precision,
+            precision=precision,
             logger=build.build_loggers(run_cfg, run_dir) or False,
             callbacks=[interrupted],
             enable_checkpointing=False,
