@@ -200,6 +200,11 @@ def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: 
         overrides, problems = prepare(
             config_name, overrides, bool(args.multirun), no_rules if shows else validate, not shows
         )
+        if shows and args.multirun and not problems:  # Hydra's traceback (it shows one config)
+            problems = [
+                "--cfg, --info and --help show one job's config, and -m runs a sweep: drop -m "
+                "(and give each swept key one value)"
+            ]
         if problems:
             report_problems(problems, program)
             sys.exit(CONFIG_ERROR_EXIT_CODE)

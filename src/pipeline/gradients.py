@@ -346,7 +346,8 @@ def histograms(tensors: Sequence[Tensor], bins: int = 64) -> list[dict[str, Any]
             counts.append(bin_counts(f, bins, low, high))
         else:
             counts.append(torch.histc(f, bins=bins, min=low, max=high))
-        stats.append(torch.stack([f.sum(), (f * f).sum()]))
+        wide = f.double()  # float32's sum of squares overflowed past ~1.8e19 (review)
+        stats.append(torch.stack([wide.sum(), wide.square().sum()]))
     both = torch.cat([torch.stack(counts), torch.stack(stats)], 1).tolist()  # transfer 2
     out = []
     for f, (low, high), row in zip(flats, ranges, both, strict=True):

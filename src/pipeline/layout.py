@@ -16,6 +16,7 @@ from pathlib import Path
 
 OUTPUTS = "outputs"  # where runs land (hydra.run.dir and hydra.sweep.dir in conf/train.yaml)
 SEARCH_TRIALS = "search"  # pipeline.search's trials: outputs/search/<study>/trial-NNNN/
+BENCH_RUNS = "bench"  # pipeline.bench's folders (conf/bench.yaml): a soak's holds a last.ckpt
 HYDRA_DIR = ".hydra"
 SAVED_OVERRIDES = Path(HYDRA_DIR) / "overrides.yaml"
 CHECKPOINT_DIR = "checkpoints"

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pipeline.layout import LAST_CHECKPOINT, OUTPUTS, SAVED_OVERRIDES, SEARCH_TRIALS
+from pipeline.layout import (
+    BENCH_RUNS,
+    LAST_CHECKPOINT,
+    OUTPUTS,
+    SAVED_OVERRIDES,
+    SEARCH_TRIALS,
+)
 from pipeline.overrides import override, shell_word
 
 RESUME_KEY = "resume="
@@ -26,13 +32,15 @@ LATEST = "latest"
 
 def latest_run(outputs: Path) -> Path | None:
     """The run under `outputs` (sweep jobs included) whose last.ckpt was written last; not a
-    trial of pipeline.search (outputs/search/): its study keeps the value it measured, and a
-    resume would retrain it in place."""
-    trials = outputs / SEARCH_TRIALS
+    trial of pipeline.search (outputs/search/: its study keeps the value it measured, and a
+    resume would retrain it in place), nor a soak of pipeline.bench (outputs/bench/: its
+    overrides are the bench's, which training refuses)."""
+    others = [outputs / SEARCH_TRIALS, outputs / BENCH_RUNS]
     checkpoints = [
         ckpt
         for ckpt in outputs.glob(f"**/{LAST_CHECKPOINT}")
-        if (ckpt.parents[1] / SAVED_OVERRIDES).is_file() and not ckpt.is_relative_to(trials)
+        if (ckpt.parents[1] / SAVED_OVERRIDES).is_file()
+        and not any(ckpt.is_relative_to(folder) for folder in others)
     ]
     newest = max(checkpoints, key=lambda p: p.stat().st_mtime, default=None)
     return newest.parents[1] if newest is not None else None

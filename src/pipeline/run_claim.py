@@ -69,15 +69,22 @@ def claim_planned_run_dir(config_name: str, overrides: list[str]) -> tuple[list[
     return [*overrides, override("hydra.run.dir", claimed)], []
 
 
+LIGHTNING_CHILD_JOB = "hydra.job.name=train_ddp_process_"  # what Lightning's DDP children get
+
+
 def other_rank_outputs(overrides: list[str], rank: int | None) -> list[str]:
     """For a launcher's rank other than 0 (`launcher_rank`), which writes into rank 0's run
-    directory: a log of its own, train_rank<N>.log, and no .hydra/ (rank 0 writes it). Without
-    them every rank of a pinned hydra.run.dir (the SLURM recipe, torchrun with one) wrote
-    train.log, each line once a rank, and .hydra/ at once. Nothing where the command names its
-    job already (Lightning's own DDP children, `train_ddp_process_<N>`)."""
-    if not rank or any(o.startswith("hydra.job.name=") for o in overrides):
+    directory: a log of its own, <job>_rank<N>.log (train_rank<N>.log, or the user's
+    hydra.job.name with the suffix), and no .hydra/ (rank 0 writes it). Without them every rank
+    of a pinned hydra.run.dir (the SLURM recipe, torchrun with one) wrote train.log, each line
+    once a rank, and .hydra/ at once. Nothing for Lightning's own DDP children (it names them)."""
+    if not rank or any(o.startswith(LIGHTNING_CHILD_JOB) for o in overrides):
         return []
-    return [f"hydra.job.name=train_rank{rank}", "hydra.output_subdir=null"]
+    named = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.job.name=")]
+    return [
+        f"hydra.job.name={named[-1] if named else 'train'}_rank{rank}",
+        "hydra.output_subdir=null",
+    ]
 
 
 def run_dir_of(overrides: list[str]) -> Path:

@@ -178,6 +178,11 @@ def test_cfg_job_shows_the_config_the_command_line_makes_and_checks_it(
     assert result.returncode == 2
     assert result.stderr.splitlines()[1].startswith("  - optimzer.lr is not a config key")
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+    swept = ["--cfg", "job", "-m", "optimizer.lr=0.1,0.01"]  # Hydra's traceback, exit 1
+    result = run_cli("pipeline.train", swept, tmp_path, torch_home)
+    assert (
+        result.returncode == 2 and "drop -m" in result.stderr and "Traceback" not in result.stderr
+    )
     assert not (tmp_path / "outputs").exists()
 
 

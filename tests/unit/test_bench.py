@@ -154,6 +154,10 @@ def test_histogram_fields_match_the_tensor() -> None:
     assert (h["min"], h["max"], h["num"], h["sum"], h["sum_squares"]) == (0.0, 4.0, 5, 9.0, 27.0)
     assert h["bucket_limits"] == [1.0, 2.0, 3.0, 4.0] and sum(h["bucket_counts"]) == 5
     assert constant["bucket_counts"] == [3.0]
+    # A finite gradient past float32's sum of squares (bf16-true's exploding layer4): its
+    # sum_squares read inf (review); summed in float64 it is the values' own.
+    (big,) = histograms([torch.tensor([-2.0e34, 1.25e34])], bins=4)
+    assert big["sum_squares"] == pytest.approx(2.0e34**2 + 1.25e34**2, rel=1e-6)
 
 
 def test_histograms_of_many_tensors_match_numpy_each() -> None:

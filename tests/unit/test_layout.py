@@ -54,3 +54,7 @@ def test_a_launchers_other_ranks_log_beside_rank_0_in_a_directory_the_user_pinne
     ]  # fmt: skip
     child = [*pinned, "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
     assert claim_planned_run_dir("train", child) == (child, [])  # Lightning's DDP child
+    named = [*pinned, "hydra.job.name=exp"]  # the user's name: its rank's log beside it
+    assert claim_planned_run_dir("train", named)[0][-2:] == [
+        "hydra.job.name=exp_rank1", "hydra.output_subdir=null"
+    ]  # fmt: skip

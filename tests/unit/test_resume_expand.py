@@ -76,15 +76,18 @@ def test_a_continued_run_names_the_data_loss_and_precision_it_changes() -> None:
 
 def test_latest_is_the_newest_run_not_a_search_trial(tmp_path: Path) -> None:
     """resume=latest continued a trial of pipeline.search (review): the study keeps the value the
-    trial measured while the resume retrains it in place. Trials are passed over; sweep jobs not."""
+    trial measured while the resume retrains it in place; and a bench soak's folder (its
+    overrides the bench's: refused). Both are passed over; sweep jobs not."""
     import os
 
     from pipeline.resume import latest_run
 
     outputs = tmp_path / "outputs"
     runs = [outputs / "2026-12-02" / "09-00-00", outputs / "multirun" / "d" / "t" / "0_lr=1",
-            outputs / "search" / "study" / "trial-0001"]  # fmt: skip
-    for age, run in enumerate(reversed(runs)):  # the trial newest, the plain run oldest
+            outputs / "search" / "study" / "trial-0001", outputs / "bench" / "d" / "t"]  # fmt: skip
+    for age, run in enumerate(
+        reversed(runs)
+    ):  # the bench newest, then the trial; the plain run oldest
         (run / SAVED_OVERRIDES).parent.mkdir(parents=True)
         (run / SAVED_OVERRIDES).write_text("- loss=mse\n")
         (run / LAST_CHECKPOINT).parent.mkdir(parents=True)
