@@ -169,6 +169,11 @@ def prepare(
 _typed: list[list[str]] = []
 
 
+def _no_rules(cfg: DictConfig) -> list[str]:
+    """The validator of a command that only shows the config: its values' rules are not applied."""
+    return []
+
+
 def command_line() -> list[str]:
     """The command as the user typed it (resume= unexpanded), for the run's provenance."""
     program = Path(sys.argv[0]).name
@@ -196,15 +201,16 @@ def run(hydra_app: Callable[[], Any], config_name: str, program: str, validate: 
         # --cfg, --info and --help show the config the command line makes: resume= expanded,
         # trainer.NAME=VALUE without Hydra's +, every key and option checked; not validated
         # (`--cfg job device=gpu` shows a GPU run's config on a CPU) and no run directory made.
-        no_rules: Validator = lambda cfg: []  # noqa: E731
-        overrides, problems = prepare(
-            config_name, overrides, bool(args.multirun), no_rules if shows else validate, not shows
-        )
-        if shows and args.multirun and not problems:  # Hydra's traceback (it shows one config)
+        if shows and args.multirun:  # Hydra's traceback: it shows one config
             problems = [
                 "--cfg, --info and --help show one job's config, and -m runs a sweep: drop -m "
                 "(and give each swept key one value)"
             ]
+        else:
+            overrides, problems = prepare(
+                config_name, overrides, bool(args.multirun), _no_rules if shows else validate,
+                claim=not shows,
+            )  # fmt: skip
         if problems:
             report_problems(problems, program)
             sys.exit(CONFIG_ERROR_EXIT_CODE)

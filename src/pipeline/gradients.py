@@ -86,9 +86,10 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
     norms = at_least_float32(
         torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32 if half else None))
     )
-    if bool(torch.isfinite(norms).all()):
+    finite = torch.isfinite(norms)
+    if bool(finite.all()):
         return norms
-    over = (~torch.isfinite(norms)).nonzero().flatten().tolist()
+    over = (~finite).nonzero().flatten().tolist()
     wide = norms.double()
     wide[over] = torch.stack(
         torch._foreach_norm([tensors[i] for i in over], 2, dtype=torch.float64)

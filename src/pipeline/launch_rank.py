@@ -14,12 +14,18 @@ def is_launch_rank_zero() -> bool:
     )
 
 
+def torchrun_rank() -> int | None:
+    """This process's global rank when torchrun started it, else None."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    return int(os.environ.get("RANK", "0"))
+
+
 def launcher_rank() -> int | None:
     """This process's global rank where a launcher started it as one of several processes
     (torchrun: RANK; SLURM's srun, one task a rank: SLURM_PROCID), else None. Not a process
     Lightning started (it names their logs itself)."""
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return int(os.environ.get("RANK", "0"))
-    if "SLURM_PROCID" in os.environ:
+    rank = torchrun_rank()
+    if rank is None and "SLURM_PROCID" in os.environ:
         return int(os.environ["SLURM_PROCID"])
-    return None
+    return rank

@@ -241,10 +241,8 @@ class ResNetClassifier(pl.LightningModule):
         if batch_idx % self.trainer.accumulate_grad_batches == 0 or self._step_loss is None:
             self._step_loss, self._window_size = loss.detach(), 1  # Lightning zeroes the grads here
         else:
-            self._step_loss, self._window_size = (
-                self._step_loss + loss.detach(),
-                self._window_size + 1,
-            )
+            self._step_loss = self._step_loss + loss.detach()
+            self._window_size += 1
         self._step_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         self._loss_kept = logs_this_step(self.trainer) or is_last_step(self.trainer)
         if self._loss_kept:

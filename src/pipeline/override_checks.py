@@ -162,7 +162,7 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
             continue
         if o.is_add() or o.is_force_add():
             added_keys.add(key)
-        passes = o.package is not None or o.is_delete() or key in groups or "/" in key
+        passes = not plain_key or o.is_delete()
         if passes or key.startswith("hydra") or has_key(base, key):
             rewritten.append(as_typed(o))
             continue

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config_limits import disk_problems
-from pipeline.launch_rank import is_launch_rank_zero, launcher_rank
+from pipeline.launch_rank import is_launch_rank_zero, launcher_rank, torchrun_rank
 from pipeline.override_checks import compose, has_key
 from pipeline.overrides import override, shell_word
 from pipeline.rundir import (
@@ -26,7 +26,6 @@ from pipeline.rundir import (
     lock_run_dir,
     receive_run_dir,
     release_run_dir,
-    torchrun_rank,
 )
 
 

@@ -56,13 +56,6 @@ def claim_run_dir(wanted: Path) -> Path:
     raise FileExistsError(f"{wanted} and {MAX_SUFFIX - 1} numbered variants all exist")
 
 
-def torchrun_rank() -> int | None:
-    """This process's global rank when torchrun started it, else None."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return None
-    return int(os.environ.get("RANK", "0"))
-
-
 def _store_address() -> str:
     return f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
 
