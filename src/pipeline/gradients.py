@@ -86,10 +86,10 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
     norms = at_least_float32(
         torch.stack(torch._foreach_norm(tensors, 2, dtype=torch.float32 if half else None))
     )
-    finite = torch.isfinite(norms)
-    if bool(finite.all()):
+    # Read on the host (a CPU's own memory): ~0.6 µs, where isfinite, all and bool took ~5.
+    over = [i for i, norm in enumerate(norms.tolist()) if not math.isfinite(norm)]
+    if not over:
         return norms
-    over = (~finite).nonzero().flatten().tolist()
     wide = norms.double()
     wide[over] = torch.stack(
         torch._foreach_norm([tensors[i] for i in over], 2, dtype=torch.float64)
@@ -156,15 +156,15 @@ def copy_into(
     return buffer
 
 
-def update_norms_(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
-    """(2, P), as `tensor_norms` makes them (float32 at least, exact past its range): each
-    tensor's ‖before‖, then its ‖after − before‖. In place: `before` ends holding before −
+def update_norms_(before: Sequence[Tensor], after: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Two (P,), as `tensor_norms` makes them (float32 at least, exact past its range): each
+    tensor's ‖before‖, and its ‖after − before‖. In place: `before` ends holding before −
     after (no model-sized allocation). Three fused passes over the weights: the norms of
-    `before`, the difference, its norms."""
+    `before`, the difference, its norms. Not stacked: a caller stacks them with its own rows
+    in one operation."""
     weights = tensor_norms(before)
     torch._foreach_sub_(list(before), list(after))
-    steps = tensor_norms(before)  # ‖before − after‖ = ‖after − before‖
-    return torch.stack([weights, steps])  # the wider dtype of the two
+    return weights, tensor_norms(before)  # ‖before − after‖ = ‖after − before‖
 
 
 def update_ratios_(
@@ -174,7 +174,7 @@ def update_ratios_(
     then for all (0 where ‖before‖ = 0), as `update_norms_` (in place). The relative step the
     optimizer really took, whatever it did (momentum, Adam, weight decay, clipping); lr·‖g‖/‖w‖
     is it only for plain SGD."""
-    weights, steps = norms_by_block(update_norms_(before, after), index, num_blocks)
+    weights, steps = norms_by_block(torch.stack(update_norms_(before, after)), index, num_blocks)
     return torch.where(weights > 0, steps / weights, torch.zeros_like(steps))
 
 

@@ -346,7 +346,7 @@ def test_a_norm_is_exact_past_its_dtypes_sum_of_squares_and_infinite_only_for_in
     )
     # The update ratio of such weights: ‖Δw‖/‖w‖ from exact norms, not inf/inf.
     before, after = [torch.full((10,), 1e32)], [torch.full((10,), 1.9e32)]
-    weights, steps = update_norms_([b.clone() for b in before], after).tolist()
+    weights, steps = (t.tolist() for t in update_norms_([b.clone() for b in before], after))
     assert steps[0] / weights[0] == pytest.approx(0.9, rel=1e-6)
 
 

@@ -46,6 +46,10 @@ from pipeline.gradients import (
 from pipeline.loggers import add_step_read
 from pipeline.logging_steps import is_due, logs_this_step
 
+# A logged step's block tags, by BLOCKS then the total: made once, not on every logged step.
+_GRAD_NORM_TAGS = tuple(f"grad_norm/{b}" for b in (*BLOCKS, "total"))
+_UPDATE_RATIO_TAGS = tuple(f"update_ratio/{b}" for b in (*BLOCKS, "total"))
+
 
 @dataclass
 class _PendingStep:
@@ -145,8 +149,9 @@ class GradientLogger(pl.Callback):
         # Each parameter's gradient, weight (before the step) and step norm, read together and
         # summed by block on the host.
         with torch.no_grad():  # the parameters themselves, not detached copies
-            steps = update_norms_(pending.before, pending.weights)
-        rows = torch.cat([pending.grad_norms[None], steps])  # (3, P)
+            weight_norms, step_norms = update_norms_(pending.before, pending.weights)
+        # (3, P), one operation, in the widest of their dtypes (float64 past float32's range)
+        rows = torch.stack([pending.grad_norms, weight_norms, step_norms])
         make = partial(_scalars, blocks=pending.blocks, clip=pending.clip)
         add_step_read(trainer, pending.step, rows, make)
 
@@ -202,12 +207,10 @@ def _scalars(
     (before the step) and step norms, summed by block (`blocks`: each parameter's); with `clip`,
     the clipping's scale."""
     grad_rows = rows[0]
-    names = (*BLOCKS, "total")
     grads, weight_norms, step_norms = norms_by_block_on_host(rows, blocks, len(BLOCKS))
-    metrics: dict[str, float] = {}
-    metrics |= {f"grad_norm/{b}": v for b, v in zip(names, grads, strict=True)}
-    metrics |= {f"update_ratio/{b}": update_ratio(s, w)
-                for b, s, w in zip(names, step_norms, weight_norms, strict=True)}  # fmt: skip
+    metrics: dict[str, float] = dict(zip(_GRAD_NORM_TAGS, grads, strict=True))
+    metrics |= {tag: update_ratio(s, w)
+                for tag, s, w in zip(_UPDATE_RATIO_TAGS, step_norms, weight_norms, strict=True)}  # fmt: skip
     metrics["grad/nonfinite_count"] = sum(not math.isfinite(v) for v in grad_rows)
     if clip is not None:
         metrics["grad/clip_scale"] = clip_scale(clip, grads[-1])

@@ -92,6 +92,7 @@ class GradientNoiseScale(pl.Callback):
             self._hook = pl_module.register_forward_hook(self._keep_output)
         else:
             self.mode = "off"  # noise_scale=auto in one process: only where it is nearly free
+            self._due = False
 
     def _local_norms_then_allreduce(
         self, bucket: torch.distributed.GradBucket
@@ -127,9 +128,10 @@ class GradientNoiseScale(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.mode == "off":  # for the fit: every hook returns at `_due`
+            return
         self._due = (
-            self.mode != "off"
-            and trainer.is_global_zero
+            trainer.is_global_zero
             and bool(trainer.loggers)  # no logger (logger=none): nothing to measure for
             and logs_this_step(trainer)
         )
