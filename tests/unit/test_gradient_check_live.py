@@ -62,3 +62,32 @@ def test_corrupted_gradient_raises_with_step_tensor_error_and_tolerance(tmp_path
 def test_on_fail_warn_warns_and_trains_on(tmp_path: Path) -> None:
     with pytest.warns(UserWarning, match="analytic gradient check failed at step 0"):
         _fit(tmp_path, "callbacks.gradient_check.on_fail=warn", corrupt=True)
+
+
+class HeadHooks(pl.Callback):
+    """Each batch's forward hooks on the head, as its forward ran (read before the backward)."""
+
+    def __init__(self) -> None:
+        self.by_batch: list[int] = []
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any
+    ) -> None:
+        self.by_batch.append(len(pl_module.net.fc._forward_hooks))  # type: ignore[union-attr]
+
+
+def test_the_head_is_hooked_only_for_the_batches_of_a_checked_step(tmp_path: Path) -> None:
+    """A module with a forward hook takes torch's slower call path on every forward: the check
+    hooks the head for a checked step's batches alone, and still checks the whole window."""
+    cfg = compose("train", [*TINY, "logger=none", "trainer.max_steps=4", "data.num_samples=32",
+                            "trainer.accumulate_grad_batches=2",
+                            "callbacks.gradient_check.every_n_steps=2"])  # fmt: skip
+    hooks, recorder = HeadHooks(), Recorder()
+    trainer = build.build_trainer(cfg, tmp_path, extra_callbacks=[hooks])
+    trainer.loggers = [recorder]
+    trainer.fit(build.build_module(cfg), datamodule=build.build_datamodule(cfg))
+    # Steps 0 (the first), 1 and 3 (every 2: steps N−1, 2N−1) are checked, two batches each.
+    assert hooks.by_batch == [1, 1, 1, 1, 0, 0, 1, 1]
+    assert [step for step, _ in recorder.tag("gradcheck/passed")] == [0, 1, 3]
+    assert all(passed == 1.0 for _, passed in recorder.tag("gradcheck/passed"))
+    assert not trainer.lightning_module.net.fc._forward_hooks  # type: ignore[union-attr]
