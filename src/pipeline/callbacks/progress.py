@@ -1,6 +1,6 @@
 """The rich progress bar: labelled by epoch without Lightning's "Epoch 0/-2" for step-bounded
 runs, showing train/loss without a host read of it on every step, and redrawn at most
-REDRAW_PER_SECOND times a second, not on every batch."""
+REDRAW_PER_SECOND times a second, not on every batch, by a thread that wakes as often."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from pipeline.model import TRAIN_LOSS, logged_metric
 
 SHOWN = TRAIN_LOSS
 # A redraw of the bar and its metrics costs ~0.3 ms of the host's time here (Lightning draws
-# twice a batch): a few % of a small GPU step. Ten a second is what rich's own refresh does.
-REDRAW_PER_SECOND = 10
+# twice a batch): a few % of a small GPU step. Four a second is what rich's Live does. Lightning's
+# bar renders in a thread of its own that wakes refresh_rate times a second (100 by default)
+# and takes the GIL from the training loop each time, to draw or only to find nothing to draw:
+# at REDRAW_PER_SECOND, ~29 µs a step fewer in the zero-cost loop here (docs/benchmarks.md).
+REDRAW_PER_SECOND = 4
 
 
 class ProgressBar(RichProgressBar):
@@ -29,6 +32,7 @@ class ProgressBar(RichProgressBar):
     logged value (model.logged_metric), read again only when it is a new one."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("refresh_rate", REDRAW_PER_SECOND)  # its thread's wake-ups a second
         super().__init__(*args, **kwargs)
         self._shown: Tensor | None = None
         self._value = 0.0
