@@ -37,7 +37,7 @@ def _with_guard(trainer: pl.Trainer, *, deferred: bool, lag: int = DEFERRED_LAG)
 
 
 def _diverge(
-    tmp_path: Path, *, deferred: bool, extra: list[str]
+    tmp_path: Path, *, deferred: bool, extra: list[str], plant: pl.Callback | None = None
 ) -> tuple[str, dict[str, Any], int]:
     from pipeline import build
     from pipeline.cli import compose
@@ -57,7 +57,7 @@ def _diverge(
         ],
     )
     run_dir = tmp_path / ("deferred" if deferred else "at_once")
-    trainer = build.build_trainer(cfg, run_dir)
+    trainer = build.build_trainer(cfg, run_dir, extra_callbacks=[plant] if plant else [])
     _with_guard(trainer, deferred=deferred, lag=LAG)
     pl.seed_everything(cfg.seed, verbose=False)  # the same initial weights in both runs
     with pytest.raises(DivergenceError) as stop:
@@ -100,6 +100,19 @@ def test_deferred_check_saves_what_the_immediate_check_saves(
             assert _same(torch.as_tensor(states[1][index][key]), torch.as_tensor(value)), key
 
 
+class _InfRunningVariance(pl.Callback):
+    """After step `step`'s backward pass, an inf in a BatchNorm running variance: the loss stays
+    finite (training normalises by the batch's own statistics). Planted, not grown: an lr that
+    overflowed a running variance first at one thread overflowed the loss first at another."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step == self.step:
+            pl_module.net.layer1[0].bn1.running_var[0] = math.inf  # type: ignore[index, union-attr]
+
+
 def test_the_deferred_check_names_the_statistic_when_an_epoch_ends_before_its_read(
     tmp_path: Path, torch_home: Path
 ) -> None:
@@ -107,10 +120,17 @@ def test_the_deferred_check_names_the_statistic_when_an_epoch_ends_before_its_re
     ends (4 batches) before the deferred flag's read, and the epoch's checkpoint reads it and
     puts the statistics back. The message then named no statistic, and said the finite loss
     "became" its value; divergence.json named none either."""
-    extra = ["optimizer.lr=1", "data.num_samples=16"]
-    message, at_once, _ = _diverge(tmp_path, deferred=False, extra=extra)
-    deferred_message, deferred, _ = _diverge(tmp_path, deferred=True, extra=extra)
-    assert "BatchNorm's running statistic" in message
+    extra = ["optimizer.lr=1e-3", "data.num_samples=16"]
+    message, at_once, _ = _diverge(
+        tmp_path, deferred=False, extra=extra, plant=_InfRunningVariance(5)
+    )
+    deferred_message, deferred, _ = _diverge(
+        tmp_path, deferred=True, extra=extra, plant=_InfRunningVariance(5)
+    )
+    assert message.startswith(
+        "BatchNorm's running statistic layer1.0.bn1.running_var became inf or NaN at step 5, "
+        "while train/loss was still finite"
+    ), message
     assert deferred_message == message.replace("/at_once", "/deferred")
     statistic = at_once["divergence.json"]["first_nonfinite_statistic"]
     assert statistic and deferred["divergence.json"]["first_nonfinite_statistic"] == statistic
