@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import pytest
@@ -19,16 +19,33 @@ from pipeline.callbacks import NonFiniteGuard
 from pipeline.errors import DivergenceError
 
 
+class _Planted(torch.autograd.Function):
+    """A loss of 0 whose gradient with respect to `weight` is `gradient`, whatever it holds: the
+    loss stays finite where the gradient is not (Σ w · g with w = 0 is NaN there), so only the
+    gradients' check can stop the step."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, gradient: Tensor) -> Tensor:
+        ctx.save_for_backward(gradient)
+        return weight.sum() * 0
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor, None]:
+        (gradient,) = ctx.saved_tensors
+        return gradient.clone(), None
+
+
 class _Gradient(pl.LightningModule):
-    """loss = Σ w · g: the gradient is `g` itself, whatever the weights; the loss 0 (w = 0)."""
+    """loss 0, finite; the weight's gradient is `g` itself, in the weight's dtype (`g` is not a
+    buffer: the guard checks the module's buffers too)."""
 
     def __init__(self, gradient: Tensor) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(len(gradient)))
-        self.register_buffer("gradient", gradient)
+        self.planted = gradient
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return (self.weight * self.gradient).sum()
+        return cast(Tensor, _Planted.apply(self.weight, self.planted.to(self.weight)))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.0, fused=True)
@@ -37,25 +54,29 @@ class _Gradient(pl.LightningModule):
         return DataLoader(TensorDataset(torch.zeros(8, 1)), batch_size=1)
 
 
-def _fit(gradient: Tensor, *, precision: str, deferred: bool, root: Path) -> int:
-    """Trains 6 steps; the steps taken, or raises DivergenceError."""
+def _fit(
+    gradient: Tensor, *, precision: str, deferred: bool, root: Path, log_every: int = 50
+) -> int:
+    """Trains 6 steps; the steps taken, or raises DivergenceError. Logging every step, the check
+    reads the gradients' norms (taken for divergence.json) in their place, deferred or not."""
     guard = NonFiniteGuard(mode="raise", loss_name="mse", checkpoint_path=None, deferred=deferred)
     trainer = pl.Trainer(
         accelerator="cpu", precision=precision, max_steps=6, callbacks=[guard], logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=root,  # where divergence.json goes
+        log_every_n_steps=log_every, default_root_dir=root,  # where divergence.json goes
     )  # fmt: skip
     trainer.fit(_Gradient(gradient))
     return trainer.global_step
 
 
+@pytest.mark.parametrize("log_every", [50, 1], ids=["unlogged", "logged"])
 @pytest.mark.parametrize("deferred", [False, True], ids=["at_once", "deferred"])
 @pytest.mark.parametrize(
     ("precision", "largest"),
     [("16-true", 6e4), ("32-true", 3e38), ("bf16-true", 3e38), ("64-true", 1e300)],
 )
 def test_finite_gradients_whose_norm_overflows_train_on_and_inf_or_nan_stops(
-    precision: str, largest: float, deferred: bool, tmp_path: Path
+    precision: str, largest: float, deferred: bool, log_every: int, tmp_path: Path
 ) -> None:
     # Every value finite in the precision, their norm past its largest: not divergence.
     assert (
@@ -64,6 +85,7 @@ def test_finite_gradients_whose_norm_overflows_train_on_and_inf_or_nan_stops(
             precision=precision,
             deferred=deferred,
             root=tmp_path,
+            log_every=log_every,
         )
         == 6
     )
@@ -71,4 +93,6 @@ def test_finite_gradients_whose_norm_overflows_train_on_and_inf_or_nan_stops(
         gradient = torch.zeros(64)
         gradient[37] = bad
         with pytest.raises(DivergenceError, match="at step 0"):
-            _fit(gradient, precision=precision, deferred=deferred, root=tmp_path)
+            _fit(
+                gradient, precision=precision, deferred=deferred, root=tmp_path, log_every=log_every
+            )
