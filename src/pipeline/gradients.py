@@ -330,7 +330,8 @@ def histograms(tensors: Sequence[Tensor], bins: int = 64) -> list[dict[str, Any]
 
     Two host transfers in all (the ranges, then counts and sums), whatever the number of
     tensors: not the whole tensors copied to numpy (what add_histogram does), nor a transfer
-    per tensor (on a GPU each is a wait for the device).
+    per tensor (on a GPU each is a wait for the device); one more for a tensor whose finite
+    values overflow float32's sums (summed again in float64).
     """
     if not tensors:
         return []
@@ -347,12 +348,18 @@ def histograms(tensors: Sequence[Tensor], bins: int = 64) -> list[dict[str, Any]
             counts.append(bin_counts(f, bins, low, high))
         else:
             counts.append(torch.histc(f, bins=bins, min=low, max=high))
-        wide = f.double()  # float32's sum of squares overflowed past ~1.8e19 (review)
-        stats.append(torch.stack([wide.sum(), wide.square().sum()]))
+        # In float32, one pass each and no copy: a float64 copy and its square took 87 of a
+        # histogram step's 132 ms over ResNet18's gradients and weights on a CPU here.
+        stats.append(torch.stack([f.sum(), torch.dot(f, f)]))
     both = torch.cat([torch.stack(counts), torch.stack(stats)], 1).tolist()  # transfer 2
     out = []
     for f, (low, high), row in zip(flats, ranges, both, strict=True):
         total, squares = row[bins], row[bins + 1]
+        if math.isfinite(low) and math.isfinite(high) and not math.isfinite(total + squares):
+            # Finite values past float32's sums (a sum of squares past ~3.4e38: review), again
+            # in float64: a read of this tensor's two sums, only where it happens.
+            wide = f.double()
+            total, squares = wide.sum().item(), wide.square().sum().item()
         if high > low:
             limits = torch.linspace(low, high, bins + 1)[1:].tolist()
             bucket_counts = row[:bins]
