@@ -80,13 +80,33 @@ def divergence_record(
 
 
 def write_divergence(run_dir: Path, record: dict[str, Any]) -> Path:
-    """Write `run_dir/divergence.json` atomically (beside it, then renamed over it)."""
+    """Write `run_dir/divergence.json` atomically (beside it, then renamed over it). A record
+    with no last finite logging step keeps the one of the record it replaces, where that one is
+    from before its step: a resumed run that diverges again before a logging step of its own
+    wrote `last_finite: null` over what the first attempt had measured."""
     path = run_dir / DIVERGENCE_FILE
+    if record["grad_norm"]["last_finite"] is None:
+        record = {**record, "grad_norm": {**record["grad_norm"],
+                  "last_finite": earlier_last_finite(run_dir, record["step"])}}  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(partial, path)
     return path
+
+
+def earlier_last_finite(run_dir: Path, step: int) -> dict[str, Any] | None:
+    """The last finite logging step's record (`grad_norm.last_finite`) of `run_dir`'s
+    divergence.json where it is from before `step`, else None (no file, or not the guard's)."""
+    if not (run_dir / DIVERGENCE_FILE).is_file():
+        return None
+    try:
+        last = read_divergence(run_dir)["grad_norm"]["last_finite"]
+    except (ConfigError, KeyError, TypeError):
+        return None
+    if isinstance(last, dict) and is_int(last.get("step")) and last["step"] < step:
+        return last
+    return None
 
 
 def read_divergence(run_dir: Path) -> dict[str, Any]:

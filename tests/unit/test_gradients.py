@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -445,3 +447,22 @@ def test_on_cuda_the_fused_norms_are_summed_in_float64() -> None:
         assert norms.dtype == torch.float64
         exact = [float(t.double().norm()) for t in tensors]
         assert norms.tolist() == pytest.approx(exact, rel=1e-6), dtype
+
+
+def test_a_record_without_a_last_finite_step_keeps_the_earlier_attempts(tmp_path: Path) -> None:
+    """A resumed run that diverges again before a logging step of its own wrote
+    `last_finite: null` over what the first attempt had measured."""
+    from pipeline.divergence import divergence_record, read_divergence, write_divergence
+
+    def record(step: int, last: tuple[int, dict[str, float | str]] | None) -> dict[str, Any]:
+        return divergence_record(step=step, loss=math.nan, failing={"conv1": math.inf},
+                                 last_finite=last, micro_batches=[[0, 1]],
+                                 checkpoint_global_step=None)  # fmt: skip
+
+    write_divergence(tmp_path, record(25, (23, {"conv1": 1.5})))
+    write_divergence(tmp_path, record(25, None))  # the resume, diverged at the same step
+    assert read_divergence(tmp_path)["grad_norm"]["last_finite"] == {"step": 23, "conv1": 1.5}
+    write_divergence(tmp_path, record(20, None))  # an earlier step: 23 is not before it
+    assert read_divergence(tmp_path)["grad_norm"]["last_finite"] is None
+    write_divergence(tmp_path, record(30, (27, {"conv1": 2.5})))  # its own measurement wins
+    assert read_divergence(tmp_path)["grad_norm"]["last_finite"] == {"step": 27, "conv1": 2.5}
