@@ -98,8 +98,6 @@ def write_divergence(run_dir: Path, record: dict[str, Any]) -> Path:
 def earlier_last_finite(run_dir: Path, step: int) -> dict[str, Any] | None:
     """The last finite logging step's record (`grad_norm.last_finite`) of `run_dir`'s
     divergence.json where it is from before `step`, else None (no file, or not the guard's)."""
-    if not (run_dir / DIVERGENCE_FILE).is_file():
-        return None
     try:
         last = read_divergence(run_dir)["grad_norm"]["last_finite"]
     except (ConfigError, KeyError, TypeError):
