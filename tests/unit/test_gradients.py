@@ -13,6 +13,7 @@ from torchvision.models import resnet18
 
 from pipeline.gradients import (
     BLOCKS,
+    DOT_MIN_NUMEL,
     block_index,
     block_norms,
     copy_into,
@@ -350,6 +351,43 @@ def test_a_norm_is_exact_past_its_dtypes_sum_of_squares_and_infinite_only_for_in
     before, after = [torch.full((10,), 1e32)], [torch.full((10,), 1.9e32)]
     weights, steps = (t.tolist() for t in update_norms_([b.clone() for b in before], after))
     assert steps[0] / weights[0] == pytest.approx(0.9, rel=1e-6)
+
+
+def test_a_cpus_large_tensors_are_normed_exactly_and_in_order_whatever_their_layout() -> None:
+    """On a CPU a float32 or float64 tensor of DOT_MIN_NUMEL values or more is normed as a dot
+    of itself (every core), the rest in one fused pass: each norm lands at its own tensor's place,
+    is within float32's rounding of a float64 norm (a bf16 one's too, in a list of mixed dtypes),
+    is inf or NaN exactly where its tensor holds
+    one, and is exact past float32's sum of squares; a channels_last weight's and a transposed
+    matrix's norms are theirs too."""
+    n = DOT_MIN_NUMEL
+    torch.manual_seed(0)
+    big = torch.randn(n + 5)
+    tensors = [
+        torch.randn(7),
+        big,
+        torch.randn(n // 64, 4, 4, 4).to(memory_format=torch.channels_last),
+        3 * torch.randn(n, dtype=torch.float64),
+        torch.randn(n // 4, 8).t(),  # not contiguous
+        torch.full((n,), 1e30),  # finite; its float32 sum of squares is not
+        big.clone(),  # NaN below
+        big.clone(),  # inf below
+        torch.randn(n // 2).bfloat16(),
+    ]
+    tensors[6][n // 2] = float("nan")
+    tensors[7][3] = -math.inf
+    exact = [float(t.double().norm()) for t in tensors]
+    norms = tensor_norms(tensors).tolist()
+    finite = [i for i in range(len(tensors)) if i not in (6, 7)]
+    # float32's rounding: a fused float32 sum of 2^15 squares is ~2e-6 off (a bf16 one, 2e-3)
+    assert [norms[i] for i in finite] == pytest.approx([exact[i] for i in finite], rel=1e-5)
+    assert math.isnan(norms[6]) and norms[7] == math.inf
+    # each alone: the same value as in the list
+    assert [tensor_norms([t]).item() for t in tensors] == pytest.approx(norms, nan_ok=True)
+    # small tensors only, of mixed dtypes: the bf16 one still summed in float32
+    ragged = torch.linspace(0.1, 9.7, 101)
+    mixed = tensor_norms([torch.ones(3), ragged.bfloat16()]).tolist()
+    assert mixed == pytest.approx([3**0.5, float(ragged.bfloat16().double().norm())], rel=1e-6)
 
 
 def test_the_stop_message_blames_the_loss_only_where_it_went_non_finite() -> None:
