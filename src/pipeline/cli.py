@@ -24,6 +24,7 @@ from pipeline import report
 from pipeline.config_dir import config_groups
 from pipeline.config_rules import hydra_value
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
+from pipeline.launch_rank import launch_problems
 from pipeline.override_checks import (
     as_typed,
     check_group_choices,
@@ -148,14 +149,17 @@ def prepare(
     config_name: str, given: list[str], multirun: bool, validate: Validator, claim: bool = True
 ) -> tuple[list[str], list[str]]:
     """The command line's overrides as the @hydra.main app should get them, and the problems.
-    `claim`: the run directory too (not for a command that only shows the config)."""
+    `claim`: the run directory too (not for a command that only shows the config), and the
+    launch environment checked with the command line (launch_rank.launch_problems)."""
+    launch = launch_problems() if claim else []
     problems = stray_words(given)
     if problems:
-        return given, problems
+        return given, launch + problems
     resume = expand_resume(given)
     if resume.problems:
-        return given, resume.problems
+        return given, launch + resume.problems
     overrides, problems = preflight(config_name, resume.overrides, multirun, validate)
+    problems = launch + problems
     if problems or multirun or not claim:
         return overrides, problems
     overrides, problems = own_run_dir(config_name, overrides, resume.run_dir)

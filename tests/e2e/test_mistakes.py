@@ -103,6 +103,18 @@ def test_slurm_requeue_reuses_its_pinned_run_directory(tmp_path: Path, torch_hom
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+def test_a_rank_its_launch_does_not_have_is_one_line_and_no_run_directory(
+    tmp_path: Path, torch_home: Path
+) -> None:
+    """SLURM_PROCID=1 with SLURM_NTASKS=1 (a copied job script's environment): Lightning took the
+    process for rank 1 of 1; it trained with no TensorBoard writer and died with an
+    AttributeError at its first logged step."""
+    env = cli_env(torch_home) | {"SLURM_PROCID": "1", "SLURM_NTASKS": "1"}
+    [problem] = problems_of(run_cli("pipeline.train", SHORT, tmp_path, torch_home, env=env))
+    assert problem.startswith("SLURM_PROCID=1 is not below SLURM_NTASKS=1 (ranks count from 0)")
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_a_kill_mid_epoch_loses_at_most_the_timed_checkpoint_interval(
     tmp_path: Path, torch_home: Path
 ) -> None:

@@ -1,0 +1,35 @@
+"""The launch environment a process is checked against before it claims a run directory."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.launch_rank import launch_problems
+
+TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        TORCHRUN,
+        {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"},
+        {"LOCAL_RANK": "1"},
+        {"SLURM_PROCID": "0", "SLURM_NTASKS": "2(x3)"},
+    ],
+)
+def test_a_launch_that_describes_its_process_has_no_problem(environ: dict[str, str]) -> None:
+    assert launch_problems(environ) == []
+
+
+def test_a_rank_past_its_launchs_processes_or_not_a_number_is_one_line_each() -> None:
+    environ = TORCHRUN | {"RANK": "4", "LOCAL_RANK": " x", "SLURM_PROCID": "1", "SLURM_NTASKS": "1"}
+    assert launch_problems(environ) == [
+        "RANK=4 is not below WORLD_SIZE=4 (ranks count from 0); unset RANK, or start the "
+        "processes with torchrun",
+        "LOCAL_RANK=' x' is not a rank (a whole number, from 0); unset LOCAL_RANK, or start the "
+        "processes with torchrun",
+        "SLURM_PROCID=1 is not below SLURM_NTASKS=1 (ranks count from 0); unset SLURM_PROCID, or "
+        "start the processes with srun (one task a rank)",
+    ]
