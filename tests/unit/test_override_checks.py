@@ -95,5 +95,11 @@ def test_each_fix_a_line_names_works_where_it_is_given() -> None:
     for fine in (["+optimizer.foo=1", "~optimizer.foo"], ["~optimizer.momentum"], ["~seed"]):
         assert override_checks.resolve_keys(parse(fine), base)[1] == [], fine
     assert preflight("train", ["+optimizer.foo=1", "~optimizer.foo"], False, validate)[1] == []
+    # A null key: Hydra's "Could not delete from config. 'model.weights' does not exist."
+    for null in ("~model.weights", "~model.weights=null"):
+        assert preflight("train", [null], False, validate)[1] == [
+            f"{null}: model.weights is null already, and Hydra cannot remove a null key; drop it"
+        ]
+    assert preflight("train", ["model.weights=w.pt", "~model.weights"], False, validate)[1] == []
     (line,) = override_checks.stray_words(["foo"])
     assert line.endswith("+KEY=VALUE to add a key, ~KEY to remove one")
