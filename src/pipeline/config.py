@@ -43,9 +43,10 @@ from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.model import weights_problems
+from pipeline.override_checks import has_key
 from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.schedules import warmup_factor
-from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES
+from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES, required_keys
 from pipeline.weights import is_torchvision_weights
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -134,6 +135,12 @@ def validate(
         cuda_available = torch.cuda.is_available()
     found = problems(cfg, RULES)
     ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
+    if training:  # a run's own config, not an older run's (which may lack a newer key)
+        found += [
+            f"{key} is missing, and the run needs it; drop ~{key} from the command line"
+            for key in required_keys()
+            if key not in ruled and not has_key(cfg, key)
+        ]
     found += [p for p in config_limits.number_problems(cfg) if key_of(p) not in ruled]
     found += optimizer_problems(
         value(cfg, "optimizer"),

@@ -148,6 +148,33 @@ def _section(cls: type[T], node: dict[str, Any]) -> T:
     return cls(**values)
 
 
+# settings_of's sections: the group each is read from.
+SECTIONS: dict[str, type] = {"data": DataSettings, "model": ModelSettings,
+                             "device": DeviceSettings, "callbacks": CallbackSettings}  # fmt: skip
+TOP_KEYS = ("seed", "precision", "loss.name", "trainer.detect_nonfinite", "trainer.deterministic")
+
+
+def required_keys() -> list[str]:
+    """The dotted keys settings_of reads without a default: each must be in a config it is given
+    (`~model.weights` removed one, and the run died in ModelSettings with a TypeError). Not
+    OLDER_RUNS' keys, and not device.ddp (made from device's keys)."""
+
+    def fields(cls: type, prefix: str) -> list[str]:
+        keys = []
+        for field in dataclasses.fields(cls):
+            kind, key = _hints(cls)[field.name], f"{prefix}.{field.name}"
+            if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+                keys += fields(kind, key)
+            elif field.default is dataclasses.MISSING and field.name not in OLDER_RUNS.get(
+                prefix, {}
+            ):
+                keys.append(key)
+        return keys
+
+    keys = [key for group, cls in SECTIONS.items() for key in fields(cls, group)]
+    return [*TOP_KEYS, *(k for k in keys if k != "device.ddp")]
+
+
 def resolved(cfg: DictConfig) -> dict[str, Any]:
     """The config as Python values, interpolations resolved."""
     out = OmegaConf.to_container(cfg, resolve=True)

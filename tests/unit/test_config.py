@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torchvision.models import resnet18
 
 from pipeline.build import build_module
@@ -167,6 +168,29 @@ def test_one_line_a_key_whatever_else_would_check_it(override: str, expected: st
 def test_all_problems_are_reported_together() -> None:
     problems = _problems("data.batch_size=0", "optimizer.lr=0", "precision=x")
     assert len(problems) == 3
+
+
+def test_a_key_the_run_needs_removed_from_the_config_is_one_line_not_a_type_error() -> None:
+    """`model.weights=w.pt ~model.weights` passed validation (no rule reads a key that may be
+    null), and the run died in ModelSettings: "missing 1 required positional argument". Every
+    key settings_of needs is in train's and bench's default configs; an older run's config,
+    which eval validates, may lack one."""
+    from pipeline.settings import required_keys, settings_of
+
+    _, problems = preflight("train", ["model.weights=w.pt", "~model.weights"], False, validate)
+    assert problems == [
+        "model.weights is missing, and the run needs it; drop ~model.weights from the command line"
+    ]
+    for name in ("train", "bench"):
+        cfg = compose(name, [])
+        assert [
+            k for k in required_keys() if OmegaConf.select(cfg, k, default="gone") == "gone"
+        ] == []
+    cfg = compose("train", [])
+    settings_of(cfg)  # reads every required key
+    OmegaConf.set_struct(cfg, False)
+    del cfg.model["weights"]
+    assert "model.weights" not in " ".join(validate(cfg, training=False))
 
 
 def test_any_trainer_argument_passes_without_plus() -> None:
