@@ -306,8 +306,10 @@ def build_trainer(
     extra_callbacks: Sequence[Callback] = (),
     in_sweep: bool = False,
     overrides: Sequence[str] = (),
+    last_callbacks: Sequence[Callback] = (),
 ) -> pl.Trainer:
-    """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests);
+    """The Trainer; `extra_callbacks` run before the pipeline's own (benchmarks, tests) and
+    `last_callbacks` after them (but Lightning's checkpoint callbacks, which it puts last);
     `overrides`, the command line's, name the HParams table's extra columns."""
     s = settings_of(cfg)
     device = s.device
@@ -319,7 +321,7 @@ def build_trainer(
         sync_batchnorm=device.sync_batchnorm,
         precision=s.precision,  # type: ignore[arg-type]  # validated against Lightning's strings
         logger=build_loggers(s, run_dir) or False,
-        callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir, overrides)],
+        callbacks=[*extra_callbacks, *build_callbacks(cfg, run_dir, overrides), *last_callbacks],
         enable_progress_bar=s.callbacks.progress_bar,
         plugins=[AtomicCheckpointIO()],
         profiler=lightning_profiler(s.profiler["name"], run_dir / PROFILE_DIR),

@@ -36,7 +36,7 @@ class _Tiny(pl.LightningModule):
 
 def test_step_timer_skips_warmup_and_times_each_step(tmp_path: Path) -> None:
     timer = StepTimer(warmup_steps=2, total_steps=7, device=torch.device("cpu"))
-    trainer = pl.Trainer(max_steps=7, callbacks=[timer], logger=False, enable_checkpointing=False,
+    trainer = pl.Trainer(max_steps=7, callbacks=[timer, timer.end_mark], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
     trainer.fit(_Tiny(), DataLoader(TensorDataset(torch.rand(20, 3)), batch_size=2))
     assert len(timer.steps) == 7 - 2  # steps 2…6, each from the end of the one before

@@ -33,6 +33,7 @@ from pipeline.bench.overhead import (
     ZeroCostNet,
     overhead_figures,
     paired_difference_us,
+    zero_cost_module,
 )
 from pipeline.bench.run import round_config, round_order, variants_of
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
@@ -146,6 +147,31 @@ def test_the_device_is_synchronized_only_at_the_ends_of_the_timed_window() -> No
     r = Rounds()
     r.add([0.1, 0.1], [], mean_step_s=0.3)  # host intervals ran ahead; the synced window decides
     assert r.step_s == [0.3]
+
+
+def test_the_data_wait_leaves_out_what_callbacks_do_after_the_step(tmp_path: Path) -> None:
+    """The wait was timed from the StepTimer's own batch end, which runs before the pipeline's
+    callbacks: a logging step's update norms (the gradient logger's on_train_batch_end) counted
+    as waiting for data. It is timed from the last batch-end hook now (StepTimer.end_mark)."""
+    import lightning.pytorch as pl
+
+    from pipeline import build
+    from pipeline.bench.clock import StepTimer
+
+    class SlowBatchEnd(pl.Callback):
+        def on_train_batch_end(self, *args: object) -> None:
+            time.sleep(0.05)
+
+    cfg = round_config(compose("bench", ["data.image_size=8", "loss=mse", "bench.steps=4"]))
+    timer = StepTimer(2, 6, torch.device("cpu"))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=cfg.trainer.max_steps, logger=False,
+        callbacks=[timer, SlowBatchEnd(), timer.end_mark], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(zero_cost_module(cfg), datamodule=build.build_datamodule(cfg))
+    assert len(timer.steps) == len(timer.waits) == 4
+    assert min(timer.steps) >= 0.05 and max(timer.waits) < 0.025, (timer.steps, timer.waits)
 
 
 def test_histogram_fields_match_the_tensor() -> None:

@@ -83,11 +83,17 @@ class StepClock:
 
 class StepTimer(pl.Callback):
     """A StepClock over the Trainer's batches (batch end to batch end), and the data waits of
-    the timed steps (batch end to next batch start)."""
+    the timed steps: from the end of the batch's last on_train_batch_end (`end_mark`, which the
+    Trainer gets after every other callback) to the next batch's start. What a callback does
+    after the step (the gradient logger's update norms) is not a wait for data; the loop's own
+    work between batches, the fetch and the making of the batch are. The Trainer gets the
+    StepTimer before the pipeline's callbacks (extra_callbacks) and `end_mark` after them
+    (without it, a wait is timed from the StepTimer's own batch end)."""
 
     def __init__(self, warmup_steps: int, total_steps: int, device: torch.device) -> None:
         self.clock = StepClock(warmup_steps, total_steps, device)
         self.waits: list[float] = []
+        self.end_mark = BatchEndMark()
         self._start = 0.0
 
     @property
@@ -117,7 +123,18 @@ class StepTimer(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        previous_end = self.clock.end
+        # The batch before's last batch-end hook; this one's own, where the Trainer has no mark.
+        callbacks_done = self.end_mark.at if self.end_mark.at is not None else self.clock.end
         if self.clock.step_end():
-            assert previous_end is not None  # a timed step follows another
-            self.waits.append(self._start - previous_end)
+            assert callbacks_done is not None  # a timed step follows another
+            self.waits.append(self._start - callbacks_done)
+
+
+class BatchEndMark(pl.Callback):
+    """When the last on_train_batch_end hook of a batch ended (StepTimer.end_mark)."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        self.at = time.perf_counter()

@@ -45,7 +45,9 @@ def time_trainer(
     timer = StepTimer(warmup, warmup + steps, build.run_device(cfg))
     hooks = HookClock(first_timed=warmup, steps=steps)  # the StepClock's timed steps
     clocks: list[pl.Callback] = [timer, hooks] if hook_clock else [timer]
-    trainer = build.build_trainer(cfg, workdir, extra_callbacks=clocks)
+    trainer = build.build_trainer(
+        cfg, workdir, extra_callbacks=clocks, last_callbacks=[timer.end_mark]
+    )
     trainer.fit(module(cfg), datamodule=build.build_datamodule(cfg))
     stop = graceful_stop_of(trainer)
     if stop is not None and stop.received is not None:  # Ctrl-C or SIGTERM ended the round
