@@ -32,30 +32,52 @@ def launcher_rank() -> int | None:
     return rank
 
 
-# Each launcher's rank and the number of processes it counts among (torchrun sets both pairs;
-# SLURM's srun the last, one task a rank).
-RANK_VARIABLES = (("RANK", "WORLD_SIZE"), ("LOCAL_RANK", "LOCAL_WORLD_SIZE"),
-                  ("SLURM_PROCID", "SLURM_NTASKS"))  # fmt: skip
+# Each launcher's rank and the variables that count the processes it is among, the first set
+# one read (torchrun sets all four; Lightning's own launcher gives its children LOCAL_RANK and
+# WORLD_SIZE; SLURM's srun, one task a rank, SLURM_PROCID and SLURM_NTASKS).
+RANK_VARIABLES = (("RANK", ("WORLD_SIZE",)), ("LOCAL_RANK", ("LOCAL_WORLD_SIZE", "WORLD_SIZE")),
+                  ("SLURM_PROCID", ("SLURM_NTASKS",)))  # fmt: skip
 
 
 def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     """The launch variables that cannot describe this process, one line each: a rank that is not
-    a whole number, or not below its launch's number of processes. Lightning and this package
-    would take such a process for a rank that does not exist (SLURM_PROCID=1 with SLURM_NTASKS=1:
-    it trained with no TensorBoard writer, and died at the first logged step)."""
+    a whole number, not below its launch's number of processes, or past 0 with nothing counting
+    them (a launch of one process has rank 0 only). Lightning and this package would take such a
+    process for a rank that does not exist (SLURM_PROCID=1 with SLURM_NTASKS=1, or RANK=1 alone:
+    it trained with no TensorBoard writer, and died at the first logged step). Lightning reads
+    the first of RANK, LOCAL_RANK and SLURM_PROCID set as it is imported: one that is not a
+    number ends there, in its own ValueError, before this can be asked."""
     problems = []
-    for rank_name, size_name in RANK_VARIABLES:
-        rank, size = environ.get(rank_name), environ.get(size_name)
-        if rank is None:
+    for rank_name, size_names in RANK_VARIABLES:
+        if (given := environ.get(rank_name)) is None:
             continue
         fix = f"unset {rank_name}, or start the processes with {_launcher(rank_name)}"
-        if not rank.strip().isdigit():
-            problems.append(f"{rank_name}={rank!r} is not a rank (a whole number, from 0); {fix}")
-        elif size is not None and size.strip().isdigit() and int(rank) >= int(size):
+        rank = _whole(given)
+        size_name = next((n for n in size_names if n in environ), None)
+        size_given = None if size_name is None else environ[size_name]
+        size = None if size_given is None else _whole(size_given)
+        if rank is None:
+            problems.append(f"{rank_name}={given!r} is not a rank (a whole number, from 0); {fix}")
+        elif size_name is None and rank > 0:
             problems.append(
-                f"{rank_name}={rank} is not below {size_name}={size} (ranks count from 0); {fix}"
+                f"{rank_name}={given} is past rank 0, and no {' or '.join(size_names)} counts the "
+                f"processes (one process is rank 0); {fix}"
+            )
+        elif size is not None and rank >= size:
+            problems.append(
+                f"{rank_name}={given} is not below {size_name}={size_given} (ranks count "
+                f"from 0); {fix}"
             )
     return problems
+
+
+def _whole(text: str) -> int | None:
+    """`text` as Lightning and torch read a rank (int()), where it is a whole number ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
 
 
 def _launcher(rank_name: str) -> str:

@@ -15,8 +15,11 @@ TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE
         {},
         TORCHRUN,
         {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"},
-        {"LOCAL_RANK": "1"},
+        {"LOCAL_RANK": "0"},
         {"SLURM_PROCID": "0", "SLURM_NTASKS": "2(x3)"},
+        {"LOCAL_RANK": "1", "WORLD_SIZE": "2"},  # Lightning's own launcher's child
+        {"RANK": "0", "WORLD_SIZE": "²"},  # int() refuses ²: not compared (it crashed)
+        {"RANK": " 0"},
     ],
 )
 def test_a_launch_that_describes_its_process_has_no_problem(environ: dict[str, str]) -> None:
@@ -33,3 +36,16 @@ def test_a_rank_past_its_launchs_processes_or_not_a_number_is_one_line_each() ->
         "SLURM_PROCID=1 is not below SLURM_NTASKS=1 (ranks count from 0); unset SLURM_PROCID, or "
         "start the processes with srun (one task a rank)",
     ]
+
+
+def test_a_rank_past_0_with_nothing_counting_the_processes_is_one_line() -> None:
+    """RANK=1 alone (or LOCAL_RANK=1 under WORLD_SIZE=1) crashed at the first logged step as
+    SLURM_PROCID=1 with SLURM_NTASKS=1 did (review)."""
+    assert launch_problems({"RANK": "1"}) == [
+        "RANK=1 is past rank 0, and no WORLD_SIZE counts the processes (one process is rank 0); "
+        "unset RANK, or start the processes with torchrun"
+    ]
+    (line,) = launch_problems({"LOCAL_RANK": "1", "WORLD_SIZE": "1"})
+    assert line.startswith("LOCAL_RANK=1 is not below WORLD_SIZE=1")
+    (line,) = launch_problems({"SLURM_PROCID": "2"})
+    assert line.startswith("SLURM_PROCID=2 is past rank 0, and no SLURM_NTASKS counts")
