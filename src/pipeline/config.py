@@ -137,7 +137,8 @@ def validate(
     ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
     if training:  # a run's own config, not an older run's (which may lack a newer key)
         found += [
-            f"{key} is missing, and the run needs it; drop ~{key} from the command line"
+            f"{key} is missing, and the run needs it; drop the ~ that removed it from the "
+            f"command line (~{key}, or ~ of a key above it)"
             for key in required_keys()
             if key not in ruled and not has_key(cfg, key)
         ]

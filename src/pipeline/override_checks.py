@@ -152,7 +152,7 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     # Each class's arguments (of any, for a sweep: each job's own check refuses what its lacks)
     takes = set().union(*map(optimizer_class_arguments, optimizer_targets(overrides, base)))
     added_keys: set[str] = set()  # keys the command line adds before a later override's turn
-    set_keys: set[str] = set()  # keys the command line names before a later override's turn
+    set_keys: set[str] = set()  # keys the command line sets (not to null) before a later one
     for o in overrides:
         key = o.key_or_group
         plain_key = o.package is None and key not in groups and "/" not in key
@@ -167,7 +167,8 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
                 f"{as_typed(o)}: {key} is null already, and Hydra cannot remove a null key; drop it"
             )
             continue
-        set_keys.add(key)
+        if not o.is_delete() and o.value() is not None:  # null: Hydra's error stays ours
+            set_keys.add(key)
         if o.is_add() or o.is_force_add():
             added_keys.add(key)
         passes = not plain_key or o.is_delete()

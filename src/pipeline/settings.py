@@ -151,7 +151,12 @@ def _section(cls: type[T], node: dict[str, Any]) -> T:
 # settings_of's sections: the group each is read from.
 SECTIONS: dict[str, type] = {"data": DataSettings, "model": ModelSettings,
                              "device": DeviceSettings, "callbacks": CallbackSettings}  # fmt: skip
-TOP_KEYS = ("seed", "precision", "loss.name", "trainer.detect_nonfinite", "trainer.deterministic")
+TOP_KEYS = (
+    "seed",
+    "precision",
+    "loss.name",
+    "trainer.detect_nonfinite",
+)  # deterministic: OLDER_RUNS
 
 
 def required_keys() -> list[str]:

@@ -179,8 +179,11 @@ def test_a_key_the_run_needs_removed_from_the_config_is_one_line_not_a_type_erro
 
     _, problems = preflight("train", ["model.weights=w.pt", "~model.weights"], False, validate)
     assert problems == [
-        "model.weights is missing, and the run needs it; drop ~model.weights from the command line"
+        "model.weights is missing, and the run needs it; drop the ~ that removed it from the "
+        "command line (~model.weights, or ~ of a key above it)"
     ]
+    # an OLDER_RUNS key has its older runs' value: not missing (review)
+    assert preflight("train", ["~trainer.deterministic"], False, validate)[1] == []
     for name in ("train", "bench"):
         cfg = compose(name, [])
         assert [

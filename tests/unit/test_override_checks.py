@@ -96,9 +96,13 @@ def test_each_fix_a_line_names_works_where_it_is_given() -> None:
         assert override_checks.resolve_keys(parse(fine), base)[1] == [], fine
     assert preflight("train", ["+optimizer.foo=1", "~optimizer.foo"], False, validate)[1] == []
     # A null key: Hydra's "Could not delete from config. 'model.weights' does not exist."
-    for null in ("~model.weights", "~model.weights=null"):
-        assert preflight("train", [null], False, validate)[1] == [
-            f"{null}: model.weights is null already, and Hydra cannot remove a null key; drop it"
+    for null in (
+        ["~model.weights"],
+        ["~model.weights=null"],
+        ["model.weights=null", "~model.weights"],
+    ):
+        assert preflight("train", null, False, validate)[1] == [
+            f"{null[-1]}: model.weights is null already, and Hydra cannot remove a null key; drop it"
         ]
     # set before: Hydra removes it (what the run then lacks, config.validate says)
     assert (
