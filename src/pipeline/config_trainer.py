@@ -104,16 +104,28 @@ def _bare_trainer(**trainer_args: Any) -> Trainer:
 
 def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
     """Lightning's own validation of the trainer.* arguments, one line per refused argument
-    (each tried alone once the whole set is refused), its logging and warnings silenced."""
+    (each tried alone once the whole set is refused), its logging and warnings silenced; one
+    line where it refuses a Trainer of its defaults (SLURM_NTASKS=2 outside srun: six lines
+    named six trainer.* keys for it)."""
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return refused_arguments(
+            found = refused_arguments(
                 "trainer", "lightning.Trainer", _bare_trainer, trainer_args,
                 defaults=argument_defaults(Trainer),
             )  # fmt: skip
+            if found:
+                try:  # a Trainer of its defaults refused too: the environment, once
+                    _bare_trainer()
+                except Exception as exc:  # what Lightning raises: MisconfigurationException, …
+                    reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
+                    return [
+                        f"lightning.Trainer refuses this process's environment, whatever "
+                        f"trainer.* says: {reason}"
+                    ]
+            return found
     finally:
         quiet.setLevel(level)

@@ -196,6 +196,21 @@ def test_a_key_the_run_needs_removed_from_the_config_is_one_line_not_a_type_erro
     assert "model.weights" not in " ".join(validate(cfg, training=False))
 
 
+def test_an_environment_lightning_refuses_is_one_line_not_a_line_a_trainer_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SLURM_NTASKS=2 outside srun: Lightning refuses any Trainer, and each trainer.* key the
+    config sets was named as refused, six lines for one cause (review)."""
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    _, problems = preflight("train", ["debug=fast"], False, validate)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(
+        "lightning.Trainer refuses this process's environment, whatever trainer.* says: "
+        "You set `--ntasks=2`"
+    )
+
+
 def test_any_trainer_argument_passes_without_plus() -> None:
     overrides, problems = preflight(
         "train", ["trainer.gradient_clip_algorithm=value", "trainer.max_steps=3"], False, validate
