@@ -152,7 +152,7 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
     # Each class's arguments (of any, for a sweep: each job's own check refuses what its lacks)
     takes = set().union(*map(optimizer_class_arguments, optimizer_targets(overrides, base)))
     added_keys: set[str] = set()  # keys the command line adds before a later override's turn
-    set_keys: set[str] = set()  # keys the command line sets (not to null) before a later one
+    nulled: dict[str, bool] = {}  # keys the command line sets before a later override: to null?
     for o in overrides:
         key = o.key_or_group
         plain_key = o.package is None and key not in groups and "/" not in key
@@ -161,14 +161,14 @@ def resolve_keys(overrides: list[Override], base: DictConfig) -> tuple[list[str]
             # Hydra's line had no fix: "Could not delete from config. '…' does not exist."
             problems.append(f"{as_typed(o)}: the config has no {key} to remove; drop it")
             continue
-        if removes and key not in set_keys and OmegaConf.select(base, key) is None:
+        if removes and nulled.get(key, OmegaConf.select(base, key) is None):
             # Hydra takes a null value for a missing key: "… 'model.weights' does not exist."
             problems.append(
                 f"{as_typed(o)}: {key} is null already, and Hydra cannot remove a null key; drop it"
             )
             continue
-        if not o.is_delete() and o.value() is not None:  # null: Hydra's error stays ours
-            set_keys.add(key)
+        if not o.is_delete():  # set to null, it is null for Hydra's delete as in the config
+            nulled[key] = o.value() is None
         if o.is_add() or o.is_force_add():
             added_keys.add(key)
         passes = not plain_key or o.is_delete()

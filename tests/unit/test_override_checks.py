@@ -104,6 +104,12 @@ def test_each_fix_a_line_names_works_where_it_is_given() -> None:
         assert preflight("train", null, False, validate)[1] == [
             f"{null[-1]}: model.weights is null already, and Hydra cannot remove a null key; drop it"
         ]
+    # a mapping in the config, set to null by the command line first (review)
+    nulled = ["callbacks.gradients=null", "~callbacks.gradients"]
+    assert preflight("train", nulled, False, validate)[1] == [
+        "~callbacks.gradients: callbacks.gradients is null already, and Hydra cannot remove a "
+        "null key; drop it"
+    ]
     # set before: Hydra removes it (what the run then lacks, config.validate says)
     assert (
         override_checks.resolve_keys(parse(["model.weights=w.pt", "~model.weights"]), base)[1] == []
