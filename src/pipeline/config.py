@@ -41,6 +41,7 @@ from pipeline.config_trainer import trainer_problems
 from pipeline.devices import cpu_has_native_bf16, is_cpu_run, is_cuda_run
 from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
+from pipeline.launch_rank import launch_problems, rank_past_zero
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.model import weights_problems
 from pipeline.override_checks import has_key
@@ -162,6 +163,14 @@ def validate(
             world_size=_world_size(cfg, cuda_available),
         )
     found += _profiler_problems(cfg)
+    launched = rank_past_zero() if training and not launch_problems() else None  # else: cli's
+    if launched and _world_size(cfg, cuda_available) == 1:
+        # Lightning took it for rank 1 of 1: no TensorBoard writer, a crash at its first log
+        found.append(
+            f"{launched}: a launcher started this process as one of several, and "
+            f"device={value(cfg, 'device.name')} runs one; set device=ddp (or ddp_cpu) with "
+            "device.devices × device.num_nodes the launch's processes, or launch one process"
+        )
     loggers = value(cfg, "logger") or {}
     found += logger_problems(
         loggers, missing_modules(MLFLOW_MODULES) if "mlflow" in loggers else []

@@ -63,6 +63,11 @@ def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
                 f"{rank_name}={given} is past rank 0, and no {' or '.join(size_names)} counts the "
                 f"processes (one process is rank 0); {fix}"
             )
+        elif size is None and rank > 0:
+            problems.append(
+                f"{size_name}={size_given!r} is not a number of processes (a whole number), and "
+                f"{rank_name}={given} is past rank 0; {fix}"
+            )
         elif size is not None and rank >= size:
             problems.append(
                 f"{rank_name}={given} is not below {size_name}={size_given} (ranks count "
@@ -82,3 +87,13 @@ def _whole(text: str) -> int | None:
 
 def _launcher(rank_name: str) -> str:
     return "srun (one task a rank)" if rank_name.startswith("SLURM") else "torchrun"
+
+
+def rank_past_zero(environ: Mapping[str, str] = os.environ) -> str | None:
+    """`NAME=VALUE` of the first rank variable that names a rank past 0 (a launcher started this
+    process as one of several), or None."""
+    for rank_name, _ in RANK_VARIABLES:
+        rank = _whole(environ.get(rank_name, "0"))
+        if rank is not None and rank > 0:
+            return f"{rank_name}={environ[rank_name]}"
+    return None

@@ -211,6 +211,23 @@ def test_an_environment_lightning_refuses_is_one_line_not_a_line_a_trainer_key(
     )
 
 
+def test_a_launchers_later_process_under_a_one_process_device_is_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torchrun --nproc_per_node=2 without device=ddp_cpu: its rank 1 ran as rank 1 of 1, with no
+    TensorBoard writer, and crashed at its first logged step (second review)."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _problems() == [
+        "RANK=1: a launcher started this process as one of several, and device=auto runs one; "
+        "set device=ddp (or ddp_cpu) with device.devices × device.num_nodes the launch's "
+        "processes, or launch one process"
+    ]
+    assert _problems("device=ddp_cpu") == []  # two processes
+    monkeypatch.setenv("RANK", "0")
+    assert _problems() == []
+
+
 def test_any_trainer_argument_passes_without_plus() -> None:
     overrides, problems = preflight(
         "train", ["trainer.gradient_clip_algorithm=value", "trainer.max_steps=3"], False, validate

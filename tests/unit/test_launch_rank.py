@@ -49,3 +49,11 @@ def test_a_rank_past_0_with_nothing_counting_the_processes_is_one_line() -> None
     assert line.startswith("LOCAL_RANK=1 is not below WORLD_SIZE=1")
     (line,) = launch_problems({"SLURM_PROCID": "2"})
     assert line.startswith("SLURM_PROCID=2 is past rank 0, and no SLURM_NTASKS counts")
+
+
+def test_a_size_that_is_not_a_number_beside_a_rank_past_0_is_one_line() -> None:
+    """RANK=1 WORLD_SIZE=abc crashed at the first logged step: the size was present, so neither
+    line was given (second review)."""
+    (line,) = launch_problems({"RANK": "1", "WORLD_SIZE": "abc"})
+    assert line.startswith("WORLD_SIZE='abc' is not a number of processes")
+    assert launch_problems({"RANK": "0", "WORLD_SIZE": "abc"}) == []  # rank 0: harmless
