@@ -88,7 +88,8 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
     more (contiguous, or channels_last) are summed as a dot of each with itself (BLAS, every
     core), the rest in one fused pass, each in its own precision, at least float32 (a float64
     pass took 10.5 against 1.9 ms over ResNet18's float32 gradients here); the tensors whose norm
-    came out non-finite are summed again in float64 (a CPU has nothing to wait for). Half-precision tensors are summed in float32, not in their own precision (bf16's norm was
+    came out non-finite are summed again in float64 (a CPU has nothing to wait for).
+    Half-precision tensors are summed in float32, not in their own precision (bf16's norm was
     0.2% off), in a list of mixed dtypes too (there it was in bf16's). float32 where every norm
     fits it, float64 otherwise (and for float64 tensors)."""
     tensors = list(tensors)

@@ -148,15 +148,8 @@ def _section(cls: type[T], node: dict[str, Any]) -> T:
     return cls(**values)
 
 
-# settings_of's sections: the group each is read from.
-SECTIONS: dict[str, type] = {"data": DataSettings, "model": ModelSettings,
-                             "device": DeviceSettings, "callbacks": CallbackSettings}  # fmt: skip
-TOP_KEYS = (
-    "seed",
-    "precision",
-    "loss.name",
-    "trainer.detect_nonfinite",
-)  # deterministic: OLDER_RUNS
+# What settings_of reads outside RunSettings' sections (trainer.deterministic: OLDER_RUNS).
+TOP_KEYS = ("seed", "precision", "loss.name", "trainer.detect_nonfinite")
 
 
 def required_keys() -> list[str]:
@@ -176,7 +169,10 @@ def required_keys() -> list[str]:
                 keys.append(key)
         return keys
 
-    keys = [key for group, cls in SECTIONS.items() for key in fields(cls, group)]
+    # RunSettings' sections (data, model, device, callbacks), each read from its group
+    sections = [(f.name, _hints(RunSettings)[f.name]) for f in dataclasses.fields(RunSettings)]
+    keys = [key for group, cls in sections if isinstance(cls, type)
+            and dataclasses.is_dataclass(cls) for key in fields(cls, group)]  # fmt: skip
     return [*TOP_KEYS, *(k for k in keys if k != "device.ddp")]
 
 

@@ -71,8 +71,8 @@ def time_lightning(cfg: DictConfig, warmup: int, steps: int, workdir: Path) -> T
     trainer = pl.Trainer(
         accelerator=cfg.device.accelerator, devices=1, precision=cfg.precision,
         max_steps=cfg.trainer.max_steps, log_every_n_steps=cfg.trainer.log_every_n_steps,
-        callbacks=[timer, timer.end_mark], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=workdir,
+        callbacks=[timer, timer.end_mark], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=workdir,
     )  # fmt: skip
     trainer.fit(zero_cost_module(cfg), datamodule=build.build_datamodule(cfg))
     return timer.clock.timing(timer.waits)
