@@ -22,6 +22,7 @@ from pipeline.checkpoints import (
     read_checkpoint,
     run_config_of,
 )
+from pipeline.config_absent import absent_key_problems
 from pipeline.config_optimizer import optimizer_problems
 from pipeline.config_rules import (
     Condition,
@@ -44,7 +45,6 @@ from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.launch_rank import launch_problems, rank_past_zero
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.model import weights_problems
-from pipeline.override_checks import has_key
 from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.schedules import warmup_factor
 from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES, required_keys
@@ -135,14 +135,9 @@ def validate(
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     found = problems(cfg, RULES)
-    ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
     if training:  # a run's own config, not an older run's (which may lack a newer key)
-        found += [
-            f"{key} is missing, and the run needs it; drop the ~ that removed it from the "
-            f"command line (~{key}, or ~ of a key above it)"
-            for key in required_keys()
-            if key not in ruled and not has_key(cfg, key)
-        ]
+        found = absent_key_problems(cfg, found, required_keys())
+    ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
     found += [p for p in config_limits.number_problems(cfg) if key_of(p) not in ruled]
     found += optimizer_problems(
         value(cfg, "optimizer"),
@@ -155,7 +150,7 @@ def validate(
     found += _cuda_graph_problems(cfg, cuda_available)
     found += _device_problems(cfg, cuda_available, training)
     found += trainer_problems(value(cfg, "trainer"), already=found)
-    if not any(key_of(p).startswith(("trainer.", "data.", "device")) for p in found):
+    if not any(key_of(p).split(".")[0] in ("trainer", "data", "device") for p in found):
         found += config_limits.epoch_problems(
             cfg.trainer,
             num_samples=cfg.data.num_samples,

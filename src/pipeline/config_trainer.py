@@ -46,8 +46,9 @@ def trainer_problems(trainer: Any, already: list[str]) -> list[str]:
     """Every trainer.X is a lightning.Trainer argument the pipeline does not own; then, if
     nothing else is wrong with trainer.* (`already`: the problems found so far), Lightning's
     own checks of them."""
-    if not isinstance(trainer, DictConfig):
-        return ["trainer must be a mapping of lightning.Trainer arguments"]
+    if not isinstance(trainer, DictConfig):  # unless removed or nulled, which has its line
+        said = any(p.startswith("trainer ") for p in already)
+        return [] if said else ["trainer must be a mapping of lightning.Trainer arguments"]
     known, found = trainer_arguments(), []
     for key in map(str, trainer):
         if key in PIPELINE_TRAINER_KEYS:

@@ -196,6 +196,37 @@ def test_a_key_the_run_needs_removed_from_the_config_is_one_line_not_a_type_erro
     assert "model.weights" not in " ".join(validate(cfg, training=False))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["~seed"], "seed is missing, and the run needs it; drop the ~ that removed it from "
+         "the command line (~seed)"),
+        (["~data.batch_size"], "data.batch_size is missing, and the run needs it; drop the ~ "
+         "that removed it from the command line (~data.batch_size, or ~ of a key above it)"),
+        (["~callbacks.gradients"], "callbacks.gradients is missing, and the run needs its keys "
+         "(histogram_every_n_steps, noise_scale, noise_scale_ema_decay, enabled); drop the ~ "
+         "that removed it from the command line (~callbacks.gradients, or ~ of a key above it)"),
+        (["callbacks.gradients=null"], "callbacks.gradients is null, not a mapping, and the run "
+         "needs its keys (histogram_every_n_steps, noise_scale, noise_scale_ema_decay, enabled); "
+         "drop callbacks.gradients=null from the command line"),
+        (["~trainer"], "trainer is missing, and the run needs its keys (max_steps, "
+         "accumulate_grad_batches, log_every_n_steps, detect_nonfinite); drop the ~ that "
+         "removed it from the command line (~trainer)"),
+        (["trainer=5"], "trainer is 5, not a mapping, and the run needs its keys (max_steps, "
+         "accumulate_grad_batches, log_every_n_steps, detect_nonfinite); drop trainer=5 from "
+         "the command line"),
+    ],
+)  # fmt: skip
+def test_a_removed_or_replaced_node_is_one_line_naming_what_to_drop(
+    overrides: list[str], expected: str
+) -> None:
+    """A rule read a removed key as null and said "set seed=42", which Hydra refuses after
+    ~seed (a key that is not there takes +seed=42); ~callbacks.gradients was four lines, three
+    of them such advice; ~trainer and trainer=5 were a line a trainer key and "trainer must be
+    a mapping"."""
+    assert _problems(*overrides) == [expected]
+
+
 def test_an_environment_lightning_refuses_is_one_line_not_a_line_a_trainer_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
