@@ -38,11 +38,11 @@ from pipeline.config_rules import (
     problems,
     value,
 )
-from pipeline.config_trainer import trainer_problems
+from pipeline.config_trainer import ENVIRONMENT_REFUSED, trainer_problems
 from pipeline.devices import cpu_has_native_bf16, is_cpu_run, is_cuda_run
 from pipeline.errors import ConfigError
 from pipeline.geometry import min_image_size, resnet_final_size
-from pipeline.launch_rank import launch_problems, rank_past_zero
+from pipeline.launch_rank import launch_problems, one_of_several
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.model import weights_problems
 from pipeline.sample_hash import missing_cpu_compiler
@@ -158,9 +158,11 @@ def validate(
             world_size=_world_size(cfg, cuda_available),
         )
     found += _profiler_problems(cfg)
-    launched = rank_past_zero() if training and not launch_problems() else None  # else: cli's
-    if launched and _world_size(cfg, cuda_available) == 1:
-        # Lightning took it for rank 1 of 1: no TensorBoard writer, a crash at its first log
+    launched = one_of_several() if training and not launch_problems() else None  # else: cli's
+    refused = any(p.startswith(ENVIRONMENT_REFUSED) for p in found)  # Lightning's line says it
+    if launched and not refused and _world_size(cfg, cuda_available) == 1:
+        # Lightning took rank 1 for rank 1 of 1: no TensorBoard writer, a crash at its first
+        # log; and rank 0 trained alone, a run of its own, until the launcher stopped it
         found.append(
             f"{launched}: a launcher started this process as one of several, and "
             f"device={value(cfg, 'device.name')} runs one; set device=ddp (or ddp_cpu) with "

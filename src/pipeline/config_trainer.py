@@ -94,6 +94,9 @@ def switch_problems(trainer_args: dict[str, Any]) -> list[str]:
     return found
 
 
+ENVIRONMENT_REFUSED = "lightning.Trainer refuses this process's environment"
+
+
 def _bare_trainer(**trainer_args: Any) -> Trainer:
     """A bare Trainer (CPU, no logger, no callbacks; ~12 ms) with these arguments, which take
     the place of its own (trainer.enable_model_summary=false was "got multiple values")."""
@@ -123,10 +126,7 @@ def trainer_constructor_problems(trainer_args: dict[str, Any]) -> list[str]:
                     _bare_trainer()
                 except Exception as exc:  # what Lightning raises: MisconfigurationException, …
                     reason = " ".join(str(exc).split()).rstrip(".") or type(exc).__name__
-                    return [
-                        f"lightning.Trainer refuses this process's environment, whatever "
-                        f"trainer.* says: {reason}"
-                    ]
+                    return [f"{ENVIRONMENT_REFUSED}, whatever trainer.* says: {reason}"]
             return found
     finally:
         quiet.setLevel(level)

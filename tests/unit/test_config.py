@@ -246,17 +246,27 @@ def test_a_launchers_later_process_under_a_one_process_device_is_one_line(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """torchrun --nproc_per_node=2 without device=ddp_cpu: its rank 1 ran as rank 1 of 1, with no
-    TensorBoard writer, and crashed at its first logged step (second review)."""
+    TensorBoard writer, and crashed at its first logged step (second review); its rank 0
+    trained a run of its own, and wrote a checkpoint, until torchrun stopped it."""
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert _problems() == [
-        "RANK=1: a launcher started this process as one of several, and device=auto runs one; "
+    fix = (
+        ": a launcher started this process as one of several, and device=auto runs one; "
         "set device=ddp (or ddp_cpu) with device.devices × device.num_nodes the launch's "
         "processes, or launch one process"
-    ]
+    )
+    assert _problems() == [f"RANK=1{fix}"]
     assert _problems("device=ddp_cpu") == []  # two processes
     monkeypatch.setenv("RANK", "0")
+    assert _problems() == [f"WORLD_SIZE=2{fix}"]
+    assert _problems("device=ddp_cpu") == []
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: one process
     assert _problems() == []
+    monkeypatch.delenv("RANK")  # Lightning's DDP launcher gives its processes these two
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _problems("device=ddp_cpu") == []
+    assert _problems() == [f"WORLD_SIZE=2{fix}"]
 
 
 def test_any_trainer_argument_passes_without_plus() -> None:
