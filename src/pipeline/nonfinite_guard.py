@@ -64,9 +64,15 @@ class BufferSnapshot:
 
 
 def fused_check_takes(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's fused non-finite check (the GradScaler's) takes `dtype` on `device`: every
-    float dtype on a CPU, all but bfloat16 on CUDA (pytorch#127176, open in torch 2.14)."""
-    return device.type == "cpu" or (device.type == "cuda" and dtype != torch.bfloat16)
+    """Whether torch's fused non-finite check (the GradScaler's) answers rightly for `dtype` on
+    `device`: every float dtype on a CPU; float16 and float32 on CUDA. There bfloat16 has no
+    kernel (pytorch#127176, open in torch 2.14), and the float64 one tests each value after a
+    cast to float32 (AmpKernels.cu's isfinite_ensure_cuda_math takes a float; its sm_90 code
+    converts first): a finite float64 past ~3.4e38 read as inf (64-true's values, and the
+    float64 gradient norms the guard reads in the gradients' place; static review)."""
+    return device.type == "cpu" or (
+        device.type == "cuda" and dtype in (torch.float16, torch.float32)
+    )
 
 
 def mark_nonfinite(tensors: Sequence[Tensor], flag: Tensor, *, one: Tensor) -> None:
@@ -79,8 +85,8 @@ def mark_nonfinite(tensors: Sequence[Tensor], flag: Tensor, *, one: Tensor) -> N
     gradient norm each took one dispatch a tensor (foreach ops loop on a CPU: 26 µs for 22
     tiny gradients against 6 here). A value is non-finite or it is not: a finite gradient
     whose squares overflow is finite, where its norm is not (a 16-true gradient norm past 65504
-    was taken for divergence). On CUDA it takes one dtype a call; a dtype it does not take goes
-    to `mark_nonfinite_by_sum`."""
+    was taken for divergence). On CUDA it takes one dtype a call: float64 values scaled into
+    float32's range first (`float32_testable`), and bfloat16 goes to `mark_nonfinite_by_sum`."""
     if not tensors:
         return
     if flag.device.type == "cpu":  # one call for every dtype at once
@@ -92,8 +98,21 @@ def mark_nonfinite(tensors: Sequence[Tensor], flag: Tensor, *, one: Tensor) -> N
     for dtype, group in groups.items():
         if fused_check_takes(flag.device, dtype):
             torch._amp_foreach_non_finite_check_and_unscale_(group, flag, one)
+        elif dtype == torch.float64:  # the guard's norms on CUDA: one operation more, not four
+            torch._amp_foreach_non_finite_check_and_unscale_(float32_testable(group), flag, one)
         else:
             mark_nonfinite_by_sum(group, flag)
+
+
+# A power of two (so exact) that takes float64's largest finite value, ~1.8e308, to ~1.7e7.
+FLOAT64_INTO_FLOAT32 = 2.0**-1000
+
+
+def float32_testable(tensors: list[Tensor]) -> list[Tensor]:
+    """float64 `tensors` times FLOAT64_INTO_FLOAT32 (new tensors, one fused operation): each value
+    finite where, and only where, it was, and so still once cast to float32, which is what
+    CUDA's fused check tests (the smallest values go to 0: finite)."""
+    return list(torch._foreach_mul(tensors, FLOAT64_INTO_FLOAT32))
 
 
 def mark_nonfinite_by_sum(tensors: Sequence[Tensor], flag: Tensor) -> None:

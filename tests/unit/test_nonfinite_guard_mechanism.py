@@ -16,6 +16,7 @@ from pipeline.nonfinite_guard import (
     BufferSnapshot,
     Flagged,
     FlagRing,
+    float32_testable,
     fused_check_takes,
     mark_nonfinite,
     mark_nonfinite_by_sum,
@@ -214,7 +215,7 @@ def test_a_step_is_finite_where_its_losses_statistics_and_gradients_all_are(
     assert not _finite(loss, flag=1.0)  # set stays set: a sticky flag can be marked in place
     assert _finite()
     # Finite values are finite, whatever their size, in any float dtype beside any other (on
-    # CUDA bfloat16 takes the other path): a double loss beside float buffers, float32 values
+    # CUDA bfloat16 takes the other path, float64 a scaled copy): a double loss beside float buffers, float32 values
     # whose squares overflow, 16-true values whose norm passes 65504, 64-true's statistics near
     # float64's largest; and whatever their layout (channels_last gradients).
     big = torch.full((10_000,), 3e38, device=device)
@@ -237,9 +238,29 @@ def test_a_step_is_finite_where_its_losses_statistics_and_gradients_all_are(
     assert BufferSnapshot([torch.zeros(2, dtype=torch.int64)]).float_views() == []
 
 
-def test_the_fused_check_takes_every_float_dtype_on_a_cpu_and_all_but_bfloat16_on_cuda() -> None:
+def test_float64_values_scaled_for_cudas_check_are_finite_in_float32_where_they_were() -> None:
+    """CUDA's fused check tests a float64 value cast to float32 (1e300 read as inf): the values
+    go to it scaled, so that the cast keeps each finite value finite and each other one not.
+    The cast is checked here as the kernel does it, on a CPU."""
+    tiny = torch.finfo(torch.float64).tiny
+    big = torch.finfo(torch.float64).max
+    values = torch.tensor(
+        [big, -big, 1e300, 3.5e38, 1.0, tiny, -tiny / 4, 0.0], dtype=torch.float64
+    )
+    odd = torch.tensor([float("inf"), -float("inf"), float("nan")], dtype=torch.float64)
+    before = values.clone()
+    scaled_values, scaled_odd = float32_testable([values, odd])
+    assert scaled_values.float().isfinite().all() and not values.float().isfinite().all()
+    assert torch.equal(scaled_odd.float().isinf(), odd.isinf())
+    assert torch.equal(scaled_odd.float().isnan(), odd.isnan())
+    assert torch.equal(values, before)  # the guard's own tensors are left as they were
+
+
+def test_the_fused_check_takes_every_float_dtype_on_a_cpu_and_16_and_32_bit_ones_on_cuda() -> None:
+    """On CUDA its float64 kernel casts each value to float32 before testing it: 1e300 read as
+    inf (the CUDA run of the finite-values test below would have failed in gpu-check)."""
     floats = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
     assert all(fused_check_takes(CPU, d) for d in floats)
     cuda = torch.device("cuda")
-    assert [fused_check_takes(cuda, d) for d in floats] == [True, False, True, True]
+    assert [fused_check_takes(cuda, d) for d in floats] == [True, False, True, False]
     assert not fused_check_takes(torch.device("meta"), torch.float32)
