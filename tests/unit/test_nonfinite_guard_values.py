@@ -6,6 +6,7 @@ divergence while every value was finite)."""
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any, cast
 
@@ -96,3 +97,46 @@ def test_finite_gradients_whose_norm_overflows_train_on_and_inf_or_nan_stops(
             _fit(
                 gradient, precision=precision, deferred=deferred, root=tmp_path, log_every=log_every
             )
+
+
+class _Statistic(pl.LightningModule):
+    """A finite loss, ~3, whose BatchNorm running variance is inf from the third step on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.bn = nn.Linear(4, 1), nn.BatchNorm1d(4)
+        self.losses: list[float] = []
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        if self.global_step == 2:
+            with torch.no_grad():
+                self.bn.running_var.fill_(float("inf"))
+        loss = (self.lin(self.bn(batch[0])) ** 2).mean() + 3.0
+        self.losses.append(float(loss))
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_under_a_grad_scaler_the_stop_names_the_loss_not_the_scaled_loss(tmp_path: Path) -> None:
+    """16-mixed: Lightning hands on_before_backward the loss the GradScaler scaled, and the
+    message said "train/loss was still finite (3578.0)" of a loss of 3.49 scaled by 1024 (static
+    review). A GradScaler works on a CPU too (the pipeline refuses 16-mixed there)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    module = _Statistic()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, max_steps=5, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        callbacks=[NonFiniteGuard(mode="raise", loss_name="mse", checkpoint_path=None)],
+        plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
+    )  # fmt: skip
+    data = DataLoader(TensorDataset(torch.randn(64, 4)), batch_size=8)
+    with pytest.raises(DivergenceError, match="running_var became inf or NaN at step 2") as stop:
+        trainer.fit(module, data)
+    assert scaler.get_scale() == 1024.0  # every step's loss was scaled by it
+    said = re.search(r"train/loss was still finite \(([^)]+)\)", str(stop.value))
+    assert said is not None and float(said[1]) == pytest.approx(module.losses[2], rel=1e-6)

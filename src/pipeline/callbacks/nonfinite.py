@@ -192,6 +192,10 @@ class NonFiniteGuard(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
         self._last_loss = loss.detach()
+        if self._scaled:  # 16-mixed: Lightning hands these hooks the loss the GradScaler scaled
+            scale = trainer.precision_plugin.scaler._get_scale_async()  # type: ignore[attr-defined]  # on the device: no wait
+            if scale is not None:
+                self._last_loss = self._last_loss / scale  # the loss itself, as logged (review)
         self._window_losses.append(self._last_loss)  # checked with the step
 
     def on_before_optimizer_step(
