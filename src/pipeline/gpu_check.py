@@ -20,6 +20,7 @@ Without CUDA it prints what it would run and exits 0.
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import shlex
@@ -111,10 +112,18 @@ def fits(check: Check, elapsed_s: float) -> bool:
     return left > 0 if not check.optional else check.timeout_s <= left
 
 
+def test_workers() -> list[str]:
+    """pytest-xdist's options for four processes at a time, where this Python has it (the GPU
+    machine's image does; a test run needs it nowhere else): most gpu-marked tests start runs,
+    and each run on CUDA compiles the sample kernel (data.compile=auto), 5–40 s apiece, inside
+    TESTS_TIMEOUT_S (static review)."""
+    return ["-n", "4", "--dist", "worksteal"] if importlib.util.find_spec("xdist") else []
+
+
 def plan(python: str, out_dir: Path, scratch: Path) -> list[Check]:
     """The checks, in order: the gpu-marked tests, the benches, then the optional ones (run while
     the budget allows): CUDA graphs, the profile (its run in `scratch`), compile at 224×224."""
-    tests = [python, "-m", "pytest", "-m", "gpu", "-q", "tests"]
+    tests = [python, "-m", "pytest", "-m", "gpu", "-q", *test_workers(), "tests"]
     checks = [Check("tests marked gpu", tests, TESTS_TIMEOUT_S)]
     for name, (overrides, timeout_s, optional) in BENCHES.items():
         output = out_dir / f"gpu-check-bench-{name.split('×')[0]}.json"
