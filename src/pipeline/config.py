@@ -9,6 +9,7 @@ errors (unknown group option, unknown key) are caught earlier, in cli.py, in the
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from pipeline.checkpoints import (
     run_config_of,
 )
 from pipeline.config_absent import absent_key_problems
+from pipeline.config_dir import group_options
 from pipeline.config_optimizer import optimizer_problems
 from pipeline.config_rules import (
     Condition,
@@ -45,6 +47,7 @@ from pipeline.geometry import min_image_size, resnet_final_size
 from pipeline.launch_rank import launch_problems, one_of_several
 from pipeline.loggers import MLFLOW_MODULES, logger_problems, missing_modules
 from pipeline.model import weights_problems
+from pipeline.override_checks import option_values
 from pipeline.sample_hash import missing_cpu_compiler
 from pipeline.schedules import warmup_factor
 from pipeline.settings import COMPILE_MODE_NAMES, COMPILE_MODES, required_keys
@@ -128,15 +131,22 @@ RULES: tuple[Rule, ...] = (
 
 
 def validate(
-    cfg: DictConfig, *, cuda_available: bool | None = None, training: bool = True
+    cfg: DictConfig,
+    *,
+    cuda_available: bool | None = None,
+    training: bool = True,
+    required: Sequence[str] | None = None,
 ) -> list[str]:
     """Every problem in a composed train config, one line each; empty when it can run.
-    `training=False` (pipeline.eval): what only training needs is not asked of it."""
+    `training=False` (pipeline.eval): what only training needs is not asked of it. `required`:
+    the keys the config must hold (default: settings.required_keys in training, none else: an
+    older run's config may lack a newer key)."""
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
-    found = problems(cfg, RULES)
-    if training:  # a run's own config, not an older run's (which may lack a newer key)
-        found = absent_key_problems(cfg, found, required_keys())
+    if required is None:
+        required = required_keys() if training else []
+    required = [*required, *logger_keys(value(cfg, "logger"))]
+    found = absent_key_problems(cfg, problems(cfg, RULES), required)
     ruled = {key_of(p) for p in found}  # inf or nan where a row allows no such value: its line
     found += [p for p in config_limits.number_problems(cfg) if key_of(p) not in ruled]
     found += optimizer_problems(
@@ -180,6 +190,15 @@ def validate(
     if ckpt is not None:
         found += checkpoint_problems(str(ckpt), cfg)
     return found
+
+
+def logger_keys(loggers: object) -> list[str]:
+    """Each chosen logger's keys, as its option of the logger group has them: what its logger
+    is built from (~logger.tensorboard.log_graph was a KeyError once the run had started)."""
+    if not isinstance(loggers, DictConfig):
+        return []
+    return [f"logger.{name}.{key}" for name in map(str, loggers) if name in group_options("logger")
+            for key in option_values("logger", name).get(name) or {}]  # fmt: skip
 
 
 def _world_size(cfg: DictConfig, cuda_available: bool) -> int:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from pipeline.config_rules import hydra_value, key_of, value
 from pipeline.override_checks import has_key
+from pipeline.overrides import override
 
 # What took a key away: the highest node on its path the config lacks (None), or that holds a
 # value that is not a mapping above it (that value, as a command line spells it: "null", "5").
@@ -31,8 +32,18 @@ def removal_of(cfg: DictConfig, key: str) -> Removal | None:
             return node, None
         held = value(cfg, node)
         if depth < len(parts) and not isinstance(held, DictConfig):
-            return node, hydra_value(held)
+            return node, _as_typed(cfg, node)
     return None
+
+
+def _as_typed(cfg: DictConfig, node: str) -> str:
+    """`node`'s value as a command line gives it: unresolved (${seed}, not 42), quoted where
+    Hydra needs it ('' and 'a b', where they read as nothing and as a bare `a b`)."""
+    parent, _, name = node.rpartition(".")
+    holder = value(cfg, parent) if parent else cfg
+    raw = holder._get_node(name)._value()  # type: ignore[union-attr]  # a DictConfig's child
+    text = raw if isinstance(raw, str) else hydra_value(raw)
+    return override(node, text, interpolate=True).split("=", 1)[1]
 
 
 def absent_key_problems(cfg: DictConfig, found: list[str], needed: Iterable[str]) -> list[str]:

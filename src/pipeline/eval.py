@@ -34,8 +34,9 @@ from pipeline.config_dir import CONFIG_DIR, config_groups
 from pipeline.config_limits import limited_batches
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE, ConfigError
 from pipeline.layout import LAST_CHECKPOINT, OUTPUTS
+from pipeline.override_checks import has_key
 from pipeline.overrides import shell_word
-from pipeline.settings import resolved
+from pipeline.settings import required_keys, resolved
 
 log = logging.getLogger(__name__)
 report.silence_known_warnings()
@@ -75,6 +76,11 @@ def run_config_for_eval(cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, l
                 f"{run_cfg.data.channels}); drop data.channels={OmegaConf.select(cfg, key)} "
                 "(for other channels, train a new run from its weights: model.weights=<ckpt>)"
             )
+        elif key not in ("device", "logger") and not has_key(cfg, key):  # ~KEY: removed
+            parent, _, name = key.rpartition(".")
+            node = OmegaConf.select(run_cfg, parent) if parent else run_cfg
+            if isinstance(node, DictConfig) and name in node:
+                del node[name]  # as `~` left it in eval's config (it was set to null: review)
         elif key not in ("device", "logger"):
             OmegaConf.update(run_cfg, key, OmegaConf.select(cfg, key), merge=False)
     run_cfg.device = cfg.device
@@ -138,7 +144,11 @@ def validate_eval(cfg: DictConfig, overrides: list[str]) -> list[str]:
         return problems
     keys = overridden_keys(overrides)
     run_cfg, problems = run_config_for_eval(cfg, keys)
-    problems += validate(run_cfg, training=False)
+    # The keys this command gives (its device, what it overrides or removes) must be there;
+    # the run's config may be older than a key.
+    own = [k for k in required_keys() if k.startswith("device.") or any(
+        k == key or k.startswith(f"{key}.") for key in keys)]  # fmt: skip
+    problems += validate(run_cfg, training=False, required=own)
     if not problems:
         ckpt = read_checkpoint(str(path), mmap=True)  # the weights' shapes: no weights read
         problems += own_config_problems(ckpt, run_cfg, str(path))

@@ -133,7 +133,7 @@ def settings_problems(cfg: DictConfig) -> list[str]:
 def trial_problems(cfg: DictConfig) -> list[str]:
     """pipeline.train's validation, and what a search trial cannot be."""
     problems = validate(cfg)
-    if cfg.device.strategy == "ddp":
+    if value(cfg, "device.strategy") == "ddp":  # ~device.strategy has validate's line (review)
         problems.append(
             f"device={cfg.device.name} runs DDP, and {PROGRAM} runs its trials in one process; "
             f"search on several GPUs with one command per GPU: CUDA_VISIBLE_DEVICES=0 python -m {PROGRAM} … "

@@ -149,7 +149,7 @@ def _section(cls: type[T], node: dict[str, Any]) -> T:
 
 
 # What settings_of reads outside RunSettings' sections (trainer.deterministic: OLDER_RUNS).
-TOP_KEYS = ("seed", "precision", "loss.name", "trainer.detect_nonfinite")
+TOP_KEYS = ("seed", "precision", "loss.name", "profiler.name", "trainer.detect_nonfinite")
 
 
 def required_keys() -> list[str]:

@@ -453,6 +453,14 @@ def test_eval_takes_trains_overrides_over_the_checkpoint_and_validates_them(
     if not torch.cuda.is_available():
         [gpu] = problems_of(run_cli("pipeline.eval", [ckpt, "device=gpu"], tmp_path, torch_home))
         assert gpu.startswith("device=gpu needs a CUDA GPU")
+    # A key this command removes: "set data.batch_size=32" (Hydra refuses it after the ~), and
+    # a traceback for ~device.accelerator (review).
+    removed = ["~data.batch_size", "~device.accelerator"]
+    assert problems_of(run_cli("pipeline.eval", [ckpt, *removed], tmp_path, torch_home)) == [
+        f"{key[1:]} is missing, and the run needs it; drop the ~ that removed it from the command "
+        f"line ({key}, or ~ of a key above it)"
+        for key in removed
+    ]
 
 
 def test_step_checkpoints_still_save_at_each_epochs_end_and_the_runs(

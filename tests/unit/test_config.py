@@ -10,12 +10,14 @@ import torch
 from omegaconf import OmegaConf
 from torchvision.models import resnet18
 
+from pipeline.bench.config import validate_bench
 from pipeline.build import build_module
 from pipeline.cli import compose, preflight
 from pipeline.config import validate
 from pipeline.config_dir import config_groups, group_options
 from pipeline.config_optimizer import optimizer_problems
 from pipeline.geometry import min_image_size
+from pipeline.search import trial_problems
 
 
 def _problems(*overrides: str, multirun: bool = False) -> list[str]:
@@ -215,6 +217,21 @@ def test_a_key_the_run_needs_removed_from_the_config_is_one_line_not_a_type_erro
         (["trainer=5"], "trainer is 5, not a mapping, and the run needs its keys (max_steps, "
          "accumulate_grad_batches, log_every_n_steps, detect_nonfinite); drop trainer=5 from "
          "the command line"),
+        (["callbacks.checkpoint=${seed}"], "callbacks.checkpoint is '${seed}', not a mapping, and "
+         "the run needs its keys (every_n_steps, keep_last_k, every_n_minutes); drop "
+         "callbacks.checkpoint='${seed}' from the command line"),  # as typed, not 42 (review)
+        (["callbacks.checkpoint="], "callbacks.checkpoint is '', not a mapping, and the run "
+         "needs its keys (every_n_steps, keep_last_k, every_n_minutes); drop "
+         "callbacks.checkpoint='' from the command line"),
+        # each a traceback once the run had started, its directory left behind (review)
+        (["~profiler.name"], "profiler.name is missing, and the run needs it; drop the ~ that "
+         "removed it from the command line (~profiler.name, or ~ of a key above it)"),
+        (["~logger.tensorboard.log_graph"], "logger.tensorboard.log_graph is missing, and the "
+         "run needs it; drop the ~ that removed it from the command line "
+         "(~logger.tensorboard.log_graph, or ~ of a key above it)"),
+        (["logger=mlflow", "~logger.mlflow.experiment_name"], "logger.mlflow.experiment_name is "
+         "missing, and the run needs it; drop the ~ that removed it from the command line "
+         "(~logger.mlflow.experiment_name, or ~ of a key above it)"),
     ],
 )  # fmt: skip
 def test_a_removed_or_replaced_node_is_one_line_naming_what_to_drop(
@@ -223,8 +240,11 @@ def test_a_removed_or_replaced_node_is_one_line_naming_what_to_drop(
     """A rule read a removed key as null and said "set seed=42", which Hydra refuses after
     ~seed (a key that is not there takes +seed=42); ~callbacks.gradients was four lines, three
     of them such advice; ~trainer and trainer=5 were a line a trainer key and "trainer must be
-    a mapping"."""
+    a mapping". The bench and the search say the same (their own checks crashed on it)."""
     assert _problems(*overrides) == [expected]
+    if "logger=mlflow" not in overrides:  # MLflow's store is checked where it is installed
+        assert preflight("bench", overrides, False, validate_bench)[1] == [expected]
+    assert preflight("train", overrides, False, trial_problems)[1] == [expected]
 
 
 def test_an_environment_lightning_refuses_is_one_line_not_a_line_a_trainer_key(
