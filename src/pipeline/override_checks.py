@@ -10,6 +10,7 @@ import copy
 import difflib
 import functools
 import inspect
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -283,7 +284,16 @@ def unresolvable(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
             continue
         except OmegaConfBaseException as exc:
             reason = str(exc).strip().splitlines()[0]
-            problems.append(f"{key}: {reason}; fix or remove the ${{...}} reference")
+            missing = re.fullmatch(r"Interpolation key '([\w.]+)' not found", reason)
+            if missing and has_key(compose("train", []), missing[1]):  # a key the config had
+                # scheduler=cosine ~trainer: its ${trainer.max_steps} names a removed key (review)
+                problems.append(
+                    f"{key}: its ${{{missing[1]}}} names {missing[1]}, which is missing; drop "
+                    f"the ~ that removed it from the command line (~{missing[1]}, or ~ of a key "
+                    "above it)"
+                )
+            else:
+                problems.append(f"{key}: {reason}; fix or remove the ${{...}} reference")
             continue
         if isinstance(value, DictConfig):
             problems += unresolvable(value, f"{key}.")

@@ -247,6 +247,20 @@ def test_a_removed_or_replaced_node_is_one_line_naming_what_to_drop(
     assert preflight("train", overrides, False, trial_problems)[1] == [expected]
 
 
+def test_a_reference_to_a_removed_key_says_which_removal_and_a_typo_is_hydras_line() -> None:
+    """scheduler=cosine ~trainer: "Interpolation key 'trainer.max_steps' not found; fix or
+    remove the ${...} reference", of a reference the user never typed (review)."""
+    assert _problems("scheduler=cosine", "~trainer") == [
+        "scheduler.total_steps: its ${trainer.max_steps} names trainer.max_steps, which is "
+        "missing; drop the ~ that removed it from the command line (~trainer.max_steps, or ~ of "
+        "a key above it)"
+    ]
+    assert _problems("optimizer.lr=${trainer.nope}") == [
+        "optimizer.lr: Interpolation key 'trainer.nope' not found; fix or remove the ${...} "
+        "reference"
+    ]
+
+
 def test_an_environment_lightning_refuses_is_one_line_not_a_line_a_trainer_key(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
