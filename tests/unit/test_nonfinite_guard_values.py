@@ -119,9 +119,13 @@ class _Statistic(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def test_under_a_grad_scaler_the_stop_names_the_loss_not_the_scaled_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_under_a_grad_scaler_the_stop_names_the_loss_not_the_scaled_loss(
+    tmp_path: Path, accumulate: int
+) -> None:
     """16-mixed: Lightning hands on_before_backward the loss the GradScaler scaled, and the
     message said "train/loss was still finite (3578.0)" of a loss of 3.49 scaled by 1024 (static
+    review); and under accumulation, Lightning's loss over accumulate_grad_batches (second
     review). A GradScaler works on a CPU too (the pipeline refuses 16-mixed there)."""
     from lightning.pytorch.plugins.precision import MixedPrecision
 
@@ -129,7 +133,8 @@ def test_under_a_grad_scaler_the_stop_names_the_loss_not_the_scaled_loss(tmp_pat
     module = _Statistic()
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, max_steps=5, logger=False, enable_checkpointing=False,
+        accelerator="cpu", devices=1, max_steps=5, accumulate_grad_batches=accumulate,
+        logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
         callbacks=[NonFiniteGuard(mode="raise", loss_name="mse", checkpoint_path=None)],
         plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
@@ -139,4 +144,5 @@ def test_under_a_grad_scaler_the_stop_names_the_loss_not_the_scaled_loss(tmp_pat
         trainer.fit(module, data)
     assert scaler.get_scale() == 1024.0  # every step's loss was scaled by it
     said = re.search(r"train/loss was still finite \(([^)]+)\)", str(stop.value))
-    assert said is not None and float(said[1]) == pytest.approx(module.losses[2], rel=1e-6)
+    # the last micro-batch's loss before the stop, as training_step computed it
+    assert said is not None and float(said[1]) == pytest.approx(module.losses[-1], rel=1e-6)

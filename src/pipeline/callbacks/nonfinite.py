@@ -191,11 +191,15 @@ class NonFiniteGuard(pl.Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
+        # Lightning hands these hooks the micro-batch's loss over accumulate_grad_batches, and
+        # under 16-mixed scaled by the GradScaler: the loss itself is reported (review).
         self._last_loss = loss.detach()
-        if self._scaled:  # 16-mixed: Lightning hands these hooks the loss the GradScaler scaled
+        if trainer.accumulate_grad_batches > 1:
+            self._last_loss = self._last_loss * trainer.accumulate_grad_batches
+        if self._scaled:
             scale = trainer.precision_plugin.scaler._get_scale_async()  # type: ignore[attr-defined]  # on the device: no wait
             if scale is not None:
-                self._last_loss = self._last_loss / scale  # the loss itself, as logged (review)
+                self._last_loss = self._last_loss / scale
         self._window_losses.append(self._last_loss)  # checked with the step
 
     def on_before_optimizer_step(
