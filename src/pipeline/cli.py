@@ -60,7 +60,7 @@ def _check_job(
         cfg = compose(config_name, rewritten)
     except HydraException as exc:
         return [as_typed(o) for o in job], [one_line(exc)]
-    broken = unresolvable(cfg)
+    broken = unresolvable(cfg, removed=[o.key_or_group for o in job if o.is_delete()])
     if broken:
         return rewritten, broken
     return rewritten, validate(cfg)

@@ -61,18 +61,47 @@ def absent_key_problems(cfg: DictConfig, found: list[str], needed: Iterable[str]
         removal = removal_of(cfg, key)
         if removal is not None and key not in by_removal.get(removal, []):
             by_removal.setdefault(removal, []).append(key)
-    return kept + [_line(node, held, keys) for (node, held), keys in by_removal.items()]
+    return kept + _lines(by_removal)
+
+
+def _lines(by_removal: dict[Removal, list[str]]) -> list[str]:
+    """A line for each removal; one for the keys removed under one parent that is there
+    (`~trainer +trainer.max_steps=1` left three out: three lines, each naming a ~ of its own)."""
+    siblings: dict[str, list[str]] = {}
+    for node, held in by_removal:
+        if held is None and "." in node:
+            siblings.setdefault(node.rpartition(".")[0], []).append(node)
+    lines, said = [], set()
+    for (node, held), keys in by_removal.items():
+        parent = node.rpartition(".")[0]
+        if held is None and len(siblings.get(parent, [])) > 1:
+            if parent not in said:
+                said.add(parent)
+                names = ", ".join(n.rpartition(".")[2] for n in siblings[parent])
+                lines.append(f"{parent} lacks {names}{MISSING} them; drop the ~ that removed "
+                             f"them from the command line (a ~ of each, or ~{parent})")  # fmt: skip
+        else:
+            lines.append(_line(node, held, keys))
+    return lines
+
+
+MISSING = ", and the run needs"  # in every line of these
+
+
+def is_absence_line(problem: str) -> bool:
+    """Whether `problem` is one of these lines: a key or node missing, or not a mapping."""
+    return MISSING in problem
 
 
 def _line(node: str, held: str | None, keys: list[str]) -> str:
     below = ", ".join(k.removeprefix(f"{node}.") for k in keys)  # its keys, by their own names
     if held is not None:
-        return (f"{node} is {held}, not a mapping, and the run needs its keys ({below}); "
+        return (f"{node} is {held}, not a mapping{MISSING} its keys ({below}); "
                 f"drop {node}={held} from the command line")  # fmt: skip
     # The ~ may have been a key's above it, whose keys a + put back in part: ~trainer
     # +trainer.max_steps=1 leaves trainer.log_every_n_steps out.
     above = ", or ~ of a key above it" if "." in node else ""
     drop = f"drop the ~ that removed it from the command line (~{node}{above})"
     if keys == [node]:
-        return f"{node} is missing, and the run needs it; {drop}"
-    return f"{node} is missing, and the run needs its keys ({below}); {drop}"
+        return f"{node} is missing{MISSING} it; {drop}"
+    return f"{node} is missing{MISSING} its keys ({below}); {drop}"

@@ -91,14 +91,17 @@ def _launcher(rank_name: str) -> str:
 
 def one_of_several(environ: Mapping[str, str] = os.environ) -> str | None:
     """`NAME=VALUE` of the first launch variable that says a launcher started this process as one
-    of several: a rank past 0, or, beside a rank variable, a number of processes past 1 (rank 0
-    of `torchrun --nproc_per_node=2`: WORLD_SIZE=2); None otherwise."""
+    of several: a rank past 0, or, beside torchrun's rank variables, a number of processes past 1
+    (rank 0 of `torchrun --nproc_per_node=2`: WORLD_SIZE=2; not SLURM_NTASKS, which an sbatch
+    script's one process has too, its SLURM_PROCID 0: review); None otherwise."""
     for rank_name, size_names in RANK_VARIABLES:
         if rank_name not in environ:
             continue
         rank = _whole(environ[rank_name])
         if rank is not None and rank > 0:
             return f"{rank_name}={environ[rank_name]}"
+        if rank_name == "SLURM_PROCID":  # an sbatch script's own process: 0 of SLURM_NTASKS
+            continue
         size_name = next((n for n in size_names if n in environ), None)
         if size_name is not None and (_whole(environ[size_name]) or 0) > 1:
             return f"{size_name}={environ[size_name]}"

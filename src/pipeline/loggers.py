@@ -62,7 +62,13 @@ def logger_problems(loggers: Mapping[str, Any], missing: list[str]) -> list[str]
             f"logger=mlflow needs MLflow, which is not installed here (no module {', '.join(missing)}); "
             f"install it with: {MLFLOW_INSTALL}"
         ]
-    return mlflow_store_problems(str(loggers["mlflow"].get("tracking_uri")))
+    store = loggers["mlflow"]
+    if "tracking_uri" not in store:  # ~logger.mlflow.tracking_uri: config.validate's line
+        return []
+    if store["tracking_uri"] is None:  # MLflow's default would be a folder, which MLflow 3 refuses
+        return [f"logger.mlflow.tracking_uri is null; name a SQLite file: "
+                f"logger.mlflow.tracking_uri={SQLITE_PREFIX}outputs/mlflow.db"]  # fmt: skip
+    return mlflow_store_problems(str(store["tracking_uri"]))
 
 
 REMOTE_STORES = ("http://", "https://", "databricks", "postgresql", "mysql", "mssql")

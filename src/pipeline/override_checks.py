@@ -270,9 +270,13 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(lines[:2]) if lines else type(exc).__name__
 
 
-def unresolvable(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
+def unresolvable(
+    node: DictConfig | ListConfig, prefix: str = "", removed: Iterable[str] = ()
+) -> list[str]:
     """Every value whose ${...} reference does not resolve, one line each, in mappings and lists
-    (optimizer.betas=[0.9,${oc.env:NOPE}] was a traceback); ??? is left to validation."""
+    (optimizer.betas=[0.9,${oc.env:NOPE}] was a traceback); ??? is left to validation. `removed`:
+    the keys the command line removes (~KEY), which a reference may name."""
+    removed = tuple(removed)
     problems = []
     # keys(): iterating a DictConfig skips ??? values
     names: Iterable[Any] = node.keys() if isinstance(node, DictConfig) else range(len(node))
@@ -285,20 +289,22 @@ def unresolvable(node: DictConfig | ListConfig, prefix: str = "") -> list[str]:
         except OmegaConfBaseException as exc:
             reason = str(exc).strip().splitlines()[0]
             missing = re.fullmatch(r"Interpolation key '([\w.]+)' not found", reason)
-            if missing and has_key(compose("train", []), missing[1]):  # a key the config had
+            gone = missing and next(
+                (r for r in removed if missing[1] == r or missing[1].startswith(f"{r}.")), None
+            )
+            if missing and gone:
                 # scheduler=cosine ~trainer: its ${trainer.max_steps} names a removed key (review)
                 problems.append(
-                    f"{key}: its ${{{missing[1]}}} names {missing[1]}, which is missing; drop "
-                    f"the ~ that removed it from the command line (~{missing[1]}, or ~ of a key "
-                    "above it)"
+                    f"{key}: its ${{{missing[1]}}} names {missing[1]}, which ~{gone} removes; "
+                    f"drop ~{gone} from the command line"
                 )
             else:
                 problems.append(f"{key}: {reason}; fix or remove the ${{...}} reference")
             continue
         if isinstance(value, DictConfig):
-            problems += unresolvable(value, f"{key}.")
+            problems += unresolvable(value, f"{key}.", removed)
         elif isinstance(value, ListConfig):
-            problems += unresolvable(value, key)  # an item's problem names the list's key
+            problems += unresolvable(value, key, removed)  # an item's problem names the list's key
     return problems
 
 

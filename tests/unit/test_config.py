@@ -232,6 +232,13 @@ def test_a_key_the_run_needs_removed_from_the_config_is_one_line_not_a_type_erro
         (["logger=mlflow", "~logger.mlflow.experiment_name"], "logger.mlflow.experiment_name is "
          "missing, and the run needs it; drop the ~ that removed it from the command line "
          "(~logger.mlflow.experiment_name, or ~ of a key above it)"),
+        (["logger=mlflow", "~logger.mlflow.tracking_uri"], "logger.mlflow.tracking_uri is "
+         "missing, and the run needs it; drop the ~ that removed it from the command line "
+         "(~logger.mlflow.tracking_uri, or ~ of a key above it)"),  # and "=None: MLflow 3 …"
+        # one line for one ~, which a + put back in part: three, each naming a ~ of its own
+        (["~trainer", "+trainer.max_steps=1"], "trainer lacks accumulate_grad_batches, "
+         "log_every_n_steps, detect_nonfinite, and the run needs them; drop the ~ that removed "
+         "them from the command line (a ~ of each, or ~trainer)"),
     ],
 )  # fmt: skip
 def test_a_removed_or_replaced_node_is_one_line_naming_what_to_drop(
@@ -247,17 +254,31 @@ def test_a_removed_or_replaced_node_is_one_line_naming_what_to_drop(
     assert preflight("train", overrides, False, trial_problems)[1] == [expected]
 
 
+def test_the_bench_says_its_own_problems_beside_the_runs() -> None:
+    """Its own checks are skipped only where a key they read is missing (second review: a
+    wrong optimizer.lr hid bench.features' line)."""
+    problems = preflight("bench", ["optimizer.lr=-1", "bench.features=[bogus]"], False,
+                         validate_bench)[1]  # fmt: skip
+    assert [p.split(" ")[0] for p in problems] == ["optimizer.lr", "bench.features"]
+
+
 def test_a_reference_to_a_removed_key_says_which_removal_and_a_typo_is_hydras_line() -> None:
     """scheduler=cosine ~trainer: "Interpolation key 'trainer.max_steps' not found; fix or
     remove the ${...} reference", of a reference the user never typed (review)."""
     assert _problems("scheduler=cosine", "~trainer") == [
-        "scheduler.total_steps: its ${trainer.max_steps} names trainer.max_steps, which is "
-        "missing; drop the ~ that removed it from the command line (~trainer.max_steps, or ~ of "
-        "a key above it)"
+        "scheduler.total_steps: its ${trainer.max_steps} names trainer.max_steps, which ~trainer "
+        "removes; drop ~trainer from the command line"
     ]
     assert _problems("optimizer.lr=${trainer.nope}") == [
         "optimizer.lr: Interpolation key 'trainer.nope' not found; fix or remove the ${...} "
         "reference"
+    ]
+    # a key the default config has, but not this one, and no ~: Hydra's line (second review)
+    assert _problems(
+        "optimizer=adam", "callbacks.checkpoint.every_n_steps=${optimizer.momentum}"
+    ) == [
+        "callbacks.checkpoint.every_n_steps: Interpolation key 'optimizer.momentum' not found; fix "
+        "or remove the ${...} reference"
     ]
 
 
@@ -296,6 +317,14 @@ def test_a_launchers_later_process_under_a_one_process_device_is_one_line(
     assert _problems("device=ddp_cpu") == []
     monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node=1: one process
     assert _problems() == []
+    monkeypatch.delenv("WORLD_SIZE")  # an sbatch script's own process: SLURM_NTASKS counts
+    monkeypatch.setenv("SLURM_PROCID", "0")  # the job's tasks, not processes (second review)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "job")
+    assert _problems() == []
+    for name in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name)
     monkeypatch.delenv("RANK")  # Lightning's DDP launcher gives its processes these two
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")

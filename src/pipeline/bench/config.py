@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.bench.outside import LONG
 from pipeline.bench.variants import feature_variants, parse_knob, with_knob
 from pipeline.config import validate
+from pipeline.config_absent import is_absence_line
 from pipeline.config_rules import flag, integer, key_of
 from pipeline.config_rules import problems as rule_problems
 
@@ -38,8 +39,8 @@ def validate_bench(cfg: DictConfig) -> list[str]:
     problems = validate(cfg)
     problems += rule_problems(cfg, BENCH_RULES)
     problems += mode_problems(cfg, problems)
-    if any(key_of(p).split(".")[0] in READ_BELOW for p in problems):
-        return problems  # the checks below read those keys: not where one is missing or wrong
+    if any(key_of(p).split(".")[0] in READ_BELOW and is_absence_line(p) for p in problems):
+        return problems  # the checks below read those keys: not where one is missing
     features, known_features = cfg.bench.features, list(feature_variants(cfg))
     if not isinstance(features, bool) and not (
         OmegaConf.is_list(features) and all(f in known_features for f in features)
