@@ -197,7 +197,8 @@ def logger_keys(loggers: object) -> list[str]:
     is built from (~logger.tensorboard.log_graph was a KeyError once the run had started)."""
     if not isinstance(loggers, DictConfig):
         return []
-    return [f"logger.{name}.{key}" for name in map(str, loggers) if name in group_options("logger")
+    options = group_options("logger")
+    return [f"logger.{name}.{key}" for name in map(str, loggers) if name in options
             for key in option_values("logger", name).get(name) or {}]  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from pipeline.overrides import override
 # What took a key away: the highest node on its path the config lacks (None), or that holds a
 # value that is not a mapping above it (that value, as a command line spells it: "null", "5").
 Removal = tuple[str, str | None]
+MISSING = ", and the run needs"  # in every line of these (is_absence_line)
 
 
 def removal_of(cfg: DictConfig, key: str) -> Removal | None:
@@ -83,9 +84,6 @@ def _lines(by_removal: dict[Removal, list[str]]) -> list[str]:
         else:
             lines.append(_line(node, held, keys))
     return lines
-
-
-MISSING = ", and the run needs"  # in every line of these
 
 
 def is_absence_line(problem: str) -> bool:

@@ -191,11 +191,10 @@ class NonFiniteGuard(pl.Callback):
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Tensor
     ) -> None:
-        # Lightning hands these hooks the micro-batch's loss over accumulate_grad_batches, and
-        # under 16-mixed scaled by the GradScaler: the loss itself is reported (review).
+        # Lightning hands these hooks the micro-batch's loss over accumulate_grad_batches (put
+        # back in _diverged, on the host), and under 16-mixed scaled by the GradScaler: unscaled
+        # here, on the device, with this step's scale (review).
         self._last_loss = loss.detach()
-        if trainer.accumulate_grad_batches > 1:
-            self._last_loss = self._last_loss * trainer.accumulate_grad_batches
         if self._scaled:
             scale = trainer.precision_plugin.scaler._get_scale_async()  # type: ignore[attr-defined]  # on the device: no wait
             if scale is not None:
@@ -292,6 +291,7 @@ class NonFiniteGuard(pl.Callback):
     ) -> None:
         if self.mode == "warn" and self._warned:
             return
+        loss_value *= trainer.accumulate_grad_batches  # the micro-batch's loss (on_before_backward)
         module = trainer.lightning_module
         statistic = nonfinite_statistic(module)
         failing = block_norm_record(norms, self._index)
