@@ -21,6 +21,7 @@ from pipeline.bench.data_path import numpy_reference_images
 from pipeline.bench.loops import BenchStopped, stop_on_signals
 from pipeline.bench.modes import measure
 from pipeline.bench.outside import (
+    BUSY_SPREAD,
     LONG,
     SHORT,
     TimedProcessFailed,
@@ -36,6 +37,7 @@ from pipeline.bench.overhead import (
     zero_cost_module,
 )
 from pipeline.bench.run import round_config, round_order, variants_of
+from pipeline.bench.show import show_outside
 from pipeline.bench.stats import Rounds, amortized, data_share, relative_cost, summarize
 from pipeline.bench.variants import bare_config, instrument_frequencies, knob_configs, parse_knob
 from pipeline.callbacks.provenance import RUN_JSON, STARTUP_KEY, Provenance
@@ -409,6 +411,37 @@ def test_outside_step_times_are_differences_of_wall_clocks_over_the_steps_betwee
     )
     assert figures["step_s"] == pytest.approx({"pipeline": 40 / steps, "plain": 39 / steps})
     assert figures["pipeline_over_plain"] == pytest.approx(39 / 40)
+    # Each round's own ratio (plain's step over the pipeline's: images/s), and their median
+    assert figures["per_round_ratio"] == pytest.approx([38 / 40, 40 / 41, 39 / 30])
+    assert figures["paired_ratio"] == pytest.approx(40 / 41)
+    # ± a round: half the range over the median
+    assert figures["round_spread"] == pytest.approx({"pipeline": 5.5 / 40, "plain": 1 / 39})
+
+
+def test_an_outside_round_whose_step_time_is_not_above_zero_has_no_ratio() -> None:
+    """Start-up's noise past the steps' own time: a negative step time, which no ratio is made of."""
+    walls = {"pipeline": {SHORT: [10.0, 60.0, 10.0], LONG: [50.0, 50.0, 50.0]},
+             "plain": {SHORT: [2.0, 2.0, 2.0], LONG: [42.0, 42.0, 22.0]}}  # fmt: skip
+    figures = outside_figures(walls)
+    assert figures["per_round_ratio"][1] != figures["per_round_ratio"][1]  # NaN
+    assert figures["paired_ratio"] == pytest.approx(0.75)  # median of 1 and 0.5
+    json.dumps(figures)  # bench.output writes it as JSON (NaN as NaN)
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_the_outside_figures_say_when_the_rounds_varied_past_what_the_ratio_is_judged_by(
+    busy: bool, capsys: pytest.CaptureFixture[str]
+) -> None:
+    slow = 49.0 if busy else 42.0  # one plain round's long run: its step ±~10% or ±~1%
+    walls = {"pipeline": {SHORT: [2.0, 2.0, 2.0], LONG: [42.0, 42.4, 41.8]},
+             "plain": {SHORT: [2.0, 2.0, 2.0], LONG: [41.0, slow, 41.2]}}  # fmt: skip
+    figures = outside_figures(walls) | {"rounds": 3, "steps": [SHORT, LONG], "image_size": 64,
+                                        "batch_size": 32}  # fmt: skip
+    assert (max(figures["round_spread"].values()) > BUSY_SPREAD) is busy
+    show_outside(figures)
+    out = " ".join(capsys.readouterr().out.split())
+    assert "paired by round: " in out
+    assert ("not known better than that" in out) is busy, out
 
 
 def test_outside_commands_take_the_runs_overrides_but_set_their_own_steps(tmp_path: Path) -> None:

@@ -3,11 +3,13 @@ resident memory."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from rich.table import Table
 
 from pipeline import report
+from pipeline.bench.outside import BUSY_SPREAD
 from pipeline.bench.overhead import QUIET
 
 
@@ -152,3 +154,17 @@ def show_outside(figures: dict[str, Any]) -> None:
         f"the plain loop script {step['plain'] * 1e3:.1f} ms"
     )
     report.console.print(f"pipeline / plain = {figures['pipeline_over_plain']:.3f} (images/s)")
+    measured = [r for r in figures["per_round_ratio"] if not math.isnan(r)]
+    if measured:
+        report.console.print(
+            f"paired by round: {figures['paired_ratio']:.3f} (median; lowest {min(measured):.3f}, "
+            f"highest {max(measured):.3f})"
+        )
+    spread = figures["round_spread"]
+    if max(spread.values()) > BUSY_SPREAD:
+        report.console.print(
+            f"the rounds' step times varied by ±{spread['pipeline']:.0%} (pipeline.train) and "
+            f"±{spread['plain']:.0%} (the plain script): more than the few percent this ratio is "
+            "judged by, so it is not known better than that here (a busy machine); more rounds "
+            "(bench.outside_rounds=9) or a quieter moment"
+        )

@@ -43,7 +43,12 @@ class Rounds:
 
     def spread(self) -> float:
         """Half the range of the per-round figures, relative to their median: the ± of a round."""
-        return (max(self.step_s) - min(self.step_s)) / 2 / statistics.median(self.step_s)
+        return half_range(self.step_s)
+
+
+def half_range(values: list[float]) -> float:
+    """Half the range of `values`, relative to their median: the ± of one of them."""
+    return (max(values) - min(values)) / 2 / statistics.median(values)
 
 
 def relative_cost(variant_step_s: float, base_step_s: float) -> float:
