@@ -144,8 +144,13 @@ def test_the_outside_mode_times_real_processes(
     # 1 and 5 steps: a process's start varies by ~0.1 s under the suite's load, which over 2
     # steps of difference (1 and 3) once read 0.049 s a step (fresh-clone CI)
     monkeypatch.setattr(outside, "SHORT", 1)
-    monkeypatch.setattr(outside, "LONG", 5)
-    overrides = [*TINY, "loss=mse", "logger=none", "bench.outside_rounds=2"]
+    overrides = [
+        *TINY,
+        "loss=mse",
+        "logger=none",
+        "bench.outside_rounds=2",
+        "bench.outside_steps=5",
+    ]
     cfg = compose("bench", overrides)
     built = outside.commands(cfg, overrides, 2, tmp_path / "run")
     sleeper = "import sys, time; time.sleep(0.1 * int(sys.argv[1]))"

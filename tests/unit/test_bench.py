@@ -22,7 +22,6 @@ from pipeline.bench.loops import BenchStopped, stop_on_signals
 from pipeline.bench.modes import measure
 from pipeline.bench.outside import (
     BUSY_SPREAD,
-    LONG,
     SHORT,
     TimedProcessFailed,
     commands,
@@ -402,10 +401,11 @@ def test_a_paired_difference_is_the_mean_of_each_round_s_difference_with_its_err
 
 
 def test_outside_step_times_are_differences_of_wall_clocks_over_the_steps_between() -> None:
-    walls = {"pipeline": {SHORT: [10.0, 11.0, 30.0], LONG: [50.0, 52.0, 60.0]},
-             "plain": {SHORT: [2.0, 2.0, 2.0], LONG: [40.0, 42.0, 41.0]}}  # fmt: skip
+    long = 104  # bench.outside_steps: the steps between are read from the walls' keys
+    walls = {"pipeline": {SHORT: [10.0, 11.0, 30.0], long: [50.0, 52.0, 60.0]},
+             "plain": {SHORT: [2.0, 2.0, 2.0], long: [40.0, 42.0, 41.0]}}  # fmt: skip
     figures = outside_figures(walls)
-    steps = LONG - SHORT
+    steps = long - SHORT
     assert figures["per_round_step_s"]["pipeline"] == pytest.approx(
         [40 / steps, 41 / steps, 30 / steps]
     )
@@ -420,8 +420,8 @@ def test_outside_step_times_are_differences_of_wall_clocks_over_the_steps_betwee
 
 def test_an_outside_round_whose_step_time_is_not_above_zero_has_no_ratio() -> None:
     """Start-up's noise past the steps' own time: a negative step time, which no ratio is made of."""
-    walls = {"pipeline": {SHORT: [10.0, 60.0, 10.0], LONG: [50.0, 50.0, 50.0]},
-             "plain": {SHORT: [2.0, 2.0, 2.0], LONG: [42.0, 42.0, 22.0]}}  # fmt: skip
+    walls = {"pipeline": {SHORT: [10.0, 60.0, 10.0], 44: [50.0, 50.0, 50.0]},
+             "plain": {SHORT: [2.0, 2.0, 2.0], 44: [42.0, 42.0, 22.0]}}  # fmt: skip
     figures = outside_figures(walls)
     assert figures["per_round_ratio"][1] != figures["per_round_ratio"][1]  # NaN
     assert figures["paired_ratio"] == pytest.approx(0.75)  # median of 1 and 0.5
@@ -433,9 +433,9 @@ def test_the_outside_figures_say_when_the_rounds_varied_past_what_the_ratio_is_j
     busy: bool, capsys: pytest.CaptureFixture[str]
 ) -> None:
     slow = 49.0 if busy else 42.0  # one plain round's long run: its step ±~10% or ±~1%
-    walls = {"pipeline": {SHORT: [2.0, 2.0, 2.0], LONG: [42.0, 42.4, 41.8]},
-             "plain": {SHORT: [2.0, 2.0, 2.0], LONG: [41.0, slow, 41.2]}}  # fmt: skip
-    figures = outside_figures(walls) | {"rounds": 3, "steps": [SHORT, LONG], "image_size": 64,
+    walls = {"pipeline": {SHORT: [2.0, 2.0, 2.0], 44: [42.0, 42.4, 41.8]},
+             "plain": {SHORT: [2.0, 2.0, 2.0], 44: [41.0, slow, 41.2]}}  # fmt: skip
+    figures = outside_figures(walls) | {"rounds": 3, "steps": [SHORT, 44], "image_size": 64,
                                         "batch_size": 32}  # fmt: skip
     assert (max(figures["round_spread"].values()) > BUSY_SPREAD) is busy
     show_outside(figures)
@@ -451,15 +451,41 @@ def test_outside_commands_take_the_runs_overrides_but_set_their_own_steps(tmp_pa
     assert pipeline[1:4] == ["-m", "pipeline.train", "loss=mse"]
     assert "trainer.max_steps=9" not in pipeline and "bench.outside_rounds=2" not in pipeline
     assert "trainer.max_steps=7" in pipeline and f"hydra.run.dir={tmp_path}" in pipeline
-    assert f"data.num_samples={(LONG + 1) * 32}" in pipeline  # no epoch's end, no validation
+    assert f"data.num_samples={(44 + 1) * 32}" in pipeline  # no epoch's end, no validation
     assert plain[1:4] == ["-m", "pipeline.bench.plain_script", "--steps=7"]
     assert "--image-size=48" in plain and "--momentum=0.9" in plain
+    longer = compose("bench", [*overrides, "bench.outside_steps=204"])
+    pipeline = commands(longer, overrides, 204, tmp_path)["pipeline"]
+    assert f"data.num_samples={(204 + 1) * 32}" in pipeline  # the long run's samples, and one more
 
 
 def test_outside_mode_needs_mse_and_sgd() -> None:
     problems = validate_bench(compose("bench", ["bench.outside_rounds=3", "optimizer=adam"]))
     assert any(p.startswith("bench.outside_rounds times 44-step runs") for p in problems), problems
     assert any("set optimizer=sgd (got torch.optim.Adam)" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("removed", ["bench.outside_rounds", "bench.outside_steps", "bench.features",
+                                     "bench.knobs", "bench.rounds"])  # fmt: skip
+def test_a_bench_key_removed_is_one_line_naming_the_removal(removed: str) -> None:
+    """~bench.outside_rounds: its rule read null, then the outside mode's check read the key and
+    crashed (a traceback); ~bench.rounds was told "set bench.rounds=5", which Hydra refuses for a
+    key that is not there."""
+    outside = [] if removed == "bench.outside_rounds" else ["bench.outside_rounds=1", "loss=mse"]
+    cfg = compose("bench", [f"~{removed}", *outside])
+    [problem] = validate_bench(cfg)
+    assert problem.startswith(f"{removed} is missing, and the run needs it"), problem
+    assert f"~{removed}" in problem
+
+
+@pytest.mark.parametrize("steps", ["4", "-1", "4.5", "many"])
+def test_outside_steps_must_be_past_the_short_runs(steps: str) -> None:
+    # the default loss (the seed's): the outside mode's loss line names the long runs' steps too
+    cfg = compose("bench", ["bench.outside_rounds=3", f"bench.outside_steps={steps}"])
+    problems = validate_bench(cfg)
+    assert any(p.startswith("bench.outside_steps must be ") and "≥ 5 (got" in p for p in problems)
+    [runs] = [p for p in problems if p.startswith("bench.outside_rounds times ")]
+    assert runs.startswith("bench.outside_rounds times runs of bench.outside_steps against"), runs
 
 
 def test_a_signal_while_the_bench_measures_stops_it_and_kills_the_process_it_waits_for() -> None:

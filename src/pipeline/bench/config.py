@@ -7,11 +7,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.bench.outside import LONG
+from pipeline.bench.outside import SHORT
 from pipeline.bench.variants import feature_variants, parse_knob, with_knob
 from pipeline.config import validate
-from pipeline.config_absent import is_absence_line
-from pipeline.config_rules import flag, integer, key_of
+from pipeline.config_absent import absent_key_problems, is_absence_line
+from pipeline.config_rules import flag, integer, is_int, key_of
 from pipeline.config_rules import problems as rule_problems
 
 _ABSENT = object()
@@ -23,6 +23,7 @@ BENCH_RULES = (
     integer("bench.soak_every", 1, 1000),
     integer("bench.overhead_steps", 0, 0),
     integer("bench.outside_rounds", 0, 0),
+    integer("bench.outside_steps", SHORT + 1, 44),  # steps past the short run's to subtract
     flag("bench.data_only"),  # a string was taken as true ('maybe': the data path alone)
     flag("bench.startup"),
 )
@@ -30,14 +31,19 @@ BENCH_RULES = (
 MODES = ("bench.soak_steps", "bench.overhead_steps", "bench.outside_rounds", "bench.data_only")
 
 
-# The train config's sections the bench's own checks read (~trainer crashed them: review).
-READ_BELOW = ("trainer", "callbacks", "loss", "optimizer", "device")
+# The bench's keys its checks below read, besides those of its rules.
+READ_KEYS = ("bench.features", "bench.knobs", "bench.output")
+# The sections the bench's own checks read (~trainer crashed them: review; ~bench.outside_rounds
+# too: a key of its own, removed, was read as null by its rule and then crashed the check of it).
+READ_BELOW = ("bench", "trainer", "callbacks", "loss", "optimizer", "device")
 
 
 def validate_bench(cfg: DictConfig) -> list[str]:
     """Every problem of the config, the train's and the bench's: one line each, with the fix."""
     problems = validate(cfg)
-    problems += rule_problems(cfg, BENCH_RULES)
+    problems += absent_key_problems(
+        cfg, rule_problems(cfg, BENCH_RULES), [*(r.key for r in BENCH_RULES), *READ_KEYS]
+    )
     problems += mode_problems(cfg, problems)
     if any(key_of(p).split(".")[0] in READ_BELOW and is_absence_line(p) for p in problems):
         return problems  # the checks below read those keys: not where one is missing
@@ -61,7 +67,7 @@ def validate_bench(cfg: DictConfig) -> list[str]:
             problems += knob_problems(cfg, knob, problems)
     if cfg.bench.outside_rounds and cfg.loss.name != "mse":
         problems.append(
-            f"bench.outside_rounds times {LONG}-step runs against a plain loop script that trains "
+            f"bench.outside_rounds times {_long_runs(cfg)} against a plain loop script that trains "
             f"with mse (the seed's loss overflows by then); set loss=mse (got loss={cfg.loss.name})"
         )
     if cfg.bench.outside_rounds and cfg.optimizer._target_ != "torch.optim.SGD":
@@ -76,6 +82,14 @@ def validate_bench(cfg: DictConfig) -> list[str]:
             f"device={cfg.device.name}: the bench runs one process; set device=cpu or device=gpu"
         )
     return problems
+
+
+def _long_runs(cfg: DictConfig) -> str:
+    """The outside mode's long runs, in words: by their steps where bench.outside_steps is valid."""
+    steps = cfg.bench.outside_steps
+    return (
+        f"{steps}-step runs" if is_int(steps) and steps > SHORT else "runs of bench.outside_steps"
+    )
 
 
 def mode_problems(cfg: DictConfig, known: list[str]) -> list[str]:

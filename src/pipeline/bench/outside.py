@@ -1,8 +1,8 @@
 """bench.outside_rounds > 0: the pipeline as users run it, timed from outside, against a plain
 loop script (plain_script.py) timed the same way.
 
-Each is run as a process for `SHORT` and for `LONG` steps; its step time is the difference of
-the two wall clocks over the difference of steps, so start-up, imports, the checkpoint at the
+Each is run as a process for `SHORT` and for bench.outside_steps (default 44) steps; its
+step time is the difference of the two wall clocks over the difference of steps, so start-up, imports, the checkpoint at the
 end and everything else paid once a run cancel out, and what remains is what a real run pays a
 step: the Trainer, its callbacks, logger and progress bar, threads competing for the cores, the
 allocator's state. The pipeline's runs hold more samples than they read, so neither reaches an
@@ -10,8 +10,9 @@ epoch's end (no validation). Interleaved, the order turning every round; medians
 
 A round's two loops run back to back, so their ratio in that round is paired: a slow spell of the
 machine that lasts a round moves both. Its start-up varies by ~±1 s a process on a busy day
-here, which over LONG − SHORT steps is ±25 ms of a ~130 ms 64×64 step: the figures say how much
-the rounds varied, and when that is more than the few percent the ratio is judged by.
+here, which over the 40 steps between is ±25 ms of a ~130 ms 64×64 step (over 200, ±5 ms): the
+figures say how much the rounds varied, and when that is more than the few percent the ratio is
+judged by.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from omegaconf import DictConfig
 from pipeline.bench.run import round_order
 from pipeline.bench.stats import half_range
 
-SHORT, LONG = 4, 44
+SHORT = 4  # the short run's steps; the long run's are bench.outside_steps
 LOOPS = ("pipeline", "plain")
 # Rounds whose step times vary by more than this (± a round, stats.half_range) cannot tell apart
 # a ratio of 0.97, issue 13's target, from one of 1: the bench says so.
@@ -47,7 +48,8 @@ def commands(
     return {
         "pipeline": [
             sys.executable, "-m", "pipeline.train", *train_overrides,
-            f"trainer.max_steps={steps}", f"data.num_samples={(LONG + 1) * cfg.data.batch_size}",
+            f"trainer.max_steps={steps}",
+            f"data.num_samples={(cfg.bench.outside_steps + 1) * cfg.data.batch_size}",
             f"hydra.run.dir={run_dir}",
         ],
         "plain": [
@@ -78,14 +80,16 @@ def wall_clock(command: list[str]) -> float:
 
 
 def outside_figures(walls: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
-    """From each loop's wall clocks by step count and round: its step time per round (the
-    difference over LONG − SHORT steps), their medians, and pipeline / plain in images/s."""
-    per_round = {
-        name: [
-            (long - short) / (LONG - SHORT) for short, long in zip(w[SHORT], w[LONG], strict=True)
+    """From each loop's wall clocks by step count (the short run's and the long run's) and round:
+    its step time per round (the difference over the steps between), their medians, pipeline /
+    plain in images/s, each round's own ratio and their median, and ± a round."""
+    per_round = {}
+    for name, w in walls.items():
+        short, long = sorted(w)
+        per_round[name] = [
+            (t_long - t_short) / (long - short)
+            for t_short, t_long in zip(w[short], w[long], strict=True)
         ]
-        for name, w in walls.items()
-    }
     step_s = {name: statistics.median(v) for name, v in per_round.items()}
     # Each round's own ratio; a step time not above 0 (start-up's noise past the steps') has none.
     ratios = [plain / ours if ours > 0 and plain > 0 else math.nan
@@ -103,16 +107,17 @@ def outside_figures(walls: dict[str, dict[int, list[float]]]) -> dict[str, Any]:
 
 
 def run_outside(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
-    """bench.outside_rounds rounds: each loop as a process of SHORT and of LONG steps."""
-    walls: dict[str, dict[int, list[float]]] = {name: {SHORT: [], LONG: []} for name in LOOPS}
+    """bench.outside_rounds rounds: each loop as a process of SHORT and of bench.outside_steps."""
+    long = cfg.bench.outside_steps
+    walls: dict[str, dict[int, list[float]]] = {name: {SHORT: [], long: []} for name in LOOPS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(cfg.bench.outside_rounds):
             for name in round_order(list(LOOPS), r):
-                for steps in (SHORT, LONG) if r % 2 == 0 else (LONG, SHORT):
+                for steps in (SHORT, long) if r % 2 == 0 else (long, SHORT):
                     run_dir = Path(tmp) / f"{r}-{name}-{steps}"
                     command = commands(cfg, overrides, steps, run_dir)[name]
                     walls[name][steps].append(wall_clock(command))
     figures = outside_figures(walls)
-    figures |= {"rounds": cfg.bench.outside_rounds, "steps": [SHORT, LONG],
+    figures |= {"rounds": cfg.bench.outside_rounds, "steps": [SHORT, long],
                 "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size}  # fmt: skip
     return figures
