@@ -4,6 +4,7 @@ before torch is imported)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 
 
@@ -57,7 +58,7 @@ def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
         size_given = None if size_name is None else environ[size_name]
         size = None if size_given is None else _whole(size_given)
         if rank is None:
-            problems.append(f"{rank_name}={given!r} is not a rank (a whole number, from 0); {fix}")
+            problems.append(_not_a_rank(rank_name, given))
         elif size_name is None and rank > 0:
             problems.append(
                 f"{rank_name}={given} is past rank 0, and no {' or '.join(size_names)} counts the "
@@ -76,6 +77,40 @@ def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     return problems
 
 
+# What Lightning reads with int() as it is imported: the first of these set (its rank_zero), and
+# LOCAL_RANK whatever else is set (torchmetrics', which Lightning imports).
+IMPORT_READS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
+def unreadable_at_import(environ: Mapping[str, str] = os.environ) -> str | None:
+    """The line for a rank variable that Lightning's import would end on, in its own ValueError
+    (RANK=abc: a traceback from every command, before `launch_problems` could be asked), or None.
+    Only what int() refuses: a negative rank imports, and `launch_problems` words it."""
+    first = next((name for name in IMPORT_READS if name in environ), None)
+    for name in dict.fromkeys(n for n in (first, "LOCAL_RANK") if n is not None and n in environ):
+        try:
+            int(environ[name])
+        except ValueError:
+            return _not_a_rank(name, environ[name])
+    return None
+
+
+def refuse_unreadable_rank(command: str) -> None:
+    """A command's first line: exit 2 (a config problem, errors.CONFIG_ERROR_EXIT_CODE: errors
+    imports torch) with `unreadable_at_import`'s line, printed as cli.report_problems prints a
+    problem, where there is one; nothing otherwise. Standard library only, before any import of
+    Lightning."""
+    problem = unreadable_at_import()
+    if problem is not None:
+        print(f"{command}: 1 config problem:\n  - {problem}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _not_a_rank(name: str, given: str) -> str:
+    return (f"{name}={given!r} is not a rank (a whole number, from 0); unset {name}, or start the "
+            f"processes with {_launcher(name)}")  # fmt: skip
+
+
 def _whole(text: str) -> int | None:
     """`text` as Lightning and torch read a rank (int()), where it is a whole number ≥ 0."""
     try:
@@ -86,7 +121,9 @@ def _whole(text: str) -> int | None:
 
 
 def _launcher(rank_name: str) -> str:
-    return "srun (one task a rank)" if rank_name.startswith("SLURM") else "torchrun"
+    if rank_name.startswith("SLURM"):
+        return "srun (one task a rank)"
+    return "jsrun" if rank_name.startswith("JSM") else "torchrun"  # JSM_NAMESPACE_RANK: LSF's
 
 
 def one_of_several(environ: Mapping[str, str] = os.environ) -> str | None:

@@ -19,6 +19,12 @@ without divergence.json or a usable last.ckpt.
 
 from __future__ import annotations
 
+# Before the imports below: a rank Lightning's import would end on is one line.
+if __name__ == "__main__":  # python -m pipeline.replay
+    from pipeline.launch_rank import refuse_unreadable_rank as _refuse
+
+    _refuse("pipeline.replay")
+
 import contextlib
 import copy
 import json
@@ -310,7 +316,7 @@ FINITE = "finite through the step and the next forward"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point `pipeline-replay`."""
+    """`python -m pipeline.replay` and `pipeline-replay` (entry_points.replay)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args in (["-h"], ["--help"]):  # not a run directory of that name
         print(f"{USAGE}\n\n{__doc__}", end="")

@@ -24,7 +24,9 @@ from __future__ import annotations
 # Before the imports below: a stop signal in the seconds torch and Lightning take is recorded.
 if __name__ == "__main__":  # python -m pipeline.search
     from pipeline import early_signals as _early
+    from pipeline.launch_rank import refuse_unreadable_rank as _refuse
 
+    _refuse("pipeline.search")  # a rank Lightning's import would end on
     _early.install(importing=True, command="pipeline.search")
 
 import importlib.util

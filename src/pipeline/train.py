@@ -9,7 +9,9 @@ from __future__ import annotations
 # Before the imports below: a stop signal in the seconds torch and Lightning take is recorded too.
 if __name__ == "__main__":  # python -m pipeline.train
     from pipeline import early_signals as _early
+    from pipeline.launch_rank import refuse_unreadable_rank as _refuse
 
+    _refuse("pipeline.train")  # a rank Lightning's import would end on
     _early.install(importing=True)
 
 import logging

@@ -518,3 +518,27 @@ def test_keep_last_k_step_checkpoints_and_resume_latest(tmp_path: Path, torch_ho
     assert result.returncode == 0, result.stderr[-2000:]
     assert str(newer) in result.stdout.replace("\n", "")
     assert torch.load(newer / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["pipeline.train", "pipeline.eval", "pipeline.bench", "pipeline.search", "pipeline.replay"],
+)
+def test_a_rank_lightnings_import_would_end_on_is_one_line_from_every_command(
+    command: str, tmp_path: Path, torch_home: Path
+) -> None:
+    """RANK=abc: every command, `python -m` and console script alike, ended in Lightning's own
+    ValueError traceback as it was imported. Now its first line says so, before any import."""
+    env = cli_env(torch_home) | {"RANK": "abc"}
+    script = Path(sys.executable).parent / command.replace(".", "-")
+    here = tmp_path / "here"
+    here.mkdir()
+    for argv in ([sys.executable, "-m", command], [str(script)]):
+        done = subprocess.run(argv, cwd=here, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.splitlines() == [
+            f"{command}: 1 config problem:",
+            "  - RANK='abc' is not a rank (a whole number, from 0); unset RANK, or start the "
+            "processes with torchrun",
+        ], argv
+        assert not any(here.iterdir())  # nothing written

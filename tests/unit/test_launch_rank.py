@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.launch_rank import launch_problems
+from pipeline.errors import CONFIG_ERROR_EXIT_CODE
+from pipeline.launch_rank import launch_problems, refuse_unreadable_rank, unreadable_at_import
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
 
@@ -57,3 +58,47 @@ def test_a_size_that_is_not_a_number_beside_a_rank_past_0_is_one_line() -> None:
     (line,) = launch_problems({"RANK": "1", "WORLD_SIZE": "abc"})
     assert line.startswith("WORLD_SIZE='abc' is not a number of processes")
     assert launch_problems({"RANK": "0", "WORLD_SIZE": "abc"}) == []  # rank 0: harmless
+
+
+@pytest.mark.parametrize(
+    ("environ", "read"),
+    [
+        ({"RANK": "abc"}, "RANK='abc'"),
+        ({"LOCAL_RANK": "x", "RANK": "0"}, "LOCAL_RANK='x'"),  # torchmetrics reads it anyway
+        ({"SLURM_PROCID": "q"}, "SLURM_PROCID='q'"),
+        ({"JSM_NAMESPACE_RANK": "1.5"}, "JSM_NAMESPACE_RANK='1.5'"),
+        ({"RANK": "0", "SLURM_PROCID": "q"}, None),  # Lightning reads RANK, not SLURM_PROCID
+        ({"RANK": "-1"}, None),  # int() takes it: launch_problems words it, after the imports
+        ({"RANK": " 2 ", "WORLD_SIZE": "4"}, None),
+        ({}, None),
+    ],
+)
+def test_a_rank_lightnings_import_would_end_on_is_found_before_it(
+    environ: dict[str, str], read: str | None
+) -> None:
+    """RANK=abc ended every command in a ValueError traceback from Lightning's import."""
+    line = unreadable_at_import(environ)
+    if read is None:
+        assert line is None
+    else:
+        assert line is not None and line.startswith(
+            f"{read} is not a rank (a whole number, from 0)"
+        )
+        if not read.startswith("JSM"):  # LSF's: read by Lightning alone, not launch_problems
+            assert line in launch_problems(environ)  # the same words as after the imports
+
+
+def test_a_command_refuses_such_a_rank_with_a_config_problems_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RANK", "abc")
+    with pytest.raises(SystemExit) as exited:
+        refuse_unreadable_rank("pipeline.eval")
+    assert exited.value.code == CONFIG_ERROR_EXIT_CODE  # its own 2 (errors imports torch)
+    assert capsys.readouterr().err.splitlines() == [
+        "pipeline.eval: 1 config problem:",
+        "  - RANK='abc' is not a rank (a whole number, from 0); unset RANK, or start the "
+        "processes with torchrun",
+    ]
+    monkeypatch.setenv("RANK", "0")
+    refuse_unreadable_rank("pipeline.eval")  # nothing to say: returns

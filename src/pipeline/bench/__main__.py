@@ -6,7 +6,9 @@ from __future__ import annotations
 # Before the imports below: a stop signal in the seconds torch and Lightning take is one line.
 if __name__ == "__main__":  # python -m pipeline.bench
     from pipeline import stop_now as _stop_now
+    from pipeline.launch_rank import refuse_unreadable_rank as _refuse
 
+    _refuse("pipeline.bench")  # a rank Lightning's import would end on
     _stop_now.install("pipeline.bench")
 
 import json
