@@ -3,13 +3,12 @@ resident memory."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from rich.table import Table
 
 from pipeline import report
-from pipeline.bench.outside import BUSY_SPREAD
+from pipeline.bench.outside import RESOLUTION
 from pipeline.bench.overhead import QUIET
 
 
@@ -153,18 +152,34 @@ def show_outside(figures: dict[str, Any]) -> None:
         f"{figures['rounds']} rounds): pipeline.train {step['pipeline'] * 1e3:.1f} ms a step, "
         f"the plain loop script {step['plain'] * 1e3:.1f} ms"
     )
-    report.console.print(f"pipeline / plain = {figures['pipeline_over_plain']:.3f} (images/s)")
-    measured = [r for r in figures["per_round_ratio"] if not math.isnan(r)]
-    if measured:
+    ratio = figures["pipeline_over_plain"]
+    report.console.print(
+        "pipeline / plain = "
+        + ("not measured" if ratio is None else f"{ratio:.3f}")
+        + " (images/s)"
+    )
+    ratios = figures["per_round_ratio"]
+    measured = [r for r in ratios if r is not None]
+    if figures["paired_mean"] is not None:
+        se = figures["paired_se"]
         report.console.print(
-            f"paired by round: {figures['paired_ratio']:.3f} (median; lowest {min(measured):.3f}, "
-            f"highest {max(measured):.3f})"
+            f"paired by round: {figures['paired_mean']:.3f}"
+            + ("" if se is None else f" ± {se:.3f} (standard error)")
+            + f", median {figures['paired_ratio']:.3f}, lowest {min(measured):.3f}, "
+            f"highest {max(measured):.3f}"
         )
-    spread = figures["round_spread"]
-    if max(spread.values()) > BUSY_SPREAD:
+    if not figures["resolved"]:
+        if len(measured) < len(ratios):
+            why = (f"{len(ratios) - len(measured)} of {len(ratios)} rounds had a step time ≤ 0 "
+                   "(the processes' start-up varied by more than the steps between took)")  # fmt: skip
+        elif len(ratios) == 1:
+            why = "one round says nothing of how much the rounds vary"
+        else:
+            why = f"the rounds' own ratios gave a standard error of ±{figures['paired_se']:.3f}"
+        long = figures["steps"][1]
+        hint = "" if long >= 204 else ": 204 takes ±1 s of start-up to ±5 ms a step"
         report.console.print(
-            f"the rounds' step times varied by ±{spread['pipeline']:.0%} (pipeline.train) and "
-            f"±{spread['plain']:.0%} (the plain script): more than the few percent this ratio is "
-            "judged by, so it is not known better than that here (a busy machine); more rounds "
-            "(bench.outside_rounds=9) or a quieter moment"
+            f"not resolved: {why}, where ±{RESOLUTION} tells 0.97 from 1; narrow it with more "
+            f"steps between the runs (bench.outside_steps={long} now{hint}), more rounds "
+            f"(bench.outside_rounds={len(ratios)} now), or a quieter moment"
         )
