@@ -10,10 +10,10 @@ from collections.abc import Mapping
 
 def is_launch_rank_zero() -> bool:
     """Whether this process is the one that owns the run directory: not a process Lightning,
-    torchrun or SLURM started as another rank (they use the directory rank 0 claimed)."""
-    return all(
-        os.environ.get(v, "0") == "0" for v in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
-    )
+    torchrun, SLURM or LSF started as another rank (they use the directory rank 0 claimed). A
+    rank is read as int() reads it (RANK=00 or ' 0' is rank 0, and claims the directory: review)."""
+    names = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "JSM_NAMESPACE_RANK")
+    return all(_whole(os.environ[v]) == 0 for v in names if v in os.environ)
 
 
 def torchrun_rank() -> int | None:
@@ -35,9 +35,12 @@ def launcher_rank() -> int | None:
 
 # Each launcher's rank and the variables that count the processes it is among, the first set
 # one read (torchrun sets all four; Lightning's own launcher gives its children LOCAL_RANK and
-# WORLD_SIZE; SLURM's srun, one task a rank, SLURM_PROCID and SLURM_NTASKS).
+# WORLD_SIZE; SLURM's srun, one task a rank, SLURM_PROCID and SLURM_NTASKS; LSF's jsrun
+# JSM_NAMESPACE_RANK and JSM_NAMESPACE_SIZE, which Lightning reads for a rank where the others
+# are unset: JSM_NAMESPACE_RANK=1 alone crashed at the first logged step, as RANK=1 did).
 RANK_VARIABLES = (("RANK", ("WORLD_SIZE",)), ("LOCAL_RANK", ("LOCAL_WORLD_SIZE", "WORLD_SIZE")),
-                  ("SLURM_PROCID", ("SLURM_NTASKS",)))  # fmt: skip
+                  ("SLURM_PROCID", ("SLURM_NTASKS",)),
+                  ("JSM_NAMESPACE_RANK", ("JSM_NAMESPACE_SIZE",)))  # fmt: skip
 
 
 def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
@@ -82,27 +85,30 @@ def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
 IMPORT_READS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 
 
-def unreadable_at_import(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The line for a rank variable that Lightning's import would end on, in its own ValueError
-    (RANK=abc: a traceback from every command, before `launch_problems` could be asked), or None.
-    Only what int() refuses: a negative rank imports, and `launch_problems` words it."""
+def unreadable_at_import(environ: Mapping[str, str] = os.environ) -> list[str]:
+    """A line for each rank variable that Lightning's import would end on, in its own ValueError
+    (RANK=abc: a traceback from every command, before `launch_problems` could be asked). Only
+    what int() refuses: a negative rank imports, and `launch_problems` words it."""
     first = next((name for name in IMPORT_READS if name in environ), None)
+    problems = []
     for name in dict.fromkeys(n for n in (first, "LOCAL_RANK") if n is not None and n in environ):
         try:
             int(environ[name])
         except ValueError:
-            return _not_a_rank(name, environ[name])
-    return None
+            problems.append(_not_a_rank(name, environ[name]))
+    return problems
 
 
 def refuse_unreadable_rank(command: str) -> None:
     """A command's first line: exit 2 (a config problem, errors.CONFIG_ERROR_EXIT_CODE: errors
-    imports torch) with `unreadable_at_import`'s line, printed as cli.report_problems prints a
-    problem, where there is one; nothing otherwise. Standard library only, before any import of
+    imports torch) with `unreadable_at_import`'s lines, printed as cli.report_problems prints
+    problems, where there are any; nothing otherwise. Standard library only, before any import of
     Lightning."""
-    problem = unreadable_at_import()
-    if problem is not None:
-        print(f"{command}: 1 config problem:\n  - {problem}", file=sys.stderr)
+    problems = unreadable_at_import()
+    if problems:
+        noun = "problem" if len(problems) == 1 else "problems"
+        lines = "".join(f"\n  - {p}" for p in problems)
+        print(f"{command}: {len(problems)} config {noun}:{lines}", file=sys.stderr)
         raise SystemExit(2)
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from pipeline.errors import CONFIG_ERROR_EXIT_CODE
-from pipeline.launch_rank import launch_problems, refuse_unreadable_rank, unreadable_at_import
+from pipeline.launch_rank import (
+    is_launch_rank_zero,
+    launch_problems,
+    refuse_unreadable_rank,
+    unreadable_at_import,
+)
 
 TORCHRUN = {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
 
@@ -77,15 +82,13 @@ def test_a_rank_lightnings_import_would_end_on_is_found_before_it(
     environ: dict[str, str], read: str | None
 ) -> None:
     """RANK=abc ended every command in a ValueError traceback from Lightning's import."""
-    line = unreadable_at_import(environ)
+    lines = unreadable_at_import(environ)
     if read is None:
-        assert line is None
+        assert lines == []
     else:
-        assert line is not None and line.startswith(
-            f"{read} is not a rank (a whole number, from 0)"
-        )
-        if not read.startswith("JSM"):  # LSF's: read by Lightning alone, not launch_problems
-            assert line in launch_problems(environ)  # the same words as after the imports
+        [line] = lines
+        assert line.startswith(f"{read} is not a rank (a whole number, from 0)")
+        assert line in launch_problems(environ)  # the same words as after the imports
 
 
 def test_a_command_refuses_such_a_rank_with_a_config_problems_exit(
@@ -102,3 +105,37 @@ def test_a_command_refuses_such_a_rank_with_a_config_problems_exit(
     ]
     monkeypatch.setenv("RANK", "0")
     refuse_unreadable_rank("pipeline.eval")  # nothing to say: returns
+
+
+def test_every_rank_lightnings_import_would_end_on_is_a_line() -> None:
+    """RANK=abc LOCAL_RANK=x: both, not RANK's alone and LOCAL_RANK's on the next try (review)."""
+    lines = unreadable_at_import({"RANK": "abc", "LOCAL_RANK": "x"})
+    assert [line.split("=")[0] for line in lines] == ["RANK", "LOCAL_RANK"]
+
+
+def test_lsfs_rank_past_0_with_nothing_counting_the_processes_is_one_line() -> None:
+    """JSM_NAMESPACE_RANK=1 alone: Lightning took this process for rank 1, with no TensorBoard
+    writer, and it crashed at the first logged step (review)."""
+    assert launch_problems({"JSM_NAMESPACE_RANK": "1"}) == [
+        "JSM_NAMESPACE_RANK=1 is past rank 0, and no JSM_NAMESPACE_SIZE counts the processes "
+        "(one process is rank 0); unset JSM_NAMESPACE_RANK, or start the processes with jsrun"
+    ]
+    assert launch_problems({"JSM_NAMESPACE_RANK": "1", "JSM_NAMESPACE_SIZE": "2"}) == []
+
+
+@pytest.mark.parametrize(
+    ("environ", "zero"),
+    [({}, True), ({"RANK": "00"}, True), ({"RANK": " 0", "LOCAL_RANK": "0"}, True),
+     ({"RANK": "1"}, False), ({"LOCAL_RANK": "01"}, False), ({"JSM_NAMESPACE_RANK": "2"}, False),
+     ({"NODE_RANK": "1"}, False)],
+)  # fmt: skip
+def test_rank_zero_is_read_as_a_number(
+    environ: dict[str, str], zero: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RANK=00 is rank 0 to int(), Lightning and launch_problems: it claims the run directory
+    (it overwrote a finished run, where RANK=0 was refused; review)."""
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "JSM_NAMESPACE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert is_launch_rank_zero() is zero
