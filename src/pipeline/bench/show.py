@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from pipeline import report
-from pipeline.bench.outside import RESOLUTION
+from pipeline.bench.outside import MIN_ROUNDS, TARGET
 from pipeline.bench.overhead import QUIET
 
 
@@ -160,26 +160,39 @@ def show_outside(figures: dict[str, Any]) -> None:
     )
     ratios = figures["per_round_ratio"]
     measured = [r for r in ratios if r is not None]
-    if figures["paired_mean"] is not None:
-        se = figures["paired_se"]
-        report.console.print(
-            f"paired by round: {figures['paired_mean']:.3f}"
-            + ("" if se is None else f" ± {se:.3f} (standard error)")
-            + f", median {figures['paired_ratio']:.3f}, lowest {min(measured):.3f}, "
-            f"highest {max(measured):.3f}"
+    if measured:
+        bounds = figures["interval"]
+        within = (
+            ""
+            if bounds is None
+            else f", {figures['interval_coverage']:.0%} interval {bounds[0]:.3f}–{bounds[1]:.3f}"
         )
-    if not figures["resolved"]:
-        if len(measured) < len(ratios):
-            why = (f"{len(ratios) - len(measured)} of {len(ratios)} rounds had a step time ≤ 0 "
-                   "(the processes' start-up varied by more than the steps between took)")  # fmt: skip
-        elif len(ratios) == 1:
-            why = "one round says nothing of how much the rounds vary"
-        else:
-            why = f"the rounds' own ratios gave a standard error of ±{figures['paired_se']:.3f}"
-        long = figures["steps"][1]
-        hint = "" if long >= 204 else ": 204 takes ±1 s of start-up to ±5 ms a step"
-        report.console.print(
-            f"not resolved: {why}, where ±{RESOLUTION} tells 0.97 from 1; narrow it with more "
-            f"steps between the runs (bench.outside_steps={long} now{hint}), more rounds "
-            f"(bench.outside_rounds={len(ratios)} now), or a quieter moment"
+        rounds = (
+            "" if len(measured) == len(ratios) else f" ({len(measured)} of {len(ratios)} rounds)"
         )
+        report.console.print(
+            f"paired by round{rounds}: median {figures['paired_ratio']:.3f}{within}, lowest "
+            f"{min(measured):.3f}, highest {max(measured):.3f}"
+        )
+    if figures["verdict"] != "not resolved":
+        coverage = figures["interval_coverage"]
+        report.console.print(
+            f"{figures['verdict']} {TARGET} (issue 13's target), at {coverage:.0%}"
+        )
+        return
+    if len(measured) < len(ratios):
+        why = (f"{len(ratios) - len(measured)} of {len(ratios)} rounds had a step time ≤ 0 "
+               "(the processes' start-up varied by more than the steps between took)")  # fmt: skip
+    elif len(ratios) < MIN_ROUNDS:
+        why = (
+            f"an interval for the median takes {MIN_ROUNDS} rounds, and this run had {len(ratios)}"
+        )
+    else:
+        why = f"the interval holds {TARGET}"
+    long = figures["steps"][1]
+    hint = "" if long >= 204 else ": 204 takes ±1 s of start-up to ±5 ms a step"
+    report.console.print(
+        f"not resolved against {TARGET} (issue 13's target): {why}; narrow it with more steps "
+        f"between the runs (bench.outside_steps={long} now{hint}), more rounds "
+        f"(bench.outside_rounds={len(ratios)} now), or a quieter moment"
+    )
