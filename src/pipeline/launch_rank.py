@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 def is_launch_rank_zero() -> bool:
     """Whether this process is the one that owns the run directory: not a process Lightning,
-    torchrun, SLURM or LSF started as another rank (they use the directory rank 0 claimed). A
-    rank is read as int() reads it (RANK=00 or ' 0' is rank 0, and claims the directory: review)."""
-    names = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "JSM_NAMESPACE_RANK")
+    torchrun or SLURM started as another rank (they use the directory rank 0 claimed). A rank
+    is read as int() reads it (RANK=00 or ' 0' is rank 0, and claims the directory: review)."""
+    names = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
     return all(_whole(os.environ[v]) == 0 for v in names if v in os.environ)
 
 
@@ -49,8 +49,9 @@ def launch_problems(environ: Mapping[str, str] = os.environ) -> list[str]:
     them (a launch of one process has rank 0 only). Lightning and this package would take such a
     process for a rank that does not exist (SLURM_PROCID=1 with SLURM_NTASKS=1, or RANK=1 alone:
     it trained with no TensorBoard writer, and died at the first logged step). Lightning reads
-    the first of RANK, LOCAL_RANK and SLURM_PROCID set as it is imported: one that is not a
-    number ends there, in its own ValueError, before this can be asked."""
+    the first of RANK, LOCAL_RANK, SLURM_PROCID and JSM_NAMESPACE_RANK set as it is imported:
+    one that is not a number ends there, which `unreadable_at_import` words first. (LSF's jsrun
+    is checked here only: a run directory's claim knows torchrun's and SLURM's ranks.)"""
     problems = []
     for rank_name, size_names in RANK_VARIABLES:
         if (given := environ.get(rank_name)) is None:

@@ -94,6 +94,7 @@ def test_a_rank_lightnings_import_would_end_on_is_found_before_it(
 def test_a_command_refuses_such_a_rank_with_a_config_problems_exit(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.setenv("RANK", "abc")
     with pytest.raises(SystemExit) as exited:
         refuse_unreadable_rank("pipeline.eval")
@@ -103,7 +104,14 @@ def test_a_command_refuses_such_a_rank_with_a_config_problems_exit(
         "  - RANK='abc' is not a rank (a whole number, from 0); unset RANK, or start the "
         "processes with torchrun",
     ]
+    monkeypatch.setenv("LOCAL_RANK", "x")  # both: one line each, under one header
+    with pytest.raises(SystemExit):
+        refuse_unreadable_rank("pipeline.eval")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "pipeline.eval: 2 config problems:" and len(err) == 3
+    assert err[2].startswith("  - LOCAL_RANK='x' is not a rank")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
     refuse_unreadable_rank("pipeline.eval")  # nothing to say: returns
 
 
@@ -126,8 +134,7 @@ def test_lsfs_rank_past_0_with_nothing_counting_the_processes_is_one_line() -> N
 @pytest.mark.parametrize(
     ("environ", "zero"),
     [({}, True), ({"RANK": "00"}, True), ({"RANK": " 0", "LOCAL_RANK": "0"}, True),
-     ({"RANK": "1"}, False), ({"LOCAL_RANK": "01"}, False), ({"JSM_NAMESPACE_RANK": "2"}, False),
-     ({"NODE_RANK": "1"}, False)],
+     ({"RANK": "1"}, False), ({"LOCAL_RANK": "01"}, False), ({"NODE_RANK": "1"}, False)],
 )  # fmt: skip
 def test_rank_zero_is_read_as_a_number(
     environ: dict[str, str], zero: bool, monkeypatch: pytest.MonkeyPatch
