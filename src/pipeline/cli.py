@@ -37,6 +37,7 @@ from pipeline.override_checks import (
     unparsable,
     unresolvable,
 )
+from pipeline.problem_report import report_problems
 from pipeline.resume import expand_resume, restart_line
 from pipeline.run_claim import own_run_dir
 
@@ -135,14 +136,6 @@ def preflight(
     ]
     base = compose(config_name, [as_typed(o) for o in first_choices])
     return resolve_keys(parsed, base)[0], []
-
-
-def report_problems(problems: list[str], program: str) -> None:
-    """One line per problem on stderr, under a header naming the program."""
-    noun = "problem" if len(problems) == 1 else "problems"
-    print(f"{program}: {len(problems)} config {noun}:", file=sys.stderr)
-    for p in problems:
-        print(f"  - {p}", file=sys.stderr)
 
 
 def prepare(

@@ -4,8 +4,9 @@ before torch is imported)."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
+
+from pipeline.problem_report import report_problems
 
 
 def is_launch_rank_zero() -> bool:
@@ -102,14 +103,12 @@ def unreadable_at_import(environ: Mapping[str, str] = os.environ) -> list[str]:
 
 def refuse_unreadable_rank(command: str) -> None:
     """A command's first line: exit 2 (a config problem, errors.CONFIG_ERROR_EXIT_CODE: errors
-    imports torch) with `unreadable_at_import`'s lines, printed as cli.report_problems prints
-    problems, where there are any; nothing otherwise. Standard library only, before any import of
+    imports torch) with `unreadable_at_import`'s lines, reported as every config problem is,
+    where there are any; nothing otherwise. Standard library only, before any import of
     Lightning."""
     problems = unreadable_at_import()
     if problems:
-        noun = "problem" if len(problems) == 1 else "problems"
-        lines = "".join(f"\n  - {p}" for p in problems)
-        print(f"{command}: {len(problems)} config {noun}:{lines}", file=sys.stderr)
+        report_problems(problems, command)
         raise SystemExit(2)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from rich.table import Table
 
 from pipeline import report
-from pipeline.bench.outside import MIN_ROUNDS, TARGET
+from pipeline.bench.outside import MIN_ROUNDS, SUGGESTED_STEPS, TARGET
 from pipeline.bench.overhead import QUIET
 
 
@@ -190,7 +190,11 @@ def show_outside(figures: dict[str, Any]) -> None:
     else:
         why = f"the interval holds {TARGET}"
     long = figures["steps"][1]
-    hint = "" if long >= 204 else ": 204 takes ±1 s of start-up to ±5 ms a step"
+    hint = (
+        ""
+        if long >= SUGGESTED_STEPS
+        else f": {SUGGESTED_STEPS} takes ±1 s of start-up to ±5 ms a step"
+    )
     report.console.print(
         f"not resolved against {TARGET} (issue 13's target): {why}; narrow it with more steps "
         f"between the runs (bench.outside_steps={long} now{hint}), more rounds "
